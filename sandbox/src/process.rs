@@ -1,0 +1,52 @@
+//! Stopping the processes the sandbox started, by PID and only those.
+
+use std::time::{Duration, Instant};
+
+pub fn alive(pid: u32) -> bool {
+    if pid == 0 {
+        return false;
+    }
+    // A zombie still answers kill(0); read its state so a reaped-later child counts as gone.
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with('Z'))
+            .unwrap_or(false),
+        Err(_) => false,
+    }
+}
+
+/// SIGTERM to the process group the sandbox made for `pid` (and `pid` itself), then SIGKILL
+/// after `grace`.
+pub fn stop(pid: u32, grace: Duration) {
+    if pid == 0 || !alive(pid) {
+        return;
+    }
+    let signal = |sig| unsafe {
+        libc::kill(-(pid as i32), sig);
+        libc::kill(pid as i32, sig);
+    };
+    signal(libc::SIGTERM);
+    let deadline = Instant::now() + grace;
+    while alive(pid) && Instant::now() < deadline {
+        reap(pid);
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    if alive(pid) {
+        signal(libc::SIGKILL);
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while alive(pid) && Instant::now() < deadline {
+            reap(pid);
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    reap(pid);
+}
+
+/// Collects the exit status when `pid` is our child, so it does not linger as a zombie.
+fn reap(pid: u32) {
+    unsafe {
+        let mut status = 0;
+        libc::waitpid(pid as i32, &mut status, libc::WNOHANG);
+    }
+}

