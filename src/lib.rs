@@ -1,1 +1,9 @@
+//! backup-agent: backs up and restores the Charmed Kubeflow control plane — the kfp-db and
+//! katib-db MySQL databases (through mysql-k8s's own backup actions), the ML Metadata SQLite
+//! database, and the `mlpipeline` MinIO bucket — into S3, as one consistent backup.
+//!
+//! The library owns all logic; the CLI, the charm dispatch and the daemon are thin adapters.
 
+pub mod control_plane;
+pub mod juju;
+pub mod secret;

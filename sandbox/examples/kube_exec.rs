@@ -17,7 +17,10 @@ async fn main() -> anyhow::Result<()> {
         println!("pod {:<28} {phase}", p.metadata.name.unwrap_or_default());
     }
     let container = std::env::var("MLMD_CONTAINER").unwrap_or_else(|_| "mlmd-grpc-server".into());
-    let ap = AttachParams::default().container(container).stdout(true).stderr(true);
+    let ap = AttachParams::default()
+        .container(container)
+        .stdout(true)
+        .stderr(true);
     let mut proc = pods.exec("mlmd-0", ["cat", "/data/mlmd.db"], &ap).await?;
     let mut out = proc.stdout().expect("stdout requested");
     let status = proc.take_status().expect("status channel");
@@ -29,7 +32,11 @@ async fn main() -> anyhow::Result<()> {
         status.as_ref().and_then(|s| s.status.as_deref()) == Some("Success"),
         "cat /data/mlmd.db failed: {status:?}"
     );
-    println!("mlmd-0:/data/mlmd.db {} bytes sha256 {}", bytes.len(), hex::encode(Sha256::digest(&bytes)));
+    println!(
+        "mlmd-0:/data/mlmd.db {} bytes sha256 {}",
+        bytes.len(),
+        hex::encode(Sha256::digest(&bytes))
+    );
     if let Some(path) = std::env::args().nth(1) {
         std::fs::write(&path, &bytes)?;
         println!("written to {path}");

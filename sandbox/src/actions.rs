@@ -54,12 +54,16 @@ fn validate(schema: &Value, params: &Map<String, Value>) -> Result<(), String> {
     for req in schema["required"].as_array().into_iter().flatten() {
         let req = req.as_str().unwrap_or_default();
         if !params.contains_key(req) {
-            errors.push(format!("(root) : \"{req}\" property is missing and required, given {given}"));
+            errors.push(format!(
+                "(root) : \"{req}\" property is missing and required, given {given}"
+            ));
         }
     }
     for (k, v) in params {
         match schema["properties"].get(k) {
-            None => errors.push(format!("(root) : additional property \"{k}\" is not allowed, given {given}")),
+            None => errors.push(format!(
+                "(root) : additional property \"{k}\" is not allowed, given {given}"
+            )),
             Some(p) => {
                 let want = p["type"].as_str().unwrap_or("string");
                 let got = json_type(v);
@@ -127,7 +131,9 @@ pub fn wait_for(task: &Task, wait: Option<Duration>) -> u64 {
             return now;
         }
         let until = task.completed_ms.min(deadline);
-        std::thread::sleep(Duration::from_millis(until.saturating_sub(now).clamp(1, 200)));
+        std::thread::sleep(Duration::from_millis(
+            until.saturating_sub(now).clamp(1, 200),
+        ));
     }
 }
 
@@ -166,8 +172,17 @@ pub fn run_cli(
     wait: Option<&str>,
     background: bool,
 ) -> Result<Outcome> {
-    let usage = |m: String| Ok(Outcome { stderr: format!("ERROR {m}\n"), code: 2, ..Default::default() });
-    let units: Vec<&String> = positional.iter().take_while(|p| p.contains('/') && !p.contains('=')).collect();
+    let usage = |m: String| {
+        Ok(Outcome {
+            stderr: format!("ERROR {m}\n"),
+            code: 2,
+            ..Default::default()
+        })
+    };
+    let units: Vec<&String> = positional
+        .iter()
+        .take_while(|p| p.contains('/') && !p.contains('='))
+        .collect();
     if units.is_empty() {
         return usage("no unit specified".into());
     }
@@ -184,7 +199,11 @@ pub fn run_cli(
         None => Some(Duration::from_secs(60)),
         Some(w) => match parse_go_duration(w) {
             Some(d) => Some(d),
-            None => return usage(format!("invalid value \"{w}\" for option --wait: time: invalid duration \"{w}\"")),
+            None => {
+                return usage(format!(
+                    "invalid value \"{w}\" for option --wait: time: invalid duration \"{w}\""
+                ))
+            }
         },
     };
     let mut params = Map::new();
@@ -211,7 +230,10 @@ pub fn run_cli(
     let app_name = first_app.unwrap();
     let charm = model.apps[&app_name].charm.clone();
     let Some(schema) = action_schema(&charm, action) else {
-        return Ok(Outcome::error_msg(format!("action \"{action}\" not defined on unit \"{}\"", units[0])));
+        return Ok(Outcome::error_msg(format!(
+            "action \"{action}\" not defined on unit \"{}\"",
+            units[0]
+        )));
     };
     if let Err(e) = validate(&schema, &params) {
         return Ok(Outcome::error_msg(e));
@@ -225,13 +247,27 @@ pub fn run_cli(
     }
     let op = tasks[0].id - 1;
     if background {
-        stderr.push_str(&format!("Scheduled operation {op} with task {}\n", tasks[0].id));
+        stderr.push_str(&format!(
+            "Scheduled operation {op} with task {}\n",
+            tasks[0].id
+        ));
         stderr.push_str(&format!("Check operation status with 'juju show-operation {op}'\nCheck task status with 'juju show-task {}'\n", tasks[0].id));
-        return Ok(Outcome { stderr, ..Default::default() });
+        return Ok(Outcome {
+            stderr,
+            ..Default::default()
+        });
     }
-    stderr.push_str(&format!("Running operation {op} with {} task{}\n", tasks.len(), if tasks.len() == 1 { "" } else { "s" }));
+    stderr.push_str(&format!(
+        "Running operation {op} with {} task{}\n",
+        tasks.len(),
+        if tasks.len() == 1 { "" } else { "s" }
+    ));
     for t in &tasks {
-        stderr.push_str(&format!("  - task {} on unit-{}\n", t.id, t.unit.replace('/', "-")));
+        stderr.push_str(&format!(
+            "  - task {} on unit-{}\n",
+            t.id,
+            t.unit.replace('/', "-")
+        ));
     }
     stderr.push('\n');
     let mut now = now_ms();
@@ -239,8 +275,15 @@ pub fn run_cli(
         stderr.push_str(&format!("Waiting for task {}...\n", t.id));
         now = wait_for(t, wait);
         if t.status_at(now) == "running" {
-            stderr.push_str(&format!("ERROR timed out waiting for results from: unit {}\n", t.unit));
-            return Ok(Outcome { stderr, code: 1, ..Default::default() });
+            stderr.push_str(&format!(
+                "ERROR timed out waiting for results from: unit {}\n",
+                t.unit
+            ));
+            return Ok(Outcome {
+                stderr,
+                code: 1,
+                ..Default::default()
+            });
         }
     }
     let stdout = match format {
@@ -256,20 +299,37 @@ pub fn run_cli(
                 serde_yaml::to_string(&Value::Object(m)).unwrap()
             }
         }
-        other => return usage(format!("invalid value \"{other}\" for option --format: unknown format \"{other}\"")),
+        other => {
+            return usage(format!(
+                "invalid value \"{other}\" for option --format: unknown format \"{other}\""
+            ))
+        }
     };
-    Ok(Outcome { stdout, stderr, code: 0 })
+    Ok(Outcome {
+        stdout,
+        stderr,
+        code: 0,
+    })
 }
 
 impl Outcome {
     fn error_msg(msg: String) -> Outcome {
-        Outcome { stderr: format!("ERROR {msg}\n"), code: 1, ..Default::default() }
+        Outcome {
+            stderr: format!("ERROR {msg}\n"),
+            code: 1,
+            ..Default::default()
+        }
     }
 }
 
 /// Runs the action's effect now and records the task, which Juju reports as running for the
 /// action's simulated duration.
-fn enqueue(store: &ModelStore, unit: &str, action: &str, params: &Map<String, Value>) -> Result<Task> {
+fn enqueue(
+    store: &ModelStore,
+    unit: &str,
+    action: &str,
+    params: &Map<String, Value>,
+) -> Result<Task> {
     let snapshot = store.read()?;
     let started = now_ms();
     let fault = snapshot
@@ -281,7 +341,12 @@ fn enqueue(store: &ModelStore, unit: &str, action: &str, params: &Map<String, Va
         Some(i) => Effect::fail(snapshot.faults.fail_next_action[i].message.clone()),
         None => perform(&snapshot, unit, action, params, started),
     };
-    let Effect { results, failure, log, apply } = effect;
+    let Effect {
+        results,
+        failure,
+        log,
+        apply,
+    } = effect;
     store.update(move |m| {
         if let Some(i) = fault {
             m.faults.fail_next_action.remove(i);
@@ -295,7 +360,11 @@ fn enqueue(store: &ModelStore, unit: &str, action: &str, params: &Map<String, Va
             unit: unit.to_string(),
             action: action.to_string(),
             params: params.clone(),
-            outcome: if failure.is_some() { "failed".into() } else { "completed".into() },
+            outcome: if failure.is_some() {
+                "failed".into()
+            } else {
+                "completed".into()
+            },
             message: failure.unwrap_or_default(),
             results,
             log,
@@ -308,7 +377,13 @@ fn enqueue(store: &ModelStore, unit: &str, action: &str, params: &Map<String, Va
     })
 }
 
-fn perform(model: &Model, unit: &str, action: &str, params: &Map<String, Value>, now: u64) -> Effect {
+fn perform(
+    model: &Model,
+    unit: &str,
+    action: &str,
+    params: &Map<String, Value>,
+    now: u64,
+) -> Effect {
     let (app_name, num) = split_unit(unit).expect("validated unit");
     let app = &model.apps[app_name];
     let r = match (app.charm.as_str(), action) {
@@ -346,7 +421,10 @@ fn cluster_status(model: &Model, app_name: &str, app: &App, now: u64) -> Effect 
     let mut online = 0;
     let mut primary_addr = String::new();
     for (num, u) in &app.units {
-        let addr = format!("{app_name}-{}.{app_name}-endpoints.{ns}.svc.cluster.local.:3306", u.ordinal);
+        let addr = format!(
+            "{app_name}-{}.{app_name}-endpoints.{ns}.svc.cluster.local.:3306",
+            u.ordinal
+        );
         let ready = App::is_ready(u, now);
         if ready {
             online += 1;
@@ -368,11 +446,20 @@ fn cluster_status(model: &Model, app_name: &str, app: &App, now: u64) -> Effect 
         );
     }
     let (status, text) = if online == app.units.len() && online >= 3 {
-        ("ok", "cluster is online and can tolerate up to one failure.")
+        (
+            "ok",
+            "cluster is online and can tolerate up to one failure.",
+        )
     } else if online == app.units.len() {
-        ("ok_no_tolerance", "cluster is not tolerant to any failures.")
+        (
+            "ok_no_tolerance",
+            "cluster is not tolerant to any failures.",
+        )
     } else {
-        ("ok_partial", "cluster is online and can tolerate up to one failure. 1 member is not active.")
+        (
+            "ok_partial",
+            "cluster is online and can tolerate up to one failure. 1 member is not active.",
+        )
     };
     let id = &model.uuid[..8];
     Effect::ok(obj(json!({
@@ -445,12 +532,22 @@ fn block_on<T>(f: impl std::future::Future<Output = Result<T>>) -> Result<T> {
         .block_on(f)
 }
 
-fn create_backup(model: &Model, app_name: &str, app: &App, num: u32, params: &Map<String, Value>, now: u64) -> Result<Effect> {
+fn create_backup(
+    model: &Model,
+    app_name: &str,
+    app: &App,
+    num: u32,
+    params: &Map<String, Value>,
+    now: u64,
+) -> Result<Effect> {
     let (target, path) = match s3_params(model, app_name) {
         Ok(p) => p,
         Err(e) => return Ok(Effect::fail(e)),
     };
-    let force = params.get("force").and_then(Value::as_bool).unwrap_or(false);
+    let force = params
+        .get("force")
+        .and_then(Value::as_bool)
+        .unwrap_or(false);
     let unit = &app.units[&num];
     if !force && app.units.values().any(|u| !App::is_ready(u, now)) {
         return Ok(Effect::fail("Cluster is not in a healthy state"));
@@ -460,9 +557,15 @@ fn create_backup(model: &Model, app_name: &str, app: &App, num: u32, params: &Ma
     }
     let primary = app.mysql.as_ref().and_then(|m| m.primary) == Some(num);
     if primary && app.scale > 1 && !force {
-        return Ok(Effect::fail("Unit cannot perform backups as it is the cluster primary"));
+        return Ok(Effect::fail(
+            "Unit cannot perform backups as it is the cluster primary",
+        ));
     }
-    let id = Utc.timestamp_millis_opt(now as i64).unwrap().format("%Y-%m-%dT%H:%M:%SZ").to_string();
+    let id = Utc
+        .timestamp_millis_opt(now as i64)
+        .unwrap()
+        .format("%Y-%m-%dT%H:%M:%SZ")
+        .to_string();
     let data = std::fs::read(mysql_data_file(model, app_name))
         .with_context(|| format!("reading the data of {app_name}"))?;
     let metadata = format!(
@@ -472,11 +575,20 @@ fn create_backup(model: &Model, app_name: &str, app: &App, num: u32, params: &Ma
     let digest = format!("{:x}", md5::compute(&data));
     let bucket = target.open()?;
     let uploaded = block_on(async {
-        bucket.put_object(key(&path, &format!("{id}.metadata")), metadata.as_bytes()).await?;
+        bucket
+            .put_object(key(&path, &format!("{id}.metadata")), metadata.as_bytes())
+            .await?;
         bucket.put_object(key(&path, &id), &data).await?;
         let log = format!("Stdout:\nxtrabackup: Transaction log of lsn ({}) to ({}) was copied.\ncompleted OK!\n\nStderr:\n", data.len(), data.len());
-        bucket.put_object(key(&path, &format!("{id}.backup.log")), log.as_bytes()).await?;
-        bucket.put_object(key(&path, &format!("{id}.md5")), format!("{digest}  {id}\n").as_bytes()).await?;
+        bucket
+            .put_object(key(&path, &format!("{id}.backup.log")), log.as_bytes())
+            .await?;
+        bucket
+            .put_object(
+                key(&path, &format!("{id}.md5")),
+                format!("{digest}  {id}\n").as_bytes(),
+            )
+            .await?;
         Ok(())
     });
     if let Err(e) = uploaded {
@@ -498,7 +610,9 @@ fn compile_backups(target: &S3Target, path: &str) -> Result<Vec<(String, &'stati
         .collect();
     let mut out = vec![];
     for n in &names {
-        let Some(id) = n.strip_suffix(".metadata") else { continue };
+        let Some(id) = n.strip_suffix(".metadata") else {
+            continue;
+        };
         if chrono::NaiveDateTime::parse_from_str(id, "%Y-%m-%dT%H:%M:%SZ").is_err() {
             continue;
         }
@@ -516,7 +630,10 @@ fn compile_backups(target: &S3Target, path: &str) -> Result<Vec<(String, &'stati
 
 /// mysql-k8s's table: fixed-width columns, a dash rule as long as the header.
 pub fn format_backups_table(rows: &[(String, &str)]) -> String {
-    let header = format!("{:<21} | {:<12} | backup-status", "backup-id", "backup-type");
+    let header = format!(
+        "{:<21} | {:<12} | backup-status",
+        "backup-id", "backup-type"
+    );
     let mut lines = vec![header.clone(), "-".repeat(header.len())];
     for (id, status) in rows {
         lines.push(format!("{id:<21} | {:<12} | {status}", "physical"));
@@ -530,11 +647,16 @@ fn list_backups(model: &Model, app_name: &str) -> Result<Effect> {
         Err(e) => return Ok(Effect::fail(e)),
     };
     match compile_backups(&target, &path) {
-        Ok(rows) => Ok(Effect::ok(obj(json!({"backups": format_backups_table(&rows)})))),
+        Ok(rows) => Ok(Effect::ok(obj(
+            json!({"backups": format_backups_table(&rows)}),
+        ))),
         Err(e) => {
             let text = format!("{e:#}");
             if text.contains("NoSuchBucket") {
-                Ok(Effect::fail(format!("Bucket {} does not exist", target.bucket)))
+                Ok(Effect::fail(format!(
+                    "Bucket {} does not exist",
+                    target.bucket
+                )))
             } else {
                 Ok(Effect::fail("Failed to retrieve backup ids from S3"))
             }
@@ -544,11 +666,20 @@ fn list_backups(model: &Model, app_name: &str) -> Result<Effect> {
 
 pub const RESTORED_BLOCK: &str = "Move restored cluster to another S3 repository";
 
-fn restore(model: &Model, app_name: &str, app: &App, params: &Map<String, Value>) -> Result<Effect> {
+fn restore(
+    model: &Model,
+    app_name: &str,
+    app: &App,
+    params: &Map<String, Value>,
+) -> Result<Effect> {
     if model.relation_on(app_name, "s3-parameters").is_none() {
         return Ok(Effect::fail("Missing relation with S3 integrator charm"));
     }
-    let Some(id) = params.get("backup-id").and_then(Value::as_str).map(str::to_string) else {
+    let Some(id) = params
+        .get("backup-id")
+        .and_then(Value::as_str)
+        .map(str::to_string)
+    else {
         return Ok(Effect::fail("Missing backup-id to restore"));
     };
     if let Some(t) = params.get("restore-to-time").and_then(Value::as_str) {
@@ -557,7 +688,9 @@ fn restore(model: &Model, app_name: &str, app: &App, params: &Map<String, Value>
         }
     }
     if app.scale > 1 || app.units.len() > 1 {
-        return Ok(Effect::fail("Unit cannot restore backup as there are more than one units in the cluster"));
+        return Ok(Effect::fail(
+            "Unit cannot restore backup as there are more than one units in the cluster",
+        ));
     }
     let (target, path) = match s3_params(model, app_name) {
         Ok(p) => p,
@@ -599,12 +732,22 @@ fn restore(model: &Model, app_name: &str, app: &App, params: &Map<String, Value>
 }
 
 fn sync_s3_credentials(app_name: &str, params: &Map<String, Value>) -> Effect {
-    let access = params["access-key"].as_str().unwrap_or_default().to_string();
-    let secret = params["secret-key"].as_str().unwrap_or_default().to_string();
+    let access = params["access-key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    let secret = params["secret-key"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
     let name = app_name.to_string();
     let mut eff = Effect::ok(obj(json!({"ok": "Credentials successfully updated."})));
     eff.apply = Box::new(move |m| {
-        for r in m.relations.iter_mut().filter(|r| r.ends.iter().any(|e| e.app == name)) {
+        for r in m
+            .relations
+            .iter_mut()
+            .filter(|r| r.ends.iter().any(|e| e.app == name))
+        {
             let bag = r.app_data.entry(name.clone()).or_default();
             bag.insert("access-key".into(), access.clone());
             bag.insert("secret-key".into(), secret.clone());

@@ -6,9 +6,7 @@ use std::path::PathBuf;
 
 use serde_json::json;
 
-use crate::model::{
-    now_ms, App, ConfigOption, Faults, K8sState, Model, MysqlCluster, Timing,
-};
+use crate::model::{now_ms, App, ConfigOption, Faults, K8sState, Model, MysqlCluster, Timing};
 
 /// Everything about the sandbox's servers that the model needs to know.
 #[derive(Debug, Clone)]
@@ -46,13 +44,23 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
     let mut apps = BTreeMap::new();
 
     for name in ["kfp-db", "katib-db"] {
-        let mut a = App::new("mysql-k8s", 180, "8.0/stable", "8.0.37-0ubuntu0.22.04.3", now);
+        let mut a = App::new(
+            "mysql-k8s",
+            180,
+            "8.0/stable",
+            "8.0.37-0ubuntu0.22.04.3",
+            now,
+        );
         a.container = Some("mysql".into());
         a.ports.insert(3306, 0);
         a.mysql = Some(MysqlCluster { primary: None });
         a.config.insert(
             "cluster-name".into(),
-            opt("string", "Optional - Name of the MySQL InnoDB cluster", None),
+            opt(
+                "string",
+                "Optional - Name of the MySQL InnoDB cluster",
+                None,
+            ),
         );
         a.config.insert(
             "profile".into(),
@@ -70,7 +78,11 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
     minio.ports.insert(9000, w.minio_port);
     minio.config.insert(
         "access-key".into(),
-        opt("string", "The access key for the MinIO server", Some(json!("minio"))),
+        opt(
+            "string",
+            "The access key for the MinIO server",
+            Some(json!("minio")),
+        ),
     );
     // As on a real deployment the secret key is not in config: the charm generated it and only
     // the relation data carries it.
@@ -111,15 +123,51 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
 
     let mut s3 = App::new("s3-integrator", 77, "1/stable", "", now);
     for (k, d, v) in [
-        ("endpoint", "The endpoint used to connect to the object storage", json!(w.dest_endpoint)),
-        ("bucket", "The bucket/container name delivered by the provider", json!(w.dest_bucket)),
-        ("path", "The path inside the bucket/container to store objects", json!(w.dest_path)),
-        ("region", "The region used to connect to the object storage", json!(w.dest_region)),
-        ("s3-uri-style", "The S3 protocol specific bucket path lookup type", json!("path")),
-        ("s3-api-version", "S3 protocol specific API signature", json!("")),
-        ("storage-class", "Storage Class for objects uploaded", json!("")),
-        ("tls-ca-chain", "The complete CA chain, base64 encoded", json!("")),
-        ("attributes", "The custom metadata (HTTP headers)", json!("")),
+        (
+            "endpoint",
+            "The endpoint used to connect to the object storage",
+            json!(w.dest_endpoint),
+        ),
+        (
+            "bucket",
+            "The bucket/container name delivered by the provider",
+            json!(w.dest_bucket),
+        ),
+        (
+            "path",
+            "The path inside the bucket/container to store objects",
+            json!(w.dest_path),
+        ),
+        (
+            "region",
+            "The region used to connect to the object storage",
+            json!(w.dest_region),
+        ),
+        (
+            "s3-uri-style",
+            "The S3 protocol specific bucket path lookup type",
+            json!("path"),
+        ),
+        (
+            "s3-api-version",
+            "S3 protocol specific API signature",
+            json!(""),
+        ),
+        (
+            "storage-class",
+            "Storage Class for objects uploaded",
+            json!(""),
+        ),
+        (
+            "tls-ca-chain",
+            "The complete CA chain, base64 encoded",
+            json!(""),
+        ),
+        (
+            "attributes",
+            "The custom metadata (HTTP headers)",
+            json!(""),
+        ),
     ] {
         let mut o = opt("string", d, Some(json!("")));
         o.value = Some(v);
@@ -190,11 +238,18 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
         &mut model,
         ui_os,
         "mlmd",
-        &[("_supported_versions", "- v1"), ("data", "name: mlmd\nport: '8080'\n")],
+        &[
+            ("_supported_versions", "- v1"),
+            ("data", "name: mlmd\nport: '8080'\n"),
+        ],
     );
 
     for db in ["kfp-db", "katib-db"] {
-        let rel = model.add_relation((db, "s3-parameters"), ("s3-integrator", "s3-credentials"), "s3");
+        let rel = model.add_relation(
+            (db, "s3-parameters"),
+            ("s3-integrator", "s3-credentials"),
+            "s3",
+        );
         set_app_data(&mut model, rel, db, &[("bucket", &w.dest_bucket)]);
         let s3_data = s3_databag(w);
         let pairs: Vec<(&str, &str)> = s3_data.iter().map(|(k, v)| (*k, v.as_str())).collect();

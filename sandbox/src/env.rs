@@ -23,7 +23,9 @@ impl Layout {
     pub fn new(dir: impl AsRef<Path>) -> Result<Self> {
         let dir = dir.as_ref();
         std::fs::create_dir_all(dir).with_context(|| format!("creating {}", dir.display()))?;
-        Ok(Layout { dir: dir.canonicalize()? })
+        Ok(Layout {
+            dir: dir.canonicalize()?,
+        })
     }
     pub fn info(&self) -> PathBuf {
         self.dir.join("sandbox.json")
@@ -75,7 +77,11 @@ impl ServerInfo {
         }
     }
     fn weed(&self) -> WeedServer {
-        WeedServer { pid: self.pid, s3_port: self.port, grpc_ports: self.grpc_ports.clone() }
+        WeedServer {
+            pid: self.pid,
+            s3_port: self.port,
+            grpc_ports: self.grpc_ports.clone(),
+        }
     }
 }
 
@@ -100,7 +106,10 @@ pub struct Info {
 impl Info {
     pub fn load(layout: &Layout) -> Result<Info> {
         let text = std::fs::read_to_string(layout.info()).with_context(|| {
-            format!("no sandbox at {} (run `backup-agent-sandbox up` first)", layout.dir.display())
+            format!(
+                "no sandbox at {} (run `backup-agent-sandbox up` first)",
+                layout.dir.display()
+            )
         })?;
         Ok(serde_json::from_str(&text)?)
     }
@@ -126,6 +135,8 @@ pub struct UpOptions {
     pub minio_secret_key: String,
     pub dest_access_key: String,
     pub dest_secret_key: String,
+    /// Stop the servers when the thread that started them ends (for tests).
+    pub die_with_parent: bool,
 }
 
 impl UpOptions {
@@ -141,6 +152,7 @@ impl UpOptions {
             minio_secret_key: "sandbox-minio-secret-key".into(),
             dest_access_key: "sandbox-dest-access-key".into(),
             dest_secret_key: "sandbox-dest-secret-key".into(),
+            die_with_parent: false,
         }
     }
 }
@@ -160,23 +172,41 @@ impl Drop for Started {
 }
 
 pub fn is_up(layout: &Layout) -> bool {
-    Info::load(layout).map(|i| i.pids().iter().any(|p| crate::process::alive(*p))).unwrap_or(false)
+    Info::load(layout)
+        .map(|i| i.pids().iter().any(|p| crate::process::alive(*p)))
+        .unwrap_or(false)
 }
 
 pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
     if is_up(layout) {
-        bail!("a sandbox is already running in {}: run `backup-agent-sandbox down --dir {}` first", layout.dir.display(), layout.dir.display());
+        bail!(
+            "a sandbox is already running in {}: run `backup-agent-sandbox down --dir {}` first",
+            layout.dir.display(),
+            layout.dir.display()
+        );
     }
     for d in [layout.bin(), layout.data(), layout.logs()] {
         std::fs::create_dir_all(&d)?;
     }
     let mut started = Started(vec![], None);
-    let minio = crate::s3::start_weed(&layout.dir.join("s3/minio"), &opts.minio_access_key, &opts.minio_secret_key, &["mlpipeline"])
-        .context("starting the S3 server that plays MinIO")?;
+    let minio = crate::s3::start_weed(
+        &layout.dir.join("s3/minio"),
+        &opts.minio_access_key,
+        &opts.minio_secret_key,
+        &["mlpipeline"],
+        opts.die_with_parent,
+    )
+    .context("starting the S3 server that plays MinIO")?;
     started.0.push(minio.clone());
     let dest_bucket = "ckf-backups";
-    let dest = crate::s3::start_weed(&layout.dir.join("s3/dest"), &opts.dest_access_key, &opts.dest_secret_key, &[dest_bucket])
-        .context("starting the destination S3 server")?;
+    let dest = crate::s3::start_weed(
+        &layout.dir.join("s3/dest"),
+        &opts.dest_access_key,
+        &opts.dest_secret_key,
+        &[dest_bucket],
+        opts.die_with_parent,
+    )
+    .context("starting the destination S3 server")?;
     started.0.push(dest.clone());
 
     let token = {
@@ -184,8 +214,20 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         let b: [u8; 24] = rand::rng().random();
         hex::encode(b)
     };
-    let info_minio = ServerInfo { pid: minio.pid, port: minio.s3_port, grpc_ports: minio.grpc_ports.clone(), access_key: opts.minio_access_key.clone(), secret_key: opts.minio_secret_key.clone() };
-    let info_dest = ServerInfo { pid: dest.pid, port: dest.s3_port, grpc_ports: dest.grpc_ports.clone(), access_key: opts.dest_access_key.clone(), secret_key: opts.dest_secret_key.clone() };
+    let info_minio = ServerInfo {
+        pid: minio.pid,
+        port: minio.s3_port,
+        grpc_ports: minio.grpc_ports.clone(),
+        access_key: opts.minio_access_key.clone(),
+        secret_key: opts.minio_secret_key.clone(),
+    };
+    let info_dest = ServerInfo {
+        pid: dest.pid,
+        port: dest.s3_port,
+        grpc_ports: dest.grpc_ports.clone(),
+        access_key: opts.dest_access_key.clone(),
+        secret_key: opts.dest_secret_key.clone(),
+    };
     let wiring = Wiring {
         data_dir: layout.data(),
         minio_port: minio.s3_port,
@@ -206,12 +248,20 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
     crate::seed::write_mlmd(&layout.mlmd_db(), &opts.mlmd)?;
     std::fs::create_dir_all(layout.data().join("pods/mlmd-0/tmp"))?;
     for app in ["kfp-db", "katib-db"] {
-        crate::seed::write_mysql_data(&crate::actions::mysql_data_file(&model, app), app, opts.mysql_rows, opts.mlmd.seed)?;
+        crate::seed::write_mysql_data(
+            &crate::actions::mysql_data_file(&model, app),
+            app,
+            opts.mysql_rows,
+            opts.mlmd.seed,
+        )?;
     }
     tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()?
-        .block_on(crate::seed::fill_bucket(&info_minio.target("mlpipeline"), &opts.bucket))
+        .block_on(crate::seed::fill_bucket(
+            &info_minio.target("mlpipeline"),
+            &opts.bucket,
+        ))
         .context("seeding the mlpipeline bucket")?;
 
     let k8s_port = crate::s3::free_port()?;
@@ -223,13 +273,18 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    crate::s3::detach(&mut cmd);
-    let child = cmd.spawn().with_context(|| format!("starting {} serve-k8s", opts.exe.display()))?;
+    crate::s3::detach(&mut cmd, opts.die_with_parent);
+    let child = cmd
+        .spawn()
+        .with_context(|| format!("starting {} serve-k8s", opts.exe.display()))?;
     started.1 = Some(child.id());
     let deadline = Instant::now() + Duration::from_secs(30);
     while std::net::TcpStream::connect(("127.0.0.1", k8s_port)).is_err() {
         if Instant::now() > deadline || !crate::process::alive(child.id()) {
-            bail!("the Kubernetes API simulator did not start; see {}", layout.logs().join("k8s.log").display());
+            bail!(
+                "the Kubernetes API simulator did not start; see {}",
+                layout.logs().join("k8s.log").display()
+            );
         }
         std::thread::sleep(Duration::from_millis(50));
     }
@@ -268,7 +323,9 @@ pub fn kubeconfig(info: &Info) -> String {
 
 fn env_file(layout: &Layout, info: &Info) -> String {
     let q = |s: &str| format!("'{}'", s.replace('\'', "'\\''"));
-    let mut s = String::from("# Generated by backup-agent-sandbox up: `source` this file to talk to the sandbox.\n");
+    let mut s = String::from(
+        "# Generated by backup-agent-sandbox up: `source` this file to talk to the sandbox.\n",
+    );
     let mut set = |k: &str, v: &str| s.push_str(&format!("export {k}={}\n", q(v)));
     set("BACKUP_AGENT_SANDBOX", &layout.dir.display().to_string());
     set("KUBECONFIG", &layout.kubeconfig().display().to_string());
@@ -280,7 +337,10 @@ fn env_file(layout: &Layout, info: &Info) -> String {
     set("BACKUP_AGENT_S3_URI_STYLE", "path");
     set("BACKUP_AGENT_S3_ACCESS_KEY", &info.dest.access_key);
     set("BACKUP_AGENT_S3_SECRET_KEY", &info.dest.secret_key);
-    s.push_str(&format!("export PATH={}:\"$PATH\"\n", q(&layout.bin().display().to_string())));
+    s.push_str(&format!(
+        "export PATH={}:\"$PATH\"\n",
+        q(&layout.bin().display().to_string())
+    ));
     s
 }
 
@@ -290,12 +350,17 @@ pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
     crate::process::stop(info.k8s_pid, Duration::from_secs(5));
     crate::s3::stop_weed(&info.minio.weed());
     crate::s3::stop_weed(&info.dest.weed());
-    let still: Vec<u32> = info.pids().into_iter().filter(|p| crate::process::alive(*p)).collect();
+    let still: Vec<u32> = info
+        .pids()
+        .into_iter()
+        .filter(|p| crate::process::alive(*p))
+        .collect();
     if !still.is_empty() {
         bail!("processes {still:?} did not stop");
     }
     if purge {
-        std::fs::remove_dir_all(&layout.dir).with_context(|| format!("removing {}", layout.dir.display()))?;
+        std::fs::remove_dir_all(&layout.dir)
+            .with_context(|| format!("removing {}", layout.dir.display()))?;
     } else {
         std::fs::remove_file(layout.info())?;
     }
@@ -306,16 +371,52 @@ pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
 pub fn status(layout: &Layout) -> Result<String> {
     let info = Info::load(layout)?;
     let model = layout.model().read()?;
-    let state = |pid: u32| if crate::process::alive(pid) { "running" } else { "STOPPED" };
+    let state = |pid: u32| {
+        if crate::process::alive(pid) {
+            "running"
+        } else {
+            "STOPPED"
+        }
+    };
     let mut s = format!("sandbox {}\n", layout.dir.display());
-    s.push_str(&format!("  minio S3        {}  pid {} {}\n", info.minio.endpoint(), info.minio.pid, state(info.minio.pid)));
-    s.push_str(&format!("  destination S3  {}  pid {} {}  bucket {}\n", info.dest.endpoint(), info.dest.pid, state(info.dest.pid), info.dest_bucket));
-    s.push_str(&format!("  kubernetes API  {}  pid {} {}\n", info.k8s_url(), info.k8s_pid, state(info.k8s_pid)));
-    s.push_str(&format!("  model {} (juju {}):\n", model.name, model.juju_version));
+    s.push_str(&format!(
+        "  minio S3        {}  pid {} {}\n",
+        info.minio.endpoint(),
+        info.minio.pid,
+        state(info.minio.pid)
+    ));
+    s.push_str(&format!(
+        "  destination S3  {}  pid {} {}  bucket {}\n",
+        info.dest.endpoint(),
+        info.dest.pid,
+        state(info.dest.pid),
+        info.dest_bucket
+    ));
+    s.push_str(&format!(
+        "  kubernetes API  {}  pid {} {}\n",
+        info.k8s_url(),
+        info.k8s_pid,
+        state(info.k8s_pid)
+    ));
+    s.push_str(&format!(
+        "  model {} (juju {}):\n",
+        model.name, model.juju_version
+    ));
     for (name, app) in &model.apps {
-        s.push_str(&format!("    {name:<22} scale {} units {}{}\n", app.scale, app.units.len(), app.blocked.as_ref().map(|b| format!("  blocked: {b}")).unwrap_or_default()));
+        s.push_str(&format!(
+            "    {name:<22} scale {} units {}{}\n",
+            app.scale,
+            app.units.len(),
+            app.blocked
+                .as_ref()
+                .map(|b| format!("  blocked: {b}"))
+                .unwrap_or_default()
+        ));
     }
-    s.push_str(&format!("  use it: source {}\n", layout.env_file().display()));
+    s.push_str(&format!(
+        "  use it: source {}\n",
+        layout.env_file().display()
+    ));
     Ok(s)
 }
 
@@ -330,8 +431,16 @@ impl Sandbox {
     pub fn up(opts: &UpOptions) -> Result<Sandbox> {
         let tmp = tempfile::Builder::new().prefix("ba-sandbox-").tempdir()?;
         let layout = Layout::new(tmp.path())?;
-        let info = up(&layout, opts)?;
-        Ok(Sandbox { layout, info, _tmp: Some(tmp) })
+        let opts = UpOptions {
+            die_with_parent: true,
+            ..opts.clone()
+        };
+        let info = up(&layout, &opts)?;
+        Ok(Sandbox {
+            layout,
+            info,
+            _tmp: Some(tmp),
+        })
     }
 
     pub fn model(&self) -> ModelStore {

@@ -50,13 +50,27 @@ struct Args {
 }
 
 const VALUE_FLAGS: &[&str] = &["format", "m", "model", "wait", "o", "output", "params"];
-const BOOL_FLAGS: &[&str] = &["background", "string-args", "all", "utc", "relations", "storage", "no-color", "color", "quiet", "q"];
+const BOOL_FLAGS: &[&str] = &[
+    "background",
+    "string-args",
+    "all",
+    "utc",
+    "relations",
+    "storage",
+    "no-color",
+    "color",
+    "quiet",
+    "q",
+];
 
 fn parse_args(raw: &[String]) -> Result<Args, String> {
     let mut a = Args::default();
     let mut it = raw.iter();
     while let Some(arg) = it.next() {
-        if let Some(flag) = arg.strip_prefix("--").or_else(|| arg.strip_prefix('-').filter(|f| !f.is_empty() && !f.starts_with(|c: char| c.is_ascii_digit()))) {
+        if let Some(flag) = arg.strip_prefix("--").or_else(|| {
+            arg.strip_prefix('-')
+                .filter(|f| !f.is_empty() && !f.starts_with(|c: char| c.is_ascii_digit()))
+        }) {
             let (name, inline) = match flag.split_once('=') {
                 Some((n, v)) => (n.to_string(), Some(v.to_string())),
                 None => (flag.to_string(), None),
@@ -71,7 +85,8 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
                 };
                 a.flags.insert(name, v);
             } else if BOOL_FLAGS.contains(&name.as_str()) {
-                a.flags.insert(name, inline.unwrap_or_else(|| "true".into()));
+                a.flags
+                    .insert(name, inline.unwrap_or_else(|| "true".into()));
             } else {
                 return Err(format!("option provided but not defined: {arg}"));
             }
@@ -84,7 +99,11 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
 
 impl Args {
     fn format(&self, default: &str) -> String {
-        self.flags.get("format").or(self.flags.get("o")).cloned().unwrap_or_else(|| default.into())
+        self.flags
+            .get("format")
+            .or(self.flags.get("o"))
+            .cloned()
+            .unwrap_or_else(|| default.into())
     }
     fn model(&self) -> Option<String> {
         self.flags
@@ -112,7 +131,9 @@ pub fn parse_go_duration(s: &str) -> Option<Duration> {
         }
         let n: f64 = rest[..num_len].parse().ok()?;
         rest = &rest[num_len..];
-        let unit_len = rest.find(|c: char| c.is_ascii_digit() || c == '.').unwrap_or(rest.len());
+        let unit_len = rest
+            .find(|c: char| c.is_ascii_digit() || c == '.')
+            .unwrap_or(rest.len());
         let mult = match &rest[..unit_len] {
             "ns" => 1e-9,
             "us" | "µs" => 1e-6,
@@ -132,7 +153,9 @@ fn render(value: &Value, format: &str) -> Result<String, String> {
     match format {
         "json" => Ok(format!("{}\n", serde_json::to_string(value).unwrap())),
         "yaml" => Ok(serde_yaml::to_string(value).unwrap()),
-        other => Err(format!("invalid value \"{other}\" for option --format: unknown format \"{other}\"")),
+        other => Err(format!(
+            "invalid value \"{other}\" for option --format: unknown format \"{other}\""
+        )),
     }
 }
 
@@ -147,7 +170,9 @@ fn go_time(ms: u64) -> String {
 }
 
 fn dt(ms: u64) -> DateTime<Utc> {
-    Utc.timestamp_millis_opt(ms as i64).single().unwrap_or_default()
+    Utc.timestamp_millis_opt(ms as i64)
+        .single()
+        .unwrap_or_default()
 }
 
 /// Entry point: `juju <command> ...`.
@@ -164,7 +189,14 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
     }
     if !matches!(
         cmd.as_str(),
-        "status" | "show-unit" | "config" | "scale-application" | "run" | "show-task" | "models" | "show-model"
+        "status"
+            | "show-unit"
+            | "config"
+            | "scale-application"
+            | "run"
+            | "show-task"
+            | "models"
+            | "show-model"
     ) {
         return Outcome::usage(format!("unrecognized command: juju {cmd}"));
     }
@@ -194,7 +226,10 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
         let bare = wanted.rsplit(':').next().unwrap_or(&wanted);
         let bare = bare.rsplit('/').next().unwrap_or(bare);
         if bare != model.name {
-            return Outcome::error(format!("model {}:admin/{} not found", model.controller, bare));
+            return Outcome::error(format!(
+                "model {}:admin/{} not found",
+                model.controller, bare
+            ));
         }
     }
     let out = match cmd.as_str() {
@@ -202,9 +237,19 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
         "show-unit" => show_unit(&model, &args),
         "config" => config(store, &model, &args),
         "scale-application" => scale(store, &args),
-        "run" => crate::actions::run_cli(store, &model, &args.positional, &args.format("plain"), args.flags.get("wait").map(|s| s.as_str()), args.flags.contains_key("background")),
+        "run" => crate::actions::run_cli(
+            store,
+            &model,
+            &args.positional,
+            &args.format("plain"),
+            args.flags.get("wait").map(|s| s.as_str()),
+            args.flags.contains_key("background"),
+        ),
         "show-task" => show_task(store, &args),
-        "models" | "show-model" => Ok(Outcome::ok(format!("{}\n", json!({"models": [{"name": format!("admin/{}", model.name), "short-name": model.name, "model-uuid": model.uuid, "type": "caas"}]})))),
+        "models" | "show-model" => Ok(Outcome::ok(format!(
+            "{}\n",
+            json!({"models": [{"name": format!("admin/{}", model.name), "short-name": model.name, "model-uuid": model.uuid, "type": "caas"}]})
+        ))),
         _ => unreachable!(),
     };
     out.unwrap_or_else(|e| Outcome::error(format!("{e:#}")))
@@ -213,23 +258,37 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
 fn version(args: &Args) -> Outcome {
     let v = "3.6.4-genericlinux-amd64";
     if args.format("plain") == "json" {
-        Outcome::ok(format!("{}\n", json!({"version": v, "git-commit": "0000000000000000000000000000000000000000"})))
+        Outcome::ok(format!(
+            "{}\n",
+            json!({"version": v, "git-commit": "0000000000000000000000000000000000000000"})
+        ))
     } else {
         Outcome::ok(format!("{v}\n"))
     }
 }
 
 /// Status of one unit as Juju shows it: (workload current, message, agent current).
-fn unit_status(model: &Model, app_name: &str, app: &App, num: u32, now: u64) -> (String, String, String) {
+fn unit_status(
+    model: &Model,
+    app_name: &str,
+    app: &App,
+    num: u32,
+    now: u64,
+) -> (String, String, String) {
     let unit = &app.units[&num];
     if !App::is_ready(unit, now) {
-        return ("maintenance".into(), "installing charm software".into(), "executing".into());
+        return (
+            "maintenance".into(),
+            "installing charm software".into(),
+            "executing".into(),
+        );
     }
     if let Some(msg) = &app.blocked {
         return ("blocked".into(), msg.clone(), "idle".into());
     }
     if crate::actions::running_on(model, &format!("{app_name}/{num}"), now) {
-        if let Some(msg) = crate::actions::running_message(model, &format!("{app_name}/{num}"), now) {
+        if let Some(msg) = crate::actions::running_message(model, &format!("{app_name}/{num}"), now)
+        {
             return ("maintenance".into(), msg, "executing".into());
         }
     }
@@ -255,12 +314,16 @@ fn app_status(model: &Model, name: &str, app: &App, now: u64) -> (String, String
 }
 
 fn pod_ip(app: &str, ordinal: u32) -> String {
-    let h = app.bytes().fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    let h = app
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
     format!("10.1.{}.{}", 10 + h % 200, 10 + ordinal)
 }
 
 fn service_ip(app: &str) -> String {
-    let h = app.bytes().fold(3u32, |a, b| a.wrapping_mul(17).wrapping_add(b as u32));
+    let h = app
+        .bytes()
+        .fold(3u32, |a, b| a.wrapping_mul(17).wrapping_add(b as u32));
     format!("10.152.183.{}", 10 + h % 240)
 }
 
@@ -292,7 +355,11 @@ pub fn status_json(model: &Model, now: u64) -> Value {
         }
         let mut relations = Map::new();
         for r in model.relations_of(name) {
-            let (mine, other) = if r.ends[0].app == *name { (&r.ends[0], &r.ends[1]) } else { (&r.ends[1], &r.ends[0]) };
+            let (mine, other) = if r.ends[0].app == *name {
+                (&r.ends[0], &r.ends[1])
+            } else {
+                (&r.ends[1], &r.ends[0])
+            };
             relations
                 .entry(mine.endpoint.clone())
                 .or_insert_with(|| json!([]))
@@ -342,7 +409,14 @@ pub fn status_json(model: &Model, now: u64) -> Value {
 fn uuid_for(name: &str) -> String {
     let mut h = sha2_hex(name);
     h.truncate(32);
-    format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+    format!(
+        "{}-{}-{}-{}-{}",
+        &h[0..8],
+        &h[8..12],
+        &h[12..16],
+        &h[16..20],
+        &h[20..32]
+    )
 }
 
 fn sha2_hex(s: &str) -> String {
@@ -360,27 +434,64 @@ fn status(model: &Model, args: &Args) -> Result<Outcome> {
     // `juju status APP...` filters applications.
     if !args.positional.is_empty() {
         if let Some(apps) = v["applications"].as_object_mut() {
-            apps.retain(|k, _| args.positional.iter().any(|p| p == k || p.split('/').next() == Some(k)));
+            apps.retain(|k, _| {
+                args.positional
+                    .iter()
+                    .any(|p| p == k || p.split('/').next() == Some(k))
+            });
         }
     }
-    render(&v, &format).map(Outcome::ok).or_else(|e| Ok(Outcome::usage(e)))
+    render(&v, &format)
+        .map(Outcome::ok)
+        .or_else(|e| Ok(Outcome::usage(e)))
 }
 
 fn status_table(model: &Model, now: u64) -> String {
     let mut s = String::new();
-    let _ = writeln!(s, "Model     Controller  Cloud/Region        Version  SLA          Timestamp");
-    let _ = writeln!(s, "{:<9} {:<11} {:<18} {:<8} unsupported  {}\n", model.name, model.controller, format!("{}/{}", model.cloud, model.region), model.juju_version, dt(now).format("%H:%M:%SZ"));
-    let _ = writeln!(s, "{:<20} {:<24} {:<8} {:>5}  {:<20} {:<16} {:>5}  Message", "App", "Version", "Status", "Scale", "Charm", "Channel", "Rev");
+    let _ = writeln!(
+        s,
+        "Model     Controller  Cloud/Region        Version  SLA          Timestamp"
+    );
+    let _ = writeln!(
+        s,
+        "{:<9} {:<11} {:<18} {:<8} unsupported  {}\n",
+        model.name,
+        model.controller,
+        format!("{}/{}", model.cloud, model.region),
+        model.juju_version,
+        dt(now).format("%H:%M:%SZ")
+    );
+    let _ = writeln!(
+        s,
+        "{:<20} {:<24} {:<8} {:>5}  {:<20} {:<16} {:>5}  Message",
+        "App", "Version", "Status", "Scale", "Charm", "Channel", "Rev"
+    );
     for (name, app) in &model.apps {
         let (cur, msg) = app_status(model, name, app, now);
-        let _ = writeln!(s, "{:<20} {:<24} {:<8} {:>5}  {:<20} {:<16} {:>5}  {}", name, app.workload_version, cur, app.scale, app.charm, app.channel, app.charm_rev, msg);
+        let _ = writeln!(
+            s,
+            "{:<20} {:<24} {:<8} {:>5}  {:<20} {:<16} {:>5}  {}",
+            name, app.workload_version, cur, app.scale, app.charm, app.channel, app.charm_rev, msg
+        );
     }
-    let _ = writeln!(s, "\n{:<24} {:<12} {:<10} {:<12} Message", "Unit", "Workload", "Agent", "Address");
+    let _ = writeln!(
+        s,
+        "\n{:<24} {:<12} {:<10} {:<12} Message",
+        "Unit", "Workload", "Agent", "Address"
+    );
     for (name, app) in &model.apps {
         for (num, unit) in &app.units {
             let (wl, msg, agent) = unit_status(model, name, app, *num, now);
             let star = if unit.leader { "*" } else { "" };
-            let _ = writeln!(s, "{:<24} {:<12} {:<10} {:<12} {}", format!("{name}/{num}{star}"), wl, agent, pod_ip(name, unit.ordinal), msg);
+            let _ = writeln!(
+                s,
+                "{:<24} {:<12} {:<10} {:<12} {}",
+                format!("{name}/{num}{star}"),
+                wl,
+                agent,
+                pod_ip(name, unit.ordinal),
+                msg
+            );
         }
     }
     s
@@ -392,17 +503,27 @@ fn unit_bag(app: &str, ordinal: u32) -> Value {
 }
 
 pub fn show_unit_json(model: &Model, unit: &str) -> Result<Value, String> {
-    let (app_name, num) = crate::model::split_unit(unit).ok_or_else(|| format!("invalid unit name \"{unit}\""))?;
-    let (_, _, u) = model.unit(unit).ok_or_else(|| format!("unit \"{unit}\" not found"))?;
+    let (app_name, num) =
+        crate::model::split_unit(unit).ok_or_else(|| format!("invalid unit name \"{unit}\""))?;
+    let (_, _, u) = model
+        .unit(unit)
+        .ok_or_else(|| format!("unit \"{unit}\" not found"))?;
     let app = &model.apps[app_name];
     let mut infos = vec![];
     for r in model.relations_of(app_name) {
-        let (mine, other) = if r.ends[0].app == app_name { (&r.ends[0], &r.ends[1]) } else { (&r.ends[1], &r.ends[0]) };
+        let (mine, other) = if r.ends[0].app == app_name {
+            (&r.ends[0], &r.ends[1])
+        } else {
+            (&r.ends[1], &r.ends[0])
+        };
         let remote = model.apps.get(&other.app);
         let mut related = Map::new();
         if let Some(ra) = remote {
             for (n, ru) in &ra.units {
-                related.insert(format!("{}/{}", other.app, n), json!({"in-scope": true, "data": unit_bag(&other.app, ru.ordinal)}));
+                related.insert(
+                    format!("{}/{}", other.app, n),
+                    json!({"in-scope": true, "data": unit_bag(&other.app, ru.ordinal)}),
+                );
             }
         }
         let app_data: Map<String, Value> = r
@@ -446,7 +567,9 @@ fn show_unit(model: &Model, args: &Args) -> Result<Outcome> {
             Err(e) => return Ok(Outcome::error(e)),
         }
     }
-    render(&Value::Object(all), &args.format("yaml")).map(Outcome::ok).or_else(|e| Ok(Outcome::usage(e)))
+    render(&Value::Object(all), &args.format("yaml"))
+        .map(Outcome::ok)
+        .or_else(|e| Ok(Outcome::usage(e)))
 }
 
 fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
@@ -454,14 +577,18 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
         return Ok(Outcome::usage("no application name specified"));
     };
     let Some(app) = model.app(app_name) else {
-        return Ok(Outcome::error(format!("application \"{app_name}\" not found")));
+        return Ok(Outcome::error(format!(
+            "application \"{app_name}\" not found"
+        )));
     };
     let rest = &args.positional[1..];
     if rest.iter().any(|a| a.contains('=')) {
         let mut pairs = vec![];
         for kv in rest {
             let Some((k, v)) = kv.split_once('=') else {
-                return Ok(Outcome::usage("can only retrieve a single value, or all values"));
+                return Ok(Outcome::usage(
+                    "can only retrieve a single value, or all values",
+                ));
             };
             if !app.config.contains_key(k) {
                 return Ok(Outcome::error(format!("unknown option \"{k}\"")));
@@ -470,10 +597,17 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
         }
         let name = app_name.clone();
         store.update(move |m| {
-            let a = m.apps.get_mut(&name).ok_or_else(|| anyhow!("application \"{name}\" not found"))?;
+            let a = m
+                .apps
+                .get_mut(&name)
+                .ok_or_else(|| anyhow!("application \"{name}\" not found"))?;
             for (k, v) in pairs {
                 let opt = a.config.get_mut(&k).unwrap();
-                opt.value = Some(if opt.kind == "int" { v.parse::<i64>().map(|n| json!(n)).unwrap_or(json!(v)) } else { json!(v) });
+                opt.value = Some(if opt.kind == "int" {
+                    v.parse::<i64>().map(|n| json!(n)).unwrap_or(json!(v))
+                } else {
+                    json!(v)
+                });
             }
             Ok(())
         })?;
@@ -481,10 +615,14 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
     }
     if let Some(key) = rest.first() {
         if rest.len() > 1 {
-            return Ok(Outcome::usage("can only retrieve a single value, or all values"));
+            return Ok(Outcome::usage(
+                "can only retrieve a single value, or all values",
+            ));
         }
         return Ok(match app.config.get(key) {
-            None => Outcome::error(format!("key \"{key}\" not found in \"{app_name}\" application config or charm settings.")),
+            None => Outcome::error(format!(
+                "key \"{key}\" not found in \"{app_name}\" application config or charm settings."
+            )),
             Some(_) => {
                 let v = app.config_value(key).cloned().unwrap_or(Value::Null);
                 let text = match v {
@@ -521,7 +659,9 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
         "charm": app.charm,
         "settings": settings,
     });
-    render(&v, &args.format("yaml")).map(Outcome::ok).or_else(|e| Ok(Outcome::usage(e)))
+    render(&v, &args.format("yaml"))
+        .map(Outcome::ok)
+        .or_else(|e| Ok(Outcome::usage(e)))
 }
 
 fn scale(store: &ModelStore, args: &Args) -> Result<Outcome> {
@@ -529,18 +669,31 @@ fn scale(store: &ModelStore, args: &Args) -> Result<Outcome> {
     let Some(app) = p.first() else {
         return Ok(Outcome::usage("no application specified"));
     };
-    if !app.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-') || app.is_empty() {
-        return Ok(Outcome::usage(format!("invalid application name \"{app}\"")));
+    if !app
+        .chars()
+        .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        || app.is_empty()
+    {
+        return Ok(Outcome::usage(format!(
+            "invalid application name \"{app}\""
+        )));
     }
     let Some(n) = p.get(1) else {
         return Ok(Outcome::usage("no scale specified"));
     };
     if p.len() > 2 {
-        return Ok(Outcome::usage(format!("unrecognized args: [\"{}\"]", p[2..].join("\" \""))));
+        return Ok(Outcome::usage(format!(
+            "unrecognized args: [\"{}\"]",
+            p[2..].join("\" \"")
+        )));
     }
     let n: i64 = match n.parse() {
         Ok(n) => n,
-        Err(_) => return Ok(Outcome::usage(format!("invalid scale \"{n}\": strconv.Atoi: parsing \"{n}\": invalid syntax"))),
+        Err(_) => {
+            return Ok(Outcome::usage(format!(
+                "invalid scale \"{n}\": strconv.Atoi: parsing \"{n}\": invalid syntax"
+            )))
+        }
     };
     if n < 0 {
         return Ok(Outcome::usage("scale must be a positive integer"));
@@ -549,14 +702,22 @@ fn scale(store: &ModelStore, args: &Args) -> Result<Outcome> {
     let res = store.update(move |m| {
         let delay = m.timing.scale_delay_ms;
         let Some(a) = m.apps.get_mut(&name) else {
-            return Ok(Err(format!("could not scale application \"{name}\": application \"{name}\" not found")));
+            return Ok(Err(format!(
+                "could not scale application \"{name}\": application \"{name}\" not found"
+            )));
         };
         a.scale = n as u32;
-        a.scaling = Some(crate::model::Scaling { target: n as u32, due_ms: now_ms() + delay });
+        a.scaling = Some(crate::model::Scaling {
+            target: n as u32,
+            due_ms: now_ms() + delay,
+        });
         Ok(Ok(()))
     })?;
     Ok(match res {
-        Ok(()) => Outcome { stderr: format!("{app} scaled to {n} units\n"), ..Default::default() },
+        Ok(()) => Outcome {
+            stderr: format!("{app} scaled to {n} units\n"),
+            ..Default::default()
+        },
         Err(e) => Outcome::error(e),
     })
 }
@@ -565,7 +726,8 @@ fn scale(store: &ModelStore, args: &Args) -> Result<Outcome> {
 pub fn task_json(task: &Task, now: u64) -> Value {
     let status = task.status_at(now);
     let mut v = json!({"id": task.id.to_string(), "status": status, "unit": task.unit});
-    let mut timing = json!({"enqueued": go_time(task.enqueued_ms), "started": go_time(task.started_ms)});
+    let mut timing =
+        json!({"enqueued": go_time(task.enqueued_ms), "started": go_time(task.started_ms)});
     if status != "running" {
         timing["completed"] = json!(go_time(task.completed_ms));
         if !task.message.is_empty() {
@@ -575,7 +737,11 @@ pub fn task_json(task: &Task, now: u64) -> Value {
         results.insert("return-code".into(), json!(0));
         v["results"] = Value::Object(results);
         if !task.log.is_empty() {
-            v["log"] = json!(task.log.iter().map(|l| format!("{} {l}", go_time(task.started_ms))).collect::<Vec<_>>());
+            v["log"] = json!(task
+                .log
+                .iter()
+                .map(|l| format!("{} {l}", go_time(task.started_ms)))
+                .collect::<Vec<_>>());
         }
     }
     v["timing"] = timing;
@@ -588,7 +754,11 @@ pub fn task_plain(task: &Task, now: u64) -> String {
     let results = v.get("results").cloned().unwrap_or(json!({}));
     let mut results = results.as_object().cloned().unwrap_or_default();
     results.remove("return-code");
-    let body = if results.is_empty() { String::new() } else { serde_yaml::to_string(&Value::Object(results)).unwrap() };
+    let body = if results.is_empty() {
+        String::new()
+    } else {
+        serde_yaml::to_string(&Value::Object(results)).unwrap()
+    };
     match task.status_at(now) {
         "failed" => format!("Action id {} failed: {}\n{}", task.id, task.message, body),
         _ => body,
@@ -606,7 +776,11 @@ fn show_task(store: &ModelStore, args: &Args) -> Result<Outcome> {
         None => None,
         Some(w) => match parse_go_duration(w) {
             Some(d) => Some(d),
-            None => return Ok(Outcome::usage(format!("invalid value \"{w}\" for option --wait: time: invalid duration \"{w}\""))),
+            None => {
+                return Ok(Outcome::usage(format!(
+                    "invalid value \"{w}\" for option --wait: time: invalid duration \"{w}\""
+                )))
+            }
         },
     };
     let model = store.read()?;
@@ -615,11 +789,15 @@ fn show_task(store: &ModelStore, args: &Args) -> Result<Outcome> {
     };
     let now = crate::actions::wait_for(&task, wait);
     if task.status_at(now) == "running" && wait.is_some() {
-        return Ok(Outcome::error(format!("timed out waiting for results from: task {id}")));
+        return Ok(Outcome::error(format!(
+            "timed out waiting for results from: task {id}"
+        )));
     }
     let format = args.format("plain");
     if format == "plain" {
         return Ok(Outcome::ok(task_plain(&task, now)));
     }
-    render(&task_json(&task, now), &format).map(Outcome::ok).or_else(|e| Ok(Outcome::usage(e)))
+    render(&task_json(&task, now), &format)
+        .map(Outcome::ok)
+        .or_else(|e| Ok(Outcome::usage(e)))
 }

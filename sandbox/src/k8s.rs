@@ -12,8 +12,8 @@ use std::process::Stdio;
 
 use anyhow::{Context, Result};
 use axum::body::Bytes;
-use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::ws::rejection::WebSocketUpgradeRejection;
+use axum::extract::ws::{Message, WebSocket, WebSocketUpgrade};
 use axum::extract::{Path as UrlPath, RawQuery, State};
 use axum::http::{HeaderMap, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
@@ -41,7 +41,11 @@ fn status(code: StatusCode, reason: &str, message: impl Into<String>) -> Respons
 }
 
 fn not_found(kind: &str, name: &str) -> Response {
-    status(StatusCode::NOT_FOUND, "NotFound", format!("{kind} \"{name}\" not found"))
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        format!("{kind} \"{name}\" not found"),
+    )
 }
 
 fn rfc3339(ms: u64) -> String {
@@ -87,7 +91,9 @@ pub fn pods(model: &Model, now: u64) -> Vec<PodView> {
     let t = &model.timing;
     for (app_name, app) in &model.apps {
         for (num, u) in &app.units {
-            let terminating = u.pod_deleted_ms.is_some_and(|d| now < d + t.pod_terminating_ms);
+            let terminating = u
+                .pod_deleted_ms
+                .is_some_and(|d| now < d + t.pod_terminating_ms);
             if u.pod_deleted_ms.is_some() && !terminating {
                 continue;
             }
@@ -110,7 +116,11 @@ pub fn pods(model: &Model, now: u64) -> Vec<PodView> {
                 .map(|c| {
                     let mut s = json!({"name": c, "image": format!("sandbox/{}:{}", app.charm, c)});
                     if Some(c) == app.container.as_ref() && !app.ports.is_empty() {
-                        s["ports"] = json!(app.ports.keys().map(|p| json!({"containerPort": p, "protocol": "TCP"})).collect::<Vec<_>>());
+                        s["ports"] = json!(app
+                            .ports
+                            .keys()
+                            .map(|p| json!({"containerPort": p, "protocol": "TCP"}))
+                            .collect::<Vec<_>>());
                     }
                     s
                 })
@@ -174,22 +184,36 @@ fn list(kind: &str, api_version: &str, rv: u64, items: Vec<Value>) -> Response {
 
 fn matches_selector(pod: &Value, selector: &str) -> bool {
     selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        let (k, v) = term.split_once("==").or_else(|| term.split_once('=')).unwrap_or((term, ""));
+        let (k, v) = term
+            .split_once("==")
+            .or_else(|| term.split_once('='))
+            .unwrap_or((term, ""));
         pod["metadata"]["labels"][k].as_str() == Some(v)
     })
 }
 
 async fn guard(ctx: &Ctx, headers: &HeaderMap) -> Result<Model, Response> {
-    let model = ctx
-        .store
-        .read()
-        .map_err(|e| status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("{e:#}")))?;
+    let model = ctx.store.read().map_err(|e| {
+        status(
+            StatusCode::INTERNAL_SERVER_ERROR,
+            "InternalError",
+            format!("{e:#}"),
+        )
+    })?;
     if model.faults.k8s_unavailable {
-        return Err(status(StatusCode::SERVICE_UNAVAILABLE, "ServiceUnavailable", "the server is currently unable to handle the request"));
+        return Err(status(
+            StatusCode::SERVICE_UNAVAILABLE,
+            "ServiceUnavailable",
+            "the server is currently unable to handle the request",
+        ));
     }
     let expected = format!("Bearer {}", model.k8s.token);
     if headers.get("authorization").and_then(|h| h.to_str().ok()) != Some(expected.as_str()) {
-        return Err(status(StatusCode::UNAUTHORIZED, "Unauthorized", "Unauthorized"));
+        return Err(status(
+            StatusCode::UNAUTHORIZED,
+            "Unauthorized",
+            "Unauthorized",
+        ));
     }
     Ok(model)
 }
@@ -198,7 +222,12 @@ fn check_ns(model: &Model, ns: &str) -> Option<Response> {
     (ns != model.namespace()).then(|| not_found("namespaces", ns))
 }
 
-async fn list_pods(State(ctx): State<Ctx>, headers: HeaderMap, ns: Option<UrlPath<String>>, RawQuery(q): RawQuery) -> Response {
+async fn list_pods(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    ns: Option<UrlPath<String>>,
+    RawQuery(q): RawQuery,
+) -> Response {
     let model = match guard(&ctx, &headers).await {
         Ok(m) => m,
         Err(r) => return r,
@@ -208,7 +237,10 @@ async fn list_pods(State(ctx): State<Ctx>, headers: HeaderMap, ns: Option<UrlPat
             return list("PodList", "v1", model.k8s.resource_version, vec![]);
         }
     }
-    let selector = query_pairs(&q).into_iter().find(|(k, _)| k == "labelSelector").map(|(_, v)| v);
+    let selector = query_pairs(&q)
+        .into_iter()
+        .find(|(k, _)| k == "labelSelector")
+        .map(|(_, v)| v);
     let items = pods(&model, now_ms())
         .into_iter()
         .map(|p| p.json)
@@ -217,7 +249,12 @@ async fn list_pods(State(ctx): State<Ctx>, headers: HeaderMap, ns: Option<UrlPat
     list("PodList", "v1", model.k8s.resource_version, items)
 }
 
-async fn pod(State(ctx): State<Ctx>, method: Method, headers: HeaderMap, UrlPath((ns, name)): UrlPath<(String, String)>) -> Response {
+async fn pod(
+    State(ctx): State<Ctx>,
+    method: Method,
+    headers: HeaderMap,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+) -> Response {
     let model = match guard(&ctx, &headers).await {
         Ok(m) => m,
         Err(r) => return r,
@@ -232,7 +269,11 @@ async fn pod(State(ctx): State<Ctx>, method: Method, headers: HeaderMap, UrlPath
     if method == Method::DELETE {
         let deleted = ctx.store.update(|m| {
             let app = m.apps.get_mut(&view.app).context("app vanished")?;
-            if let Some(u) = app.units.values_mut().find(|u| format!("{}-{}", view.app, u.ordinal) == view.name) {
+            if let Some(u) = app
+                .units
+                .values_mut()
+                .find(|u| format!("{}-{}", view.app, u.ordinal) == view.name)
+            {
                 if u.pod_deleted_ms.is_none() {
                     u.pod_deleted_ms = Some(now);
                 }
@@ -240,7 +281,11 @@ async fn pod(State(ctx): State<Ctx>, method: Method, headers: HeaderMap, UrlPath
             Ok(())
         });
         if let Err(e) = deleted {
-            return status(StatusCode::INTERNAL_SERVER_ERROR, "InternalError", format!("{e:#}"));
+            return status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("{e:#}"),
+            );
         }
         let mut j = view.json.clone();
         j["metadata"]["deletionTimestamp"] = json!(rfc3339(now + model.timing.pod_terminating_ms));
@@ -264,20 +309,33 @@ fn service_json(model: &Model, name: &str, app: &App) -> Value {
     })
 }
 
-async fn services(State(ctx): State<Ctx>, headers: HeaderMap, UrlPath(ns): UrlPath<String>) -> Response {
+async fn services(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath(ns): UrlPath<String>,
+) -> Response {
     let model = match guard(&ctx, &headers).await {
         Ok(m) => m,
         Err(r) => return r,
     };
     let items = if ns == model.namespace() {
-        model.apps.iter().filter(|(_, a)| !a.ports.is_empty()).map(|(n, a)| service_json(&model, n, a)).collect()
+        model
+            .apps
+            .iter()
+            .filter(|(_, a)| !a.ports.is_empty())
+            .map(|(n, a)| service_json(&model, n, a))
+            .collect()
     } else {
         vec![]
     };
     list("ServiceList", "v1", model.k8s.resource_version, items)
 }
 
-async fn service(State(ctx): State<Ctx>, headers: HeaderMap, UrlPath((ns, name)): UrlPath<(String, String)>) -> Response {
+async fn service(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath((ns, name)): UrlPath<(String, String)>,
+) -> Response {
     let model = match guard(&ctx, &headers).await {
         Ok(m) => m,
         Err(r) => return r,
@@ -291,16 +349,30 @@ async fn service(State(ctx): State<Ctx>, headers: HeaderMap, UrlPath((ns, name))
     }
 }
 
-async fn custom(State(ctx): State<Ctx>, headers: HeaderMap, UrlPath(params): UrlPath<BTreeMap<String, String>>) -> Response {
+async fn custom(
+    State(ctx): State<Ctx>,
+    headers: HeaderMap,
+    UrlPath(params): UrlPath<BTreeMap<String, String>>,
+) -> Response {
     let model = match guard(&ctx, &headers).await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let (group, version, plural) = (params["group"].as_str(), params["version"].as_str(), params["plural"].as_str());
+    let (group, version, plural) = (
+        params["group"].as_str(),
+        params["version"].as_str(),
+        params["plural"].as_str(),
+    );
     let (items, kind) = match (group, version, plural) {
         ("argoproj.io", "v1alpha1", "workflows") => (&model.k8s.workflows, "WorkflowList"),
         ("kubeflow.org", "v1beta1", "experiments") => (&model.k8s.experiments, "ExperimentList"),
-        _ => return status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource"),
+        _ => {
+            return status(
+                StatusCode::NOT_FOUND,
+                "NotFound",
+                "the server could not find the requested resource",
+            )
+        }
     };
     let ns = params.get("ns");
     let items = items
@@ -308,7 +380,12 @@ async fn custom(State(ctx): State<Ctx>, headers: HeaderMap, UrlPath(params): Url
         .filter(|i| ns.is_none_or(|ns| i["metadata"]["namespace"].as_str() == Some(ns)))
         .cloned()
         .collect();
-    list(kind, &format!("{group}/{version}"), model.k8s.resource_version, items)
+    list(
+        kind,
+        &format!("{group}/{version}"),
+        model.k8s.resource_version,
+        items,
+    )
 }
 
 pub fn pod_dir(model: &Model, pod: &str) -> PathBuf {
@@ -335,12 +412,23 @@ exec chroot "$r" "$@"
 
 pub fn container_command(pod_dir: &Path, command: &[String]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("unshare");
-    c.args(["-m", "--propagation", "private", "sh", "-c", CONTAINER_SCRIPT, "sh"])
-        .arg(pod_dir)
-        .args(command)
-        .env_clear()
-        .env("PATH", "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin")
-        .env("HOME", "/root");
+    c.args([
+        "-m",
+        "--propagation",
+        "private",
+        "sh",
+        "-c",
+        CONTAINER_SCRIPT,
+        "sh",
+    ])
+    .arg(pod_dir)
+    .args(command)
+    .env_clear()
+    .env(
+        "PATH",
+        "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin",
+    )
+    .env("HOME", "/root");
     c
 }
 
@@ -359,24 +447,54 @@ async fn exec(
         return r;
     }
     let pairs = query_pairs(&q);
-    let command: Vec<String> = pairs.iter().filter(|(k, _)| k == "command").map(|(_, v)| v.clone()).collect();
-    let flag = |k: &str| pairs.iter().any(|(key, v)| key == k && (v == "true" || v == "1"));
+    let command: Vec<String> = pairs
+        .iter()
+        .filter(|(k, _)| k == "command")
+        .map(|(_, v)| v.clone())
+        .collect();
+    let flag = |k: &str| {
+        pairs
+            .iter()
+            .any(|(key, v)| key == k && (v == "true" || v == "1"))
+    };
     let Some(view) = pods(&model, now_ms()).into_iter().find(|p| p.name == name) else {
         return not_found("pods", &name);
     };
-    let container = pairs.iter().find(|(k, _)| k == "container").map(|(_, v)| v.clone()).unwrap_or_else(|| view.containers.last().cloned().unwrap_or_default());
+    let container = pairs
+        .iter()
+        .find(|(k, _)| k == "container")
+        .map(|(_, v)| v.clone())
+        .unwrap_or_else(|| view.containers.last().cloned().unwrap_or_default());
     if !view.containers.contains(&container) {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", format!("container {container} is not valid for pod {name}"));
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("container {container} is not valid for pod {name}"),
+        );
     }
     if view.terminating || !view.ready {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", format!("unable to upgrade connection: container not found (\"{container}\")"));
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("unable to upgrade connection: container not found (\"{container}\")"),
+        );
     }
     if command.is_empty() {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "you must specify at least 1 command");
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "you must specify at least 1 command",
+        );
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required"),
+        Err(_) => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                "Upgrade request required",
+            )
+        }
     };
     let dir = pod_dir(&model, &name);
     let cut = model.faults.exec_cut_after_bytes;
@@ -403,7 +521,15 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(Bytes::from(v))
 }
 
-async fn run_exec(socket: WebSocket, dir: PathBuf, command: Vec<String>, stdin: bool, stdout: bool, stderr: bool, cut: Option<u64>) -> Result<()> {
+async fn run_exec(
+    socket: WebSocket,
+    dir: PathBuf,
+    command: Vec<String>,
+    stdin: bool,
+    stdout: bool,
+    stderr: bool,
+    cut: Option<u64>,
+) -> Result<()> {
     let (mut sink, mut stream) = socket.split();
     let mut cmd = container_command(&dir, &command);
     cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
@@ -416,7 +542,10 @@ async fn run_exec(socket: WebSocket, dir: PathBuf, command: Vec<String>, stdin: 
     let err = child.stderr.take().expect("piped stderr");
 
     let (tx, mut rx) = mpsc::channel::<Message>(8);
-    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>, ch: u8, forward: bool, tx: mpsc::Sender<Message>| async move {
+    let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
+                ch: u8,
+                forward: bool,
+                tx: mpsc::Sender<Message>| async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
         loop {
@@ -525,30 +654,59 @@ async fn portforward(
             for p in v.split(',') {
                 match p.trim().parse::<u16>() {
                     Ok(p) => ports.push(p),
-                    Err(_) => return status(StatusCode::BAD_REQUEST, "BadRequest", format!("invalid port \"{p}\"")),
+                    Err(_) => {
+                        return status(
+                            StatusCode::BAD_REQUEST,
+                            "BadRequest",
+                            format!("invalid port \"{p}\""),
+                        )
+                    }
                 }
             }
         }
     }
     if ports.is_empty() {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "at least one port must be specified");
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "at least one port must be specified",
+        );
     }
     if !view.ready {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", format!("pod {name} is not running"));
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            format!("pod {name} is not running"),
+        );
     }
     let Ok(ws) = ws else {
-        return status(StatusCode::BAD_REQUEST, "BadRequest", "Upgrade request required");
+        return status(
+            StatusCode::BAD_REQUEST,
+            "BadRequest",
+            "Upgrade request required",
+        );
     };
-    let targets: Vec<(u16, Option<u16>)> = ports.iter().map(|p| (*p, view.ports.get(p).copied().filter(|h| *h != 0))).collect();
-    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io", "portforward.k8s.io"])
-        .on_upgrade(move |socket| async move {
-            if let Err(e) = run_portforward(socket, name.clone(), targets).await {
-                tracing::warn!("portforward to {name}: {e:#}");
-            }
-        })
+    let targets: Vec<(u16, Option<u16>)> = ports
+        .iter()
+        .map(|p| (*p, view.ports.get(p).copied().filter(|h| *h != 0)))
+        .collect();
+    ws.protocols([
+        "v5.channel.k8s.io",
+        "v4.channel.k8s.io",
+        "portforward.k8s.io",
+    ])
+    .on_upgrade(move |socket| async move {
+        if let Err(e) = run_portforward(socket, name.clone(), targets).await {
+            tracing::warn!("portforward to {name}: {e:#}");
+        }
+    })
 }
 
-async fn run_portforward(socket: WebSocket, pod: String, targets: Vec<(u16, Option<u16>)>) -> Result<()> {
+async fn run_portforward(
+    socket: WebSocket,
+    pod: String,
+    targets: Vec<(u16, Option<u16>)>,
+) -> Result<()> {
     let (mut sink, mut stream) = socket.split();
     let (tx, mut rx) = mpsc::channel::<Message>(16);
     let mut writers = vec![];
@@ -618,11 +776,17 @@ async fn run_portforward(socket: WebSocket, pod: String, targets: Vec<(u16, Opti
 }
 
 async fn version() -> Json<Value> {
-    Json(json!({"major": "1", "minor": "31", "gitVersion": "v1.31.4-sandbox", "platform": "linux/amd64"}))
+    Json(
+        json!({"major": "1", "minor": "31", "gitVersion": "v1.31.4-sandbox", "platform": "linux/amd64"}),
+    )
 }
 
 async fn fallback() -> Response {
-    status(StatusCode::NOT_FOUND, "NotFound", "the server could not find the requested resource")
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 pub fn router(store: ModelStore) -> Router {
@@ -633,12 +797,21 @@ pub fn router(store: ModelStore) -> Router {
         .route("/api/v1/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pod).delete(pod))
-        .route("/api/v1/namespaces/{ns}/pods/{name}/exec", get(exec).post(exec))
-        .route("/api/v1/namespaces/{ns}/pods/{name}/portforward", get(portforward).post(portforward))
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/exec",
+            get(exec).post(exec),
+        )
+        .route(
+            "/api/v1/namespaces/{ns}/pods/{name}/portforward",
+            get(portforward).post(portforward),
+        )
         .route("/api/v1/namespaces/{ns}/services", get(services))
         .route("/api/v1/namespaces/{ns}/services/{name}", get(service))
         .route("/apis/{group}/{version}/{plural}", get(custom))
-        .route("/apis/{group}/{version}/namespaces/{ns}/{plural}", get(custom))
+        .route(
+            "/apis/{group}/{version}/namespaces/{ns}/{plural}",
+            get(custom),
+        )
         .fallback(fallback)
         .with_state(ctx)
 }
@@ -646,7 +819,9 @@ pub fn router(store: ModelStore) -> Router {
 /// Serves the API on 127.0.0.1:`port` until the process is stopped.
 pub async fn serve(store: ModelStore, port: u16) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
-    let listener = tokio::net::TcpListener::bind(addr).await.with_context(|| format!("binding {addr}"))?;
+    let listener = tokio::net::TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("binding {addr}"))?;
     axum::serve(listener, router(store)).await?;
     Ok(())
 }

@@ -23,7 +23,12 @@ use backup_agent_sandbox::{juju, k8s, seed};
 )]
 struct Cli {
     /// The sandbox's directory (everything it writes stays inside it).
-    #[arg(long, global = true, env = "BACKUP_AGENT_SANDBOX", default_value = ".sandbox")]
+    #[arg(
+        long,
+        global = true,
+        env = "BACKUP_AGENT_SANDBOX",
+        default_value = ".sandbox"
+    )]
     dir: PathBuf,
     #[command(subcommand)]
     command: Cmd,
@@ -99,7 +104,11 @@ impl SizeArgs {
         }
     }
     fn mlmd(&self) -> MlmdSpec {
-        MlmdSpec { runs: self.mlmd_runs, seed: self.seed, ..MlmdSpec::default() }
+        MlmdSpec {
+            runs: self.mlmd_runs,
+            seed: self.seed,
+            ..MlmdSpec::default()
+        }
     }
 }
 
@@ -147,7 +156,10 @@ fn main() {
         std::process::exit(juju_main(&argv0));
     }
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
-    tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).init();
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .init();
     if let Err(e) = run(Cli::parse()) {
         eprintln!("error: {e:#}");
         std::process::exit(1);
@@ -156,11 +168,17 @@ fn main() {
 
 /// Finds the model: `$BACKUP_AGENT_SANDBOX`, else the directory above `bin/juju`.
 fn juju_main(argv0: &str) -> i32 {
-    let dir = std::env::var_os("BACKUP_AGENT_SANDBOX").map(PathBuf::from).or_else(|| {
-        let p = Path::new(argv0);
-        let p = if p.components().count() > 1 { p.to_path_buf() } else { which_self(argv0)? };
-        Some(p.parent()?.parent()?.to_path_buf())
-    });
+    let dir = std::env::var_os("BACKUP_AGENT_SANDBOX")
+        .map(PathBuf::from)
+        .or_else(|| {
+            let p = Path::new(argv0);
+            let p = if p.components().count() > 1 {
+                p.to_path_buf()
+            } else {
+                which_self(argv0)?
+            };
+            Some(p.parent()?.parent()?.to_path_buf())
+        });
     let Some(dir) = dir.filter(|d| d.join("model.json").exists()) else {
         eprintln!("ERROR No controllers registered.\n\nPlease either create a new controller using \"juju bootstrap\" or connect to\nanother controller that you have been given access to using \"juju register\".");
         return 1;
@@ -173,7 +191,9 @@ fn juju_main(argv0: &str) -> i32 {
 }
 
 fn which_self(name: &str) -> Option<PathBuf> {
-    std::env::split_paths(&std::env::var_os("PATH")?).map(|d| d.join(name)).find(|p| p.exists())
+    std::env::split_paths(&std::env::var_os("PATH")?)
+        .map(|d| d.join(name))
+        .find(|p| p.exists())
 }
 
 fn run(cli: Cli) -> Result<()> {
@@ -191,48 +211,83 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::Down { purge } => {
             let layout = Layout::new(&cli.dir)?;
             let pids = env::down(&layout, purge)?;
-            println!("stopped processes {pids:?}{}", if purge { "; removed the directory" } else { "" });
+            println!(
+                "stopped processes {pids:?}{}",
+                if purge { "; removed the directory" } else { "" }
+            );
         }
         Cmd::Status => print!("{}", env::status(&Layout::new(&cli.dir)?)?),
         Cmd::Seed(sizes) => {
             let layout = Layout::new(&cli.dir)?;
             let info = Info::load(&layout)?;
             seed::write_mlmd(&layout.mlmd_db(), &sizes.mlmd())?;
-            let objects = tokio::runtime::Runtime::new()?.block_on(seed::fill_bucket(&info.minio.target("mlpipeline"), &sizes.bucket()))?;
+            let objects = tokio::runtime::Runtime::new()?.block_on(seed::fill_bucket(
+                &info.minio.target("mlpipeline"),
+                &sizes.bucket(),
+            ))?;
             let bytes: u64 = objects.iter().map(|o| o.size).sum();
-            println!("seeded {} objects ({bytes} bytes) into mlpipeline and a new MLMD database", objects.len());
+            println!(
+                "seeded {} objects ({bytes} bytes) into mlpipeline and a new MLMD database",
+                objects.len()
+            );
         }
         Cmd::Fault { fault } => {
             let layout = Layout::new(&cli.dir)?;
-            layout.model().update(|m| {
-                match fault {
-                    FaultCmd::FailAction { unit, action, message } => {
-                        if m.unit(&unit).is_none() {
-                            bail!("unit \"{unit}\" not found");
+            layout
+                .model()
+                .update(|m| {
+                    match fault {
+                        FaultCmd::FailAction {
+                            unit,
+                            action,
+                            message,
+                        } => {
+                            if m.unit(&unit).is_none() {
+                                bail!("unit \"{unit}\" not found");
+                            }
+                            m.faults.fail_next_action.push(ActionFault {
+                                unit,
+                                action,
+                                message,
+                            });
                         }
-                        m.faults.fail_next_action.push(ActionFault { unit, action, message });
-                    }
-                    FaultCmd::HangScale { app } => {
-                        if !m.apps.contains_key(&app) {
-                            bail!("application \"{app}\" not found");
+                        FaultCmd::HangScale { app } => {
+                            if !m.apps.contains_key(&app) {
+                                bail!("application \"{app}\" not found");
+                            }
+                            m.faults.hang_scale.insert(app);
                         }
-                        m.faults.hang_scale.insert(app);
+                        FaultCmd::JujuErrors { count } => m.faults.juju_errors = count,
+                        FaultCmd::SlowActions { ms } => m.faults.action_delay_ms = ms,
+                        FaultCmd::K8sDown => m.faults.k8s_unavailable = true,
+                        FaultCmd::ExecCut { bytes } => m.faults.exec_cut_after_bytes = Some(bytes),
+                        FaultCmd::Workflow {
+                            name,
+                            namespace,
+                            phase,
+                        } => m
+                            .k8s
+                            .workflows
+                            .push(k8s::workflow(&name, &namespace, &phase)),
+                        FaultCmd::Experiment { name, namespace } => m
+                            .k8s
+                            .experiments
+                            .push(k8s::experiment(&name, &namespace, "Running")),
+                        FaultCmd::Clear => {
+                            m.faults = Default::default();
+                            m.k8s.workflows.clear();
+                            m.k8s.experiments.clear();
+                        }
                     }
-                    FaultCmd::JujuErrors { count } => m.faults.juju_errors = count,
-                    FaultCmd::SlowActions { ms } => m.faults.action_delay_ms = ms,
-                    FaultCmd::K8sDown => m.faults.k8s_unavailable = true,
-                    FaultCmd::ExecCut { bytes } => m.faults.exec_cut_after_bytes = Some(bytes),
-                    FaultCmd::Workflow { name, namespace, phase } => m.k8s.workflows.push(k8s::workflow(&name, &namespace, &phase)),
-                    FaultCmd::Experiment { name, namespace } => m.k8s.experiments.push(k8s::experiment(&name, &namespace, "Running")),
-                    FaultCmd::Clear => {
-                        m.faults = Default::default();
-                        m.k8s.workflows.clear();
-                        m.k8s.experiments.clear();
-                    }
-                }
-                Ok(())
-            }).context("changing the sandbox model")?;
-            println!("{}", json!({"faults": layout.model().read()?.faults.clone()}).to_string().replace("\"faults\":", "faults: "));
+                    Ok(())
+                })
+                .context("changing the sandbox model")?;
+            println!(
+                "{}",
+                json!({"faults": layout.model().read()?.faults.clone()})
+                    .to_string()
+                    .replace("\"faults\":", "faults: ")
+            );
         }
         Cmd::ServeK8s { port } => {
             let layout = Layout::new(&cli.dir)?;

@@ -84,7 +84,13 @@ pub struct WeedServer {
 ///
 /// SeaweedFS puts gRPC unix sockets in /tmp whatever its flags say (named by port); `stop_weed`
 /// removes them, so nothing is left outside `dir` once the server is down.
-pub fn start_weed(dir: &Path, access_key: &str, secret_key: &str, buckets: &[&str]) -> Result<WeedServer> {
+pub fn start_weed(
+    dir: &Path,
+    access_key: &str,
+    secret_key: &str,
+    buckets: &[&str],
+    die_with_parent: bool,
+) -> Result<WeedServer> {
     let weed = weed_binary()?;
     for sub in ["data", "logs", "tmp"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -108,7 +114,10 @@ pub fn start_weed(dir: &Path, access_key: &str, secret_key: &str, buckets: &[&st
         ports.push(p);
     }
     let [s3, master, master_g, volume, volume_g, filer, filer_g, s3_g, admin, admin_g, _] =
-        ports[..] else { unreachable!() };
+        ports[..]
+    else {
+        unreachable!()
+    };
     let d = |p: &str| dir.join(p).display().to_string();
     let mut args: Vec<String> = vec![
         format!("-logdir={}", d("logs")),
@@ -147,7 +156,7 @@ pub fn start_weed(dir: &Path, access_key: &str, secret_key: &str, buckets: &[&st
         .stdin(Stdio::null())
         .stdout(log.try_clone()?)
         .stderr(log);
-    detach(&mut cmd);
+    detach(&mut cmd, die_with_parent);
     let child = cmd
         .spawn()
         .with_context(|| format!("starting {}", weed.display()))?;
@@ -158,13 +167,23 @@ pub fn start_weed(dir: &Path, access_key: &str, secret_key: &str, buckets: &[&st
     };
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
-        if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok() && buckets_ready(&server, access_key, secret_key, buckets) {
+        if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
+            && buckets_ready(&server, access_key, secret_key, buckets)
+        {
             return Ok(server);
         }
         if !crate::process::alive(server.pid) || Instant::now() > deadline {
             crate::process::stop(server.pid, Duration::from_secs(5));
             let tail = std::fs::read_to_string(dir.join("logs/weed.out")).unwrap_or_default();
-            let tail: String = tail.lines().rev().take(20).collect::<Vec<_>>().into_iter().rev().collect::<Vec<_>>().join("\n");
+            let tail: String = tail
+                .lines()
+                .rev()
+                .take(20)
+                .collect::<Vec<_>>()
+                .into_iter()
+                .rev()
+                .collect::<Vec<_>>()
+                .join("\n");
             bail!("SeaweedFS did not start serving S3 on 127.0.0.1:{s3}; its last output:\n{tail}");
         }
         std::thread::sleep(Duration::from_millis(100));
@@ -172,7 +191,10 @@ pub fn start_weed(dir: &Path, access_key: &str, secret_key: &str, buckets: &[&st
 }
 
 fn buckets_ready(server: &WeedServer, access: &str, secret: &str, buckets: &[&str]) -> bool {
-    let rt = match tokio::runtime::Builder::new_current_thread().enable_all().build() {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
         Ok(rt) => rt,
         Err(_) => return false,
     };
@@ -185,7 +207,9 @@ fn buckets_ready(server: &WeedServer, access: &str, secret: &str, buckets: &[&st
             secret_key: secret.into(),
         };
         match t.open() {
-            Ok(bucket) => rt.block_on(bucket.list("".into(), Some("/".into()))).is_ok(),
+            Ok(bucket) => rt
+                .block_on(bucket.list("".into(), Some("/".into())))
+                .is_ok(),
             Err(_) => false,
         }
     })
@@ -203,12 +227,16 @@ pub fn can_unshare() -> bool {
 }
 
 /// Runs the child in its own session so that the caller's terminal signals do not reach it and
-/// `down` can stop its whole process group.
-pub fn detach(cmd: &mut Command) {
+/// `down` can stop its whole process group. With `die_with_parent` (sandboxes owned by a test)
+/// the kernel stops it when the spawning thread is gone, so a killed test leaves no servers.
+pub fn detach(cmd: &mut Command, die_with_parent: bool) {
     use std::os::unix::process::CommandExt;
     unsafe {
-        cmd.pre_exec(|| {
+        cmd.pre_exec(move || {
             libc::setsid();
+            if die_with_parent {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
             Ok(())
         });
     }

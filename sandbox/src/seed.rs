@@ -82,9 +82,21 @@ CREATE INDEX IF NOT EXISTS `idx_eventpath_event_id` ON `EventPath`(`event_id`);
 
 /// The MLMD tables, in the order their row counts are reported.
 pub const MLMD_TABLES: &[&str] = &[
-    "Type", "TypeProperty", "ParentType", "Artifact", "ArtifactProperty", "Execution",
-    "ExecutionProperty", "Event", "EventPath", "MLMDEnv", "Context", "ContextProperty",
-    "ParentContext", "Association", "Attribution",
+    "Type",
+    "TypeProperty",
+    "ParentType",
+    "Artifact",
+    "ArtifactProperty",
+    "Execution",
+    "ExecutionProperty",
+    "Event",
+    "EventPath",
+    "MLMDEnv",
+    "Context",
+    "ContextProperty",
+    "ParentContext",
+    "Association",
+    "Attribution",
 ];
 
 /// How much ML metadata to generate: KFP v2 pipeline runs with their executions and artifacts.
@@ -100,7 +112,13 @@ pub struct MlmdSpec {
 
 impl Default for MlmdSpec {
     fn default() -> Self {
-        MlmdSpec { runs: 10, executions_per_run: 4, artifacts_per_execution: 2, property_bytes: 64, seed: 1 }
+        MlmdSpec {
+            runs: 10,
+            executions_per_run: 4,
+            artifacts_per_execution: 2,
+            property_bytes: 64,
+            seed: 1,
+        }
     }
 }
 
@@ -110,7 +128,13 @@ impl MlmdSpec {
         let per_artifact = 4096u64;
         let artifacts = (bytes / per_artifact).max(1) as usize;
         let runs = (artifacts / 8).max(1);
-        MlmdSpec { runs, executions_per_run: 4, artifacts_per_execution: 2, property_bytes: 3800, seed }
+        MlmdSpec {
+            runs,
+            executions_per_run: 4,
+            artifacts_per_execution: 2,
+            property_bytes: 3800,
+            seed,
+        }
     }
 }
 
@@ -144,7 +168,10 @@ pub fn write_mlmd(path: &Path, spec: &MlmdSpec) -> Result<()> {
     db.execute("INSERT INTO MLMDEnv(schema_version) VALUES (10)", [])?;
     let tx = db.transaction()?;
     let type_id = |name: &str, kind: i64| -> Result<i64> {
-        tx.execute("INSERT INTO Type(name, version, type_kind, description) VALUES (?1, NULL, ?2, NULL)", params![name, kind])?;
+        tx.execute(
+            "INSERT INTO Type(name, version, type_kind, description) VALUES (?1, NULL, ?2, NULL)",
+            params![name, kind],
+        )?;
         Ok(tx.last_insert_rowid())
     };
     let container_exec = type_id("system.ContainerExecution", 0)?;
@@ -166,16 +193,25 @@ pub fn write_mlmd(path: &Path, spec: &MlmdSpec) -> Result<()> {
         let run_name = format!("run-{}", det_text(spec.seed, &format!("run{run}"), 12));
         tx.execute("INSERT INTO Context(type_id, name, external_id, create_time_since_epoch, last_update_time_since_epoch) VALUES (?1, ?2, ?3, ?4, ?4)", params![run_ctx, run_name, format!("{run_name}-ext"), t])?;
         let ctx = tx.last_insert_rowid();
-        tx.execute("INSERT INTO ParentContext(context_id, parent_context_id) VALUES (?1, ?2)", params![ctx, pipeline_id])?;
+        tx.execute(
+            "INSERT INTO ParentContext(context_id, parent_context_id) VALUES (?1, ?2)",
+            params![ctx, pipeline_id],
+        )?;
         tx.execute("INSERT INTO ContextProperty(context_id, name, is_custom_property, string_value) VALUES (?1, 'namespace', 1, 'kubeflow-user')", params![ctx])?;
         tx.execute("INSERT INTO ContextProperty(context_id, name, is_custom_property, string_value) VALUES (?1, 'pipeline_root', 1, ?2)", params![ctx, format!("minio://mlpipeline/v2/artifacts/training-pipeline/{run_name}")])?;
         tx.execute("INSERT INTO Execution(type_id, last_known_state, name, create_time_since_epoch, last_update_time_since_epoch) VALUES (?1, 3, ?2, ?3, ?3)", params![dag_exec, format!("{run_name}-root"), t])?;
         let root = tx.last_insert_rowid();
-        tx.execute("INSERT INTO Association(context_id, execution_id) VALUES (?1, ?2)", params![ctx, root])?;
+        tx.execute(
+            "INSERT INTO Association(context_id, execution_id) VALUES (?1, ?2)",
+            params![ctx, root],
+        )?;
         for e in 0..spec.executions_per_run {
             tx.execute("INSERT INTO Execution(type_id, last_known_state, name, create_time_since_epoch, last_update_time_since_epoch) VALUES (?1, 3, ?2, ?3, ?3)", params![container_exec, format!("{run_name}-step-{e}"), t + e as i64])?;
             let ex = tx.last_insert_rowid();
-            tx.execute("INSERT INTO Association(context_id, execution_id) VALUES (?1, ?2)", params![ctx, ex])?;
+            tx.execute(
+                "INSERT INTO Association(context_id, execution_id) VALUES (?1, ?2)",
+                params![ctx, ex],
+            )?;
             tx.execute("INSERT INTO ExecutionProperty(execution_id, name, is_custom_property, string_value) VALUES (?1, 'task_name', 1, ?2)", params![ex, format!("step-{e}")])?;
             tx.execute("INSERT INTO ExecutionProperty(execution_id, name, is_custom_property, int_value) VALUES (?1, 'parent_dag_id', 1, ?2)", params![ex, root])?;
             for a in 0..spec.artifacts_per_execution {
@@ -185,10 +221,16 @@ pub fn write_mlmd(path: &Path, spec: &MlmdSpec) -> Result<()> {
                 let art = tx.last_insert_rowid();
                 tx.execute("INSERT INTO ArtifactProperty(artifact_id, name, is_custom_property, string_value) VALUES (?1, 'display_name', 1, ?2)", params![art, det_text(spec.seed, &format!("a{art}"), spec.property_bytes)])?;
                 tx.execute("INSERT INTO ArtifactProperty(artifact_id, name, is_custom_property, double_value) VALUES (?1, 'accuracy', 1, ?2)", params![art, (art % 100) as f64 / 100.0])?;
-                tx.execute("INSERT INTO Attribution(context_id, artifact_id) VALUES (?1, ?2)", params![ctx, art])?;
+                tx.execute(
+                    "INSERT INTO Attribution(context_id, artifact_id) VALUES (?1, ?2)",
+                    params![ctx, art],
+                )?;
                 tx.execute("INSERT INTO Event(artifact_id, execution_id, type, milliseconds_since_epoch) VALUES (?1, ?2, 4, ?3)", params![art, ex, t + e as i64])?;
                 let ev = tx.last_insert_rowid();
-                tx.execute("INSERT INTO EventPath(event_id, is_index_step, step_key) VALUES (?1, 0, ?2)", params![ev, format!("output-{a}")])?;
+                tx.execute(
+                    "INSERT INTO EventPath(event_id, is_index_step, step_key) VALUES (?1, 0, ?2)",
+                    params![ev, format!("output-{a}")],
+                )?;
                 event_n += 1;
             }
         }
@@ -203,7 +245,12 @@ pub fn mlmd_counts(path: &Path) -> Result<Vec<(String, i64)>> {
     let db = Connection::open_with_flags(path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
     MLMD_TABLES
         .iter()
-        .map(|t| Ok((t.to_string(), db.query_row(&format!("SELECT COUNT(*) FROM `{t}`"), [], |r| r.get(0))?)))
+        .map(|t| {
+            Ok((
+                t.to_string(),
+                db.query_row(&format!("SELECT COUNT(*) FROM `{t}`"), [], |r| r.get(0))?,
+            ))
+        })
         .collect()
 }
 
@@ -227,8 +274,22 @@ pub fn write_mysql_data(path: &Path, app: &str, rows: usize, seed: u64) -> Resul
         tx.execute_batch("CREATE TABLE pipelines (UUID VARCHAR(64) PRIMARY KEY, CreatedAtInSec BIGINT NOT NULL, Name VARCHAR(128) NOT NULL, Description LONGTEXT, Namespace VARCHAR(63));
                           CREATE TABLE run_details (UUID VARCHAR(64) PRIMARY KEY, DisplayName VARCHAR(255) NOT NULL, ExperimentUUID VARCHAR(64), CreatedAtInSec BIGINT, Conditions VARCHAR(125));")?;
         for i in 0..rows {
-            tx.execute("INSERT INTO pipelines VALUES (?1, ?2, ?3, 'sandbox pipeline', 'kubeflow-user')", params![det_text(seed, &format!("p{i}"), 36), 1_735_689_600 + i as i64, format!("pipeline-{i}")])?;
-            tx.execute("INSERT INTO run_details VALUES (?1, ?2, NULL, ?3, 'Succeeded')", params![det_text(seed, &format!("r{i}"), 36), format!("run-{i}"), 1_735_689_600 + i as i64])?;
+            tx.execute(
+                "INSERT INTO pipelines VALUES (?1, ?2, ?3, 'sandbox pipeline', 'kubeflow-user')",
+                params![
+                    det_text(seed, &format!("p{i}"), 36),
+                    1_735_689_600 + i as i64,
+                    format!("pipeline-{i}")
+                ],
+            )?;
+            tx.execute(
+                "INSERT INTO run_details VALUES (?1, ?2, NULL, ?3, 'Succeeded')",
+                params![
+                    det_text(seed, &format!("r{i}"), 36),
+                    format!("run-{i}"),
+                    1_735_689_600 + i as i64
+                ],
+            )?;
         }
     }
     tx.commit()?;
@@ -251,7 +312,16 @@ pub struct BucketSpec {
 
 impl Default for BucketSpec {
     fn default() -> Self {
-        BucketSpec { small: 40, small_size: 16 * 1024, large: 2, large_size: 3 * 1024 * 1024, zero: 3, awkward: true, seed: 1, concurrency: 16 }
+        BucketSpec {
+            small: 40,
+            small_size: 16 * 1024,
+            large: 2,
+            large_size: 3 * 1024 * 1024,
+            zero: 3,
+            awkward: true,
+            seed: 1,
+            concurrency: 16,
+        }
     }
 }
 
@@ -269,38 +339,78 @@ pub fn bucket_objects(spec: &BucketSpec) -> Vec<SeedObject> {
     let mut out = vec![];
     let uuid = |tag: &str| {
         let h = hex::encode(Sha256::digest(format!("{}:{tag}", spec.seed).as_bytes()));
-        format!("{}-{}-{}-{}-{}", &h[0..8], &h[8..12], &h[12..16], &h[16..20], &h[20..32])
+        format!(
+            "{}-{}-{}-{}-{}",
+            &h[0..8],
+            &h[8..12],
+            &h[12..16],
+            &h[16..20],
+            &h[20..32]
+        )
     };
     let components = ["preprocess", "train", "evaluate", "deploy"];
     for i in 0..spec.small {
         let run = uuid(&format!("run{}", i / 8));
         let key = match i % 4 {
             0 => format!("pipelines/{}", uuid(&format!("pipe{i}"))),
-            1 => format!("v2/artifacts/training-pipeline/{run}/{}/metrics-{i}.json", components[(i / 4) % components.len()]),
-            2 => format!("artifacts/training-pipeline-{}/2025/01/{:02}/training-pipeline-{}-{i}/main.log", &run[..8], 1 + i % 28, &run[..5]),
-            _ => format!("v2/artifacts/training-pipeline/{run}/{}/dataset-{i}.csv", components[i % components.len()]),
+            1 => format!(
+                "v2/artifacts/training-pipeline/{run}/{}/metrics-{i}.json",
+                components[(i / 4) % components.len()]
+            ),
+            2 => format!(
+                "artifacts/training-pipeline-{}/2025/01/{:02}/training-pipeline-{}-{i}/main.log",
+                &run[..8],
+                1 + i % 28,
+                &run[..5]
+            ),
+            _ => format!(
+                "v2/artifacts/training-pipeline/{run}/{}/dataset-{i}.csv",
+                components[i % components.len()]
+            ),
         };
         let (ct, md) = match i % 4 {
             0 => ("application/x-yaml", vec![]),
-            1 => ("application/json", vec![("kfp-artifact".to_string(), "metrics".to_string())]),
+            1 => (
+                "application/json",
+                vec![("kfp-artifact".to_string(), "metrics".to_string())],
+            ),
             2 => ("text/plain", vec![]),
             _ => ("text/csv", vec![]),
         };
-        out.push(SeedObject { key, size: spec.small_size as u64, content_type: ct, metadata: md });
+        out.push(SeedObject {
+            key,
+            size: spec.small_size as u64,
+            content_type: ct,
+            metadata: md,
+        });
     }
     for i in 0..spec.large {
         out.push(SeedObject {
-            key: format!("v2/artifacts/training-pipeline/{}/train/model-{i}.bin", uuid("large")),
+            key: format!(
+                "v2/artifacts/training-pipeline/{}/train/model-{i}.bin",
+                uuid("large")
+            ),
             size: spec.large_size,
             content_type: "application/octet-stream",
             metadata: vec![("framework".into(), "pytorch".into())],
         });
     }
     for i in 0..spec.zero {
-        out.push(SeedObject { key: format!("v2/artifacts/training-pipeline/{}/evaluate/_SUCCESS-{i}", uuid("zero")), size: 0, content_type: "application/octet-stream", metadata: vec![] });
+        out.push(SeedObject {
+            key: format!(
+                "v2/artifacts/training-pipeline/{}/evaluate/_SUCCESS-{i}",
+                uuid("zero")
+            ),
+            size: 0,
+            content_type: "application/octet-stream",
+            metadata: vec![],
+        });
     }
     if spec.awkward {
-        let deep = (0..20).map(|d| format!("d{d}")).collect::<Vec<_>>().join("/");
+        let deep = (0..20)
+            .map(|d| format!("d{d}"))
+            .collect::<Vec<_>>()
+            .join("/");
         for key in [
             "v2/artifacts/my pipeline/run one/data set (copy).csv".to_string(),
             "v2/artifacts/ünïcødé/数据/résumé.txt".to_string(),
@@ -310,7 +420,12 @@ pub fn bucket_objects(spec: &BucketSpec) -> Vec<SeedObject> {
             "artifacts/trailing.dot.".to_string(),
             "artifacts/semi;colon,comma'quote.txt".to_string(),
         ] {
-            out.push(SeedObject { key, size: 1000, content_type: "text/plain", metadata: vec![] });
+            out.push(SeedObject {
+                key,
+                size: 1000,
+                content_type: "text/plain",
+                metadata: vec![],
+            });
         }
     }
     out
@@ -328,12 +443,22 @@ pub struct ContentReader {
 impl ContentReader {
     pub fn new(seed: u64, key: &str, size: u64) -> Self {
         let s: [u8; 32] = Sha256::digest(format!("{seed}:{key}").as_bytes()).into();
-        ContentReader { seed: s, remaining: size, block: 0, buf: vec![], pos: 0 }
+        ContentReader {
+            seed: s,
+            remaining: size,
+            block: 0,
+            buf: vec![],
+            pos: 0,
+        }
     }
 
     fn refill(&mut self) {
         // 32 bytes of SHA-256 expand into 8 KiB of xorshift output: fast and keyed.
-        let h: [u8; 32] = Sha256::new().chain_update(self.seed).chain_update(self.block.to_le_bytes()).finalize().into();
+        let h: [u8; 32] = Sha256::new()
+            .chain_update(self.seed)
+            .chain_update(self.block.to_le_bytes())
+            .finalize()
+            .into();
         self.block += 1;
         let mut x = u64::from_le_bytes(h[0..8].try_into().unwrap()) | 1;
         self.buf.clear();
@@ -352,7 +477,9 @@ impl ContentReader {
             if self.pos == self.buf.len() {
                 self.refill();
             }
-            let take = (out.len() - n).min(self.buf.len() - self.pos).min(self.remaining as usize);
+            let take = (out.len() - n)
+                .min(self.buf.len() - self.pos)
+                .min(self.remaining as usize);
             out[n..n + take].copy_from_slice(&self.buf[self.pos..self.pos + take]);
             self.pos += take;
             n += take;
@@ -370,7 +497,11 @@ impl ContentReader {
 }
 
 impl AsyncRead for ContentReader {
-    fn poll_read(mut self: Pin<&mut Self>, _cx: &mut TaskContext<'_>, buf: &mut ReadBuf<'_>) -> Poll<std::io::Result<()>> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        _cx: &mut TaskContext<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<std::io::Result<()>> {
         let n = self.read_into(buf.initialize_unfilled());
         buf.advance(n);
         Poll::Ready(Ok(()))
@@ -387,18 +518,26 @@ pub async fn fill_bucket(target: &S3Target, spec: &BucketSpec) -> Result<Vec<See
             async move {
                 if o.size > 8 * 1024 * 1024 {
                     let mut r = ContentReader::new(spec.seed, &o.key, o.size);
-                    let mut req = bucket.put_object_stream_builder(&o.key).with_content_type(o.content_type);
+                    let mut req = bucket
+                        .put_object_stream_builder(&o.key)
+                        .with_content_type(o.content_type);
                     for (k, v) in &o.metadata {
                         req = req.with_metadata(k, v)?;
                     }
-                    req.execute_stream(&mut r).await.with_context(|| format!("uploading {}", o.key))?;
+                    req.execute_stream(&mut r)
+                        .await
+                        .with_context(|| format!("uploading {}", o.key))?;
                 } else {
                     let data = ContentReader::new(spec.seed, &o.key, o.size).to_vec();
-                    let mut req = bucket.put_object_builder(&o.key, &data).with_content_type(o.content_type);
+                    let mut req = bucket
+                        .put_object_builder(&o.key, &data)
+                        .with_content_type(o.content_type);
                     for (k, v) in &o.metadata {
                         req = req.with_metadata(k, v)?;
                     }
-                    req.execute().await.with_context(|| format!("uploading {}", o.key))?;
+                    req.execute()
+                        .await
+                        .with_context(|| format!("uploading {}", o.key))?;
                 }
                 Ok(())
             }
@@ -418,7 +557,12 @@ mod tests {
 
     #[test]
     fn generated_keys_are_unique_and_sizes_follow_the_spec() {
-        let spec = BucketSpec { small: 500, large: 3, zero: 4, ..BucketSpec::default() };
+        let spec = BucketSpec {
+            small: 500,
+            large: 3,
+            zero: 4,
+            ..BucketSpec::default()
+        };
         let objs = bucket_objects(&spec);
         let keys: std::collections::BTreeSet<_> = objs.iter().map(|o| o.key.clone()).collect();
         assert_eq!(keys.len(), objs.len());
@@ -435,16 +579,25 @@ mod tests {
         assert_ne!(a, ContentReader::new(2, "k", 100_000).to_vec());
         assert_ne!(a, ContentReader::new(1, "k2", 100_000).to_vec());
         // A prefix of a longer object is the same bytes: sizes do not change content.
-        assert_eq!(&ContentReader::new(1, "k", 200_000).to_vec()[..100_000], &a[..]);
+        assert_eq!(
+            &ContentReader::new(1, "k", 200_000).to_vec()[..100_000],
+            &a[..]
+        );
     }
 
     #[test]
     fn mlmd_database_has_the_v10_schema_and_the_requested_rows() {
         let dir = tempfile::tempdir().unwrap();
         let path = dir.path().join("mlmd.db");
-        let spec = MlmdSpec { runs: 5, executions_per_run: 3, artifacts_per_execution: 2, ..MlmdSpec::default() };
+        let spec = MlmdSpec {
+            runs: 5,
+            executions_per_run: 3,
+            artifacts_per_execution: 2,
+            ..MlmdSpec::default()
+        };
         write_mlmd(&path, &spec).unwrap();
-        let counts: std::collections::BTreeMap<_, _> = mlmd_counts(&path).unwrap().into_iter().collect();
+        let counts: std::collections::BTreeMap<_, _> =
+            mlmd_counts(&path).unwrap().into_iter().collect();
         assert_eq!(counts["MLMDEnv"], 1);
         assert_eq!(counts["Execution"], 5 * (3 + 1));
         assert_eq!(counts["Artifact"], 5 * 3 * 2);
@@ -452,11 +605,21 @@ mod tests {
         assert_eq!(counts["Context"], 5 + 1);
         assert_eq!(counts.len(), 15);
         let db = Connection::open(&path).unwrap();
-        let v: i64 = db.query_row("SELECT schema_version FROM MLMDEnv", [], |r| r.get(0)).unwrap();
+        let v: i64 = db
+            .query_row("SELECT schema_version FROM MLMDEnv", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(v, 10);
-        let ok: String = db.query_row("PRAGMA integrity_check", [], |r| r.get(0)).unwrap();
+        let ok: String = db
+            .query_row("PRAGMA integrity_check", [], |r| r.get(0))
+            .unwrap();
         assert_eq!(ok, "ok");
-        let kinds: Vec<(String, i64)> = db.prepare("SELECT name, type_kind FROM Type ORDER BY id").unwrap().query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().map(Result::unwrap).collect();
+        let kinds: Vec<(String, i64)> = db
+            .prepare("SELECT name, type_kind FROM Type ORDER BY id")
+            .unwrap()
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
         assert!(kinds.contains(&("system.ContainerExecution".into(), 0)));
         assert!(kinds.contains(&("system.Dataset".into(), 1)));
         assert!(kinds.contains(&("system.PipelineRun".into(), 2)));

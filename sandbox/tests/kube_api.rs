@@ -16,13 +16,28 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 async fn client(sb: &Sandbox) -> Client {
     let kc = kube::config::Kubeconfig::read_from(sb.layout.kubeconfig()).unwrap();
-    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default()).await.unwrap();
+    let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        .await
+        .unwrap();
     Client::try_from(cfg).unwrap()
 }
 
 /// Runs a command in a pod; returns stdout and the exit status object.
-async fn exec(pods: &Api<Pod>, pod: &str, container: &str, cmd: &[&str], stdin: Option<Vec<u8>>) -> (Vec<u8>, k8s_openapi::apimachinery::pkg::apis::meta::v1::Status) {
-    let ap = AttachParams::default().container(container).stdin(stdin.is_some()).stdout(true).stderr(true);
+async fn exec(
+    pods: &Api<Pod>,
+    pod: &str,
+    container: &str,
+    cmd: &[&str],
+    stdin: Option<Vec<u8>>,
+) -> (
+    Vec<u8>,
+    k8s_openapi::apimachinery::pkg::apis::meta::v1::Status,
+) {
+    let ap = AttachParams::default()
+        .container(container)
+        .stdin(stdin.is_some())
+        .stdout(true)
+        .stderr(true);
     let mut p = pods.exec(pod, cmd.to_vec(), &ap).await.expect("exec");
     let mut out = p.stdout().unwrap();
     let status = p.take_status().unwrap();
@@ -57,26 +72,68 @@ fn list_pods_and_stream_the_mlmd_database_out_and_in() {
     let (rt, pods, _) = pods_of(&sb);
     rt.block_on(async {
         let list = pods.list(&ListParams::default()).await.unwrap();
-        let names: Vec<String> = list.items.iter().filter_map(|p| p.metadata.name.clone()).collect();
-        for n in ["mlmd-0", "minio-0", "kfp-db-0", "katib-db-0", "kfp-metadata-writer-0", "kfp-ui-0"] {
+        let names: Vec<String> = list
+            .items
+            .iter()
+            .filter_map(|p| p.metadata.name.clone())
+            .collect();
+        for n in [
+            "mlmd-0",
+            "minio-0",
+            "kfp-db-0",
+            "katib-db-0",
+            "kfp-metadata-writer-0",
+            "kfp-ui-0",
+        ] {
             assert!(names.contains(&n.to_string()), "{n} in {names:?}");
         }
-        let minio = pods.list(&ListParams::default().labels("app.kubernetes.io/name=minio")).await.unwrap();
+        let minio = pods
+            .list(&ListParams::default().labels("app.kubernetes.io/name=minio"))
+            .await
+            .unwrap();
         assert_eq!(minio.items.len(), 1);
         let mlmd = pods.get("mlmd-0").await.unwrap();
-        let containers: Vec<_> = mlmd.spec.unwrap().containers.into_iter().map(|c| c.name).collect();
+        let containers: Vec<_> = mlmd
+            .spec
+            .unwrap()
+            .containers
+            .into_iter()
+            .map(|c| c.name)
+            .collect();
         assert_eq!(containers, ["charm", "mlmd-grpc-server"]);
 
         // `cat /data/mlmd.db` in the container: the bytes of the pod's file, unchanged.
-        let (db, st) = exec(&pods, "mlmd-0", "mlmd-grpc-server", &["cat", "/data/mlmd.db"], None).await;
+        let (db, st) = exec(
+            &pods,
+            "mlmd-0",
+            "mlmd-grpc-server",
+            &["cat", "/data/mlmd.db"],
+            None,
+        )
+        .await;
         assert_eq!(st.status.as_deref(), Some("Success"));
         assert_eq!(db, std::fs::read(sb.layout.mlmd_db()).unwrap());
 
         // 100 MiB in through stdin and back out through stdout.
-        let data: Vec<u8> = backup_agent_sandbox::seed::ContentReader::new(7, "roundtrip", 100 << 20).to_vec();
-        let (_, st) = exec(&pods, "mlmd-0", "mlmd-grpc-server", &["sh", "-c", "cat > /tmp/roundtrip"], Some(data.clone())).await;
+        let data: Vec<u8> =
+            backup_agent_sandbox::seed::ContentReader::new(7, "roundtrip", 100 << 20).to_vec();
+        let (_, st) = exec(
+            &pods,
+            "mlmd-0",
+            "mlmd-grpc-server",
+            &["sh", "-c", "cat > /tmp/roundtrip"],
+            Some(data.clone()),
+        )
+        .await;
         assert_eq!(st.status.as_deref(), Some("Success"), "{st:?}");
-        let (back, st) = exec(&pods, "mlmd-0", "mlmd-grpc-server", &["cat", "/tmp/roundtrip"], None).await;
+        let (back, st) = exec(
+            &pods,
+            "mlmd-0",
+            "mlmd-grpc-server",
+            &["cat", "/tmp/roundtrip"],
+            None,
+        )
+        .await;
         assert_eq!(st.status.as_deref(), Some("Success"));
         assert_eq!(back.len(), data.len());
         assert_eq!(Sha256::digest(&back), Sha256::digest(&data));
@@ -86,14 +143,36 @@ fn list_pods_and_stream_the_mlmd_database_out_and_in() {
         assert_eq!(String::from_utf8_lossy(&ls), "mlmd.db\n");
 
         // A failing command: Failure with the exit code, as the API server reports it.
-        let (_, st) = exec(&pods, "mlmd-0", "mlmd-grpc-server", &["sh", "-c", "exit 3"], None).await;
+        let (_, st) = exec(
+            &pods,
+            "mlmd-0",
+            "mlmd-grpc-server",
+            &["sh", "-c", "exit 3"],
+            None,
+        )
+        .await;
         assert_eq!(st.status.as_deref(), Some("Failure"));
         assert_eq!(st.reason.as_deref(), Some("NonZeroExitCode"));
-        assert_eq!(st.details.unwrap().causes.unwrap()[0].message.as_deref(), Some("3"));
+        assert_eq!(
+            st.details.unwrap().causes.unwrap()[0].message.as_deref(),
+            Some("3")
+        );
 
         // The CKF 1.8 container name does not exist on a 1.9 model.
-        let err = pods.exec("mlmd-0", ["true"], &AttachParams::default().container("mlmd")).await.err().expect("bad container");
-        assert!(err.to_string().contains("container mlmd is not valid for pod mlmd-0"), "{err}");
+        let err = pods
+            .exec(
+                "mlmd-0",
+                ["true"],
+                &AttachParams::default().container("mlmd"),
+            )
+            .await
+            .err()
+            .expect("bad container");
+        assert!(
+            err.to_string()
+                .contains("container mlmd is not valid for pod mlmd-0"),
+            "{err}"
+        );
     });
 }
 
@@ -122,30 +201,59 @@ fn portforward_reaches_minio_and_custom_resources_are_listed() {
         target.endpoint = format!("http://127.0.0.1:{port}");
         let bucket = target.open().unwrap();
         let listed = bucket.list("".into(), None).await.unwrap();
-        let keys: Vec<String> = listed.iter().flat_map(|r| r.contents.iter().map(|o| o.key.clone())).collect();
+        let keys: Vec<String> = listed
+            .iter()
+            .flat_map(|r| r.contents.iter().map(|o| o.key.clone()))
+            .collect();
         let expected = backup_agent_sandbox::seed::bucket_objects(&options().bucket);
         assert_eq!(keys.len(), expected.len());
         let big = expected.iter().find(|o| o.size > 8 << 20).unwrap();
         let body = bucket.get_object(&big.key).await.unwrap();
-        let want = backup_agent_sandbox::seed::ContentReader::new(sb.info.seed, &big.key, big.size).to_vec();
+        let want = backup_agent_sandbox::seed::ContentReader::new(sb.info.seed, &big.key, big.size)
+            .to_vec();
         assert_eq!(Sha256::digest(body.as_slice()), Sha256::digest(&want));
         server.abort();
 
         // A port nothing listens on: an error on the port's error channel.
         let mut pf = pods.portforward("mlmd-0", &[1234]).await.unwrap();
         let err = pf.take_error(1234).unwrap().await;
-        assert!(err.unwrap_or_default().contains("error forwarding port 1234"));
+        assert!(err
+            .unwrap_or_default()
+            .contains("error forwarding port 1234"));
 
         // Argo Workflows and Katib Experiments in all namespaces.
-        let wf = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"), "workflows");
-        let ex = ApiResource::from_gvk_with_plural(&GroupVersionKind::gvk("kubeflow.org", "v1beta1", "Experiment"), "experiments");
+        let wf = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("argoproj.io", "v1alpha1", "Workflow"),
+            "workflows",
+        );
+        let ex = ApiResource::from_gvk_with_plural(
+            &GroupVersionKind::gvk("kubeflow.org", "v1beta1", "Experiment"),
+            "experiments",
+        );
         let workflows: Api<DynamicObject> = Api::all_with(client.clone(), &wf);
-        assert!(workflows.list(&ListParams::default()).await.unwrap().items.is_empty());
-        sb.model().update(|m| {
-            m.k8s.workflows.push(backup_agent_sandbox::k8s::workflow("train-abc12", "kubeflow-user", "Running"));
-            m.k8s.experiments.push(backup_agent_sandbox::k8s::experiment("tune-lr", "kubeflow-user", "Running"));
-            Ok(())
-        }).unwrap();
+        assert!(workflows
+            .list(&ListParams::default())
+            .await
+            .unwrap()
+            .items
+            .is_empty());
+        sb.model()
+            .update(|m| {
+                m.k8s.workflows.push(backup_agent_sandbox::k8s::workflow(
+                    "train-abc12",
+                    "kubeflow-user",
+                    "Running",
+                ));
+                m.k8s
+                    .experiments
+                    .push(backup_agent_sandbox::k8s::experiment(
+                        "tune-lr",
+                        "kubeflow-user",
+                        "Running",
+                    ));
+                Ok(())
+            })
+            .unwrap();
         let items = workflows.list(&ListParams::default()).await.unwrap().items;
         assert_eq!(items.len(), 1);
         assert_eq!(items[0].metadata.name.as_deref(), Some("train-abc12"));

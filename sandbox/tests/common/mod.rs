@@ -9,8 +9,16 @@ use serde_json::Value;
 
 pub fn options() -> UpOptions {
     let mut o = UpOptions::new(env!("CARGO_BIN_EXE_backup-agent-sandbox"));
-    o.bucket = BucketSpec { small: 12, large: 1, large_size: 9 * 1024 * 1024, ..BucketSpec::default() };
-    o.mlmd = MlmdSpec { runs: 3, ..MlmdSpec::default() };
+    o.bucket = BucketSpec {
+        small: 12,
+        large: 1,
+        large_size: 9 * 1024 * 1024,
+        ..BucketSpec::default()
+    };
+    o.mlmd = MlmdSpec {
+        runs: 3,
+        ..MlmdSpec::default()
+    };
     o.mysql_rows = 50;
     o
 }
@@ -27,7 +35,8 @@ pub struct Run {
 
 impl Run {
     pub fn json(&self) -> Value {
-        serde_json::from_str(&self.stdout).unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
+        serde_json::from_str(&self.stdout)
+            .unwrap_or_else(|e| panic!("not JSON ({e}): {}\nstderr: {}", self.stdout, self.stderr))
     }
 }
 
@@ -61,5 +70,8 @@ pub fn until(what: &str, timeout: Duration, mut f: impl FnMut() -> bool) {
 
 pub fn units(sb: &Sandbox, app: &str) -> Vec<String> {
     let st = juju(sb, &["status", "--format=json"]).json();
-    st["applications"][app]["units"].as_object().map(|m| m.keys().cloned().collect()).unwrap_or_default()
+    st["applications"][app]["units"]
+        .as_object()
+        .map(|m| m.keys().cloned().collect())
+        .unwrap_or_default()
 }
