@@ -80,12 +80,15 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 Output::Text => {
                     println!("model {} (juju {})", plane.model, plane.juju_version);
                     for a in &plane.apps {
-                        let rev = a.charm_rev.map(|r| format!(" rev {r}")).unwrap_or_default();
+                        let charm = match a.charm_rev {
+                            Some(r) => format!("{} r{r}", a.charm),
+                            None => a.charm.clone(),
+                        };
                         println!(
-                            "  {:<16} {:<22} {}{rev:<9} scale {} {:<9} units {}",
+                            "  {:<16} {:<22} {:<26} scale {:<3} {:<12} {}",
                             a.role,
                             a.name,
-                            a.charm,
+                            charm,
                             a.scale,
                             a.status,
                             a.units.join(",")

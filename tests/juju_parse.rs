@@ -140,16 +140,17 @@ fn the_sandbox_outputs_parse_back() {
         .contains(&sb.info.minio.secret_key));
     assert_eq!(cli.config_value("minio", "access-key").unwrap(), "minio");
 
+    // The sandbox starts with a replica, kfp-db/1, to back up from.
     let out = cli
         .run(&[
             "run",
-            "kfp-db/0",
+            "kfp-db/1",
             "create-backup",
             "--format=json",
             "--wait=1m",
         ])
         .unwrap();
-    let task = juju::parse_run(&out, "kfp-db/0").unwrap();
+    let task = juju::parse_run(&out, "kfp-db/1").unwrap();
     let id = task.result_str("backup-id").unwrap().to_string();
     let out = cli
         .run(&[

@@ -27,6 +27,8 @@ pub struct Wiring {
     pub k8s_token: String,
     /// CKF 1.8 names the MLMD container `mlmd`; 1.9 and later `mlmd-grpc-server`.
     pub mlmd_container: String,
+    /// Units of kfp-db and katib-db at the start.
+    pub db_units: u32,
 }
 
 fn opt(kind: &str, description: &str, default: Option<serde_json::Value>) -> ConfigOption {
@@ -176,8 +178,8 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
     apps.insert("s3-integrator".into(), s3);
 
     for (name, scale) in [
-        ("kfp-db", 1),
-        ("katib-db", 1),
+        ("kfp-db", w.db_units),
+        ("katib-db", w.db_units),
         ("minio", 1),
         ("mlmd", 1),
         ("kfp-metadata-writer", 1),

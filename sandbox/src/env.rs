@@ -130,6 +130,8 @@ pub struct UpOptions {
     pub bucket: BucketSpec,
     pub mlmd: MlmdSpec,
     pub mysql_rows: usize,
+    /// Units of kfp-db and katib-db at the start (a replica to back up from: 2).
+    pub db_units: u32,
     pub timing: Timing,
     pub minio_access_key: String,
     pub minio_secret_key: String,
@@ -147,6 +149,7 @@ impl UpOptions {
             bucket: BucketSpec::default(),
             mlmd: MlmdSpec::default(),
             mysql_rows: 200,
+            db_units: 2,
             timing: Timing::default(),
             minio_access_key: "minio".into(),
             minio_secret_key: "sandbox-minio-secret-key".into(),
@@ -241,6 +244,7 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         dest_secret_key: opts.dest_secret_key.clone(),
         k8s_token: token.clone(),
         mlmd_container: opts.mlmd_container.clone(),
+        db_units: opts.db_units,
     };
     let model = kubeflow_model(&wiring, opts.timing.clone());
     layout.model().create(&model)?;

@@ -66,6 +66,9 @@ struct UpArgs {
     /// MLMD container name: `mlmd-grpc-server` (CKF 1.9+) or `mlmd` (CKF 1.8).
     #[arg(long, default_value = "mlmd-grpc-server")]
     mlmd_container: String,
+    /// Units of kfp-db and katib-db to start with.
+    #[arg(long, default_value_t = 2)]
+    db_units: u32,
     #[command(flatten)]
     sizes: SizeArgs,
 }
@@ -202,6 +205,7 @@ fn run(cli: Cli) -> Result<()> {
             let layout = Layout::new(&cli.dir)?;
             let mut opts = UpOptions::new(std::env::current_exe()?);
             opts.mlmd_container = a.mlmd_container;
+            opts.db_units = a.db_units;
             opts.bucket = a.sizes.bucket();
             opts.mlmd = a.sizes.mlmd();
             let info = env::up(&layout, &opts)?;

@@ -84,11 +84,11 @@ fn up_env_status_fault_down() {
             .to_string()
     );
     let (_, out, _) = shell(&format!(
-        "source '{}' && juju run kfp-db/0 create-backup --format=json --wait=5m",
+        "source '{}' && juju run kfp-db/1 create-backup --format=json --wait=5m",
         env.display()
     ));
     let run: serde_json::Value = serde_json::from_str(&out).unwrap();
-    assert_eq!(run["kfp-db/0"]["status"], "completed", "{out}");
+    assert_eq!(run["kfp-db/1"]["status"], "completed", "{out}");
 
     let (code, out, _) = sandbox_cmd(&dir, &["status"]);
     assert_eq!(code, 0);

@@ -20,6 +20,8 @@ pub fn options() -> UpOptions {
         ..MlmdSpec::default()
     };
     o.mysql_rows = 50;
+    // One unit, as CKF deploys them: the tests scale up themselves.
+    o.db_units = 1;
     o
 }
 
