@@ -305,10 +305,33 @@ pub fn run_cli(
             ))
         }
     };
+    // A failed task makes the client exit non-zero, with "task failed" on stderr.
+    let failed: Vec<&Task> = tasks
+        .iter()
+        .filter(|t| t.status_at(now) == "failed")
+        .collect();
+
+    let code = if failed.is_empty() {
+        0
+    } else {
+        let plural = failed.len() > 1;
+        stderr.push_str(&format!(
+            "ERROR the following task{} failed:\n",
+            if plural { "s" } else { "" }
+        ));
+        for t in &failed {
+            stderr.push_str(&format!(" - id \"{}\" with return code 0\n", t.id));
+        }
+        stderr.push_str(&format!(
+            "\nuse 'juju show-task' to inspect the failure{}\n",
+            if plural { "s" } else { "" }
+        ));
+        1
+    };
     Ok(Outcome {
         stdout,
         stderr,
-        code: 0,
+        code,
     })
 }
 
@@ -330,15 +353,19 @@ fn enqueue(
     action: &str,
     params: &Map<String, Value>,
 ) -> Result<Task> {
+    // Take a one-shot fault under the lock, so two clients never both get it.
+    let fault = store.update(|m| {
+        let hit = m
+            .faults
+            .fail_next_action
+            .iter()
+            .position(|f| f.unit == unit && f.action.as_deref().is_none_or(|a| a == action));
+        Ok(hit.map(|i| m.faults.fail_next_action.remove(i).message))
+    })?;
     let snapshot = store.read()?;
     let started = now_ms();
-    let fault = snapshot
-        .faults
-        .fail_next_action
-        .iter()
-        .position(|f| f.unit == unit && f.action.as_deref().is_none_or(|a| a == action));
     let effect = match fault {
-        Some(i) => Effect::fail(snapshot.faults.fail_next_action[i].message.clone()),
+        Some(message) => Effect::fail(message),
         None => perform(&snapshot, unit, action, params, started),
     };
     let Effect {
@@ -348,9 +375,6 @@ fn enqueue(
         apply,
     } = effect;
     store.update(move |m| {
-        if let Some(i) = fault {
-            m.faults.fail_next_action.remove(i);
-        }
         apply(m);
         let id = m.next_task + 1;
         m.next_task += 2;
@@ -687,7 +711,8 @@ fn restore(
             return Ok(Effect::fail("Bad restore-to-time format"));
         }
     }
-    if app.scale > 1 || app.units.len() > 1 {
+    // mysql-k8s counts planned units: a unit still going away does not count.
+    if app.scale > 1 {
         return Ok(Effect::fail(
             "Unit cannot restore backup as there are more than one units in the cluster",
         ));

@@ -189,7 +189,7 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
         let a = apps.get_mut(name).unwrap();
         a.scale = scale;
         // The model has been up for a while: units are settled and ready now.
-        a.apply_scale(scale, now.saturating_sub(3_600_000), 0);
+        a.apply_scale(name, scale, now.saturating_sub(3_600_000), 0);
     }
 
     let mut model = Model {

@@ -116,6 +116,20 @@ impl Info {
     pub fn pids(&self) -> Vec<u32> {
         vec![self.k8s_pid, self.minio.pid, self.dest.pid]
     }
+
+    /// The recorded processes that still run and are still ours (PIDs can be reused).
+    pub fn running(&self) -> Vec<u32> {
+        let mut out = vec![];
+        if crate::process::is_ours(self.k8s_pid, "serve-k8s") {
+            out.push(self.k8s_pid);
+        }
+        for s in [&self.minio, &self.dest] {
+            if crate::process::is_ours(s.pid, "weed") {
+                out.push(s.pid);
+            }
+        }
+        out
+    }
     pub fn k8s_url(&self) -> String {
         format!("http://127.0.0.1:{}", self.k8s_port)
     }
@@ -176,7 +190,7 @@ impl Drop for Started {
 
 pub fn is_up(layout: &Layout) -> bool {
     Info::load(layout)
-        .map(|i| i.pids().iter().any(|p| crate::process::alive(*p)))
+        .map(|i| !i.running().is_empty())
         .unwrap_or(false)
 }
 
@@ -268,30 +282,8 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         ))
         .context("seeding the mlpipeline bucket")?;
 
-    let k8s_port = crate::s3::free_port()?;
-    let log = std::fs::File::create(layout.logs().join("k8s.log"))?;
-    let mut cmd = Command::new(&opts.exe);
-    cmd.args(["serve-k8s", "--dir"])
-        .arg(&layout.dir)
-        .args(["--port", &k8s_port.to_string()])
-        .stdin(Stdio::null())
-        .stdout(log.try_clone()?)
-        .stderr(log);
-    crate::s3::detach(&mut cmd, opts.die_with_parent);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("starting {} serve-k8s", opts.exe.display()))?;
-    started.1 = Some(child.id());
-    let deadline = Instant::now() + Duration::from_secs(30);
-    while std::net::TcpStream::connect(("127.0.0.1", k8s_port)).is_err() {
-        if Instant::now() > deadline || !crate::process::alive(child.id()) {
-            bail!(
-                "the Kubernetes API simulator did not start; see {}",
-                layout.logs().join("k8s.log").display()
-            );
-        }
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    let (k8s_pid, k8s_port) = start_k8s(layout, opts)?;
+    started.1 = Some(k8s_pid);
 
     let juju = layout.bin().join("juju");
     let _ = std::fs::remove_file(&juju);
@@ -304,7 +296,7 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         dest_bucket: dest_bucket.into(),
         agent_path: "ckf".into(),
         mysql_path: "mysql".into(),
-        k8s_pid: child.id(),
+        k8s_pid,
         k8s_port,
         k8s_token: token,
         mlmd_container: opts.mlmd_container.clone(),
@@ -315,6 +307,41 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
     std::fs::write(layout.info(), serde_json::to_vec_pretty(&info)?)?;
     std::mem::forget(started);
     Ok(info)
+}
+
+/// Starts the Kubernetes API simulator on a free port; a port taken between probing and
+/// binding gets another try.
+fn start_k8s(layout: &Layout, opts: &UpOptions) -> Result<(u32, u16)> {
+    for _ in 0..3 {
+        let port = crate::s3::free_port()?;
+        let log = std::fs::File::create(layout.logs().join("k8s.log"))?;
+        let mut cmd = Command::new(&opts.exe);
+        cmd.args(["serve-k8s", "--dir"])
+            .arg(&layout.dir)
+            .args(["--port", &port.to_string()])
+            .stdin(Stdio::null())
+            .stdout(log.try_clone()?)
+            .stderr(log);
+        crate::s3::detach(&mut cmd, opts.die_with_parent);
+        let child = cmd
+            .spawn()
+            .with_context(|| format!("starting {} serve-k8s", opts.exe.display()))?;
+        let deadline = Instant::now() + Duration::from_secs(30);
+        loop {
+            if std::net::TcpStream::connect(("127.0.0.1", port)).is_ok() {
+                return Ok((child.id(), port));
+            }
+            if !crate::process::alive(child.id()) || Instant::now() > deadline {
+                crate::process::stop(child.id(), Duration::from_secs(2));
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+    bail!(
+        "the Kubernetes API simulator did not start; see {}",
+        layout.logs().join("k8s.log").display()
+    )
 }
 
 pub fn kubeconfig(info: &Info) -> String {
@@ -351,14 +378,18 @@ fn env_file(layout: &Layout, info: &Info) -> String {
 /// Stops every process `up` started, by PID. Files stay in the directory unless `purge`.
 pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
     let info = Info::load(layout)?;
-    crate::process::stop(info.k8s_pid, Duration::from_secs(5));
-    crate::s3::stop_weed(&info.minio.weed());
-    crate::s3::stop_weed(&info.dest.weed());
-    let still: Vec<u32> = info
-        .pids()
-        .into_iter()
-        .filter(|p| crate::process::alive(*p))
-        .collect();
+    let ours = info.running();
+    if ours.contains(&info.k8s_pid) {
+        crate::process::stop(info.k8s_pid, Duration::from_secs(5));
+    }
+    for server in [&info.minio, &info.dest] {
+        if ours.contains(&server.pid) {
+            crate::s3::stop_weed(&server.weed());
+        } else {
+            crate::s3::remove_sockets(&server.weed());
+        }
+    }
+    let still = info.running();
     if !still.is_empty() {
         bail!("processes {still:?} did not stop");
     }

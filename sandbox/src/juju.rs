@@ -9,7 +9,7 @@ use anyhow::{anyhow, Result};
 use chrono::{DateTime, TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
-use crate::model::{now_ms, App, Model, ModelStore, Task};
+use crate::model::{now_ms, pod_ip, App, Model, ModelStore, Task};
 
 /// What one invocation prints and returns.
 #[derive(Debug, Default)]
@@ -200,15 +200,17 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
     ) {
         return Outcome::usage(format!("unrecognized command: juju {cmd}"));
     }
-    // Transient controller trouble, injected: the command does nothing and fails.
-    let injected = store.update(|m| {
-        if m.faults.juju_errors > 0 {
-            m.faults.juju_errors -= 1;
-            Ok(true)
-        } else {
-            Ok(false)
-        }
-    });
+    // Transient controller trouble, injected: the command does nothing and fails. Only a
+    // pending fault makes this a write; plain commands leave the model file alone.
+    let pending = store.read().map(|m| m.faults.juju_errors > 0);
+    let injected = match pending {
+        Ok(true) => store.update(|m| {
+            let hit = m.faults.juju_errors > 0;
+            m.faults.juju_errors = m.faults.juju_errors.saturating_sub(1);
+            Ok(hit)
+        }),
+        other => other.map(|_| false),
+    };
     match injected {
         Ok(true) => {
             return Outcome::error(
@@ -313,13 +315,6 @@ fn app_status(model: &Model, name: &str, app: &App, now: u64) -> (String, String
     ("active".into(), String::new())
 }
 
-fn pod_ip(app: &str, ordinal: u32) -> String {
-    let h = app
-        .bytes()
-        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
-    format!("10.1.{}.{}", 10 + h % 200, 10 + ordinal)
-}
-
 fn service_ip(app: &str) -> String {
     let h = app
         .bytes()
@@ -379,10 +374,15 @@ pub fn status_json(model: &Model, now: u64) -> Value {
             "address": service_ip(name),
             "exposed": false,
             "application-status": st,
-            "relations": relations,
-            "units": units,
             "endpoint-bindings": {"": "alpha"},
         });
+        // Juju omits empty maps: an application scaled to 0 has no `units` key at all.
+        if !relations.is_empty() {
+            a["relations"] = Value::Object(relations);
+        }
+        if !units.is_empty() {
+            a["units"] = Value::Object(units);
+        }
         if !app.workload_version.is_empty() {
             a["version"] = json!(app.workload_version);
         }
@@ -407,21 +407,7 @@ pub fn status_json(model: &Model, now: u64) -> Value {
 }
 
 fn uuid_for(name: &str) -> String {
-    let mut h = sha2_hex(name);
-    h.truncate(32);
-    format!(
-        "{}-{}-{}-{}-{}",
-        &h[0..8],
-        &h[8..12],
-        &h[12..16],
-        &h[16..20],
-        &h[20..32]
-    )
-}
-
-fn sha2_hex(s: &str) -> String {
-    use sha2::Digest;
-    hex::encode(sha2::Sha256::digest(s.as_bytes()))
+    crate::model::stable_uid(&format!("app/{name}"))
 }
 
 fn status(model: &Model, args: &Args) -> Result<Outcome> {
@@ -536,6 +522,7 @@ pub fn show_unit_json(model: &Model, unit: &str) -> Result<Value, String> {
             "endpoint": mine.endpoint,
             "related-endpoint": other.endpoint,
             "application-data": app_data,
+            "local-unit": {"in-scope": true, "data": unit_bag(app_name, u.ordinal)},
             "related-units": related,
         }));
     }

@@ -138,7 +138,7 @@ pub fn pods(model: &Model, now: u64) -> Vec<PodView> {
                     "controller-revision-hash": format!("{app_name}-7d9c8b6f5"),
                 },
                 "annotations": {"juju.is/version": model.juju_version, "unit.juju.is/id": format!("{app_name}/{num}")},
-                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": app_name, "uid": crate::model::new_uid(), "controller": true, "blockOwnerDeletion": true}],
+                "ownerReferences": [{"apiVersion": "apps/v1", "kind": "StatefulSet", "name": app_name, "uid": crate::model::stable_uid(&format!("statefulset/{app_name}")), "controller": true, "blockOwnerDeletion": true}],
             });
             if let Some(d) = u.pod_deleted_ms {
                 meta["deletionTimestamp"] = json!(rfc3339(d + t.pod_terminating_ms));
@@ -157,7 +157,7 @@ pub fn pods(model: &Model, now: u64) -> Vec<PodView> {
                 },
                 "status": {
                     "phase": "Running",
-                    "podIP": format!("10.1.0.{}", 10 + u.ordinal),
+                    "podIP": crate::model::pod_ip(app_name, u.ordinal),
                     "hostIP": "127.0.0.1",
                     "startTime": rfc3339(u.pod_created_ms),
                     "conditions": [cond("Initialized", true), cond("Ready", ready && !terminating), cond("ContainersReady", ready && !terminating), cond("PodScheduled", true)],
@@ -182,24 +182,45 @@ fn list(kind: &str, api_version: &str, rv: u64, items: Vec<Value>) -> Response {
     Json(json!({"apiVersion": api_version, "kind": kind, "metadata": {"resourceVersion": rv.to_string()}, "items": items})).into_response()
 }
 
+/// Equality-based label selectors: `k=v`, `k==v`, `k!=v`, `k` (exists) and `!k` (absent).
 fn matches_selector(pod: &Value, selector: &str) -> bool {
-    selector.split(',').filter(|s| !s.is_empty()).all(|term| {
-        let (k, v) = term
-            .split_once("==")
-            .or_else(|| term.split_once('='))
-            .unwrap_or((term, ""));
-        pod["metadata"]["labels"][k].as_str() == Some(v)
-    })
+    let labels = &pod["metadata"]["labels"];
+    selector
+        .split(',')
+        .map(str::trim)
+        .filter(|s| !s.is_empty())
+        .all(|term| {
+            if let Some((k, v)) = term.split_once("!=") {
+                labels[k.trim()].as_str() != Some(v.trim())
+            } else if let Some((k, v)) = term.split_once("==").or_else(|| term.split_once('=')) {
+                labels[k.trim()].as_str() == Some(v.trim())
+            } else if let Some(k) = term.strip_prefix('!') {
+                labels.get(k.trim()).is_none()
+            } else {
+                labels.get(term).is_some()
+            }
+        })
 }
 
 async fn guard(ctx: &Ctx, headers: &HeaderMap) -> Result<Model, Response> {
-    let model = ctx.store.read().map_err(|e| {
-        status(
-            StatusCode::INTERNAL_SERVER_ERROR,
-            "InternalError",
-            format!("{e:#}"),
-        )
-    })?;
+    // The model file is read under a blocking lock: keep it off the async workers.
+    let store = ctx.store.clone();
+    let model = tokio::task::spawn_blocking(move || store.read())
+        .await
+        .map_err(|e| {
+            status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                e.to_string(),
+            )
+        })?
+        .map_err(|e| {
+            status(
+                StatusCode::INTERNAL_SERVER_ERROR,
+                "InternalError",
+                format!("{e:#}"),
+            )
+        })?;
     if model.faults.k8s_unavailable {
         return Err(status(
             StatusCode::SERVICE_UNAVAILABLE,
@@ -220,6 +241,23 @@ async fn guard(ctx: &Ctx, headers: &HeaderMap) -> Result<Model, Response> {
 
 fn check_ns(model: &Model, ns: &str) -> Option<Response> {
     (ns != model.namespace()).then(|| not_found("namespaces", ns))
+}
+
+/// The authenticated request's model and the pod it names, or the API's error response.
+async fn find_pod(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    ns: &str,
+    name: &str,
+) -> Result<(Model, PodView), Response> {
+    let model = guard(ctx, headers).await?;
+    if let Some(r) = check_ns(&model, ns) {
+        return Err(r);
+    }
+    match pods(&model, now_ms()).into_iter().find(|p| p.name == name) {
+        Some(view) => Ok((model, view)),
+        None => Err(not_found("pods", name)),
+    }
 }
 
 async fn list_pods(
@@ -412,6 +450,10 @@ exec chroot "$r" "$@"
 
 pub fn container_command(pod_dir: &Path, command: &[String]) -> tokio::process::Command {
     let mut c = tokio::process::Command::new("unshare");
+    // Root makes the mount namespace directly; anyone else through a user namespace.
+    if unsafe { libc::geteuid() } != 0 {
+        c.arg("-r");
+    }
     c.args([
         "-m",
         "--propagation",
@@ -439,13 +481,10 @@ async fn exec(
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let model = match guard(&ctx, &headers).await {
-        Ok(m) => m,
+    let (model, view) = match find_pod(&ctx, &headers, &ns, &name).await {
+        Ok(found) => found,
         Err(r) => return r,
     };
-    if let Some(r) = check_ns(&model, &ns) {
-        return r;
-    }
     let pairs = query_pairs(&q);
     let command: Vec<String> = pairs
         .iter()
@@ -457,14 +496,20 @@ async fn exec(
             .iter()
             .any(|(key, v)| key == k && (v == "true" || v == "1"))
     };
-    let Some(view) = pods(&model, now_ms()).into_iter().find(|p| p.name == name) else {
-        return not_found("pods", &name);
+    let container = match pairs.iter().find(|(k, _)| k == "container") {
+        Some((_, c)) => c.clone(),
+        None if view.containers.len() == 1 => view.containers[0].clone(),
+        None => {
+            return status(
+                StatusCode::BAD_REQUEST,
+                "BadRequest",
+                format!(
+                    "a container name must be specified for pod {name}, choose one of: [{}]",
+                    view.containers.join(" ")
+                ),
+            )
+        }
     };
-    let container = pairs
-        .iter()
-        .find(|(k, _)| k == "container")
-        .map(|(_, v)| v.clone())
-        .unwrap_or_else(|| view.containers.last().cloned().unwrap_or_default());
     if !view.containers.contains(&container) {
         return status(
             StatusCode::BAD_REQUEST,
@@ -499,13 +544,22 @@ async fn exec(
     let dir = pod_dir(&model, &name);
     let cut = model.faults.exec_cut_after_bytes;
     let (stdin, stdout, stderr) = (flag("stdin"), flag("stdout"), flag("stderr"));
-    ws.protocols(["v5.channel.k8s.io", "v4.channel.k8s.io"])
+    ws.protocols(stream_protocols(&model))
         .max_message_size(64 << 20)
         .on_upgrade(move |socket| async move {
             if let Err(e) = run_exec(socket, dir, command, stdin, stdout, stderr, cut).await {
                 tracing::warn!("exec in {name}: {e:#}");
             }
         })
+}
+
+/// The WebSocket stream protocols offered, newest first (the client picks from its own list).
+fn stream_protocols(model: &Model) -> Vec<&'static str> {
+    if model.faults.k8s_v4_only {
+        vec!["v4.channel.k8s.io"]
+    } else {
+        vec!["v5.channel.k8s.io", "v4.channel.k8s.io"]
+    }
 }
 
 const STDIN: u8 = 0;
@@ -638,15 +692,9 @@ async fn portforward(
     RawQuery(q): RawQuery,
     ws: Result<WebSocketUpgrade, WebSocketUpgradeRejection>,
 ) -> Response {
-    let model = match guard(&ctx, &headers).await {
-        Ok(m) => m,
+    let (model, view) = match find_pod(&ctx, &headers, &ns, &name).await {
+        Ok(found) => found,
         Err(r) => return r,
-    };
-    if let Some(r) = check_ns(&model, &ns) {
-        return r;
-    }
-    let Some(view) = pods(&model, now_ms()).into_iter().find(|p| p.name == name) else {
-        return not_found("pods", &name);
     };
     let mut ports = vec![];
     for (k, v) in query_pairs(&q) {
@@ -690,16 +738,12 @@ async fn portforward(
         .iter()
         .map(|p| (*p, view.ports.get(p).copied().filter(|h| *h != 0)))
         .collect();
-    ws.protocols([
-        "v5.channel.k8s.io",
-        "v4.channel.k8s.io",
-        "portforward.k8s.io",
-    ])
-    .on_upgrade(move |socket| async move {
-        if let Err(e) = run_portforward(socket, name.clone(), targets).await {
-            tracing::warn!("portforward to {name}: {e:#}");
-        }
-    })
+    ws.protocols(stream_protocols(&model))
+        .on_upgrade(move |socket| async move {
+            if let Err(e) = run_portforward(socket, name.clone(), targets).await {
+                tracing::warn!("portforward to {name}: {e:#}");
+            }
+        })
 }
 
 async fn run_portforward(

@@ -93,6 +93,9 @@ pub struct Faults {
     /// Exec streams are cut after this many stdout bytes (a dropped connection).
     #[serde(default)]
     pub exec_cut_after_bytes: Option<u64>,
+    /// The API server speaks only the older `v4.channel.k8s.io` stream protocol (no stdin close).
+    #[serde(default)]
+    pub k8s_v4_only: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -245,7 +248,7 @@ impl Model {
         for (name, app) in self.apps.iter_mut() {
             if let Some(s) = app.scaling.clone() {
                 if now >= s.due_ms && !self.faults.hang_scale.contains(name) {
-                    app.apply_scale(s.target, s.due_ms, ready_delay);
+                    app.apply_scale(name, s.target, s.due_ms, ready_delay);
                     app.scaling = None;
                 }
             }
@@ -253,7 +256,7 @@ impl Model {
                 if let Some(deleted) = unit.pod_deleted_ms {
                     if now >= deleted + recreate {
                         unit.pod_deleted_ms = None;
-                        unit.pod_uid = new_uid();
+                        unit.pod_uid = pod_uid(name, unit.ordinal, deleted + recreate);
                         unit.pod_created_ms = deleted + recreate;
                         unit.ready_at_ms = deleted + recreate + ready_delay;
                         unit.restarts += 1;
@@ -331,7 +334,7 @@ impl App {
 
     /// Adds or removes units until there are `target`, the highest pod ordinals going first
     /// (a StatefulSet scales down from the end).
-    pub fn apply_scale(&mut self, target: u32, at: u64, ready_delay: u64) {
+    pub fn apply_scale(&mut self, name: &str, target: u32, at: u64, ready_delay: u64) {
         while (self.units.len() as u32) > target {
             let victim = self
                 .units
@@ -352,7 +355,7 @@ impl App {
                     ordinal,
                     leader: false,
                     ready_at_ms: at + ready_delay,
-                    pod_uid: new_uid(),
+                    pod_uid: pod_uid(name, ordinal, at),
                     pod_created_ms: at,
                     restarts: 0,
                     pod_deleted_ms: None,
@@ -390,10 +393,34 @@ pub fn split_unit(unit: &str) -> Option<(&str, u32)> {
     Some((app, num.parse().ok()?))
 }
 
+/// A pod's uid follows from what created it, so every process that settles the model at any
+/// time computes the same one.
+pub fn pod_uid(app: &str, ordinal: u32, created_ms: u64) -> String {
+    stable_uid(&format!("pod/{app}/{ordinal}/{created_ms}"))
+}
+
+pub fn stable_uid(seed: &str) -> String {
+    use sha2::Digest;
+    uuid_from(&sha2::Sha256::digest(seed.as_bytes()))
+}
+
+/// Pod IP of `<app>-<ordinal>`, the same in juju's status and the Kubernetes API.
+pub fn pod_ip(app: &str, ordinal: u32) -> String {
+    let h = app
+        .bytes()
+        .fold(7u32, |a, b| a.wrapping_mul(31).wrapping_add(b as u32));
+    format!("10.1.{}.{}", 10 + h % 200, 10 + ordinal)
+}
+
 pub fn new_uid() -> String {
     use rand::Rng;
     let b: [u8; 16] = rand::rng().random();
-    let h = hex::encode(b);
+    uuid_from(&b)
+}
+
+/// A UUID-shaped string from the first 16 bytes of `bytes` (random or a digest, for stable ids).
+pub fn uuid_from(bytes: &[u8]) -> String {
+    let h = hex::encode(&bytes[..16]);
     format!(
         "{}-{}-{}-{}-{}",
         &h[0..8],

@@ -16,6 +16,15 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
+/// Whether `pid` is alive and its command line contains `needle`: a recorded PID that the
+/// system has since given to another program is not ours to signal.
+pub fn is_ours(pid: u32, needle: &str) -> bool {
+    alive(pid)
+        && std::fs::read(format!("/proc/{pid}/cmdline"))
+            .map(|c| String::from_utf8_lossy(&c).contains(needle))
+            .unwrap_or(false)
+}
+
 /// SIGTERM to the process group the sandbox made for `pid` (and `pid` itself), then SIGKILL
 /// after `grace`.
 pub fn stop(pid: u32, grace: Duration) {

@@ -83,8 +83,26 @@ pub struct WeedServer {
 /// temporary files under `dir`, and one admin identity with the given keys.
 ///
 /// SeaweedFS puts gRPC unix sockets in /tmp whatever its flags say (named by port); `stop_weed`
-/// removes them, so nothing is left outside `dir` once the server is down.
+/// removes them, so nothing is left outside `dir` once the server is down. A port taken between
+/// probing and binding gets a fresh set of ports.
 pub fn start_weed(
+    dir: &Path,
+    access_key: &str,
+    secret_key: &str,
+    buckets: &[&str],
+    die_with_parent: bool,
+) -> Result<WeedServer> {
+    let mut last = None;
+    for _ in 0..3 {
+        match start_weed_once(dir, access_key, secret_key, buckets, die_with_parent) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
+fn start_weed_once(
     dir: &Path,
     access_key: &str,
     secret_key: &str,
@@ -215,17 +233,6 @@ fn buckets_ready(server: &WeedServer, access: &str, secret: &str, buckets: &[&st
     })
 }
 
-/// Whether this process may make a private mount namespace (root with CAP_SYS_ADMIN).
-pub fn can_unshare() -> bool {
-    Command::new("unshare")
-        .args(["-m", "--propagation", "private", "true"])
-        .stdout(Stdio::null())
-        .stderr(Stdio::null())
-        .status()
-        .map(|s| s.success())
-        .unwrap_or(false)
-}
-
 /// Runs the child in its own session so that the caller's terminal signals do not reach it and
 /// `down` can stop its whole process group. With `die_with_parent` (sandboxes owned by a test)
 /// the kernel stops it when the spawning thread is gone, so a killed test leaves no servers.
@@ -245,6 +252,10 @@ pub fn detach(cmd: &mut Command, die_with_parent: bool) {
 /// Stops a weed server and removes the sockets it may have left in /tmp.
 pub fn stop_weed(server: &WeedServer) {
     crate::process::stop(server.pid, Duration::from_secs(10));
+    remove_sockets(server);
+}
+
+pub fn remove_sockets(server: &WeedServer) {
     for kind in ["master", "volume", "filer", "s3", "admin"] {
         for p in &server.grpc_ports {
             let _ = std::fs::remove_file(format!("/tmp/seaweedfs-{kind}-grpc-{p}.sock"));

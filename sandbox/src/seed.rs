@@ -338,15 +338,7 @@ pub struct SeedObject {
 pub fn bucket_objects(spec: &BucketSpec) -> Vec<SeedObject> {
     let mut out = vec![];
     let uuid = |tag: &str| {
-        let h = hex::encode(Sha256::digest(format!("{}:{tag}", spec.seed).as_bytes()));
-        format!(
-            "{}-{}-{}-{}-{}",
-            &h[0..8],
-            &h[8..12],
-            &h[12..16],
-            &h[16..20],
-            &h[20..32]
-        )
+        crate::model::uuid_from(&Sha256::digest(format!("{}:{tag}", spec.seed).as_bytes()))
     };
     let components = ["preprocess", "train", "evaluate", "deploy"];
     for i in 0..spec.small {

@@ -152,6 +152,21 @@ fn mysql_backup_rules_and_a_restore_that_really_puts_data_back() {
         "{table}"
     );
 
+    // Metadata alone: a backup still being written.
+    rt.block_on(dest.put_object(
+        "mysql/2030-01-01T00:00:00Z.metadata",
+        b"Date Backup Requested: 2030-01-01T00:00:00Z\n",
+    ))
+    .unwrap();
+    let table = action(&sb, "kfp-db/1", "list-backups", &[]);
+    assert!(
+        table["results"]["backups"]
+            .as_str()
+            .unwrap()
+            .contains("2030-01-01T00:00:00Z  | physical     | in progress"),
+        "{table}"
+    );
+
     // Without the .md5 marker a backup is not finished, and restore refuses it.
     rt.block_on(dest.delete_object(format!(
         "mysql/{}.md5",
@@ -166,6 +181,20 @@ fn mysql_backup_rules_and_a_restore_that_really_puts_data_back() {
             .contains("| failed"),
         "{table}"
     );
+
+    // A cluster with a unit still starting is not healthy: no backup, unless forced.
+    sb.model()
+        .update(|m| {
+            m.timing.ready_delay_ms = 600_000;
+            Ok(())
+        })
+        .unwrap();
+    juju(&sb, &["scale-application", "katib-db", "2"]);
+    until("katib-db/1 to appear", Duration::from_secs(10), || {
+        units(&sb, "katib-db").len() == 2
+    });
+    let t = action(&sb, "katib-db/0", "create-backup", &[]);
+    assert_eq!(t["message"], "Cluster is not in a healthy state");
 
     // Restore: needs a backup-id, and exactly one unit.
     let t = action(&sb, "kfp-db/0", "restore", &[]);
@@ -229,6 +258,13 @@ fn scaling_is_asynchronous_and_faults_can_be_injected() {
     until("kfp-metadata-writer gone", Duration::from_secs(10), || {
         units(&sb, "kfp-metadata-writer").is_empty()
     });
+    let st = juju(&sb, &["status", "--format=json"]).json();
+    assert!(
+        st["applications"]["kfp-metadata-writer"]
+            .get("units")
+            .is_none(),
+        "juju omits an empty units map"
+    );
 
     // Unit numbers grow, pod ordinals are reused.
     juju(&sb, &["scale-application", "kfp-metadata-writer", "1"]);
@@ -308,7 +344,7 @@ fn scaling_is_asynchronous_and_faults_can_be_injected() {
     // A slow action: the client gives up at --wait, the task goes on, show-task --wait gets it.
     sb.model()
         .update(|m| {
-            m.faults.action_delay_ms = 1500;
+            m.faults.action_delay_ms = 4000;
             Ok(())
         })
         .unwrap();

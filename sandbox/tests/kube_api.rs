@@ -158,6 +158,17 @@ fn list_pods_and_stream_the_mlmd_database_out_and_in() {
             Some("3")
         );
 
+        // An API server that speaks only v4.channel.k8s.io: kube falls back to it.
+        sb.model().update(|m| { m.faults.k8s_v4_only = true; Ok(()) }).unwrap();
+        let (db, st) = exec(&pods, "mlmd-0", "mlmd-grpc-server", &["cat", "/data/mlmd.db"], None).await;
+        assert_eq!(st.status.as_deref(), Some("Success"));
+        assert_eq!(db, std::fs::read(sb.layout.mlmd_db()).unwrap());
+        sb.model().update(|m| { m.faults.k8s_v4_only = false; Ok(()) }).unwrap();
+
+        // A pod with two containers needs one named, as on a real API server.
+        let err = pods.exec("mlmd-0", ["true"], &AttachParams::default()).await.err().expect("no container");
+        assert!(err.to_string().contains("a container name must be specified for pod mlmd-0, choose one of: [charm mlmd-grpc-server]"), "{err}");
+
         // The CKF 1.8 container name does not exist on a 1.9 model.
         let err = pods
             .exec(
@@ -271,6 +282,13 @@ fn a_deleted_pod_comes_back_and_faults_and_auth_are_enforced() {
     rt.block_on(async {
         let before = pods.get("mlmd-0").await.unwrap();
         let uid = before.metadata.uid.clone().unwrap();
+        // Long enough a gap that a loaded machine still sees the pod absent.
+        sb.model()
+            .update(|m| {
+                m.timing.pod_recreate_ms = 1500;
+                Ok(())
+            })
+            .unwrap();
         pods.delete("mlmd-0", &DeleteParams::default()).await.unwrap();
         let ready = |p: &Pod| {
             p.status.as_ref().and_then(|s| s.conditions.as_ref()).is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"))
@@ -289,6 +307,8 @@ fn a_deleted_pod_comes_back_and_faults_and_auth_are_enforced() {
         }
         assert!(saw_gone, "the pod was never absent between deletion and re-creation");
         let again = pods.get("mlmd-0").await.unwrap();
+        let reread = pods.get("mlmd-0").await.unwrap();
+        assert_eq!(again.metadata.uid, reread.metadata.uid, "a pod's uid is stable between reads");
         assert_eq!(again.status.unwrap().container_statuses.unwrap()[0].restart_count, 1);
         // The database on the pod's volume survived the restart.
         let (db, _) = exec(&pods, "mlmd-0", "mlmd-grpc-server", &["cat", "/data/mlmd.db"], None).await;

@@ -1,20 +1,15 @@
 //! `backup-agent-sandbox up | status | fault | down` as a user runs them: the env file works
 //! from a shell, `down` stops every process `up` started and leaves nothing outside the directory.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::process::Command;
 
 use backup_agent_sandbox::process::alive;
 use backup_agent_sandbox::Info;
 
-fn sandbox_cmd(dir: &Path, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_backup-agent-sandbox"))
-        .args(args)
-        .arg("--dir")
-        .arg(dir)
-        .env_remove("BACKUP_AGENT_SANDBOX")
-        .output()
-        .unwrap();
+/// Runs a command without the caller's sandbox in its environment; (exit code, stdout, stderr).
+fn run(cmd: &mut Command) -> (i32, String, String) {
+    let out = cmd.env_remove("BACKUP_AGENT_SANDBOX").output().unwrap();
     (
         out.status.code().unwrap_or(-1),
         String::from_utf8_lossy(&out.stdout).into_owned(),
@@ -22,22 +17,32 @@ fn sandbox_cmd(dir: &Path, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+fn sandbox_cmd(dir: &Path, args: &[&str]) -> (i32, String, String) {
+    run(Command::new(env!("CARGO_BIN_EXE_backup-agent-sandbox"))
+        .args(args)
+        .arg("--dir")
+        .arg(dir))
+}
+
 fn shell(script: &str) -> (i32, String, String) {
-    let out = Command::new("bash")
-        .arg("-c")
-        .arg(script)
-        .env_remove("BACKUP_AGENT_SANDBOX")
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    run(Command::new("bash").arg("-c").arg(script))
+}
+
+/// Names in a directory, to see what a run leaves behind.
+fn entries(dir: &Path) -> std::collections::BTreeSet<String> {
+    std::fs::read_dir(dir)
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default()
 }
 
 #[test]
 fn up_env_status_fault_down() {
+    let home = PathBuf::from(std::env::var("HOME").unwrap_or_else(|_| "/root".into()));
+    let (tmp_before, home_before) = (entries(Path::new("/tmp")), entries(&home));
     let tmp = tempfile::tempdir().unwrap();
     let dir = tmp.path().join("sb");
 
@@ -50,7 +55,17 @@ fn up_env_status_fault_down() {
 
     let (code, out, err) = sandbox_cmd(
         &dir,
-        &["up", "--objects", "4", "--large", "0", "--mlmd-runs", "2"],
+        &[
+            "up",
+            "--objects",
+            "4",
+            "--large",
+            "0",
+            "--mlmd-runs",
+            "2",
+            "--mlmd-container",
+            "mlmd",
+        ],
     );
     assert_eq!(code, 0, "{err}");
     assert!(out.contains("use it: source"), "{out}");
@@ -90,6 +105,34 @@ fn up_env_status_fault_down() {
     let run: serde_json::Value = serde_json::from_str(&out).unwrap();
     assert_eq!(run["kfp-db/1"]["status"], "completed", "{out}");
 
+    // CKF 1.8 names the MLMD container `mlmd`: exec through kube with that name.
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    let db = rt.block_on(async {
+        use tokio::io::AsyncReadExt;
+        let kc = kube::config::Kubeconfig::read_from(dir.join("kubeconfig")).unwrap();
+        let cfg = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+            .await
+            .unwrap();
+        let pods: kube::Api<k8s_openapi::api::core::v1::Pod> =
+            kube::Api::namespaced(kube::Client::try_from(cfg).unwrap(), "kubeflow");
+        let ap = kube::api::AttachParams::default()
+            .container("mlmd")
+            .stderr(false);
+        let mut p = pods
+            .exec("mlmd-0", ["cat", "/data/mlmd.db"], &ap)
+            .await
+            .unwrap();
+        let mut out = p.stdout().unwrap();
+        let mut buf = vec![];
+        out.read_to_end(&mut buf).await.unwrap();
+        p.join().await.unwrap();
+        buf
+    });
+    assert_eq!(
+        db,
+        std::fs::read(dir.join("data/pods/mlmd-0/data/mlmd.db")).unwrap()
+    );
+
     let (code, out, _) = sandbox_cmd(&dir, &["status"]);
     assert_eq!(code, 0);
     assert!(
@@ -127,4 +170,9 @@ fn up_env_status_fault_down() {
     }
     let (code, _, _) = sandbox_cmd(&dir, &["down", "--purge"]);
     assert_eq!(code, 1, "down twice: nothing to stop");
+    drop(rt);
+    tmp.close().unwrap();
+    // Nothing new outside the sandbox's directory: not in /tmp, not in $HOME.
+    assert_eq!(entries(Path::new("/tmp")), tmp_before);
+    assert_eq!(entries(&home), home_before);
 }

@@ -51,14 +51,24 @@ pub fn juju(sb: &Sandbox, args: &[&str]) -> Run {
     }
 }
 
-/// Runs an action with --wait and returns the unit's task object.
+/// Runs an action with --wait and returns the unit's task object. A failed task must make
+/// juju exit 1 with "task failed" on stderr; a completed one exit 0.
 pub fn action(sb: &Sandbox, unit: &str, action: &str, params: &[&str]) -> Value {
     let mut args = vec!["run", unit, action];
     args.extend_from_slice(params);
     args.extend_from_slice(&["--format=json", "--wait=1m"]);
     let r = juju(sb, &args);
-    assert_eq!(r.code, 0, "juju run failed: {}", r.stderr);
-    r.json()[unit].clone()
+    let task = r.json()[unit].clone();
+    match task["status"].as_str() {
+        Some("completed") => assert_eq!(r.code, 0, "{}", r.stderr),
+        Some("failed") => {
+            assert_eq!(r.code, 1, "a failed task exits 1");
+            let want = format!("ERROR the following task failed:\n - id \"{}\" with return code 0\n\nuse 'juju show-task' to inspect the failure\n", task["id"].as_str().unwrap());
+            assert!(r.stderr.ends_with(&want), "{}", r.stderr);
+        }
+        other => panic!("unexpected task status {other:?}: {}", r.stdout),
+    }
+    task
 }
 
 /// Polls until `f` holds, failing after `timeout`.
