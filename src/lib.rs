@@ -4,6 +4,9 @@
 //!
 //! The library owns all logic; the CLI, the charm dispatch and the daemon are thin adapters.
 
+pub mod catalog;
 pub mod control_plane;
+pub mod destination;
 pub mod juju;
 pub mod secret;
+pub mod store;

@@ -4,7 +4,9 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
+use backup_agent::catalog::{self, Listed};
 use backup_agent::control_plane::{self, AppNames};
+use backup_agent::destination::DestinationArgs;
 use backup_agent::juju::JujuCli;
 
 #[derive(Parser)]
@@ -44,6 +46,24 @@ enum Command {
     Discover {
         #[command(flatten)]
         apps: AppNames,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List the backups in the destination, from their statefiles alone (works from any
+    /// machine that can read the bucket).
+    ListBackups {
+        #[command(flatten)]
+        dest: DestinationArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Show one backup's statefile: what was captured, sizes, hashes, mysql backup ids, the
+    /// scales it changed and put back, errors, and later verifications and restores.
+    DescribeBackup {
+        /// The backup id, as list-backups shows it.
+        backup_id: String,
+        #[command(flatten)]
+        dest: DestinationArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -101,6 +121,49 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 }
             }
         }
+        Command::ListBackups { dest, output } => {
+            let store = dest.store()?;
+            let rows = runtime()?.block_on(catalog::list(&store))?;
+            match output {
+                Output::Json => {
+                    let v: Vec<serde_json::Value> = rows
+                        .iter()
+                        .map(|r| match r {
+                            Listed::Backup(s) => serde_json::to_value(s).expect("statefile serializes"),
+                            Listed::Unreadable { id, error } => serde_json::json!({"backup-id": id, "phase": "unreadable", "error": error.to_string()}),
+                        })
+                        .collect();
+                    println!("{}", serde_json::to_string_pretty(&v)?);
+                }
+                Output::Text if rows.is_empty() => println!("no backups in {}", store.describe()),
+                Output::Text => {
+                    print!("{}", catalog::render_table(&rows));
+                    for r in &rows {
+                        if let Listed::Unreadable { id, error } = r {
+                            eprintln!("warning: {id}: {error}");
+                        }
+                    }
+                }
+            }
+        }
+        Command::DescribeBackup {
+            backup_id,
+            dest,
+            output,
+        } => {
+            let store = dest.store()?;
+            let s = runtime()?.block_on(catalog::load(&store, &backup_id))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+                Output::Text => print!("{}", serde_yaml::to_string(&s)?),
+            }
+        }
     }
     Ok(())
+}
+
+fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
 }

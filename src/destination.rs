@@ -1,0 +1,92 @@
+//! Where backups go, as the operator says it: S3 settings (the fields s3-integrator gives) from
+//! flags or the environment, or a local directory, never chosen silently.
+
+use std::path::PathBuf;
+
+use crate::secret::Secret;
+use crate::store::{S3Settings, Store, UriStyle};
+
+#[derive(Debug, Clone, clap::Args)]
+pub struct DestinationArgs {
+    /// S3 endpoint of the backup destination, e.g. https://s3.eu-central-1.amazonaws.com.
+    #[arg(
+        long = "s3-endpoint",
+        env = "BACKUP_AGENT_S3_ENDPOINT",
+        value_name = "URL"
+    )]
+    pub endpoint: Option<String>,
+    /// Bucket of the backup destination.
+    #[arg(long = "s3-bucket", env = "BACKUP_AGENT_S3_BUCKET")]
+    pub bucket: Option<String>,
+    /// Path inside the bucket; backups go under <path>/backup-agent/.
+    #[arg(long = "s3-path", env = "BACKUP_AGENT_S3_PATH", default_value = "")]
+    pub path: String,
+    #[arg(
+        long = "s3-region",
+        env = "BACKUP_AGENT_S3_REGION",
+        default_value = "us-east-1"
+    )]
+    pub region: String,
+    #[arg(
+        long = "s3-uri-style",
+        env = "BACKUP_AGENT_S3_URI_STYLE",
+        value_enum,
+        default_value = "path"
+    )]
+    pub uri_style: UriStyle,
+    /// Access key (environment only: a flag would show in the process list).
+    #[arg(
+        long = "s3-access-key",
+        env = "BACKUP_AGENT_S3_ACCESS_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub access_key: Option<String>,
+    /// Secret key (environment only).
+    #[arg(
+        long = "s3-secret-key",
+        env = "BACKUP_AGENT_S3_SECRET_KEY",
+        hide = true,
+        hide_env_values = true
+    )]
+    pub secret_key: Option<String>,
+    /// A local directory instead of S3 (an NFS mount, an air-gapped site); same layout.
+    #[arg(
+        long = "destination-dir",
+        env = "BACKUP_AGENT_DESTINATION_DIR",
+        value_name = "DIR",
+        conflicts_with = "endpoint"
+    )]
+    pub dir: Option<PathBuf>,
+}
+
+impl DestinationArgs {
+    /// The store these settings name, or what is missing and how to give it.
+    pub fn store(&self) -> Result<Store, String> {
+        if let Some(dir) = &self.dir {
+            if !dir.is_dir() {
+                return Err(format!(
+                    "--destination-dir {}: not a directory (create it first)",
+                    dir.display()
+                ));
+            }
+            return Ok(Store::local(dir.clone()));
+        }
+        let (Some(endpoint), Some(bucket)) = (&self.endpoint, &self.bucket) else {
+            return Err("no backup destination: set --s3-endpoint and --s3-bucket (or BACKUP_AGENT_S3_ENDPOINT and BACKUP_AGENT_S3_BUCKET), or --destination-dir for a local directory".into());
+        };
+        let (Some(access), Some(secret)) = (&self.access_key, &self.secret_key) else {
+            return Err("no S3 credentials: set BACKUP_AGENT_S3_ACCESS_KEY and BACKUP_AGENT_S3_SECRET_KEY in the environment".into());
+        };
+        Store::s3(&S3Settings {
+            endpoint: endpoint.clone(),
+            bucket: bucket.clone(),
+            path: self.path.clone(),
+            region: self.region.clone(),
+            uri_style: self.uri_style,
+            access_key: Secret::new(access.clone()),
+            secret_key: Secret::new(secret.clone()),
+        })
+        .map_err(|e| e.to_string())
+    }
+}
