@@ -8,5 +8,7 @@ pub mod catalog;
 pub mod control_plane;
 pub mod destination;
 pub mod juju;
+pub mod kube;
+pub mod mlmd;
 pub mod secret;
 pub mod store;
