@@ -25,6 +25,19 @@ pub enum JujuError {
         command: String,
         source: std::io::Error,
     },
+    #[error("`{command}` did not finish within {wait}; the task goes on in the model: follow it with `juju show-task {task}`")]
+    Timeout {
+        command: String,
+        wait: String,
+        task: String,
+    },
+    #[error("action {action} on {unit} failed: {message} (task {task}; `juju show-task {task}` has its log)")]
+    ActionFailed {
+        unit: String,
+        action: String,
+        task: String,
+        message: String,
+    },
     #[error("could not read the output of `{command}` ({what}): {detail}")]
     Parse {
         command: String,
@@ -109,6 +122,75 @@ impl JujuCli {
             });
         }
         Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    }
+
+    /// Runs an action and waits for it (`--wait`): the task when it completed; its message
+    /// when it failed (juju then exits 1 but still prints the task); a timeout naming the task.
+    pub fn run_action(
+        &self,
+        unit: &str,
+        action: &str,
+        params: &[(&str, &str)],
+        wait: &str,
+    ) -> Result<ActionTask, JujuError> {
+        let mut args: Vec<String> = vec!["run".into(), unit.into(), action.into()];
+        args.extend(params.iter().map(|(k, v)| format!("{k}={v}")));
+        args.extend([
+            "--format=json".into(),
+            format!("--wait={wait}"),
+            "-m".into(),
+            self.model.clone(),
+        ]);
+        let command = format!("juju {}", args.join(" "));
+        tracing::debug!(%command, "running");
+        let out = duct::cmd(&self.bin, &args)
+            .stdout_capture()
+            .stderr_capture()
+            .unchecked()
+            .run()
+            .map_err(|source| JujuError::Spawn {
+                command: command.clone(),
+                source,
+            })?;
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
+        if stdout.trim().is_empty() {
+            if stderr.contains("timed out waiting for results") {
+                let task = stderr
+                    .lines()
+                    .find_map(|l| l.trim().strip_prefix("Waiting for task "))
+                    .map(|t| t.trim_end_matches("...").to_string())
+                    .unwrap_or_default();
+                return Err(JujuError::Timeout {
+                    command,
+                    wait: wait.into(),
+                    task,
+                });
+            }
+            return Err(JujuError::Failed {
+                command,
+                code: out.status.code().unwrap_or(-1),
+                stderr,
+            });
+        }
+        let task = parse_run(&stdout, unit).map_err(|detail| JujuError::Parse {
+            command: command.clone(),
+            what: "action result".into(),
+            detail,
+        })?;
+        match task.status.as_str() {
+            "completed" => Ok(task),
+            _ => Err(JujuError::ActionFailed {
+                unit: unit.into(),
+                action: action.into(),
+                task: task.id.clone(),
+                message: if task.message.is_empty() {
+                    format!("status {}", task.status)
+                } else {
+                    task.message.clone()
+                },
+            }),
+        }
     }
 
     pub fn status(&self) -> Result<Status, JujuError> {

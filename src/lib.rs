@@ -10,5 +10,6 @@ pub mod destination;
 pub mod juju;
 pub mod kube;
 pub mod mlmd;
+pub mod mysql;
 pub mod secret;
 pub mod store;

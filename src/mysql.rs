@@ -1,0 +1,170 @@
+//! The kfp-db and katib-db databases, captured by the mysql-k8s charm's own `create-backup`
+//! action on a replica, into the S3 bucket of its s3-integrator relation. We record which unit
+//! made which backup, and where, and check the charm lists it as finished.
+
+use crate::catalog::MysqlCapture;
+use crate::juju::{self, JujuCli, JujuError, Status};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlError {
+    #[error("{app}: {source}")]
+    Juju {
+        app: String,
+        #[source]
+        source: JujuError,
+    },
+    #[error("{app} has no unit that is active")]
+    NoUnit { app: String },
+    #[error("{app}: get-cluster-status names no primary")]
+    NoPrimary { app: String },
+    #[error("{app} has no replica to back up from (only the primary {primary}): scale it to 2 units first, as create-backup does")]
+    NoReplica { app: String, primary: String },
+    #[error("{app}: the charm lists backup {id} as {status:?}, not finished")]
+    NotFinished {
+        app: String,
+        id: String,
+        status: String,
+    },
+    #[error("{app} has no s3-parameters relation to s3-integrator: its backups would have nowhere to go (`juju integrate {app} s3-integrator`)")]
+    NoS3 { app: String },
+}
+
+/// How long each action may take before we stop waiting (the task goes on in Juju).
+#[derive(Debug, Clone)]
+pub struct Waits {
+    pub status: String,
+    pub backup: String,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            status: "5m".into(),
+            backup: "60m".into(),
+        }
+    }
+}
+
+fn active_units(status: &Status, app: &str) -> Vec<String> {
+    status
+        .applications
+        .get(app)
+        .map(|a| {
+            a.units
+                .iter()
+                .filter(|(_, u)| u.workload_status.current == "active")
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// `<bucket>/<path>` of the app's s3-parameters relation, read from a unit's relation data.
+/// Only those two keys are taken: the databag also holds the S3 keys.
+pub fn backup_location(cli: &JujuCli, app: &str, unit: &str) -> Result<String, MysqlError> {
+    let shown = cli.show_unit(unit).map_err(|source| MysqlError::Juju {
+        app: app.into(),
+        source,
+    })?;
+    let bag = juju::relation_app_data(&shown, unit, "s3-parameters")
+        .ok_or_else(|| MysqlError::NoS3 { app: app.into() })?;
+    let bucket = bag.get("bucket").cloned().unwrap_or_default();
+    let path = bag
+        .get("path")
+        .map(|p| p.trim_matches('/').to_string())
+        .unwrap_or_default();
+    Ok(if path.is_empty() {
+        bucket
+    } else {
+        format!("{bucket}/{path}")
+    })
+}
+
+/// Asks the cluster which unit is primary, backs up on another one, and checks the charm
+/// lists the backup as finished.
+pub fn capture(
+    cli: &JujuCli,
+    status: &Status,
+    app: &str,
+    waits: &Waits,
+) -> Result<MysqlCapture, MysqlError> {
+    let err = |source| MysqlError::Juju {
+        app: app.into(),
+        source,
+    };
+    let units = active_units(status, app);
+    let first = units
+        .first()
+        .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
+    let cs = with_retries(|| cli.run_action(first, "get-cluster-status", &[], &waits.status))
+        .map_err(err)?;
+    let primary = juju::cluster_primary(&cs.results)
+        .ok_or_else(|| MysqlError::NoPrimary { app: app.into() })?;
+    let replica = units
+        .iter()
+        .find(|u| **u != primary)
+        .ok_or_else(|| MysqlError::NoReplica {
+            app: app.into(),
+            primary: primary.clone(),
+        })?;
+    let location = backup_location(cli, app, replica)?;
+    tracing::info!(app, unit = %replica, "mysql-k8s create-backup");
+    // Not retried: a retry after a lost answer could make a second backup.
+    let task = cli
+        .run_action(replica, "create-backup", &[], &waits.backup)
+        .map_err(err)?;
+    let id = task
+        .result_str("backup-id")
+        .ok_or_else(|| {
+            err(JujuError::Parse {
+                command: format!("juju run {replica} create-backup"),
+                what: "backup-id".into(),
+                detail: "no backup-id in the results".into(),
+            })
+        })?
+        .to_string();
+    let listed = with_retries(|| cli.run_action(replica, "list-backups", &[], &waits.status))
+        .map_err(err)?;
+    let table = listed.result_str("backups").unwrap_or_default();
+    let rows = juju::parse_backups_table(table).map_err(|detail| {
+        err(JujuError::Parse {
+            command: format!("juju run {replica} list-backups"),
+            what: "backups table".into(),
+            detail,
+        })
+    })?;
+    let status = rows
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| r.status.clone())
+        .unwrap_or_else(|| "missing".into());
+    if status != "finished" {
+        return Err(MysqlError::NotFinished {
+            app: app.into(),
+            id,
+            status,
+        });
+    }
+    Ok(MysqlCapture {
+        app: app.into(),
+        unit: replica.clone(),
+        backup_id: id,
+        location,
+    })
+}
+
+/// Retries read-only juju calls that failed for a transient reason (the controller connection).
+fn with_retries<T>(mut f: impl FnMut() -> Result<T, JujuError>) -> Result<T, JujuError> {
+    let mut delay = std::time::Duration::from_millis(250);
+    for _ in 0..4 {
+        match f() {
+            Err(e) if e.is_retryable() => {
+                tracing::warn!("{e}; retrying in {delay:?}");
+                std::thread::sleep(delay);
+                delay *= 2;
+            }
+            other => return other,
+        }
+    }
+    f()
+}
