@@ -99,10 +99,11 @@ impl JujuCli {
         &self.model
     }
 
-    /// Runs `juju <args> -m <model>` and returns stdout.
-    pub fn run(&self, args: &[&str]) -> Result<String, JujuError> {
-        let mut full: Vec<&str> = args.to_vec();
-        full.extend(["-m", &self.model]);
+    /// Runs `juju ARGS -m MODEL` (exit status not checked): the command line, for messages, and
+    /// its output.
+    fn exec(&self, args: &[String]) -> Result<(String, std::process::Output), JujuError> {
+        let mut full = args.to_vec();
+        full.extend(["-m".to_string(), self.model.clone()]);
         let command = format!("juju {}", full.join(" "));
         tracing::debug!(%command, "running");
         let out = duct::cmd(&self.bin, &full)
@@ -114,6 +115,13 @@ impl JujuCli {
                 command: command.clone(),
                 source,
             })?;
+        Ok((command, out))
+    }
+
+    /// Runs `juju <args> -m <model>` and returns stdout.
+    pub fn run(&self, args: &[&str]) -> Result<String, JujuError> {
+        let args: Vec<String> = args.iter().map(|a| a.to_string()).collect();
+        let (command, out) = self.exec(&args)?;
         if !out.status.success() {
             return Err(JujuError::Failed {
                 command,
@@ -135,23 +143,8 @@ impl JujuCli {
     ) -> Result<ActionTask, JujuError> {
         let mut args: Vec<String> = vec!["run".into(), unit.into(), action.into()];
         args.extend(params.iter().map(|(k, v)| format!("{k}={v}")));
-        args.extend([
-            "--format=json".into(),
-            format!("--wait={wait}"),
-            "-m".into(),
-            self.model.clone(),
-        ]);
-        let command = format!("juju {}", args.join(" "));
-        tracing::debug!(%command, "running");
-        let out = duct::cmd(&self.bin, &args)
-            .stdout_capture()
-            .stderr_capture()
-            .unchecked()
-            .run()
-            .map_err(|source| JujuError::Spawn {
-                command: command.clone(),
-                source,
-            })?;
+        args.extend(["--format=json".into(), format!("--wait={wait}")]);
+        let (command, out) = self.exec(&args)?;
         let stdout = String::from_utf8_lossy(&out.stdout);
         let stderr = String::from_utf8_lossy(&out.stderr).trim().to_string();
         if stdout.trim().is_empty() {

@@ -83,16 +83,10 @@ impl Cluster {
     /// client's own retries are off: kube retries 503s for many minutes, and the agent bounds
     /// its waits itself.
     pub async fn connect(namespace: &str) -> Result<Cluster, KubeError> {
-        let mut config = kube::Config::infer()
+        let config = kube::Config::infer()
             .await
             .map_err(|e| KubeError::Config(e.to_string()))?;
-        config.default_retry = false;
-        let client =
-            kube::Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?;
-        Ok(Cluster {
-            client,
-            namespace: namespace.to_string(),
-        })
+        Self::with_config(config, namespace)
     }
 
     /// From a given kubeconfig file, its current context.
@@ -102,9 +96,13 @@ impl Cluster {
     ) -> Result<Cluster, KubeError> {
         let kc = kube::config::Kubeconfig::read_from(path)
             .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
-        let mut config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
+        let config = kube::Config::from_custom_kubeconfig(kc, &Default::default())
             .await
             .map_err(|e| KubeError::Config(format!("{}: {e}", path.display())))?;
+        Self::with_config(config, namespace)
+    }
+
+    fn with_config(mut config: kube::Config, namespace: &str) -> Result<Cluster, KubeError> {
         config.default_retry = false;
         let client =
             kube::Client::try_from(config).map_err(|e| KubeError::Config(e.to_string()))?;

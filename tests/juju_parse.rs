@@ -1,6 +1,8 @@
 //! The juju parse functions against recorded real outputs, and against the sandbox's live
 //! outputs (so the simulator and the parsers agree on the same contract).
 
+mod common;
+
 use std::path::PathBuf;
 
 use backup_agent::control_plane::{self, AppNames};
@@ -106,25 +108,9 @@ fn action_results_tables_and_cluster_status() {
     );
 }
 
-fn sandbox_exe() -> PathBuf {
-    let exe = std::env::current_exe().unwrap();
-    let p = exe
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("backup-agent-sandbox");
-    assert!(
-        p.exists(),
-        "{} is missing: build it with `cargo build -p backup-agent-sandbox`",
-        p.display()
-    );
-    p
-}
-
 #[test]
 fn the_sandbox_outputs_parse_back() {
-    let mut opts = UpOptions::new(sandbox_exe());
+    let mut opts = UpOptions::new(common::sandbox_exe());
     opts.bucket.small = 4;
     opts.bucket.large = 0;
     let sb = Sandbox::up(&opts).unwrap();

@@ -2,6 +2,8 @@
 //! streamed out of mlmd-0, checked, compressed and stored; running workloads found; MinIO
 //! reached through a port-forward; failures named.
 
+mod common;
+
 use std::path::PathBuf;
 use std::time::{Duration, Instant};
 
@@ -9,26 +11,11 @@ use backup_agent::kube::{Cluster, KubeError};
 use backup_agent::mlmd::{self, MlmdError};
 use backup_agent::secret::Secret;
 use backup_agent::store::{S3Settings, Store, UriStyle};
-use backup_agent_sandbox::{Sandbox, UpOptions};
+use backup_agent_sandbox::Sandbox;
 use sha2::{Digest, Sha256};
 
 fn sandbox() -> Sandbox {
-    let exe = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("backup-agent-sandbox");
-    assert!(
-        exe.exists(),
-        "{} is missing: build it with `cargo build -p backup-agent-sandbox`",
-        exe.display()
-    );
-    let mut opts = UpOptions::new(exe);
-    opts.bucket.small = 10;
-    opts.bucket.large = 0;
-    Sandbox::up(&opts).unwrap()
+    common::sandbox(10)
 }
 
 fn rt() -> tokio::runtime::Runtime {

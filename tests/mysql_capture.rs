@@ -1,28 +1,15 @@
 //! kfp-db / katib-db capture through mysql-k8s's actions, against the sandbox's juju.
 
+mod common;
+
 use std::time::{Duration, Instant};
 
 use backup_agent::juju::{JujuCli, JujuError};
 use backup_agent::mysql::{self, MysqlError, Waits};
-use backup_agent_sandbox::{Sandbox, UpOptions};
+use backup_agent_sandbox::Sandbox;
 
 fn sandbox() -> Sandbox {
-    let exe = std::env::current_exe()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .parent()
-        .unwrap()
-        .join("backup-agent-sandbox");
-    assert!(
-        exe.exists(),
-        "{} is missing: build it with `cargo build -p backup-agent-sandbox`",
-        exe.display()
-    );
-    let mut opts = UpOptions::new(exe);
-    opts.bucket.small = 2;
-    opts.bucket.large = 0;
-    Sandbox::up(&opts).unwrap()
+    common::sandbox(2)
 }
 
 #[test]

@@ -40,6 +40,10 @@ fn status(code: StatusCode, reason: &str, message: impl Into<String>) -> Respons
     (code, Json(body)).into_response()
 }
 
+fn bad_request(message: impl Into<String>) -> Response {
+    status(StatusCode::BAD_REQUEST, "BadRequest", message)
+}
+
 fn not_found(kind: &str, name: &str) -> Response {
     status(
         StatusCode::NOT_FOUND,
@@ -500,46 +504,26 @@ async fn exec(
         Some((_, c)) => c.clone(),
         None if view.containers.len() == 1 => view.containers[0].clone(),
         None => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                format!(
-                    "a container name must be specified for pod {name}, choose one of: [{}]",
-                    view.containers.join(" ")
-                ),
-            )
+            return bad_request(format!(
+                "a container name must be specified for pod {name}, choose one of: [{}]",
+                view.containers.join(" ")
+            ))
         }
     };
     if !view.containers.contains(&container) {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("container {container} is not valid for pod {name}"),
-        );
+        return bad_request(format!("container {container} is not valid for pod {name}"));
     }
     if view.terminating || !view.ready {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("unable to upgrade connection: container not found (\"{container}\")"),
-        );
+        return bad_request(format!(
+            "unable to upgrade connection: container not found (\"{container}\")"
+        ));
     }
     if command.is_empty() {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "you must specify at least 1 command",
-        );
+        return bad_request("you must specify at least 1 command");
     }
     let ws = match ws {
         Ok(ws) => ws,
-        Err(_) => {
-            return status(
-                StatusCode::BAD_REQUEST,
-                "BadRequest",
-                "Upgrade request required",
-            )
-        }
+        Err(_) => return bad_request("Upgrade request required"),
     };
     let dir = pod_dir(&model, &name);
     let cut = model.faults.exec_cut_after_bytes;
@@ -702,37 +686,19 @@ async fn portforward(
             for p in v.split(',') {
                 match p.trim().parse::<u16>() {
                     Ok(p) => ports.push(p),
-                    Err(_) => {
-                        return status(
-                            StatusCode::BAD_REQUEST,
-                            "BadRequest",
-                            format!("invalid port \"{p}\""),
-                        )
-                    }
+                    Err(_) => return bad_request(format!("invalid port \"{p}\"")),
                 }
             }
         }
     }
     if ports.is_empty() {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "at least one port must be specified",
-        );
+        return bad_request("at least one port must be specified");
     }
     if !view.ready {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            format!("pod {name} is not running"),
-        );
+        return bad_request(format!("pod {name} is not running"));
     }
     let Ok(ws) = ws else {
-        return status(
-            StatusCode::BAD_REQUEST,
-            "BadRequest",
-            "Upgrade request required",
-        );
+        return bad_request("Upgrade request required");
     };
     let targets: Vec<(u16, Option<u16>)> = ports
         .iter()
