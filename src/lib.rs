@@ -10,6 +10,7 @@ pub mod destination;
 pub mod juju;
 pub mod kube;
 pub mod mlmd;
+pub mod mlpipeline;
 pub mod mysql;
 pub mod secret;
 pub mod store;

@@ -21,6 +21,15 @@ pub struct ObjectInfo {
     pub etag: Option<String>,
 }
 
+/// An object's headers: what a copy must carry besides its bytes.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ObjectMeta {
+    pub info: ObjectInfo,
+    pub content_type: String,
+    /// User metadata (`x-amz-meta-*`), names without the prefix.
+    pub metadata: std::collections::BTreeMap<String, String>,
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum StoreError {
     #[error("{key}: no such object")]
@@ -373,6 +382,50 @@ impl Store {
                 Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
                 Err(e) => Err(l.io_error("head", key, e)),
             },
+        }
+    }
+
+    /// Headers of one object (content type, user metadata), or `None` when it does not exist.
+    pub async fn head_meta(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {
+        check_key(key)?;
+        match self {
+            Store::S3(s) => {
+                let full = join_root(&s.root, key);
+                let h = match s.bucket.head_object(&full).await {
+                    Ok((h, 200)) => h,
+                    Ok((_, 404)) => return Ok(None),
+                    Ok((_, code)) => {
+                        return Err(Self::s3_error(
+                            s,
+                            "head",
+                            key,
+                            s3::error::S3Error::HttpFailWithBody(code, String::new()),
+                        ))
+                    }
+                    Err(e) => {
+                        return match Self::s3_error(s, "head", key, e) {
+                            StoreError::NotFound { .. } => Ok(None),
+                            other => Err(other),
+                        }
+                    }
+                };
+                Ok(Some(ObjectMeta {
+                    info: ObjectInfo {
+                        key: key.to_string(),
+                        size: h.content_length.unwrap_or(0).max(0) as u64,
+                        etag: h.e_tag.map(|e| e.trim_matches('"').to_string()),
+                    },
+                    content_type: h
+                        .content_type
+                        .unwrap_or_else(|| "application/octet-stream".into()),
+                    metadata: h.metadata.unwrap_or_default().into_iter().collect(),
+                }))
+            }
+            Store::Local(_) => Ok(self.head(key).await?.map(|info| ObjectMeta {
+                info,
+                content_type: "application/octet-stream".into(),
+                metadata: Default::default(),
+            })),
         }
     }
 

@@ -1,0 +1,474 @@
+//! The `mlpipeline` bucket, copied into content-addressed blobs plus a per-backup manifest.
+//!
+//! Point in time: each backup's manifest names the blobs it needs, so an old backup keeps its
+//! artifacts after they change or go. Incremental: an object whose key, size and ETag match the
+//! previous backup's manifest is not read again, and a blob already stored is not uploaded
+//! again. A same-size change has a new ETag, so it is caught (the manual procedure's
+//! `--size-only` misses it). Memory stays bounded: small objects in memory, large ones through
+//! a spool file, a fixed number in flight.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use futures::{StreamExt, TryStreamExt};
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+use tokio::io::AsyncWriteExt;
+
+use crate::catalog;
+use crate::store::{ObjectInfo, ObjectMeta, Store, StoreError};
+
+/// Objects up to this size are read into memory; larger ones go through a spool file.
+const IN_MEMORY_MAX: u64 = 8 << 20;
+
+/// One object of the bucket as a backup holds it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Entry {
+    pub key: String,
+    pub size: u64,
+    /// The source's ETag when the object was read; `None` when it changed while being read, so
+    /// the next backup reads it again.
+    pub etag: Option<String>,
+    pub sha256: String,
+    pub content_type: String,
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub metadata: BTreeMap<String, String>,
+}
+
+/// The objects of one backup, sorted by key.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct Manifest {
+    pub entries: Vec<Entry>,
+}
+
+impl Manifest {
+    /// zstd-compressed JSON lines: streams well and diffs well.
+    pub fn to_bytes(&self) -> Vec<u8> {
+        let mut text = Vec::new();
+        for e in &self.entries {
+            serde_json::to_writer(&mut text, e).expect("entry serializes");
+            text.push(b'\n');
+        }
+        zstd::encode_all(&text[..], 3).expect("in-memory zstd")
+    }
+
+    pub fn parse(key: &str, bytes: &[u8]) -> Result<Manifest, String> {
+        let text = zstd::decode_all(bytes).map_err(|e| format!("{key}: not a zstd stream: {e}"))?;
+        let mut entries = vec![];
+        for (i, line) in text
+            .split(|b| *b == b'\n')
+            .enumerate()
+            .filter(|(_, l)| !l.is_empty())
+        {
+            let e: Entry =
+                serde_json::from_slice(line).map_err(|e| format!("{key}: line {}: {e}", i + 1))?;
+            catalog_key_check(&e.key).map_err(|why| format!("{key}: line {}: {why}", i + 1))?;
+            entries.push(e);
+        }
+        Ok(Manifest { entries })
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.entries.iter().map(|e| e.size).sum()
+    }
+
+    fn by_key(&self) -> HashMap<&str, &Entry> {
+        self.entries.iter().map(|e| (e.key.as_str(), e)).collect()
+    }
+}
+
+fn catalog_key_check(key: &str) -> Result<(), String> {
+    crate::store::check_key(key).map_err(|e| e.to_string())
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Concurrent metadata lookups (HEADs).
+    pub checkers: usize,
+    /// Concurrent object reads and uploads.
+    pub transfers: usize,
+    /// Upload bandwidth limit, bytes per second.
+    pub bwlimit: Option<u64>,
+    /// Attempts per object on transient errors.
+    pub attempts: u32,
+    pub spool: PathBuf,
+}
+
+impl SyncOptions {
+    pub fn new(spool: impl Into<PathBuf>) -> Self {
+        SyncOptions {
+            checkers: 8,
+            transfers: 4,
+            bwlimit: None,
+            attempts: 4,
+            spool: spool.into(),
+        }
+    }
+}
+
+/// What a capture did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SyncStats {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Objects read from the source (new or changed since the previous backup).
+    pub read_objects: u64,
+    pub read_bytes: u64,
+    /// Blobs uploaded (content the repository did not have).
+    pub new_objects: u64,
+    pub new_bytes: u64,
+    /// Objects listed but gone when read (deleted meanwhile): not in the manifest.
+    pub vanished: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("mlpipeline: listing the source bucket: {0}")]
+    List(StoreError),
+    #[error("mlpipeline: {key}: {source}")]
+    Object { key: String, source: StoreError },
+    #[error("mlpipeline: local spool {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+/// A shared token bucket: uploads wait so the average stays under the rate.
+struct Limiter {
+    rate: f64,
+    next_free: tokio::sync::Mutex<Instant>,
+}
+
+impl Limiter {
+    fn new(rate: u64, now: Instant) -> Self {
+        Limiter {
+            rate: rate.max(1) as f64,
+            next_free: tokio::sync::Mutex::new(now),
+        }
+    }
+
+    /// When a transfer of `bytes` may start, booking the line after it.
+    fn reserve(next_free: &mut Instant, rate: f64, bytes: u64, now: Instant) -> Instant {
+        let start = (*next_free).max(now);
+        *next_free = start + Duration::from_secs_f64(bytes as f64 / rate);
+        start
+    }
+
+    async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next_free.lock().await;
+            Self::reserve(&mut next, self.rate, bytes, Instant::now())
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+enum Body {
+    Memory(Vec<u8>),
+    File(PathBuf),
+}
+
+async fn with_retries<T, F, Fut>(attempts: u32, key: &str, mut f: F) -> Result<T, StoreError>
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = Result<T, StoreError>>,
+{
+    let mut delay = Duration::from_millis(200);
+    let mut n = 1;
+    loop {
+        match f().await {
+            Err(e) if e.is_retryable() && n < attempts => {
+                tracing::warn!("{key}: {e}; retry {n} of {} in {delay:?}", attempts - 1);
+                tokio::time::sleep(delay).await;
+                delay = (delay * 2).min(Duration::from_secs(10));
+                n += 1;
+            }
+            other => return other,
+        }
+    }
+}
+
+/// Reads one object, hashing as it goes: into memory when small, else into a spool file.
+async fn read_object(
+    source: &Store,
+    meta: &ObjectMeta,
+    spool: &Path,
+    n: u64,
+) -> Result<(Body, u64, String), SyncError> {
+    let key = &meta.info.key;
+    if meta.info.size <= IN_MEMORY_MAX {
+        let data = source.get_bytes(key).await.map_err(|e| SyncError::Object {
+            key: key.clone(),
+            source: e,
+        })?;
+        let sha = hex::encode(Sha256::digest(&data));
+        let len = data.len() as u64;
+        return Ok((Body::Memory(data), len, sha));
+    }
+    let path = spool.join(format!("object-{n}.part"));
+    let spool_err = |e| SyncError::Spool {
+        path: path.clone(),
+        source: e,
+    };
+    let file = tokio::fs::File::create(&path).await.map_err(spool_err)?;
+    let mut w = HashingWriter {
+        inner: file,
+        hasher: Sha256::new(),
+    };
+    let len = source
+        .get_stream(key, &mut w)
+        .await
+        .map_err(|e| SyncError::Object {
+            key: key.clone(),
+            source: e,
+        })?;
+    w.inner.flush().await.map_err(spool_err)?;
+    Ok((Body::File(path), len, hex::encode(w.hasher.finalize())))
+}
+
+struct HashingWriter {
+    inner: tokio::fs::File,
+    hasher: Sha256,
+}
+
+impl tokio::io::AsyncWrite for HashingWriter {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        let this = &mut *self;
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
+        if let std::task::Poll::Ready(Ok(n)) = &r {
+            this.hasher.update(&buf[..*n]);
+        }
+        r
+    }
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
+}
+
+/// Copies the bucket into the repository's blobs and returns the new manifest.
+pub async fn capture(
+    source: &Store,
+    dest: &Store,
+    previous: Option<&Manifest>,
+    opts: &SyncOptions,
+) -> Result<(Manifest, SyncStats), SyncError> {
+    let listed: Vec<ObjectInfo> = source.list("").await.map_err(SyncError::List)?;
+    let prev = previous.map(Manifest::by_key).unwrap_or_default();
+    let mut entries: Vec<Entry> = vec![];
+    let mut to_read = vec![];
+    for o in &listed {
+        match (prev.get(o.key.as_str()), &o.etag) {
+            (Some(p), Some(etag))
+                if p.size == o.size && p.etag.as_deref() == Some(etag.as_str()) =>
+            {
+                entries.push((*p).clone())
+            }
+            _ => to_read.push(o.key.clone()),
+        }
+    }
+    tokio::fs::create_dir_all(&opts.spool)
+        .await
+        .map_err(|e| SyncError::Spool {
+            path: opts.spool.clone(),
+            source: e,
+        })?;
+    let limiter = opts
+        .bwlimit
+        .map(|rate| Arc::new(Limiter::new(rate, Instant::now())));
+    let counter = AtomicU64::new(0);
+    let (read_bytes, new_objects, new_bytes) =
+        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
+
+    // Checkers: headers of each object to read (content type, metadata, current ETag).
+    let metas = futures::stream::iter(to_read)
+        .map(|key| async move {
+            let meta = with_retries(opts.attempts, &key, || source.head_meta(&key)).await;
+            (key, meta)
+        })
+        .buffer_unordered(opts.checkers.max(1));
+    // Transfers: read, hash, upload the blob unless the repository has it.
+    let results: Vec<Option<Entry>> = metas
+        .map(|(key, meta)| {
+            let limiter = limiter.clone();
+            let (counter, read_bytes, new_objects, new_bytes) =
+                (&counter, &read_bytes, &new_objects, &new_bytes);
+            async move {
+                let meta = match meta {
+                    Ok(Some(m)) => m,
+                    Ok(None) | Err(StoreError::NotFound { .. }) => return Ok(None),
+                    Err(e) => return Err(SyncError::Object { key, source: e }),
+                };
+                let mut attempt = 1;
+                let (body, len, sha) = loop {
+                    let n = counter.fetch_add(1, Ordering::Relaxed);
+                    match read_object(source, &meta, &opts.spool, n).await {
+                        Ok(r) => break r,
+                        Err(SyncError::Object {
+                            source: StoreError::NotFound { .. },
+                            ..
+                        }) => return Ok(None),
+                        Err(SyncError::Object { key, source: e })
+                            if e.is_retryable() && attempt < opts.attempts =>
+                        {
+                            tracing::warn!("{key}: {e}; retrying");
+                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
+                            attempt += 1;
+                        }
+                        Err(e) => return Err(e),
+                    }
+                };
+                read_bytes.fetch_add(len, Ordering::Relaxed);
+                let blob = catalog::blob_key(&sha);
+                let have = with_retries(opts.attempts, &blob, || dest.head(&blob))
+                    .await
+                    .map_err(|e| SyncError::Object {
+                        key: blob.clone(),
+                        source: e,
+                    })?;
+                if have.is_none_or(|h| h.size != len) {
+                    if let Some(l) = &limiter {
+                        l.take(len).await;
+                    }
+                    let put = with_retries(opts.attempts, &blob, || async {
+                        match &body {
+                            Body::Memory(data) => {
+                                dest.put_bytes(&blob, data, "application/octet-stream")
+                                    .await
+                            }
+                            Body::File(path) => {
+                                let mut f = tokio::fs::File::open(path).await.map_err(|e| {
+                                    StoreError::Fatal {
+                                        op: "spool",
+                                        key: blob.clone(),
+                                        detail: e.to_string(),
+                                    }
+                                })?;
+                                dest.put_stream(&blob, &mut f, "application/octet-stream")
+                                    .await
+                            }
+                        }
+                    })
+                    .await;
+                    put.map_err(|e| SyncError::Object {
+                        key: blob.clone(),
+                        source: e,
+                    })?;
+                    new_objects.fetch_add(1, Ordering::Relaxed);
+                    new_bytes.fetch_add(len, Ordering::Relaxed);
+                }
+                if let Body::File(p) = &body {
+                    let _ = tokio::fs::remove_file(p).await;
+                }
+                // What was really read is what the manifest records; a size that moved under us
+                // means the ETag no longer describes these bytes.
+                let etag = if len == meta.info.size {
+                    meta.info.etag.clone()
+                } else {
+                    None
+                };
+                Ok(Some(Entry {
+                    key: meta.info.key,
+                    size: len,
+                    etag,
+                    sha256: sha,
+                    content_type: meta.content_type,
+                    metadata: meta.metadata,
+                }))
+            }
+        })
+        .buffer_unordered(opts.transfers.max(1))
+        .try_collect()
+        .await?;
+
+    let read: Vec<Entry> = results.into_iter().flatten().collect();
+    let read_objects = read.len() as u64;
+    let read_keys: std::collections::HashSet<String> = read.iter().map(|e| e.key.clone()).collect();
+    let mut vanished: Vec<String> = listed
+        .iter()
+        .filter(|o| !read_keys.contains(&o.key) && !entries.iter().any(|e| e.key == o.key))
+        .map(|o| o.key.clone())
+        .collect();
+    vanished.sort();
+    entries.extend(read);
+    entries.sort_by(|a, b| a.key.cmp(&b.key));
+    let manifest = Manifest { entries };
+    let stats = SyncStats {
+        objects: manifest.entries.len() as u64,
+        bytes: manifest.bytes(),
+        read_objects,
+        read_bytes: read_bytes.into_inner(),
+        new_objects: new_objects.into_inner(),
+        new_bytes: new_bytes.into_inner(),
+        vanished,
+    };
+    Ok((manifest, stats))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_spaces_transfers_at_the_rate() {
+        let t0 = Instant::now();
+        let mut next = t0;
+        let starts: Vec<Duration> = [1000u64, 1000, 500, 0]
+            .iter()
+            .map(|b| Limiter::reserve(&mut next, 1000.0, *b, t0) - t0)
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_millis(2500)
+            ]
+        );
+        // Idle time is not saved up: a late transfer starts when it comes.
+        let late = t0 + Duration::from_secs(10);
+        assert_eq!(Limiter::reserve(&mut next, 1000.0, 1000, late), late);
+    }
+
+    #[test]
+    fn manifest_round_trips_and_refuses_escaping_keys() {
+        let m = Manifest {
+            entries: vec![Entry {
+                key: "v2/artifacts/p/r/c/model.bin".into(),
+                size: 3,
+                etag: Some("abc".into()),
+                sha256: "00".repeat(32),
+                content_type: "application/octet-stream".into(),
+                metadata: BTreeMap::from([("framework".into(), "pytorch".into())]),
+            }],
+        };
+        assert_eq!(Manifest::parse("m", &m.to_bytes()).unwrap(), m);
+        let bad = zstd::encode_all(
+            &br#"{"key":"../../etc/passwd","size":1,"etag":null,"sha256":"00","content-type":"x"}"#
+                [..],
+            3,
+        )
+        .unwrap();
+        assert!(Manifest::parse("m", &bad).unwrap_err().contains("line 1"));
+        assert!(Manifest::parse("m", b"plain").is_err());
+    }
+}
