@@ -19,7 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::catalog;
-use crate::store::{ObjectInfo, ObjectMeta, Store, StoreError};
+use crate::store::{ObjectInfo, ObjectMeta, Store, StoreError, TapWriter};
 
 /// Objects up to this size are read into memory; larger ones go through a spool file.
 const IN_MEMORY_MAX: u64 = 8 << 20;
@@ -217,10 +217,8 @@ async fn read_object(
         source: e,
     };
     let file = tokio::fs::File::create(&path).await.map_err(spool_err)?;
-    let mut w = HashingWriter {
-        inner: file,
-        hasher: Sha256::new(),
-    };
+    let mut hasher = Sha256::new();
+    let mut w = TapWriter::new(file, |b: &[u8]| hasher.update(b));
     let len = source
         .get_stream(key, &mut w)
         .await
@@ -229,39 +227,8 @@ async fn read_object(
             source: e,
         })?;
     w.inner.flush().await.map_err(spool_err)?;
-    Ok((Body::File(path), len, hex::encode(w.hasher.finalize())))
-}
-
-struct HashingWriter {
-    inner: tokio::fs::File,
-    hasher: Sha256,
-}
-
-impl tokio::io::AsyncWrite for HashingWriter {
-    fn poll_write(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-        buf: &[u8],
-    ) -> std::task::Poll<std::io::Result<usize>> {
-        let this = &mut *self;
-        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
-        if let std::task::Poll::Ready(Ok(n)) = &r {
-            this.hasher.update(&buf[..*n]);
-        }
-        r
-    }
-    fn poll_flush(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
-    }
-    fn poll_shutdown(
-        mut self: std::pin::Pin<&mut Self>,
-        cx: &mut std::task::Context<'_>,
-    ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
-    }
+    drop(w);
+    Ok((Body::File(path), len, hex::encode(hasher.finalize())))
 }
 
 /// Copies the bucket into the repository's blobs and returns the new manifest.

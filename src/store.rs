@@ -321,15 +321,13 @@ impl Store {
         match self {
             Store::S3(s) => {
                 let full = join_root(&s.root, key);
-                let mut counted = CountingWriter {
-                    inner: writer,
-                    n: 0,
-                };
+                let mut n = 0u64;
+                let mut counted = TapWriter::new(&mut *writer, |b: &[u8]| n += b.len() as u64);
                 s.bucket
                     .get_object_to_writer(&full, &mut counted)
                     .await
                     .map_err(|e| Self::s3_error(s, "get", key, e))?;
-                Ok(counted.n)
+                Ok(n)
             }
             Store::Local(l) => {
                 let mut f = tokio::fs::File::open(l.path(key)?)
@@ -349,39 +347,9 @@ impl Store {
 
     /// Size and ETag of one object, or `None` when it does not exist.
     pub async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
-        check_key(key)?;
         match self {
-            Store::S3(s) => {
-                let full = join_root(&s.root, key);
-                match s.bucket.head_object(&full).await {
-                    Ok((h, 200)) => Ok(Some(ObjectInfo {
-                        key: key.to_string(),
-                        size: h.content_length.unwrap_or(0).max(0) as u64,
-                        etag: h.e_tag.map(|e| e.trim_matches('"').to_string()),
-                    })),
-                    Ok((_, 404)) => Ok(None),
-                    Ok((_, code)) => Err(Self::s3_error(
-                        s,
-                        "head",
-                        key,
-                        s3::error::S3Error::HttpFailWithBody(code, String::new()),
-                    )),
-                    Err(e) => match Self::s3_error(s, "head", key, e) {
-                        StoreError::NotFound { .. } => Ok(None),
-                        other => Err(other),
-                    },
-                }
-            }
-            Store::Local(l) => match tokio::fs::metadata(l.path(key)?).await {
-                Ok(m) if m.is_file() => Ok(Some(ObjectInfo {
-                    key: key.to_string(),
-                    size: m.len(),
-                    etag: None,
-                })),
-                Ok(_) => Ok(None),
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
-                Err(e) => Err(l.io_error("head", key, e)),
-            },
+            Store::S3(_) => Ok(self.head_meta(key).await?.map(|m| m.info)),
+            Store::Local(l) => l.head(key).await,
         }
     }
 
@@ -421,7 +389,7 @@ impl Store {
                     metadata: h.metadata.unwrap_or_default().into_iter().collect(),
                 }))
             }
-            Store::Local(_) => Ok(self.head(key).await?.map(|info| ObjectMeta {
+            Store::Local(l) => Ok(l.head(key).await?.map(|info| ObjectMeta {
                 info,
                 content_type: "application/octet-stream".into(),
                 metadata: Default::default(),
@@ -492,21 +460,29 @@ fn s3_code(body: &str) -> String {
     }
 }
 
-struct CountingWriter<'a, W> {
-    inner: &'a mut W,
-    n: u64,
+/// Passes writes through to `inner` and shows each written chunk to `seen` (to count or hash
+/// a stream on its way).
+pub struct TapWriter<W, F> {
+    pub inner: W,
+    seen: F,
 }
 
-impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<'_, W> {
+impl<W, F: FnMut(&[u8])> TapWriter<W, F> {
+    pub fn new(inner: W, seen: F) -> Self {
+        TapWriter { inner, seen }
+    }
+}
+
+impl<W: AsyncWrite + Unpin, F: FnMut(&[u8]) + Unpin> AsyncWrite for TapWriter<W, F> {
     fn poll_write(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
         buf: &[u8],
     ) -> std::task::Poll<std::io::Result<usize>> {
         let this = &mut *self;
-        let r = std::pin::Pin::new(&mut *this.inner).poll_write(cx, buf);
+        let r = std::pin::Pin::new(&mut this.inner).poll_write(cx, buf);
         if let std::task::Poll::Ready(Ok(n)) = &r {
-            this.n += *n as u64;
+            (this.seen)(&buf[..*n]);
         }
         r
     }
@@ -514,17 +490,30 @@ impl<W: AsyncWrite + Unpin> AsyncWrite for CountingWriter<'_, W> {
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut *self.inner).poll_flush(cx)
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
     }
     fn poll_shutdown(
         mut self: std::pin::Pin<&mut Self>,
         cx: &mut std::task::Context<'_>,
     ) -> std::task::Poll<std::io::Result<()>> {
-        std::pin::Pin::new(&mut *self.inner).poll_shutdown(cx)
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
 
 impl LocalStore {
+    async fn head(&self, key: &str) -> Result<Option<ObjectInfo>, StoreError> {
+        match tokio::fs::metadata(self.path(key)?).await {
+            Ok(m) if m.is_file() => Ok(Some(ObjectInfo {
+                key: key.to_string(),
+                size: m.len(),
+                etag: None,
+            })),
+            Ok(_) => Ok(None),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+            Err(e) => Err(self.io_error("head", key, e)),
+        }
+    }
+
     fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         check_key(key)?;
         let rel = Path::new(key);
