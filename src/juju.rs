@@ -104,7 +104,7 @@ impl JujuCli {
     fn exec(&self, args: &[String]) -> Result<(String, std::process::Output), JujuError> {
         let mut full = args.to_vec();
         full.extend(["-m".to_string(), self.model.clone()]);
-        let command = format!("juju {}", full.join(" "));
+        let command = format!("juju {}", display_args(&full));
         tracing::debug!(%command, "running");
         let out = duct::cmd(&self.bin, &full)
             .stdout_capture()
@@ -211,6 +211,24 @@ impl JujuCli {
             .trim_end_matches('\n')
             .to_string())
     }
+}
+
+/// The command line as logs and errors show it: values of credential-like parameters
+/// (`secret-key=...`, `password=...`) are replaced, so no message can carry them.
+pub fn display_args(args: &[String]) -> String {
+    args.iter()
+        .map(|a| match a.split_once('=') {
+            Some((k, _))
+                if ["key", "secret", "password", "token"]
+                    .iter()
+                    .any(|w| k.to_ascii_lowercase().contains(w)) =>
+            {
+                format!("{k}=<redacted>")
+            }
+            _ => a.clone(),
+        })
+        .collect::<Vec<_>>()
+        .join(" ")
 }
 
 /// `juju status --format=json`, the parts we use.
@@ -440,4 +458,27 @@ pub fn cluster_primary(results: &serde_json::Map<String, Value>) -> Option<Strin
             Some(format!("{app}/{num}"))
         })?
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn credential_parameters_never_reach_the_command_line_shown() {
+        let args: Vec<String> = [
+            "run",
+            "s3-integrator/0",
+            "sync-s3-credentials",
+            "access-key=AKIAPLANTED",
+            "secret-key=planted-secret",
+            "backup-id=2024-05-01T10:00:00Z",
+            "--wait=5m",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        let shown = display_args(&args);
+        assert_eq!(shown, "run s3-integrator/0 sync-s3-credentials access-key=<redacted> secret-key=<redacted> backup-id=2024-05-01T10:00:00Z --wait=5m");
+    }
 }
