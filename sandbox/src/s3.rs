@@ -191,7 +191,8 @@ fn start_weed_once(
             return Ok(server);
         }
         if !crate::process::alive(server.pid) || Instant::now() > deadline {
-            crate::process::stop(server.pid, Duration::from_secs(5));
+            // A failed start leaves its sockets too.
+            stop_weed(&server);
             let tail = std::fs::read_to_string(dir.join("logs/weed.out")).unwrap_or_default();
             let tail: String = tail
                 .lines()
