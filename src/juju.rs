@@ -46,10 +46,10 @@ pub enum JujuError {
     },
 }
 
-impl JujuError {
+impl crate::retry::Retryable for JujuError {
     /// Errors worth retrying: the controller connection dropped or timed out. Everything else
     /// (unknown application, bad argument, missing model) fails the same way again.
-    pub fn is_retryable(&self) -> bool {
+    fn is_retryable(&self) -> bool {
         match self {
             JujuError::Failed { stderr, .. } => {
                 let s = stderr.to_ascii_lowercase();
@@ -67,6 +67,12 @@ impl JujuError {
             JujuError::Spawn { .. } => true,
             _ => false,
         }
+    }
+}
+
+impl JujuError {
+    pub fn is_retryable(&self) -> bool {
+        crate::retry::Retryable::is_retryable(self)
     }
 }
 

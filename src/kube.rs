@@ -2,8 +2,6 @@
 //! Workflows and Katib Experiments, and port-forwarding to a service when the agent runs
 //! outside the cluster.
 
-use std::time::Duration;
-
 use k8s_openapi::api::core::v1::{Pod, Service};
 use kube::api::{Api, AttachParams, DynamicObject, ListParams};
 use kube::core::{ApiResource, GroupVersionKind};
@@ -60,6 +58,12 @@ pub enum KubeError {
 impl KubeError {
     /// A dropped stream, a changing file or an unavailable API server may work on a retry.
     pub fn is_retryable(&self) -> bool {
+        crate::retry::Retryable::is_retryable(self)
+    }
+}
+
+impl crate::retry::Retryable for KubeError {
+    fn is_retryable(&self) -> bool {
         match self {
             KubeError::StreamCut { .. } | KubeError::Changed { .. } => true,
             KubeError::Api { source, .. } => match source {
@@ -467,25 +471,4 @@ pub fn experiment_running(data: &Value) -> bool {
             .any(|c| c["type"] == t && c["status"] == "True")
     };
     is("Running") && !is("Succeeded") && !is("Failed")
-}
-
-/// Bounded retry for transient Kubernetes errors.
-pub async fn with_retries<T, F, Fut>(attempts: u32, mut f: F) -> Result<T, KubeError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, KubeError>>,
-{
-    let mut delay = Duration::from_millis(200);
-    let mut n = 0;
-    loop {
-        match f().await {
-            Err(e) if e.is_retryable() && n + 1 < attempts => {
-                tracing::warn!("{e}; retrying in {delay:?}");
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(5));
-                n += 1;
-            }
-            other => return other,
-        }
-    }
 }

@@ -12,5 +12,6 @@ pub mod kube;
 pub mod mlmd;
 pub mod mlpipeline;
 pub mod mysql;
+pub mod retry;
 pub mod secret;
 pub mod store;

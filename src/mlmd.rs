@@ -10,7 +10,8 @@ use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
 
 use crate::catalog::{self, MlmdCapture};
-use crate::kube::{with_retries, Cluster, KubeError};
+use crate::kube::{Cluster, KubeError};
+use crate::retry::retry;
 use crate::store::{Store, StoreError};
 
 pub const DB_PATH: &str = "/data/mlmd.db";
@@ -115,7 +116,7 @@ pub async fn capture(
         }
     };
     let raw = spool.join(format!("{backup_id}-mlmd.db"));
-    let size = with_retries(3, || async {
+    let size = retry(3, DB_PATH, || async {
         let mut f = tokio::fs::File::create(&raw)
             .await
             .map_err(KubeError::Local)?;

@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::catalog;
+use crate::retry::{retry, Retryable};
 use crate::store::{ObjectInfo, ObjectMeta, Store, StoreError, TapWriter};
 
 /// Objects up to this size are read into memory; larger ones go through a spool file.
@@ -139,6 +140,12 @@ pub enum SyncError {
     },
 }
 
+impl Retryable for SyncError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, SyncError::Object { source, .. } if source.is_retryable())
+    }
+}
+
 /// A shared token bucket: uploads wait so the average stays under the rate.
 struct Limiter {
     rate: f64,
@@ -172,26 +179,6 @@ impl Limiter {
 enum Body {
     Memory(Vec<u8>),
     File(PathBuf),
-}
-
-async fn with_retries<T, F, Fut>(attempts: u32, key: &str, mut f: F) -> Result<T, StoreError>
-where
-    F: FnMut() -> Fut,
-    Fut: std::future::Future<Output = Result<T, StoreError>>,
-{
-    let mut delay = Duration::from_millis(200);
-    let mut n = 1;
-    loop {
-        match f().await {
-            Err(e) if e.is_retryable() && n < attempts => {
-                tracing::warn!("{key}: {e}; retry {n} of {} in {delay:?}", attempts - 1);
-                tokio::time::sleep(delay).await;
-                delay = (delay * 2).min(Duration::from_secs(10));
-                n += 1;
-            }
-            other => return other,
-        }
-    }
 }
 
 /// Reads one object, hashing as it goes: into memory when small, else into a spool file.
@@ -268,7 +255,7 @@ pub async fn capture(
     // Checkers: headers of each object to read (content type, metadata, current ETag).
     let metas = futures::stream::iter(to_read)
         .map(|key| async move {
-            let meta = with_retries(opts.attempts, &key, || source.head_meta(&key)).await;
+            let meta = retry(opts.attempts, &key, || source.head_meta(&key)).await;
             (key, meta)
         })
         .buffer_unordered(opts.checkers.max(1));
@@ -284,28 +271,26 @@ pub async fn capture(
                     Ok(None) | Err(StoreError::NotFound { .. }) => return Ok(None),
                     Err(e) => return Err(SyncError::Object { key, source: e }),
                 };
-                let mut attempt = 1;
-                let (body, len, sha) = loop {
-                    let n = counter.fetch_add(1, Ordering::Relaxed);
-                    match read_object(source, &meta, &opts.spool, n).await {
-                        Ok(r) => break r,
-                        Err(SyncError::Object {
-                            source: StoreError::NotFound { .. },
-                            ..
-                        }) => return Ok(None),
-                        Err(SyncError::Object { key, source: e })
-                            if e.is_retryable() && attempt < opts.attempts =>
-                        {
-                            tracing::warn!("{key}: {e}; retrying");
-                            tokio::time::sleep(Duration::from_millis(200 << attempt)).await;
-                            attempt += 1;
-                        }
-                        Err(e) => return Err(e),
-                    }
+                let read = retry(opts.attempts, &meta.info.key, || {
+                    read_object(
+                        source,
+                        &meta,
+                        &opts.spool,
+                        counter.fetch_add(1, Ordering::Relaxed),
+                    )
+                })
+                .await;
+                let (body, len, sha) = match read {
+                    Ok(r) => r,
+                    Err(SyncError::Object {
+                        source: StoreError::NotFound { .. },
+                        ..
+                    }) => return Ok(None),
+                    Err(e) => return Err(e),
                 };
                 read_bytes.fetch_add(len, Ordering::Relaxed);
                 let blob = catalog::blob_key(&sha);
-                let have = with_retries(opts.attempts, &blob, || dest.head(&blob))
+                let have = retry(opts.attempts, &blob, || dest.head(&blob))
                     .await
                     .map_err(|e| SyncError::Object {
                         key: blob.clone(),
@@ -315,7 +300,7 @@ pub async fn capture(
                     if let Some(l) = &limiter {
                         l.take(len).await;
                     }
-                    let put = with_retries(opts.attempts, &blob, || async {
+                    let put = retry(opts.attempts, &blob, || async {
                         match &body {
                             Body::Memory(data) => {
                                 dest.put_bytes(&blob, data, "application/octet-stream")

@@ -4,6 +4,7 @@
 
 use crate::catalog::MysqlCapture;
 use crate::juju::{self, JujuCli, JujuError, Status};
+use crate::retry::retry_blocking;
 
 #[derive(Debug, thiserror::Error)]
 pub enum MysqlError {
@@ -96,8 +97,10 @@ pub fn capture(
     let first = units
         .first()
         .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
-    let cs = with_retries(|| cli.run_action(first, "get-cluster-status", &[], &waits.status))
-        .map_err(err)?;
+    let cs = retry_blocking(4, "get-cluster-status", || {
+        cli.run_action(first, "get-cluster-status", &[], &waits.status)
+    })
+    .map_err(err)?;
     let primary = juju::cluster_primary(&cs.results)
         .ok_or_else(|| MysqlError::NoPrimary { app: app.into() })?;
     let replica = units
@@ -123,8 +126,10 @@ pub fn capture(
             })
         })?
         .to_string();
-    let listed = with_retries(|| cli.run_action(replica, "list-backups", &[], &waits.status))
-        .map_err(err)?;
+    let listed = retry_blocking(4, "list-backups", || {
+        cli.run_action(replica, "list-backups", &[], &waits.status)
+    })
+    .map_err(err)?;
     let table = listed.result_str("backups").unwrap_or_default();
     let rows = juju::parse_backups_table(table).map_err(|detail| {
         err(JujuError::Parse {
@@ -151,20 +156,4 @@ pub fn capture(
         backup_id: id,
         location,
     })
-}
-
-/// Retries read-only juju calls that failed for a transient reason (the controller connection).
-fn with_retries<T>(mut f: impl FnMut() -> Result<T, JujuError>) -> Result<T, JujuError> {
-    let mut delay = std::time::Duration::from_millis(250);
-    for _ in 0..4 {
-        match f() {
-            Err(e) if e.is_retryable() => {
-                tracing::warn!("{e}; retrying in {delay:?}");
-                std::thread::sleep(delay);
-                delay *= 2;
-            }
-            other => return other,
-        }
-    }
-    f()
 }

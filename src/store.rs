@@ -67,6 +67,12 @@ impl StoreError {
     }
 }
 
+impl crate::retry::Retryable for StoreError {
+    fn is_retryable(&self) -> bool {
+        StoreError::is_retryable(self)
+    }
+}
+
 /// How to address buckets: `path` (`https://host/bucket/key`), `host` (`https://bucket.host/key`).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "kebab-case")]

@@ -92,6 +92,18 @@ fn cut_streams_missing_pods_and_bad_files_are_named() {
             "kubeflow",
         ))
         .unwrap();
+    // A capture that must fail, under a fresh backup id each time.
+    let fails = |container: Option<&str>, id: &str| {
+        rt.block_on(mlmd::capture(
+            &cluster,
+            "mlmd-0",
+            container,
+            spool.path(),
+            &store,
+            id,
+        ))
+        .unwrap_err()
+    };
 
     // Every attempt cut short: the size check catches it, retried, then reported.
     sb.model()
@@ -100,16 +112,7 @@ fn cut_streams_missing_pods_and_bad_files_are_named() {
             Ok(())
         })
         .unwrap();
-    let err = rt
-        .block_on(mlmd::capture(
-            &cluster,
-            "mlmd-0",
-            None,
-            spool.path(),
-            &store,
-            "20261123T060000Z-000001",
-        ))
-        .unwrap_err();
+    let err = fails(None, "20261123T060000Z-000001");
     assert!(
         matches!(&err, MlmdError::Kube(k @ KubeError::StreamCut { .. }) if k.is_retryable()),
         "{err}"
@@ -134,16 +137,7 @@ fn cut_streams_missing_pods_and_bad_files_are_named() {
         b"this is not sqlite at all, just text that happens to be here",
     )
     .unwrap();
-    let err = rt
-        .block_on(mlmd::capture(
-            &cluster,
-            "mlmd-0",
-            None,
-            spool.path(),
-            &store,
-            "20261123T060000Z-000002",
-        ))
-        .unwrap_err();
+    let err = fails(None, "20261123T060000Z-000002");
     assert!(
         matches!(err, MlmdError::NotMlmd(_) | MlmdError::Corrupt(_)),
         "{err}"
@@ -151,16 +145,7 @@ fn cut_streams_missing_pods_and_bad_files_are_named() {
     std::fs::write(&db, original).unwrap();
 
     // A container name the pod does not have.
-    let err = rt
-        .block_on(mlmd::capture(
-            &cluster,
-            "mlmd-0",
-            Some("mlmd"),
-            spool.path(),
-            &store,
-            "20261123T060000Z-000003",
-        ))
-        .unwrap_err();
+    let err = fails(Some("mlmd"), "20261123T060000Z-000003");
     assert!(
         err.to_string()
             .contains("container mlmd is not valid for pod mlmd-0"),
@@ -175,16 +160,7 @@ fn cut_streams_missing_pods_and_bad_files_are_named() {
         assert!(Instant::now() < deadline, "mlmd-0 did not go away");
         std::thread::sleep(Duration::from_millis(50));
     }
-    let err = rt
-        .block_on(mlmd::capture(
-            &cluster,
-            "mlmd-0",
-            None,
-            spool.path(),
-            &store,
-            "20261123T060000Z-000004",
-        ))
-        .unwrap_err();
+    let err = fails(None, "20261123T060000Z-000004");
     assert_eq!(err.to_string(), "MLMD: pod mlmd-0 in namespace kubeflow not found: is the application deployed and scaled up?");
 }
 

@@ -172,13 +172,7 @@ pub fn run_cli(
     wait: Option<&str>,
     background: bool,
 ) -> Result<Outcome> {
-    let usage = |m: String| {
-        Ok(Outcome {
-            stderr: format!("ERROR {m}\n"),
-            code: 2,
-            ..Default::default()
-        })
-    };
+    let usage = |m: String| Ok(Outcome::usage(m));
     let units: Vec<&String> = positional
         .iter()
         .take_while(|p| p.contains('/') && !p.contains('='))
@@ -224,19 +218,19 @@ pub fn run_cli(
             return usage("all units must be of the same application".into());
         }
         if model.unit(u).is_none() {
-            return Ok(Outcome::error_msg(format!("unit \"{u}\" not found")));
+            return Ok(Outcome::error(format!("unit \"{u}\" not found")));
         }
     }
     let app_name = first_app.unwrap();
     let charm = model.apps[&app_name].charm.clone();
     let Some(schema) = action_schema(&charm, action) else {
-        return Ok(Outcome::error_msg(format!(
+        return Ok(Outcome::error(format!(
             "action \"{action}\" not defined on unit \"{}\"",
             units[0]
         )));
     };
     if let Err(e) = validate(&schema, &params) {
-        return Ok(Outcome::error_msg(e));
+        return Ok(Outcome::error(e));
     }
 
     let mut tasks = vec![];
@@ -335,16 +329,6 @@ pub fn run_cli(
     })
 }
 
-impl Outcome {
-    fn error_msg(msg: String) -> Outcome {
-        Outcome {
-            stderr: format!("ERROR {msg}\n"),
-            code: 1,
-            ..Default::default()
-        }
-    }
-}
-
 /// Runs the action's effect now and records the task, which Juju reports as running for the
 /// action's simulated duration.
 fn enqueue(
@@ -353,16 +337,17 @@ fn enqueue(
     action: &str,
     params: &Map<String, Value>,
 ) -> Result<Task> {
-    // Take a one-shot fault under the lock, so two clients never both get it.
-    let fault = store.update(|m| {
+    // Take a one-shot fault under the lock, so two clients never both get it; the model as it
+    // was then is what the action sees.
+    let (fault, snapshot) = store.update(|m| {
         let hit = m
             .faults
             .fail_next_action
             .iter()
             .position(|f| f.unit == unit && f.action.as_deref().is_none_or(|a| a == action));
-        Ok(hit.map(|i| m.faults.fail_next_action.remove(i).message))
+        let fault = hit.map(|i| m.faults.fail_next_action.remove(i).message);
+        Ok((fault, m.clone()))
     })?;
-    let snapshot = store.read()?;
     let started = now_ms();
     let effect = match fault {
         Some(message) => Effect::fail(message),

@@ -26,14 +26,14 @@ impl Outcome {
             ..Default::default()
         }
     }
-    fn error(msg: impl std::fmt::Display) -> Self {
+    pub(crate) fn error(msg: impl std::fmt::Display) -> Self {
         Outcome {
             stderr: format!("ERROR {msg}\n"),
             code: 1,
             ..Default::default()
         }
     }
-    fn usage(msg: impl std::fmt::Display) -> Self {
+    pub(crate) fn usage(msg: impl std::fmt::Display) -> Self {
         Outcome {
             stderr: format!("ERROR {msg}\n"),
             code: 2,
@@ -202,28 +202,27 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
     }
     // Transient controller trouble, injected: the command does nothing and fails. Only a
     // pending fault makes this a write; plain commands leave the model file alone.
-    let pending = store.read().map(|m| m.faults.juju_errors > 0);
-    let injected = match pending {
-        Ok(true) => store.update(|m| {
-            let hit = m.faults.juju_errors > 0;
-            m.faults.juju_errors = m.faults.juju_errors.saturating_sub(1);
-            Ok(hit)
-        }),
-        other => other.map(|_| false),
-    };
-    match injected {
-        Ok(true) => {
-            return Outcome::error(
-                "cannot connect to API: dial tcp 127.0.0.1:17070: connect: connection refused",
-            )
-        }
-        Ok(false) => {}
-        Err(e) => return Outcome::error(format!("{e:#}")),
-    }
     let model = match store.read() {
         Ok(m) => m,
         Err(e) => return Outcome::error(format!("{e:#}")),
     };
+    if model.faults.juju_errors > 0 {
+        // Consume the fault under the lock: concurrent clients each take one.
+        let hit = store.update(|m| {
+            let hit = m.faults.juju_errors > 0;
+            m.faults.juju_errors = m.faults.juju_errors.saturating_sub(1);
+            Ok(hit)
+        });
+        match hit {
+            Ok(true) => {
+                return Outcome::error(
+                    "cannot connect to API: dial tcp 127.0.0.1:17070: connect: connection refused",
+                )
+            }
+            Ok(false) => {}
+            Err(e) => return Outcome::error(format!("{e:#}")),
+        }
+    }
     if let Some(wanted) = args.model() {
         let bare = wanted.rsplit(':').next().unwrap_or(&wanted);
         let bare = bare.rsplit('/').next().unwrap_or(bare);

@@ -184,9 +184,12 @@ fn start_weed_once(
         grpc_ports: vec![master_g, volume_g, filer_g, s3_g, admin_g],
     };
     let deadline = Instant::now() + Duration::from_secs(60);
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()?;
     loop {
         if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
-            && buckets_ready(&server, access_key, secret_key, buckets)
+            && buckets_ready(&rt, &server, access_key, secret_key, buckets)
         {
             return Ok(server);
         }
@@ -209,14 +212,13 @@ fn start_weed_once(
     }
 }
 
-fn buckets_ready(server: &WeedServer, access: &str, secret: &str, buckets: &[&str]) -> bool {
-    let rt = match tokio::runtime::Builder::new_current_thread()
-        .enable_all()
-        .build()
-    {
-        Ok(rt) => rt,
-        Err(_) => return false,
-    };
+fn buckets_ready(
+    rt: &tokio::runtime::Runtime,
+    server: &WeedServer,
+    access: &str,
+    secret: &str,
+    buckets: &[&str],
+) -> bool {
     buckets.iter().all(|b| {
         let t = S3Target {
             endpoint: format!("http://127.0.0.1:{}", server.s3_port),
