@@ -1,9 +1,12 @@
 //! The Charmed Kubeflow control plane as found in a Juju model: which applications hold the
 //! databases, MLMD and MinIO, their scales, and where MinIO's credentials come from.
 
+use std::collections::BTreeMap;
+
 use serde::Serialize;
 
 use crate::juju::{relation_app_data, JujuCli, JujuError, ObjectStorage, Status};
+use crate::secret::Secret;
 
 /// Application names, CKF's by default; configurable for renamed deployments.
 #[derive(Debug, Clone, Serialize, clap::Args)]
@@ -78,8 +81,10 @@ pub enum DiscoveryError {
         "{app} has no unit to read relation data from (scale it up, or check `juju status {app}`)"
     )]
     NoUnit { app: String },
-    #[error("MinIO credentials: {0}. Check `juju show-unit {1} --format=json` (relation object-storage)")]
+    #[error("MinIO credentials: {0}. Check `juju show-unit {1} --format=json` (relations object-storage, s3-credentials)")]
     Minio(String, String),
+    #[error("no MinIO credentials: {unit} has no object-storage or s3-credentials relation, and `juju config {minio} secret-key` is empty (the charm generated the key and keeps it in the relation). Relate kfp-ui and {minio} (`juju integrate kfp-ui {minio}`), or set the key with `juju config {minio} secret-key=...`")]
+    NoMinioKeys { unit: String, minio: String },
 }
 
 pub fn find_apps(status: &Status, names: &AppNames) -> Result<Vec<AppState>, DiscoveryError> {
@@ -123,12 +128,75 @@ pub fn find_apps(status: &Status, names: &AppNames) -> Result<Vec<AppState>, Dis
         .collect()
 }
 
-/// MinIO's connection data from the kfp-ui unit's object-storage relation.
-pub fn minio_credentials(
+/// How to reach MinIO and with which keys, and where those came from (for messages).
+#[derive(Debug, Clone, PartialEq)]
+pub struct MinioAccess {
+    pub access_key: Secret,
+    pub secret_key: Secret,
+    /// The in-cluster URL, e.g. `http://minio.kubeflow:9000`.
+    pub endpoint: String,
+    /// The Kubernetes service and port behind `endpoint`, to port-forward to from outside.
+    pub service: Option<(String, u16)>,
+    pub from: String,
+}
+
+impl MinioAccess {
+    fn from_object_storage(os: ObjectStorage, from: String) -> Self {
+        MinioAccess {
+            access_key: Secret::new(os.access_key.clone()),
+            endpoint: os.endpoint(),
+            service: Some((os.service.clone(), os.port)),
+            secret_key: os.secret_key,
+            from,
+        }
+    }
+
+    /// From an `s3` interface databag (kfp-ui's newer `s3-credentials` relation).
+    fn from_s3_databag(
+        bag: &BTreeMap<String, String>,
+        namespace: &str,
+        from: String,
+    ) -> Result<Self, String> {
+        let get = |k: &str| {
+            bag.get(k)
+                .filter(|v| !v.is_empty())
+                .cloned()
+                .ok_or_else(|| format!("the s3-credentials relation data has no `{k}`"))
+        };
+        let endpoint = get("endpoint")?.trim_end_matches('/').to_string();
+        let service = service_of(&endpoint, namespace);
+        Ok(MinioAccess {
+            access_key: Secret::new(get("access-key")?),
+            secret_key: Secret::new(get("secret-key")?),
+            endpoint,
+            service,
+            from,
+        })
+    }
+}
+
+/// `minio` and 9000 from `http://minio.kubeflow[.svc.cluster.local]:9000`.
+fn service_of(endpoint: &str, namespace: &str) -> Option<(String, u16)> {
+    let rest = endpoint.split_once("://")?.1;
+    let hostport = rest.split('/').next()?;
+    let (host, port) = match hostport.rsplit_once(':') {
+        Some((h, p)) => (h, p.parse().ok()?),
+        None if endpoint.starts_with("https") => (hostport, 443),
+        None => (hostport, 80),
+    };
+    let mut labels = host.split('.');
+    let service = labels.next()?;
+    (labels.next() == Some(namespace)).then(|| (service.to_string(), port))
+}
+
+/// MinIO's keys: from the kfp-ui unit's `object-storage` relation (the `data` YAML string),
+/// else its `s3-credentials` relation, else `juju config` of the minio application. Relation
+/// data that is there but malformed is an error, not a reason to look elsewhere.
+pub fn minio_access(
     juju: &JujuCli,
     apps: &[AppState],
     names: &AppNames,
-) -> Result<(ObjectStorage, String), DiscoveryError> {
+) -> Result<MinioAccess, DiscoveryError> {
     let ui = apps
         .iter()
         .find(|a| a.role == "kfp-ui")
@@ -137,32 +205,75 @@ pub fn minio_credentials(
         app: ui.name.clone(),
     })?;
     let shown = juju.show_unit(unit)?;
-    let bag = relation_app_data(&shown, unit, "object-storage").ok_or_else(|| {
-        DiscoveryError::Minio(
-            format!("{unit} has no object-storage relation to {}", names.minio),
-            unit.clone(),
+    if let Some(bag) = relation_app_data(&shown, unit, "object-storage") {
+        let os = ObjectStorage::from_relation_data(&bag)
+            .map_err(|e| DiscoveryError::Minio(e, unit.clone()))?;
+        return Ok(MinioAccess::from_object_storage(
+            os,
+            format!("{unit} relation object-storage"),
+        ));
+    }
+    if let Some(bag) = relation_app_data(&shown, unit, "s3-credentials") {
+        return MinioAccess::from_s3_databag(
+            &bag,
+            juju.model(),
+            format!("{unit} relation s3-credentials"),
         )
-    })?;
-    let os = ObjectStorage::from_relation_data(&bag)
-        .map_err(|e| DiscoveryError::Minio(e, unit.clone()))?;
-    Ok((os, format!("{unit} relation object-storage")))
+        .map_err(|e| DiscoveryError::Minio(e, unit.clone()));
+    }
+    let config = |key: &str| juju.config_value(&names.minio, key);
+    let secret = config("secret-key")?;
+    if secret.is_empty() {
+        return Err(DiscoveryError::NoMinioKeys {
+            unit: unit.clone(),
+            minio: names.minio.clone(),
+        });
+    }
+    let port = config("port")?.parse().unwrap_or(9000);
+    Ok(MinioAccess {
+        access_key: Secret::new(config("access-key")?),
+        secret_key: Secret::new(secret),
+        endpoint: format!("http://{}.{}:{port}", names.minio, juju.model()),
+        service: Some((names.minio.clone(), port)),
+        from: format!("`juju config {}`", names.minio),
+    })
 }
 
 pub fn discover(
     juju: &JujuCli,
     names: &AppNames,
-) -> Result<(ControlPlane, ObjectStorage), DiscoveryError> {
+) -> Result<(ControlPlane, MinioAccess), DiscoveryError> {
     let status = juju.status()?;
     let apps = find_apps(&status, names)?;
-    let (minio, from) = minio_credentials(juju, &apps, names)?;
+    let minio = minio_access(juju, &apps, names)?;
     Ok((
         ControlPlane {
             model: status.model.name.clone(),
             juju_version: status.model.version.clone(),
             apps,
-            minio_endpoint: minio.endpoint(),
-            minio_credentials_from: from,
+            minio_endpoint: minio.endpoint.clone(),
+            minio_credentials_from: minio.from.clone(),
         },
         minio,
     ))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn service_behind_an_in_cluster_url() {
+        let svc = |u: &str| service_of(u, "kubeflow");
+        assert_eq!(
+            svc("http://minio.kubeflow:9000"),
+            Some(("minio".into(), 9000))
+        );
+        assert_eq!(
+            svc("https://minio.kubeflow.svc.cluster.local"),
+            Some(("minio".into(), 443))
+        );
+        assert_eq!(svc("http://s3.amazonaws.com"), None);
+        assert_eq!(svc("http://minio.other:9000"), None);
+    }
 }

@@ -72,20 +72,22 @@ impl DestinationArgs {
             }
             return Ok(Store::local(dir.clone()));
         }
-        let (Some(endpoint), Some(bucket)) = (&self.endpoint, &self.bucket) else {
+        // An empty variable (`BACKUP_AGENT_S3_ENDPOINT=`) means unset, as in a shell.
+        let set = |v: &Option<String>| v.clone().filter(|s| !s.trim().is_empty());
+        let (Some(endpoint), Some(bucket)) = (set(&self.endpoint), set(&self.bucket)) else {
             return Err("no backup destination: set --s3-endpoint and --s3-bucket (or BACKUP_AGENT_S3_ENDPOINT and BACKUP_AGENT_S3_BUCKET), or --destination-dir for a local directory".into());
         };
-        let (Some(access), Some(secret)) = (&self.access_key, &self.secret_key) else {
+        let (Some(access), Some(secret)) = (set(&self.access_key), set(&self.secret_key)) else {
             return Err("no S3 credentials: set BACKUP_AGENT_S3_ACCESS_KEY and BACKUP_AGENT_S3_SECRET_KEY in the environment".into());
         };
         Store::s3(&S3Settings {
-            endpoint: endpoint.clone(),
-            bucket: bucket.clone(),
+            endpoint,
+            bucket,
             path: self.path.clone(),
             region: self.region.clone(),
             uri_style: self.uri_style,
-            access_key: Secret::new(access.clone()),
-            secret_key: Secret::new(secret.clone()),
+            access_key: Secret::new(access),
+            secret_key: Secret::new(secret),
         })
         .map_err(|e| e.to_string())
     }

@@ -210,6 +210,12 @@ impl JujuCli {
         })
     }
 
+    /// `juju scale-application APP N`: asynchronous; poll [`scale_settled`] on `status`.
+    pub fn scale_application(&self, app: &str, scale: u32) -> Result<(), JujuError> {
+        self.run(&["scale-application", app, &scale.to_string()])
+            .map(|_| ())
+    }
+
     /// `juju config APP KEY`: the value as printed, without the trailing newline.
     pub fn config_value(&self, app: &str, key: &str) -> Result<String, JujuError> {
         Ok(self
@@ -305,6 +311,36 @@ pub struct StatusInfo {
 
 pub fn parse_status(json: &str) -> Result<Status, serde_json::Error> {
     serde_json::from_str(json)
+}
+
+/// Whether `app` has settled at `scale` units, all active and idle; otherwise what it still
+/// waits for, for messages.
+pub fn scale_settled(status: &Status, app: &str, scale: u32) -> Result<(), String> {
+    let a = status
+        .applications
+        .get(app)
+        .ok_or_else(|| format!("{app} is not in the model any more"))?;
+    if a.units.len() as u32 != scale {
+        return Err(format!(
+            "{} of {scale} units (scale {})",
+            a.units.len(),
+            a.scale.map_or("?".into(), |s| s.to_string())
+        ));
+    }
+    let busy: Vec<String> = a
+        .units
+        .iter()
+        .filter(|(_, u)| {
+            u.workload_status.current != "active"
+                || u.juju_status.as_ref().is_some_and(|j| j.current != "idle")
+        })
+        .map(|(n, u)| format!("{n} {}", u.workload_status.current))
+        .collect();
+    if busy.is_empty() {
+        Ok(())
+    } else {
+        Err(format!("units not ready: {}", busy.join(", ")))
+    }
 }
 
 /// The remote application's databag on `endpoint`, from `juju show-unit UNIT --format=json`:

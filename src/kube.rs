@@ -265,7 +265,7 @@ impl Cluster {
     }
 
     /// `stat` of a file in the pod: (size, mtime) as text.
-    async fn stat(
+    pub async fn stat(
         &self,
         pod: &str,
         container: &str,

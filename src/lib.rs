@@ -4,14 +4,20 @@
 //!
 //! The library owns all logic; the CLI, the charm dispatch and the daemon are thin adapters.
 
+pub mod backup;
 pub mod catalog;
 pub mod control_plane;
 pub mod destination;
+pub mod interrupt;
 pub mod juju;
 pub mod kube;
+pub mod lease;
 pub mod mlmd;
 pub mod mlpipeline;
 pub mod mysql;
+pub mod progress;
+pub mod quiesce;
 pub mod retry;
 pub mod secret;
 pub mod store;
+pub mod terminal;

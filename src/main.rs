@@ -4,9 +4,11 @@ use std::process::ExitCode;
 
 use clap::{Parser, Subcommand, ValueEnum};
 
-use backup_agent::catalog::{self, Listed};
+use backup_agent::backup::{self, BackupError, BackupRequest, Component, Context, TuningArgs};
+use backup_agent::catalog::{self, Listed, RequestType};
 use backup_agent::control_plane::{self, AppNames};
 use backup_agent::destination::DestinationArgs;
+use backup_agent::interrupt::Interrupt;
 use backup_agent::juju::JujuCli;
 
 #[derive(Parser)]
@@ -41,6 +43,19 @@ enum Output {
 
 #[derive(Subcommand)]
 enum Command {
+    /// Back up the control plane: kfp-db and katib-db (mysql-k8s create-backup on a replica),
+    /// ML Metadata (/data/mlmd.db streamed out of mlmd-0) and the mlpipeline bucket
+    /// (incremental, content-addressed), as one backup.
+    ///
+    /// It checks first (destination writable, MinIO reachable, no pipeline or Katib experiment
+    /// running, spool space, no other run), records every scale it will change, scales kfp-db
+    /// and katib-db to 2 and kfp-metadata-writer to 0, captures, and puts the scales back on
+    /// success, failure, SIGINT and SIGTERM. The statefile is written last; only a backup whose
+    /// every part was captured and checked is `completed`.
+    #[command(
+        after_help = "Examples:\n  backup-agent create-backup --dry-run\n  backup-agent create-backup --label before-upgrade\n  backup-agent create-backup --components mlmd,mlpipeline --bwlimit 50M --output json\n\nThe destination comes from --s3-* flags or BACKUP_AGENT_S3_* variables (the keys from the\nenvironment only), or --destination-dir. `source .sandbox/env` after `backup-agent-sandbox up`\nsets them all for the sandbox."
+    )]
+    CreateBackup(Box<CreateBackupArgs>),
     /// Find the control plane in the model: applications, scales, units, and where MinIO's
     /// credentials come from (never printed). Changes nothing.
     Discover {
@@ -69,6 +84,32 @@ enum Command {
     },
 }
 
+#[derive(clap::Args)]
+struct CreateBackupArgs {
+    /// A note kept with the backup (list-backups shows it).
+    #[arg(long, default_value = "")]
+    label: String,
+    /// What to back up, comma-separated.
+    #[arg(long, value_enum, value_delimiter = ',', default_values_t = Component::ALL)]
+    components: Vec<Component>,
+    /// Back up even while Argo Workflows or Katib Experiments run (the backup may then not
+    /// be consistent).
+    #[arg(long)]
+    force: bool,
+    /// Check everything and print the plan (what is scaled, backed up, how much data);
+    /// change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let level = match cli.verbose {
@@ -92,6 +133,72 @@ fn main() -> ExitCode {
 
 fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     match cli.command {
+        Command::CreateBackup(args) => {
+            let CreateBackupArgs {
+                label,
+                components,
+                force,
+                dry_run,
+                apps,
+                dest,
+                tuning,
+                output,
+            } = *args;
+            let mut components = components;
+            components.sort();
+            components.dedup();
+            let req = BackupRequest {
+                label,
+                components,
+                force,
+                request: RequestType::Manual,
+            };
+            let ctx = Context {
+                juju: JujuCli::locate(&cli.model)?,
+                names: apps,
+                dest: dest.store()?,
+                kubeconfig: None,
+                tuning: tuning.tuning(),
+                progress: backup_agent::terminal::stderr_progress(matches!(output, Output::Json)),
+                interrupt: Interrupt::new(),
+            };
+            let rt = runtime()?;
+            if dry_run {
+                let plan = rt.block_on(backup::plan(&ctx, &req))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                    Output::Text => print!("{}", backup::render_plan(&plan)),
+                }
+                return Ok(());
+            }
+            let result = rt.block_on(async {
+                ctx.interrupt.on_signals()?;
+                Ok::<_, std::io::Error>(backup::run(&ctx, &req).await)
+            })?;
+            match (result, output) {
+                (Ok(report), Output::Json) => {
+                    println!("{}", serde_json::to_string_pretty(&report)?)
+                }
+                (Ok(report), Output::Text) => print!("{}", backup::render_report(&report)),
+                (Err(e), Output::Json) => {
+                    let sf = match &e {
+                        BackupError::Failed { statefile, .. }
+                        | BackupError::NotRestored { statefile, .. } => {
+                            Some(serde_json::to_value(statefile)?)
+                        }
+                        _ => None,
+                    };
+                    println!(
+                        "{}",
+                        serde_json::to_string_pretty(
+                            &serde_json::json!({"error": e.to_string(), "statefile": sf})
+                        )?
+                    );
+                    return Err(e.into());
+                }
+                (Err(e), Output::Text) => return Err(e.into()),
+            }
+        }
         Command::Discover { apps, output } => {
             let juju = JujuCli::locate(&cli.model)?;
             let (plane, _minio) = control_plane::discover(&juju, &apps)?;

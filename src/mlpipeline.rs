@@ -19,6 +19,7 @@ use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use crate::catalog;
+use crate::progress::{Event, Progress};
 use crate::retry::{retry, Retryable};
 use crate::store::{ObjectInfo, ObjectMeta, Store, StoreError, TapWriter};
 
@@ -97,6 +98,7 @@ pub struct SyncOptions {
     /// Attempts per object on transient errors.
     pub attempts: u32,
     pub spool: PathBuf,
+    pub progress: Progress,
 }
 
 impl SyncOptions {
@@ -107,6 +109,7 @@ impl SyncOptions {
             bwlimit: None,
             attempts: 4,
             spool: spool.into(),
+            progress: Progress::none(),
         }
     }
 }
@@ -176,6 +179,58 @@ impl Limiter {
     }
 }
 
+/// Transfer events, at most a few a second however many objects move.
+struct Ticker<'a> {
+    progress: &'a Progress,
+    total_objects: u64,
+    total_bytes: u64,
+    done: std::sync::Mutex<(u64, u64, Instant)>,
+}
+
+impl<'a> Ticker<'a> {
+    const EVERY: Duration = Duration::from_millis(500);
+
+    fn new(progress: &'a Progress, total_objects: u64, total_bytes: u64) -> Self {
+        Ticker {
+            progress,
+            total_objects,
+            total_bytes,
+            done: std::sync::Mutex::new((0, 0, Instant::now())),
+        }
+    }
+
+    fn add(&self, bytes: u64) {
+        let due = {
+            let mut d = self.done.lock().expect("ticker");
+            d.0 += 1;
+            d.1 += bytes;
+            let due = d.2.elapsed() >= Self::EVERY;
+            if due {
+                d.2 = Instant::now();
+            }
+            due.then_some((d.0, d.1))
+        };
+        if let Some((objects, bytes)) = due {
+            self.emit(objects, bytes);
+        }
+    }
+
+    fn emit(&self, objects: u64, bytes: u64) {
+        self.progress.emit(Event::Transfer {
+            component: "mlpipeline".into(),
+            done_bytes: bytes,
+            total_bytes: Some(self.total_bytes),
+            done_objects: objects,
+            total_objects: Some(self.total_objects),
+        });
+    }
+
+    fn finish(&self) {
+        let (objects, bytes, _) = *self.done.lock().expect("ticker");
+        self.emit(objects, bytes);
+    }
+}
+
 enum Body {
     Memory(Vec<u8>),
     File(PathBuf),
@@ -218,6 +273,55 @@ async fn read_object(
     Ok((Body::File(path), len, hex::encode(hasher.finalize())))
 }
 
+/// What a capture will do: the objects it keeps from the previous backup without reading
+/// them (same key, size and ETag), and those it reads.
+#[derive(Debug, Clone, Default)]
+pub struct SyncPlan {
+    pub listed: Vec<ObjectInfo>,
+    pub unchanged: Vec<Entry>,
+    pub to_read: Vec<ObjectInfo>,
+}
+
+impl SyncPlan {
+    pub fn new(listed: Vec<ObjectInfo>, previous: Option<&Manifest>) -> SyncPlan {
+        let prev = previous.map(Manifest::by_key).unwrap_or_default();
+        let (mut unchanged, mut to_read) = (vec![], vec![]);
+        for o in &listed {
+            match (prev.get(o.key.as_str()), &o.etag) {
+                (Some(p), Some(etag))
+                    if p.size == o.size && p.etag.as_deref() == Some(etag.as_str()) =>
+                {
+                    unchanged.push((*p).clone())
+                }
+                _ => to_read.push(o.clone()),
+            }
+        }
+        SyncPlan {
+            listed,
+            unchanged,
+            to_read,
+        }
+    }
+
+    pub fn bytes(&self) -> u64 {
+        self.listed.iter().map(|o| o.size).sum()
+    }
+
+    pub fn read_bytes(&self) -> u64 {
+        self.to_read.iter().map(|o| o.size).sum()
+    }
+
+    /// The largest object that goes through the spool, for the free-space check.
+    pub fn largest_spooled(&self) -> u64 {
+        self.to_read
+            .iter()
+            .map(|o| o.size)
+            .filter(|s| *s > IN_MEMORY_MAX)
+            .max()
+            .unwrap_or(0)
+    }
+}
+
 /// Copies the bucket into the repository's blobs and returns the new manifest.
 pub async fn capture(
     source: &Store,
@@ -226,19 +330,24 @@ pub async fn capture(
     opts: &SyncOptions,
 ) -> Result<(Manifest, SyncStats), SyncError> {
     let listed: Vec<ObjectInfo> = source.list("").await.map_err(SyncError::List)?;
-    let prev = previous.map(Manifest::by_key).unwrap_or_default();
-    let mut entries: Vec<Entry> = vec![];
-    let mut to_read = vec![];
-    for o in &listed {
-        match (prev.get(o.key.as_str()), &o.etag) {
-            (Some(p), Some(etag))
-                if p.size == o.size && p.etag.as_deref() == Some(etag.as_str()) =>
-            {
-                entries.push((*p).clone())
-            }
-            _ => to_read.push(o.key.clone()),
-        }
-    }
+    capture_planned(source, dest, SyncPlan::new(listed, previous), opts).await
+}
+
+/// Carries out a plan made from an earlier listing (the point in time of the backup).
+pub async fn capture_planned(
+    source: &Store,
+    dest: &Store,
+    plan: SyncPlan,
+    opts: &SyncOptions,
+) -> Result<(Manifest, SyncStats), SyncError> {
+    let (total_objects, total_bytes) = (plan.to_read.len() as u64, plan.read_bytes());
+    let SyncPlan {
+        listed,
+        unchanged: mut entries,
+        to_read,
+    } = plan;
+    let to_read: Vec<String> = to_read.into_iter().map(|o| o.key).collect();
+    let ticker = Ticker::new(&opts.progress, total_objects, total_bytes);
     tokio::fs::create_dir_all(&opts.spool)
         .await
         .map_err(|e| SyncError::Spool {
@@ -263,8 +372,8 @@ pub async fn capture(
     let results: Vec<Option<Entry>> = metas
         .map(|(key, meta)| {
             let limiter = limiter.clone();
-            let (counter, read_bytes, new_objects, new_bytes) =
-                (&counter, &read_bytes, &new_objects, &new_bytes);
+            let (counter, read_bytes, new_objects, new_bytes, ticker) =
+                (&counter, &read_bytes, &new_objects, &new_bytes, &ticker);
             async move {
                 let meta = match meta {
                     Ok(Some(m)) => m,
@@ -289,6 +398,7 @@ pub async fn capture(
                     Err(e) => return Err(e),
                 };
                 read_bytes.fetch_add(len, Ordering::Relaxed);
+                ticker.add(len);
                 let blob = catalog::blob_key(&sha);
                 let have = retry(opts.attempts, &blob, || dest.head(&blob))
                     .await
@@ -351,16 +461,16 @@ pub async fn capture(
         .try_collect()
         .await?;
 
+    ticker.finish();
     let read: Vec<Entry> = results.into_iter().flatten().collect();
     let read_objects = read.len() as u64;
-    let read_keys: std::collections::HashSet<String> = read.iter().map(|e| e.key.clone()).collect();
-    let mut vanished: Vec<String> = listed
+    entries.extend(read);
+    let kept: std::collections::HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
+    let vanished: Vec<String> = listed
         .iter()
-        .filter(|o| !read_keys.contains(&o.key) && !entries.iter().any(|e| e.key == o.key))
+        .filter(|o| !kept.contains(o.key.as_str()))
         .map(|o| o.key.clone())
         .collect();
-    vanished.sort();
-    entries.extend(read);
     entries.sort_by(|a, b| a.key.cmp(&b.key));
     let manifest = Manifest { entries };
     let stats = SyncStats {

@@ -28,6 +28,13 @@ pub enum MysqlError {
     },
     #[error("{app} has no s3-parameters relation to s3-integrator: its backups would have nowhere to go (`juju integrate {app} s3-integrator`)")]
     NoS3 { app: String },
+    #[error("{app}: its backup {id} has the same id as {other}'s in the same place ({location}), so one overwrote the other; give each database its own s3-integrator path")]
+    Collided {
+        app: String,
+        other: String,
+        id: String,
+        location: String,
+    },
 }
 
 /// How long each action may take before we stop waiting (the task goes on in Juju).
@@ -156,4 +163,77 @@ pub fn capture(
         backup_id: id,
         location,
     })
+}
+
+/// mysql-k8s names a backup by the second it started and puts it at `<path>/<id>`: two apps
+/// that share an s3-integrator path and back up in the same second overwrite each other. So
+/// apps sharing a location go one after another, the next starting two seconds (a margin for
+/// clock skew) after the previous backup's id; apps with their own locations go in parallel.
+pub fn capture_many(
+    cli: &JujuCli,
+    status: &Status,
+    apps: &[String],
+    waits: &Waits,
+    on_start: &(dyn Fn(&str) + Sync),
+) -> Vec<(String, Result<MysqlCapture, MysqlError>)> {
+    let mut groups: Vec<(Option<String>, Vec<String>)> = vec![];
+    for app in apps {
+        let location = active_units(status, app)
+            .first()
+            .and_then(|u| backup_location(cli, app, u).ok());
+        match groups
+            .iter_mut()
+            .find(|(l, _)| l.is_some() && *l == location)
+        {
+            Some((_, g)) => g.push(app.clone()),
+            None => groups.push((location, vec![app.clone()])),
+        }
+    }
+    let mut out: Vec<(String, Result<MysqlCapture, MysqlError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|(_, group)| {
+                scope.spawn(move || {
+                    let mut done: Vec<(String, Result<MysqlCapture, MysqlError>)> = vec![];
+                    for app in group {
+                        let last = done.iter().rev().find_map(|(_, r)| r.as_ref().ok());
+                        if let Some(prev) = last {
+                            wait_past(&prev.backup_id);
+                        }
+                        on_start(app);
+                        let mut r = capture(cli, status, app, waits);
+                        if let (Ok(cap), Some(prev)) = (&r, last) {
+                            if cap.backup_id == prev.backup_id && cap.location == prev.location {
+                                r = Err(MysqlError::Collided {
+                                    app: app.clone(),
+                                    other: prev.app.clone(),
+                                    id: cap.backup_id.clone(),
+                                    location: cap.location.clone(),
+                                });
+                            }
+                        }
+                        done.push((app.clone(), r));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("mysql capture thread"))
+            .collect()
+    });
+    out.sort_by_key(|(a, _)| apps.iter().position(|x| x == a));
+    out
+}
+
+/// Sleeps until the UTC clock is two seconds past a mysql-k8s backup id.
+fn wait_past(backup_id: &str) {
+    let Ok(t) = chrono::NaiveDateTime::parse_from_str(backup_id, "%Y-%m-%dT%H:%M:%SZ") else {
+        return;
+    };
+    let until = t.and_utc() + chrono::Duration::seconds(2);
+    if let Ok(d) = (until - chrono::Utc::now()).to_std() {
+        std::thread::sleep(d);
+    }
 }

@@ -120,7 +120,8 @@ fn the_sandbox_outputs_parse_back() {
     assert_eq!(plane.model, "kubeflow");
     assert_eq!(plane.apps.len(), 6);
     assert_eq!(minio.secret_key.expose(), sb.info.minio.secret_key);
-    assert_eq!(minio.endpoint(), "http://minio.kubeflow:9000");
+    assert_eq!(minio.endpoint, "http://minio.kubeflow:9000");
+    assert_eq!(minio.service, Some(("minio".into(), 9000)));
     assert!(!serde_json::to_string(&plane)
         .unwrap()
         .contains(&sb.info.minio.secret_key));

@@ -340,11 +340,10 @@ fn enqueue(
     // Take a one-shot fault under the lock, so two clients never both get it; the model as it
     // was then is what the action sees.
     let (fault, snapshot) = store.update(|m| {
-        let hit = m
-            .faults
-            .fail_next_action
-            .iter()
-            .position(|f| f.unit == unit && f.action.as_deref().is_none_or(|a| a == action));
+        let hit = m.faults.fail_next_action.iter().position(|f| {
+            (f.unit == unit || unit.split('/').next() == Some(f.unit.as_str()))
+                && f.action.as_deref().is_none_or(|a| a == action)
+        });
         let fault = hit.map(|i| m.faults.fail_next_action.remove(i).message);
         Ok((fault, m.clone()))
     })?;

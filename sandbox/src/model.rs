@@ -101,6 +101,7 @@ pub struct Faults {
 #[derive(Debug, Clone, Serialize, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct ActionFault {
+    /// A unit (`kfp-db/1`), or an application name for any of its units.
     pub unit: String,
     #[serde(default)]
     pub action: Option<String>,

@@ -27,3 +27,73 @@ pub fn sandbox(small: usize) -> Sandbox {
     opts.bucket.large = 0;
     Sandbox::up(&opts).unwrap()
 }
+
+/// Runs the `backup-agent` CLI against the sandbox; returns (exit code, stdout, stderr).
+pub fn agent(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = sb.command(env!("CARGO_BIN_EXE_backup-agent"));
+    cmd.args(args).env_remove("RUST_LOG");
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    let out = cmd.output().expect("running backup-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Scale and unit count of every application, as the model holds them.
+pub fn scales(sb: &Sandbox) -> std::collections::BTreeMap<String, (u32, usize)> {
+    sb.model()
+        .update(|m| {
+            Ok(m.apps
+                .iter()
+                .map(|(n, a)| (n.clone(), (a.scale, a.units.len())))
+                .collect())
+        })
+        .unwrap()
+}
+
+/// The whole destination bucket (not only the agent's path), for checks across everything.
+pub fn dest_bucket(sb: &Sandbox) -> backup_agent::store::Store {
+    s3_store(&sb.info.dest, &sb.info.dest_bucket, "")
+}
+
+/// The agent's repository in the destination, as the sandbox's env file names it.
+pub fn repo(sb: &Sandbox) -> backup_agent::store::Store {
+    s3_store(&sb.info.dest, &sb.info.dest_bucket, &sb.info.agent_path)
+}
+
+pub fn minio(sb: &Sandbox) -> backup_agent::store::Store {
+    s3_store(&sb.info.minio, "mlpipeline", "")
+}
+
+pub fn s3_store(
+    server: &backup_agent_sandbox::env::ServerInfo,
+    bucket: &str,
+    path: &str,
+) -> backup_agent::store::Store {
+    use backup_agent::secret::Secret;
+    use backup_agent::store::{S3Settings, Store, UriStyle};
+    Store::s3(&S3Settings {
+        endpoint: server.endpoint(),
+        bucket: bucket.into(),
+        path: path.into(),
+        region: "us-east-1".into(),
+        uri_style: UriStyle::Path,
+        access_key: Secret::new(server.access_key.clone()),
+        secret_key: Secret::new(server.secret_key.clone()),
+    })
+    .unwrap()
+}
+
+/// Keys and ETags of every object in a store.
+pub fn listing(store: &backup_agent::store::Store) -> Vec<(String, Option<String>)> {
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(store.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|o| (o.key, o.etag))
+        .collect()
+}

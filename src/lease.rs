@@ -1,0 +1,190 @@
+//! One backup or restore at a time per repository: a lease object (`lock.json`) with its
+//! holder and an expiry, renewed while the run lasts. A lease that expired (its holder died
+//! without releasing it) is taken over with a warning.
+//!
+//! S3 has no compare-and-swap that every server implements, so acquiring writes the lease and
+//! reads it back after a pause: of two agents that raced, the one whose write landed last wins
+//! and the other sees a foreign nonce and backs off.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use chrono::{DateTime, Utc};
+use serde::{Deserialize, Serialize};
+
+use crate::catalog;
+use crate::retry::retry;
+use crate::store::{Store, StoreError};
+
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LeaseInfo {
+    /// What holds it: `create-backup 20250101T000000Z-1a2b3c`.
+    pub operation: String,
+    pub host: String,
+    pub pid: u32,
+    pub started_at: DateTime<Utc>,
+    pub expires_at: DateTime<Utc>,
+    pub nonce: String,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum LeaseError {
+    #[error("another run holds the repository lock {key}: {} on host {} (pid {}), started {}, lease valid until {}. Wait for it to finish; if it died, its lease expires by itself", .held.operation, .held.host, .held.pid, .held.started_at.to_rfc3339(), .held.expires_at.to_rfc3339())]
+    Held { key: String, held: LeaseInfo },
+    #[error("repository lock: {0}")]
+    Store(#[from] StoreError),
+    #[error("repository lock {key} is not a lease ({detail}); if no run is going on, delete it")]
+    Malformed { key: String, detail: String },
+}
+
+/// Timing of leases: long enough that a slow renewal does not lose it, short enough that a
+/// dead holder does not block the next scheduled run for long.
+#[derive(Debug, Clone, Copy)]
+pub struct LeaseTiming {
+    pub ttl: Duration,
+    pub renew_every: Duration,
+    /// Pause between writing the lease and reading it back.
+    pub settle: Duration,
+}
+
+impl Default for LeaseTiming {
+    fn default() -> Self {
+        LeaseTiming {
+            ttl: Duration::from_secs(300),
+            renew_every: Duration::from_secs(60),
+            settle: Duration::from_millis(300),
+        }
+    }
+}
+
+/// A held lease; renewed in the background until [`Lease::release`] or drop.
+pub struct Lease {
+    store: Store,
+    info: Arc<std::sync::Mutex<LeaseInfo>>,
+    renewer: tokio::task::JoinHandle<()>,
+}
+
+fn hostname() -> String {
+    std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "unknown".into())
+}
+
+/// The current lease, if any.
+pub async fn read(store: &Store) -> Result<Option<LeaseInfo>, LeaseError> {
+    let key = catalog::lock_key();
+    match retry(4, &key, || store.get_bytes(&key)).await {
+        Ok(bytes) => serde_json::from_slice(&bytes)
+            .map(Some)
+            .map_err(|e| LeaseError::Malformed {
+                key,
+                detail: e.to_string(),
+            }),
+        Err(StoreError::NotFound { .. }) => Ok(None),
+        Err(e) => Err(e.into()),
+    }
+}
+
+async fn write(store: &Store, info: &LeaseInfo) -> Result<(), StoreError> {
+    let key = catalog::lock_key();
+    let body = serde_json::to_vec_pretty(info).expect("lease serializes");
+    retry(4, &key, || store.put_bytes(&key, &body, "application/json")).await
+}
+
+/// Takes the repository lock for `operation`, or says who holds it.
+pub async fn acquire(
+    store: &Store,
+    operation: &str,
+    timing: LeaseTiming,
+) -> Result<Lease, LeaseError> {
+    let key = catalog::lock_key();
+    let now = Utc::now();
+    match read(store).await {
+        Ok(Some(held)) if held.expires_at > now => return Err(LeaseError::Held { key, held }),
+        Ok(Some(stale)) => tracing::warn!(
+            "taking over the expired repository lock of {} on host {} (pid {}), which expired at {}",
+            stale.operation,
+            stale.host,
+            stale.pid,
+            stale.expires_at.to_rfc3339()
+        ),
+        Ok(None) => {}
+        // A lock file we cannot parse is not ours to delete: the operator decides.
+        Err(e) => return Err(e),
+    }
+    let nonce = format!("{:016x}", rand::random::<u64>());
+    let info = LeaseInfo {
+        operation: operation.into(),
+        host: hostname(),
+        pid: std::process::id(),
+        started_at: now,
+        expires_at: now + timing.ttl,
+        nonce: nonce.clone(),
+    };
+    write(store, &info).await?;
+    tokio::time::sleep(timing.settle).await;
+    match read(store).await? {
+        Some(got) if got.nonce == nonce => {}
+        Some(held) => return Err(LeaseError::Held { key, held }),
+        None => {
+            return Err(LeaseError::Malformed {
+                key,
+                detail: "it vanished right after being written".into(),
+            })
+        }
+    }
+    let info = Arc::new(std::sync::Mutex::new(info));
+    let renewer = {
+        let (store, info) = (store.clone(), info.clone());
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(timing.renew_every).await;
+                let next = {
+                    let mut i = info.lock().expect("lease info");
+                    i.expires_at = Utc::now() + timing.ttl;
+                    i.clone()
+                };
+                if let Err(e) = write(&store, &next).await {
+                    tracing::warn!("renewing the repository lock: {e}");
+                }
+            }
+        })
+    };
+    Ok(Lease {
+        store: store.clone(),
+        info,
+        renewer,
+    })
+}
+
+impl Lease {
+    pub fn info(&self) -> LeaseInfo {
+        self.info.lock().expect("lease info").clone()
+    }
+
+    /// Deletes the lease, if it is still ours.
+    pub async fn release(self) -> Result<(), LeaseError> {
+        self.renewer.abort();
+        let mine = self.info().nonce;
+        match read(&self.store).await? {
+            Some(l) if l.nonce == mine => {
+                let key = catalog::lock_key();
+                retry(4, &key, || self.store.delete(&key)).await?;
+            }
+            Some(l) => tracing::warn!(
+                "the repository lock is now held by {} on {}: not releasing it",
+                l.operation,
+                l.host
+            ),
+            None => {}
+        }
+        Ok(())
+    }
+}
+
+impl Drop for Lease {
+    fn drop(&mut self) {
+        self.renewer.abort();
+    }
+}
