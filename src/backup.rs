@@ -481,8 +481,7 @@ async fn prepare(
             let list = running.join(", ");
             if !req.force {
                 return Err(pre(format!(
-                    "{} running: {list}. A backup now would not be consistent: wait for them to finish, or pass --force to back up anyway",
-                    if running.len() == 1 { "this is" } else { "these are" }
+                    "Kubeflow work is running: {list}. A backup now would not be consistent: wait for it to finish, or pass --force to back up anyway"
                 )));
             }
             warnings.push(format!("backing up while these run (--force): {list}"));

@@ -227,7 +227,9 @@ impl<'a> Ticker<'a> {
 
     fn finish(&self) {
         let (objects, bytes, _) = *self.done.lock().expect("ticker");
-        self.emit(objects, bytes);
+        if self.total_objects > 0 {
+            self.emit(objects, bytes);
+        }
     }
 }
 

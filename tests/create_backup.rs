@@ -286,6 +286,37 @@ fn a_running_workflow_stops_it_unless_forced() {
     );
     assert!(out.contains("completed"), "{out}");
     assert_eq!(scales(&sb), before);
+
+    // A local directory is a destination too (an NFS mount, an air-gapped site), same layout.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path().to_str().unwrap();
+    let no_s3 = [
+        ("BACKUP_AGENT_S3_ENDPOINT", ""),
+        ("BACKUP_AGENT_S3_BUCKET", ""),
+    ];
+    let (code, _, err) = agent(
+        &sb,
+        &[
+            "create-backup",
+            "--force",
+            "--components",
+            "mlmd,mlpipeline",
+            "--destination-dir",
+            d,
+        ],
+        &no_s3,
+    );
+    assert_eq!(code, 0, "{err}");
+    let local = Store::local(dir.path());
+    let rows = rt().block_on(catalog::list(&local)).unwrap();
+    assert_eq!(rows.len(), 1);
+    let (code, out, _) = agent(&sb, &["list-backups", "--destination-dir", d], &no_s3);
+    assert_eq!(code, 0);
+    assert!(
+        out.contains(" completed ") && out.contains("mlmd,mlpipeline"),
+        "{out}"
+    );
+    assert!(dir.path().join("backup-agent/blobs").is_dir());
 }
 
 /// Each step failing in turn: the cause named, scales back, no backup completed, lock free.

@@ -28,12 +28,17 @@ pub fn sandbox(small: usize) -> Sandbox {
     Sandbox::up(&opts).unwrap()
 }
 
-/// Runs the `backup-agent` CLI against the sandbox; returns (exit code, stdout, stderr).
+/// Runs the `backup-agent` CLI against the sandbox, with `env` on top of the sandbox's (an
+/// empty value unsets); returns (exit code, stdout, stderr).
 pub fn agent(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
     let mut cmd = sb.command(env!("CARGO_BIN_EXE_backup-agent"));
     cmd.args(args).env_remove("RUST_LOG");
     for (k, v) in env {
-        cmd.env(k, v);
+        if v.is_empty() {
+            cmd.env_remove(k);
+        } else {
+            cmd.env(k, v);
+        }
     }
     let out = cmd.output().expect("running backup-agent");
     (
