@@ -472,7 +472,9 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
     assert!(!lock_held(&sb));
 }
 
-fn set_minio_relation_secret(sb: &Sandbox, secret: &str) -> String {
+/// Edits the `data` YAML string of minio's object-storage databag.
+fn with_minio_data<T>(sb: &Sandbox, f: impl FnOnce(&mut String) -> T) -> T {
+    let mut f = Some(f);
     sb.model()
         .update(|m| {
             let r = m
@@ -486,18 +488,24 @@ fn set_minio_relation_secret(sb: &Sandbox, secret: &str) -> String {
                 .unwrap()
                 .get_mut("data")
                 .unwrap();
-            let old = data
-                .lines()
-                .find_map(|l| l.strip_prefix("secret-key: "))
-                .unwrap()
-                .to_string();
-            *data = data.replace(
-                &format!("secret-key: {old}"),
-                &format!("secret-key: {secret}"),
-            );
-            Ok(old)
+            Ok((f.take().unwrap())(data))
         })
         .unwrap()
+}
+
+fn set_minio_relation_secret(sb: &Sandbox, secret: &str) -> String {
+    with_minio_data(sb, |data| {
+        let old = data
+            .lines()
+            .find_map(|l| l.strip_prefix("secret-key: "))
+            .unwrap()
+            .to_string();
+        *data = data.replace(
+            &format!("secret-key: {old}"),
+            &format!("secret-key: {secret}"),
+        );
+        old
+    })
 }
 
 fn wait_for(mut f: impl FnMut() -> bool) {
@@ -620,23 +628,9 @@ fn bad_input_is_named_and_changes_nothing() {
     }
 
     // Relation data that is there but not YAML is an error, not a reason to look elsewhere.
-    let good = sb
-        .model()
-        .update(|m| {
-            let r = m
-                .relations
-                .iter_mut()
-                .find(|r| r.interface == "object-storage")
-                .unwrap();
-            let data = r
-                .app_data
-                .get_mut("minio")
-                .unwrap()
-                .get_mut("data")
-                .unwrap();
-            Ok(std::mem::replace(data, "access-key: [unclosed".into()))
-        })
-        .unwrap();
+    let good = with_minio_data(&sb, |d| {
+        std::mem::replace(d, "access-key: [unclosed".into())
+    });
     let (code, _, err) = agent(&sb, &["create-backup"], &[]);
     assert_eq!(code, 1);
     assert!(
@@ -644,20 +638,7 @@ fn bad_input_is_named_and_changes_nothing() {
         "{err}"
     );
     assert!(err.contains("juju show-unit kfp-ui/0"), "{err}");
-    sb.model()
-        .update(|m| {
-            let r = m
-                .relations
-                .iter_mut()
-                .find(|r| r.interface == "object-storage")
-                .unwrap();
-            r.app_data
-                .get_mut("minio")
-                .unwrap()
-                .insert("data".into(), good);
-            Ok(())
-        })
-        .unwrap();
+    with_minio_data(&sb, |d| *d = good);
 
     assert_eq!(scales(&sb), before);
     assert_eq!(listing(&dest_bucket(&sb)), dest_before, "nothing written");
