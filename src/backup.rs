@@ -275,13 +275,13 @@ struct Spool {
     _temp: Option<tempfile::TempDir>,
 }
 
-async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
+pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
     tokio::task::spawn_blocking(f)
         .await
         .expect("blocking task panicked")
 }
 
-fn app<'a>(apps: &'a [AppState], role: &str) -> &'a AppState {
+pub(crate) fn app<'a>(apps: &'a [AppState], role: &str) -> &'a AppState {
     apps.iter()
         .find(|a| a.role == role)
         .expect("find_apps returns every role")
@@ -375,7 +375,7 @@ async fn previous_manifest(
 
 /// MinIO as a store: directly when its in-cluster name resolves (the agent runs in the
 /// cluster), else through a port-forward the agent opens, unless an endpoint is given.
-async fn open_minio(
+pub(crate) async fn open_minio(
     access: &MinioAccess,
     bucket: &str,
     endpoint: Option<&str>,
@@ -662,12 +662,6 @@ fn check_request(req: &BackupRequest) -> Result<(), BackupError> {
     Ok(())
 }
 
-async fn save(dest: &Store, sf: &Statefile) -> Result<(), StoreError> {
-    let key = catalog::statefile_key(&sf.backup_id);
-    let body = sf.to_json();
-    retry(6, &key, || dest.put_bytes(&key, &body, "application/json")).await
-}
-
 fn error(component: &str, message: impl Into<String>) -> ErrorRecord {
     ErrorRecord {
         component: component.into(),
@@ -679,6 +673,22 @@ fn error(component: &str, message: impl Into<String>) -> ErrorRecord {
 /// Runs a backup. On failure the error carries the failed statefile (already written, when the
 /// destination allowed it).
 pub async fn run(ctx: &Context, req: &BackupRequest) -> Result<Report, BackupError> {
+    run_inner(ctx, req, true).await
+}
+
+/// A backup inside a run that already holds the repository lock (restore's safety backup).
+pub(crate) async fn run_under_lock(
+    ctx: &Context,
+    req: &BackupRequest,
+) -> Result<Report, BackupError> {
+    run_inner(ctx, req, false).await
+}
+
+async fn run_inner(
+    ctx: &Context,
+    req: &BackupRequest,
+    take_lock: bool,
+) -> Result<Report, BackupError> {
     check_request(req)?;
     let started = Utc::now();
     let id = catalog::new_backup_id(started);
@@ -705,9 +715,15 @@ pub async fn run(ctx: &Context, req: &BackupRequest) -> Result<Report, BackupErr
     for w in &prep.warnings {
         p.warn(w.clone());
     }
-    let lock = lease::acquire(&ctx.dest, &format!("create-backup {id}"), ctx.tuning.lease)
-        .await
-        .map_err(|e| BackupError::Lock(Box::new(e)))?;
+    let lock = if take_lock {
+        Some(
+            lease::acquire(&ctx.dest, &format!("create-backup {id}"), ctx.tuning.lease)
+                .await
+                .map_err(|e| BackupError::Lock(Box::new(e)))?,
+        )
+    } else {
+        None
+    };
 
     let mut sf = new_statefile(req, &id, started, &prep);
     let outcome = {
@@ -752,7 +768,7 @@ pub async fn run(ctx: &Context, req: &BackupRequest) -> Result<Report, BackupErr
                 sf.errors.push(error("quiesce", e.clone()));
             }
             sf.phase = Phase::Completed;
-            match save(&ctx.dest, &sf).await {
+            match catalog::save(&ctx.dest, &sf).await {
                 Ok(()) => match restored {
                     Ok(()) => {
                         p.step("done", format!("backup {id} completed; {}", scales_note()));
@@ -786,12 +802,15 @@ pub async fn run(ctx: &Context, req: &BackupRequest) -> Result<Report, BackupErr
                 sf.errors.push(error("quiesce", e.clone()));
             }
             sf.phase = Phase::Failed;
-            let saved = save(&ctx.dest, &sf).await;
+            let saved = catalog::save(&ctx.dest, &sf).await;
             let causes = errors.iter().map(|e| e.message.clone()).collect();
             Err(failed(&id, causes, restored, &sf, saved.is_ok()))
         }
     };
-    if let Err(e) = lock.release().await {
+    if let Some(Err(e)) = match lock {
+        Some(l) => Some(l.release().await),
+        None => None,
+    } {
         p.warn(format!("releasing the repository lock: {e}"));
     }
     result
@@ -868,6 +887,7 @@ fn new_statefile(
         quiesce: prep.plan.scales.clone(),
         errors: vec![],
         history: vec![],
+        checksum: None,
     }
 }
 
@@ -882,7 +902,7 @@ async fn capture_all(
     let dest = &ctx.dest;
     let store_err = |what: &str, e: StoreError| vec![error("destination", format!("{what}: {e}"))];
     // The journal is in the bucket before anything is scaled.
-    save(dest, sf)
+    catalog::save(dest, sf)
         .await
         .map_err(|e| store_err("writing the statefile", e))?;
 
@@ -901,7 +921,7 @@ async fn capture_all(
             .map_err(|e| vec![error("quiesce", e.to_string())])?
     };
     sf.phase = Phase::Capturing;
-    save(dest, sf)
+    catalog::save(dest, sf)
         .await
         .map_err(|e| store_err("writing the statefile", e))?;
     p.step("capture", "quiesced; capturing");
@@ -1074,7 +1094,7 @@ async fn capture_all(
     }
 
     sf.phase = Phase::Verifying;
-    save(dest, sf)
+    catalog::save(dest, sf)
         .await
         .map_err(|e| store_err("writing the statefile", e))?;
     verify_written(dest, sf)

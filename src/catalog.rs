@@ -187,6 +187,10 @@ pub struct Statefile {
     /// Verifications and restores performed later, appended by those commands.
     #[serde(default)]
     pub history: Vec<serde_json::Value>,
+    /// sha256 of this statefile written without this field: an edit or a corruption of the
+    /// record shows (verify-backup checks it).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checksum: Option<String>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -229,10 +233,29 @@ impl Statefile {
         })
     }
 
+    /// The JSON written to the bucket, sealed with its checksum.
     pub fn to_json(&self) -> Vec<u8> {
-        let mut v = serde_json::to_vec_pretty(self).expect("statefile serializes");
+        let mut sealed = self.clone();
+        sealed.checksum = Some(self.computed_checksum());
+        let mut v = serde_json::to_vec_pretty(&sealed).expect("statefile serializes");
         v.push(b'\n');
         v
+    }
+
+    fn computed_checksum(&self) -> String {
+        use sha2::Digest;
+        let mut bare = self.clone();
+        bare.checksum = None;
+        hex::encode(sha2::Sha256::digest(
+            serde_json::to_vec(&bare).expect("statefile serializes"),
+        ))
+    }
+
+    /// Whether the record is as it was written: `None` when it carries no checksum.
+    pub fn checksum_ok(&self) -> Option<bool> {
+        self.checksum
+            .as_ref()
+            .map(|c| *c == self.computed_checksum())
     }
 
     /// Total bytes the backup holds (MLMD compressed, mlpipeline objects).
@@ -271,6 +294,25 @@ impl Statefile {
         }
         out
     }
+}
+
+/// Writes a statefile (sealed), retrying transient failures.
+pub async fn save(store: &Store, sf: &Statefile) -> Result<(), StoreError> {
+    let key = statefile_key(&sf.backup_id);
+    let body = sf.to_json();
+    crate::retry::retry(6, &key, || store.put_bytes(&key, &body, "application/json")).await
+}
+
+/// Appends a verification or restore record to a backup's history.
+pub async fn append_history(
+    store: &Store,
+    id: &str,
+    entry: serde_json::Value,
+) -> Result<(), CatalogError> {
+    let mut sf = load(store, id).await?;
+    sf.history.push(entry);
+    save(store, &sf).await?;
+    Ok(())
 }
 
 /// One row of `list-backups`, or the reason a statefile could not be read.
@@ -448,6 +490,7 @@ mod tests {
             quiesce: vec![],
             errors: vec![],
             history: vec![],
+            checksum: None,
         }
     }
 

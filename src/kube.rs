@@ -49,6 +49,8 @@ pub enum KubeError {
         before: String,
         after: String,
     },
+    #[error("pod {pod} did not come back Ready within {waited}s after its restart: check `kubectl -n <model> describe pod {pod}`")]
+    NotBack { pod: String, waited: u64 },
     #[error("service {service} has no ready pod to forward to")]
     NoEndpoint { service: String },
     #[error("writing the local copy: {0}")]
@@ -328,6 +330,136 @@ impl Cluster {
             });
         }
         Ok(got)
+    }
+
+    /// Streams `size` bytes from `source` into `path` in the pod. `head -c` bounds the read, so
+    /// it ends even where the stream protocol cannot close stdin (v4); the size is checked after.
+    pub async fn copy_in<R: tokio::io::AsyncRead + Unpin>(
+        &self,
+        pod: &str,
+        container: &str,
+        path: &str,
+        source: &mut R,
+        size: u64,
+    ) -> Result<(), KubeError> {
+        let script = format!("head -c {size} > '{}'", path.replace('\'', ""));
+        let command = ["sh", "-c", script.as_str()];
+        let fail = |message: String| KubeError::Command {
+            pod: pod.into(),
+            container: container.into(),
+            command: script.clone(),
+            message,
+        };
+        let ap = AttachParams::default()
+            .container(container)
+            .stdin(true)
+            .stdout(false)
+            .stderr(true);
+        let mut proc = self
+            .pods()
+            .exec(pod, command.to_vec(), &ap)
+            .await
+            .map_err(|source| KubeError::Api {
+                what: format!("exec `{script}` in {pod}/{container}"),
+                source,
+            })?;
+        let mut stdin = proc.stdin().expect("stdin requested");
+        let mut stderr = proc.stderr().expect("stderr requested");
+        let status = proc.take_status().expect("status requested");
+        let sent = tokio::io::copy(&mut source.take(size), &mut stdin)
+            .await
+            .map_err(|e| fail(format!("sending the file: {e}")))?;
+        stdin.shutdown().await.ok();
+        drop(stdin);
+        let mut err = vec![];
+        let _ = stderr.read_to_end(&mut err).await;
+        let status = status.await;
+        let _ = proc.join().await;
+        match status {
+            Some(s) if s.status.as_deref() == Some("Success") => {}
+            Some(s) => {
+                return Err(fail(format!(
+                    "{}: {}",
+                    s.message.unwrap_or_else(|| "failed".into()),
+                    String::from_utf8_lossy(&err).trim()
+                )))
+            }
+            None => return Err(fail("the stream ended without an exit status".into())),
+        }
+        let (got, _) = self.stat(pod, container, path).await?;
+        if sent != size || got != size {
+            return Err(KubeError::StreamCut {
+                pod: pod.into(),
+                path: path.into(),
+                got,
+                expected: size,
+            });
+        }
+        Ok(())
+    }
+
+    /// The pod's uid, and whether it is Ready; `None` when there is no such pod.
+    pub async fn pod_state(&self, pod: &str) -> Result<Option<(String, bool)>, KubeError> {
+        match self.pods().get_opt(pod).await {
+            Ok(Some(p)) => {
+                let ready = p
+                    .status
+                    .as_ref()
+                    .and_then(|s| s.conditions.as_ref())
+                    .is_some_and(|c| c.iter().any(|c| c.type_ == "Ready" && c.status == "True"));
+                let terminating = p.metadata.deletion_timestamp.is_some();
+                Ok(Some((
+                    p.metadata.uid.unwrap_or_default(),
+                    ready && !terminating,
+                )))
+            }
+            Ok(None) => Ok(None),
+            Err(source) => Err(KubeError::Api {
+                what: format!("reading pod {pod}"),
+                source,
+            }),
+        }
+    }
+
+    /// Restarts a StatefulSet pod: deletes it and waits until a new one (another uid) is Ready.
+    pub async fn restart_pod(
+        &self,
+        pod: &str,
+        timeout: std::time::Duration,
+    ) -> Result<(), KubeError> {
+        let before = self
+            .pod_state(pod)
+            .await?
+            .ok_or_else(|| KubeError::NoPod {
+                pod: pod.into(),
+                namespace: self.namespace.clone(),
+            })?
+            .0;
+        self.pods()
+            .delete(pod, &Default::default())
+            .await
+            .map_err(|source| KubeError::Api {
+                what: format!("deleting pod {pod}"),
+                source,
+            })?;
+        let start = std::time::Instant::now();
+        let mut poll = std::time::Duration::from_millis(100);
+        loop {
+            match self.pod_state(pod).await {
+                Ok(Some((uid, true))) if uid != before => return Ok(()),
+                Ok(_) => {}
+                Err(e) if crate::retry::Retryable::is_retryable(&e) => {}
+                Err(e) => return Err(e),
+            }
+            if start.elapsed() >= timeout {
+                return Err(KubeError::NotBack {
+                    pod: pod.into(),
+                    waited: start.elapsed().as_secs(),
+                });
+            }
+            tokio::time::sleep(poll).await;
+            poll = (poll * 2).min(std::time::Duration::from_secs(3));
+        }
     }
 
     /// Argo Workflows and Katib Experiments that are running, in all namespaces, as

@@ -10,6 +10,8 @@ use backup_agent::control_plane::{self, AppNames};
 use backup_agent::destination::DestinationArgs;
 use backup_agent::interrupt::Interrupt;
 use backup_agent::juju::JujuCli;
+use backup_agent::restore;
+use backup_agent::verify;
 
 #[derive(Parser)]
 #[command(
@@ -72,6 +74,34 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Check that a backup can be restored. Light (default): the statefile is intact and
+    /// completed, every object it names is there with its size, and the mysql-k8s backups it
+    /// names have their .md5 marker and show finished. --read-data also reads everything back
+    /// and checks every content hash, and opens the MLMD dump with SQLite. Exits 1 when a
+    /// problem is found; the outcome is recorded in the backup's history.
+    VerifyBackup {
+        /// The backup id, as list-backups shows it.
+        backup_id: String,
+        /// Read every object back and check its content (slower: reads the whole backup).
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        dest: DestinationArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Put the control plane back from one backup: the mysql-k8s backups of kfp-db and
+    /// katib-db, the MLMD database (swapped in, pod restarted) and the mlpipeline bucket (made
+    /// equal to the backup's manifest).
+    ///
+    /// The backup must be completed and pass a light verification. A safety backup of the
+    /// current state (label pre-restore) is taken first unless --no-safety-backup. Databases go
+    /// to exactly 1 unit (mysql-k8s refuses more) and kfp-metadata-writer to 0 while restoring;
+    /// scales are put back on success, failure, SIGINT and SIGTERM.
+    #[command(
+        after_help = "Examples:\n  backup-agent restore 20261123T080841Z-be2523 --dry-run\n  backup-agent restore 20261123T080841Z-be2523\n  backup-agent restore 20261123T080841Z-be2523 --components mlmd,mlpipeline"
+    )]
+    Restore(Box<RestoreArgs>),
     /// Show one backup's statefile: what was captured, sizes, hashes, mysql backup ids, the
     /// scales it changed and put back, errors, and later verifications and restores.
     DescribeBackup {
@@ -100,6 +130,35 @@ struct CreateBackupArgs {
     /// change nothing.
     #[arg(long)]
     dry_run: bool,
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct RestoreArgs {
+    /// The backup id, as list-backups shows it (never "latest": say which).
+    backup_id: String,
+    /// What to restore, comma-separated [default: everything the backup holds].
+    #[arg(long, value_enum, value_delimiter = ',')]
+    components: Vec<Component>,
+    /// Do not take a backup of the current state first (it is how a restore is undone).
+    #[arg(long)]
+    no_safety_backup: bool,
+    /// Restore even while Argo Workflows or Katib Experiments run.
+    #[arg(long)]
+    force: bool,
+    /// Check everything and print the plan; change nothing.
+    #[arg(long)]
+    dry_run: bool,
+    /// How long the MLMD pod may take to come back after its restart.
+    #[arg(long, default_value = "10m", value_parser = humantime::parse_duration)]
+    pod_timeout: std::time::Duration,
     #[command(flatten)]
     apps: AppNames,
     #[command(flatten)]
@@ -251,6 +310,90 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         }
                     }
                 }
+            }
+        }
+        Command::Restore(args) => {
+            let RestoreArgs {
+                backup_id,
+                mut components,
+                no_safety_backup,
+                force,
+                dry_run,
+                pod_timeout,
+                apps,
+                dest,
+                tuning,
+                output,
+            } = *args;
+            components.sort();
+            components.dedup();
+            let req = restore::RestoreRequest {
+                backup_id,
+                components,
+                safety_backup: !no_safety_backup,
+                force,
+                pod_timeout,
+            };
+            let ctx = Context {
+                juju: JujuCli::locate(&cli.model)?,
+                names: apps,
+                dest: dest.store()?,
+                kubeconfig: None,
+                tuning: tuning.tuning(),
+                progress: backup_agent::terminal::stderr_progress(matches!(output, Output::Json)),
+                interrupt: Interrupt::new(),
+            };
+            let rt = runtime()?;
+            if dry_run {
+                let plan = rt.block_on(restore::plan(&ctx, &req))?;
+                match output {
+                    Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
+                    Output::Text => print!("{}", restore::render_plan(&plan)),
+                }
+                return Ok(());
+            }
+            let report = rt.block_on(async {
+                ctx.interrupt.on_signals()?;
+                Ok::<_, Box<dyn std::error::Error>>(restore::run(&ctx, &req).await?)
+            })?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Text => print!("{}", restore::render_report(&report)),
+            }
+        }
+        Command::VerifyBackup {
+            backup_id,
+            read_data,
+            dest,
+            output,
+        } => {
+            let store = dest.store()?;
+            let juju = JujuCli::locate(&cli.model).ok();
+            let mode = if read_data {
+                verify::Mode::ReadData
+            } else {
+                verify::Mode::Light
+            };
+            let spool = tempfile::tempdir()?;
+            let progress = backup_agent::terminal::stderr_progress(matches!(output, Output::Json));
+            let v = runtime()?.block_on(verify::verify(
+                &store,
+                juju.as_ref(),
+                &backup_id,
+                mode,
+                spool.path(),
+                &progress,
+            ))?;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
+                Output::Text => print!("{}", verify::render(&v)),
+            }
+            if !v.passed {
+                return Err(format!(
+                    "backup {backup_id} failed verification: {} problem(s)",
+                    v.problems.len()
+                )
+                .into());
             }
         }
         Command::DescribeBackup {

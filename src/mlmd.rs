@@ -199,3 +199,41 @@ pub async fn fetch_and_verify(
     .await
     .map_err(|e| e.to_string())?
 }
+
+/// Puts a checked database file back into the pod: streamed to a temporary path beside the live
+/// one, size-checked, then swapped in by a rename (atomic), the previous file and any WAL or
+/// journal kept as `*.before-<tag>` (a stale WAL next to a restored database would corrupt it),
+/// and the pod restarted so MLMD opens the restored file.
+pub async fn restore(
+    cluster: &Cluster,
+    pod: &str,
+    container: &str,
+    local: &Path,
+    tag: &str,
+    pod_timeout: std::time::Duration,
+) -> Result<(), MlmdError> {
+    let size = tokio::fs::metadata(local)
+        .await
+        .map_err(|source| MlmdError::Spool {
+            path: local.to_path_buf(),
+            source,
+        })?
+        .len();
+    let tmp = format!("{DB_PATH}.restoring-{tag}");
+    let mut f = tokio::fs::File::open(local)
+        .await
+        .map_err(|source| MlmdError::Spool {
+            path: local.to_path_buf(),
+            source,
+        })?;
+    cluster.copy_in(pod, container, &tmp, &mut f, size).await?;
+    let swap = format!(
+        "set -e; cd /data; \
+         if [ -e mlmd.db ]; then ln -f mlmd.db mlmd.db.before-{tag} 2>/dev/null || cp -p mlmd.db mlmd.db.before-{tag}; fi; \
+         for s in -wal -shm -journal; do if [ -e mlmd.db$s ]; then mv -f mlmd.db$s mlmd.db$s.before-{tag}; fi; done; \
+         mv -f mlmd.db.restoring-{tag} mlmd.db"
+    );
+    cluster.run(pod, container, &["sh", "-c", &swap]).await?;
+    cluster.restart_pod(pod, pod_timeout).await?;
+    Ok(())
+}

@@ -487,6 +487,129 @@ pub async fn capture_planned(
     Ok((manifest, stats))
 }
 
+/// What a restore of the bucket did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestoreStats {
+    /// Objects already equal to the backup's (same key, size and ETag): left alone.
+    pub unchanged: u64,
+    pub copied: u64,
+    pub copied_bytes: u64,
+    /// Objects the backup did not have, removed after everything else was copied.
+    pub deleted: u64,
+}
+
+/// Makes `target` equal to `manifest`: copies back from the repository's blobs what is missing
+/// or different (bytes, content type, user metadata), checking each blob's content hash on the
+/// way, then removes what the backup did not have. Deletes come last, so a restore that fails
+/// midway has removed nothing.
+pub async fn restore(
+    repo: &Store,
+    target: &Store,
+    manifest: &Manifest,
+    opts: &SyncOptions,
+) -> Result<RestoreStats, SyncError> {
+    let current: HashMap<String, ObjectInfo> = target
+        .list("")
+        .await
+        .map_err(SyncError::List)?
+        .into_iter()
+        .map(|o| (o.key.clone(), o))
+        .collect();
+    let (mut unchanged, mut to_copy) = (0u64, vec![]);
+    for e in &manifest.entries {
+        match current.get(&e.key) {
+            Some(o) if o.size == e.size && e.etag.is_some() && o.etag == e.etag => unchanged += 1,
+            _ => to_copy.push(e),
+        }
+    }
+    let wanted: std::collections::HashSet<&str> =
+        manifest.entries.iter().map(|e| e.key.as_str()).collect();
+    let mut extra: Vec<&String> = current
+        .keys()
+        .filter(|k| !wanted.contains(k.as_str()))
+        .collect();
+    extra.sort();
+    let limiter = opts
+        .bwlimit
+        .map(|rate| Arc::new(Limiter::new(rate, Instant::now())));
+    let total_bytes = to_copy.iter().map(|e| e.size).sum();
+    let ticker = Ticker::new(&opts.progress, to_copy.len() as u64, total_bytes);
+    let copied_bytes = AtomicU64::new(0);
+    let copies: Vec<u64> = futures::stream::iter(to_copy)
+        .map(|e| {
+            let (limiter, ticker, copied_bytes) = (limiter.clone(), &ticker, &copied_bytes);
+            async move {
+                if let Some(l) = &limiter {
+                    l.take(e.size).await;
+                }
+                retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
+                copied_bytes.fetch_add(e.size, Ordering::Relaxed);
+                ticker.add(e.size);
+                Ok::<u64, SyncError>(1)
+            }
+        })
+        .buffer_unordered(opts.transfers.max(1))
+        .try_collect()
+        .await?;
+    ticker.finish();
+    for key in &extra {
+        retry(opts.attempts, key, || target.delete(key))
+            .await
+            .map_err(|source| SyncError::Object {
+                key: key.to_string(),
+                source,
+            })?;
+    }
+    Ok(RestoreStats {
+        unchanged,
+        copied: copies.len() as u64,
+        copied_bytes: copied_bytes.into_inner(),
+        deleted: extra.len() as u64,
+    })
+}
+
+/// One object from its blob back to the bucket, streamed through a bounded pipe.
+async fn copy_back(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncError> {
+    let blob = catalog::blob_key(&e.sha256);
+    let (w, r) = tokio::io::duplex(1 << 20);
+    let get = async move {
+        let mut h = Sha256::new();
+        let mut w = TapWriter::new(w, |b: &[u8]| h.update(b));
+        let n = repo.get_stream(&blob, &mut w).await;
+        let _ = w.inner.shutdown().await;
+        drop(w);
+        (n, hex::encode(h.finalize()))
+    };
+    let put = async move {
+        let mut r = r;
+        target
+            .put_object(&e.key, &mut r, &e.content_type, &e.metadata)
+            .await
+    };
+    let ((got, sha), put) = tokio::join!(get, put);
+    let blob = catalog::blob_key(&e.sha256);
+    got.map_err(|source| SyncError::Object {
+        key: blob.clone(),
+        source,
+    })?;
+    put.map_err(|source| SyncError::Object {
+        key: e.key.clone(),
+        source,
+    })?;
+    if sha != e.sha256 {
+        return Err(SyncError::Object {
+            key: blob,
+            source: StoreError::Fatal {
+                op: "restore",
+                key: e.key.clone(),
+                detail: format!("the blob's content hash is {sha}: it is corrupted (run verify-backup --read-data)"),
+            },
+        });
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -5,6 +5,8 @@
 use crate::catalog::MysqlCapture;
 use crate::juju::{self, JujuCli, JujuError, Status};
 use crate::retry::retry_blocking;
+use crate::secret::Secret;
+use crate::store::{S3Settings, Store, StoreError, UriStyle};
 
 #[derive(Debug, thiserror::Error)]
 pub enum MysqlError {
@@ -28,6 +30,14 @@ pub enum MysqlError {
     },
     #[error("{app} has no s3-parameters relation to s3-integrator: its backups would have nowhere to go (`juju integrate {app} s3-integrator`)")]
     NoS3 { app: String },
+    #[error("{app}: its s3-parameters relation carries no S3 keys (s3-integrator 2 keeps them in a Juju secret), so its backups cannot be checked from here")]
+    NoS3Keys { app: String },
+    #[error("{app}: the backups' bucket: {source}")]
+    Store {
+        app: String,
+        #[source]
+        source: StoreError,
+    },
     #[error("{app}: its backup {id} has the same id as {other}'s in the same place ({location}), so one overwrote the other; give each database its own s3-integrator path")]
     Collided {
         app: String,
@@ -53,7 +63,7 @@ impl Default for Waits {
     }
 }
 
-fn active_units(status: &Status, app: &str) -> Vec<String> {
+pub fn active_units(status: &Status, app: &str) -> Vec<String> {
     status
         .applications
         .get(app)
@@ -67,24 +77,87 @@ fn active_units(status: &Status, app: &str) -> Vec<String> {
         .unwrap_or_default()
 }
 
-/// `<bucket>/<path>` of the app's s3-parameters relation, read from a unit's relation data.
-/// Only those two keys are taken: the databag also holds the S3 keys.
-pub fn backup_location(cli: &JujuCli, app: &str, unit: &str) -> Result<String, MysqlError> {
+/// The s3-integrator databag of the app's s3-parameters relation, read from a unit.
+fn s3_parameters(
+    cli: &JujuCli,
+    app: &str,
+    unit: &str,
+) -> Result<std::collections::BTreeMap<String, String>, MysqlError> {
     let shown = cli.show_unit(unit).map_err(|source| MysqlError::Juju {
         app: app.into(),
         source,
     })?;
-    let bag = juju::relation_app_data(&shown, unit, "s3-parameters")
-        .ok_or_else(|| MysqlError::NoS3 { app: app.into() })?;
-    let bucket = bag.get("bucket").cloned().unwrap_or_default();
-    let path = bag
-        .get("path")
+    juju::relation_app_data(&shown, unit, "s3-parameters")
+        .ok_or_else(|| MysqlError::NoS3 { app: app.into() })
+}
+
+fn trimmed_path(bag: &std::collections::BTreeMap<String, String>) -> String {
+    bag.get("path")
         .map(|p| p.trim_matches('/').to_string())
-        .unwrap_or_default();
+        .unwrap_or_default()
+}
+
+/// `<bucket>/<path>` of the app's s3-parameters relation, read from a unit's relation data.
+/// Only those two keys are taken for the record: the databag also holds the S3 keys.
+pub fn backup_location(cli: &JujuCli, app: &str, unit: &str) -> Result<String, MysqlError> {
+    let bag = s3_parameters(cli, app, unit)?;
+    let bucket = bag.get("bucket").cloned().unwrap_or_default();
+    let path = trimmed_path(&bag);
     Ok(if path.is_empty() {
         bucket
     } else {
         format!("{bucket}/{path}")
+    })
+}
+
+/// Where the app's backups are, as a store rooted at the relation's path, to check the
+/// `<id>.md5` markers mysql-k8s writes. The keys stay inside the store.
+pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, MysqlError> {
+    let bag = s3_parameters(cli, app, unit)?;
+    let get = |k: &str| bag.get(k).filter(|v| !v.is_empty()).cloned();
+    let (Some(access), Some(secret)) = (get("access-key"), get("secret-key")) else {
+        return Err(MysqlError::NoS3Keys { app: app.into() });
+    };
+    Store::s3(&S3Settings {
+        endpoint: get("endpoint").unwrap_or_else(|| "https://s3.amazonaws.com".into()),
+        bucket: get("bucket").unwrap_or_default(),
+        path: trimmed_path(&bag),
+        region: get("region").unwrap_or_else(|| "us-east-1".into()),
+        uri_style: match get("s3-uri-style").as_deref() {
+            Some("host") => UriStyle::Host,
+            _ => UriStyle::Path,
+        },
+        access_key: Secret::new(access),
+        secret_key: Secret::new(secret),
+    })
+    .map_err(|e| MysqlError::Store {
+        app: app.into(),
+        source: e,
+    })
+}
+
+/// mysql-k8s's `list-backups` on `unit`, parsed.
+pub fn list_backups(
+    cli: &JujuCli,
+    app: &str,
+    unit: &str,
+    wait: &str,
+) -> Result<Vec<juju::MysqlBackup>, MysqlError> {
+    let err = |source| MysqlError::Juju {
+        app: app.into(),
+        source,
+    };
+    let listed = retry_blocking(4, "list-backups", || {
+        cli.run_action(unit, "list-backups", &[], wait)
+    })
+    .map_err(err)?;
+    let table = listed.result_str("backups").unwrap_or_default();
+    juju::parse_backups_table(table).map_err(|detail| {
+        err(JujuError::Parse {
+            command: format!("juju run {unit} list-backups"),
+            what: "backups table".into(),
+            detail,
+        })
     })
 }
 
@@ -133,18 +206,7 @@ pub fn capture(
             })
         })?
         .to_string();
-    let listed = retry_blocking(4, "list-backups", || {
-        cli.run_action(replica, "list-backups", &[], &waits.status)
-    })
-    .map_err(err)?;
-    let table = listed.result_str("backups").unwrap_or_default();
-    let rows = juju::parse_backups_table(table).map_err(|detail| {
-        err(JujuError::Parse {
-            command: format!("juju run {replica} list-backups"),
-            what: "backups table".into(),
-            detail,
-        })
-    })?;
+    let rows = list_backups(cli, app, replica, &waits.status)?;
     let status = rows
         .iter()
         .find(|r| r.id == id)

@@ -284,12 +284,33 @@ impl Store {
         reader: &mut R,
         content_type: &str,
     ) -> Result<(), StoreError> {
+        self.put_object(key, reader, content_type, &Default::default())
+            .await
+    }
+
+    /// Writes an object with its headers: content type and user metadata (`x-amz-meta-*`; a
+    /// local directory keeps only the bytes).
+    pub async fn put_object<R: AsyncRead + Unpin + Send>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        content_type: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+    ) -> Result<(), StoreError> {
         check_key(key)?;
         match self {
             Store::S3(s) => {
                 let full = join_root(&s.root, key);
-                s.bucket
-                    .put_object_stream_with_content_type(reader, &full, content_type)
+                let mut req = s
+                    .bucket
+                    .put_object_stream_builder(&full)
+                    .with_content_type(content_type);
+                for (k, v) in metadata {
+                    req = req
+                        .with_metadata(k, v)
+                        .map_err(|e| Self::s3_error(s, "put", key, e))?;
+                }
+                req.execute_stream(reader)
                     .await
                     .map_err(|e| Self::s3_error(s, "put", key, e))?;
                 Ok(())
