@@ -518,7 +518,13 @@ mod tests {
     fn statefile_round_trips_and_rejects_what_it_cannot_read() {
         let s = sample();
         let bytes = s.to_json();
-        assert_eq!(Statefile::parse("k", &bytes).unwrap(), s);
+        let mut back = Statefile::parse("k", &bytes).unwrap();
+        assert_eq!(back.checksum_ok(), Some(true), "sealed when written");
+        back.label = "edited".into();
+        assert_eq!(back.checksum_ok(), Some(false), "an edit shows");
+        back.label = s.label.clone();
+        back.checksum = None;
+        assert_eq!(back, s);
         let text = String::from_utf8(bytes).unwrap();
         assert!(
             text.contains("\"phase\": \"completed\"") && text.contains("\"schema-version\": 1")
