@@ -590,6 +590,17 @@ async fn prepare(
     ] {
         if wants(c) {
             let a = app(&apps, role);
+            if a.status == "blocked" {
+                let msg = status.applications[&a.name]
+                    .application_status
+                    .as_ref()
+                    .map(|s| s.message.clone())
+                    .unwrap_or_default();
+                return Err(pre(format!(
+                    "{} is blocked (\"{msg}\"): mysql-k8s takes no backup in that state. After a restore it must first be given another S3 repository (a new `path` on its s3-integrator, or another s3-integrator); or leave it out with --components",
+                    a.name
+                )));
+            }
             scales.push(quiesce::record(&a.name, a.scale, a.scale.max(2)));
             mysql_apps.push(a.name.clone());
         }
@@ -915,8 +926,13 @@ async fn capture_all(
     let status = if targets.is_empty() {
         prep.status.clone()
     } else {
-        let (juju, wait, p2) = (ctx.juju.clone(), ctx.tuning.scale_wait, p.clone());
-        blocking(move || quiesce::scale_and_wait(&juju, &targets, wait, &p2))
+        let (juju, wait, p2, stop) = (
+            ctx.juju.clone(),
+            ctx.tuning.scale_wait,
+            p.clone(),
+            ctx.interrupt.clone(),
+        );
+        blocking(move || quiesce::scale_and_wait(&juju, &targets, wait, &p2, &stop))
             .await
             .map_err(|e| vec![error("quiesce", e.to_string())])?
     };

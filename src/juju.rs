@@ -330,8 +330,10 @@ pub fn scale_settled(status: &Status, app: &str, scale: u32) -> Result<(), Strin
     let busy: Vec<String> = a
         .units
         .iter()
+        // Blocked is settled too: mysql-k8s stays blocked after a restore until it is moved
+        // to another S3 repository, and its units are up.
         .filter(|(_, u)| {
-            u.workload_status.current != "active"
+            !matches!(u.workload_status.current.as_str(), "active" | "blocked")
                 || u.juju_status.as_ref().is_some_and(|j| j.current != "idle")
         })
         .map(|(n, u)| format!("{n} {}", u.workload_status.current))

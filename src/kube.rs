@@ -49,8 +49,12 @@ pub enum KubeError {
         before: String,
         after: String,
     },
-    #[error("pod {pod} did not come back Ready within {waited}s after its restart: check `kubectl -n <model> describe pod {pod}`")]
-    NotBack { pod: String, waited: u64 },
+    #[error("pod {pod} did not come back Ready within {waited} after its restart: check `kubectl -n {namespace} describe pod {pod}`")]
+    NotBack {
+        pod: String,
+        namespace: String,
+        waited: String,
+    },
     #[error("service {service} has no ready pod to forward to")]
     NoEndpoint { service: String },
     #[error("writing the local copy: {0}")]
@@ -454,7 +458,8 @@ impl Cluster {
             if start.elapsed() >= timeout {
                 return Err(KubeError::NotBack {
                     pod: pod.into(),
-                    waited: start.elapsed().as_secs(),
+                    namespace: self.namespace.clone(),
+                    waited: humantime::format_duration(timeout).to_string(),
                 });
             }
             tokio::time::sleep(poll).await;

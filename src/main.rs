@@ -234,6 +234,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 ctx.interrupt.on_signals()?;
                 Ok::<_, std::io::Error>(backup::run(&ctx, &req).await)
             })?;
+            let_go(rt);
             match (result, output) {
                 (Ok(report), Output::Json) => {
                     println!("{}", serde_json::to_string_pretty(&report)?)
@@ -354,8 +355,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             let report = rt.block_on(async {
                 ctx.interrupt.on_signals()?;
-                Ok::<_, Box<dyn std::error::Error>>(restore::run(&ctx, &req).await?)
+                Ok::<_, Box<dyn std::error::Error>>(restore::run(&ctx, &req).await)
             })?;
+            let_go(rt);
+            let report = report?;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
                 Output::Text => print!("{}", restore::render_report(&report)),
@@ -410,6 +413,12 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
     }
     Ok(())
+}
+
+/// Ends the runtime without waiting for blocking work left behind by an interrupted run (a
+/// `juju run` whose answer nobody needs any more): the run has already put everything back.
+fn let_go(rt: tokio::runtime::Runtime) {
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

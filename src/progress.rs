@@ -78,10 +78,11 @@ impl Progress {
         }
     }
 
+    /// Logs the event (the sink shows it to the user, so even warnings log at info: at the
+    /// default verbosity they would print twice) and passes it to the sink.
     pub fn emit(&self, e: Event) {
         match &e {
             Event::Transfer { .. } => tracing::debug!("{}", e.line()),
-            Event::Warning { .. } => tracing::warn!("{}", e.line()),
             _ => tracing::info!("{}", e.line()),
         }
         if let Some(s) = &self.sink {

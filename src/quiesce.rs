@@ -5,6 +5,7 @@
 use std::time::{Duration, Instant};
 
 use crate::catalog::ScaleRecord;
+use crate::interrupt::Interrupt;
 use crate::juju::{self, JujuCli, JujuError, Status};
 use crate::progress::Progress;
 use crate::retry::retry_blocking;
@@ -27,6 +28,8 @@ pub enum QuiesceError {
     },
     #[error("reading juju status while scaling: {0}")]
     Status(JujuError),
+    #[error("{0}")]
+    Interrupted(String),
 }
 
 /// How long to wait for scale changes, and how often to look.
@@ -75,17 +78,20 @@ fn scale(cli: &JujuCli, app: &str, n: u32) -> Result<(), QuiesceError> {
 
 /// Scales each `(app, n)` and waits until all of them settled; returns the last status seen.
 /// Blocking: run it off the async threads.
+/// Stops waiting once `interrupt` triggers: the caller then puts the scales back, and a poller
+/// left behind would wait for a scale that is no longer wanted.
 pub fn scale_and_wait(
     cli: &JujuCli,
     targets: &[(String, u32)],
     wait: ScaleWait,
     progress: &Progress,
+    interrupt: &Interrupt,
 ) -> Result<Status, QuiesceError> {
     for (app, n) in targets {
         progress.step("quiesce", format!("scaling {app} to {n}"));
         scale(cli, app, *n)?;
     }
-    wait_settled(cli, targets, wait)
+    wait_settled(cli, targets, wait, Some(interrupt))
 }
 
 /// Polls `juju status`, backing off, until every target settled or the wait is over.
@@ -93,10 +99,14 @@ pub fn wait_settled(
     cli: &JujuCli,
     targets: &[(String, u32)],
     wait: ScaleWait,
+    interrupt: Option<&Interrupt>,
 ) -> Result<Status, QuiesceError> {
     let start = Instant::now();
     let mut poll = wait.first_poll;
     loop {
+        if let Some(reason) = interrupt.and_then(|i| i.reason()) {
+            return Err(QuiesceError::Interrupted(reason));
+        }
         let st = status(cli)?;
         let pending = targets.iter().find_map(|(app, n)| {
             juju::scale_settled(&st, app, *n)
@@ -140,7 +150,7 @@ pub fn restore(
             Err(e) => failed.push(e.to_string()),
         }
     }
-    if let Err(e) = wait_settled(cli, &scaled, wait) {
+    if let Err(e) = wait_settled(cli, &scaled, wait, None) {
         failed.push(e.to_string());
     }
     let st = status(cli).ok();

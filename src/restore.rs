@@ -477,12 +477,17 @@ async fn restore_parts(
         .filter(|r| r.changed_to != r.original)
         .map(|r| (r.app.clone(), r.changed_to))
         .collect();
-    let (juju, wait, p2) = (ctx.juju.clone(), ctx.tuning.scale_wait, p.clone());
+    let (juju, wait, p2, stop) = (
+        ctx.juju.clone(),
+        ctx.tuning.scale_wait,
+        p.clone(),
+        ctx.interrupt.clone(),
+    );
     let status = blocking(move || {
         if targets.is_empty() {
             retry_blocking(4, "juju status", || juju.status()).map_err(|e| e.to_string())
         } else {
-            quiesce::scale_and_wait(&juju, &targets, wait, &p2).map_err(|e| e.to_string())
+            quiesce::scale_and_wait(&juju, &targets, wait, &p2, &stop).map_err(|e| e.to_string())
         }
     })
     .await

@@ -381,3 +381,295 @@ fn restore_refuses_what_it_cannot_restore() {
         "no safety backup taken"
     );
 }
+
+fn wait_for(mut f: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(30);
+    while !f() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "condition not reached in 30s"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+}
+
+/// The restore of `id` is under way: its journal is in the history and a scale is changed.
+fn restoring(sb: &Sandbox, id: &str, before: &BTreeMap<String, (u32, usize)>) -> bool {
+    let Ok(sf) = rt().block_on(catalog::load(&repo(sb), id)) else {
+        return false;
+    };
+    sf.history
+        .last()
+        .is_some_and(|h| h["event"] == "restore" && h["phase"] == "running")
+        && scales(sb) != *before
+}
+
+fn last_restore(sb: &Sandbox, id: &str) -> serde_json::Value {
+    let sf = rt().block_on(catalog::load(&repo(sb), id)).unwrap();
+    sf.history
+        .iter()
+        .rev()
+        .find(|h| h["event"] == "restore")
+        .unwrap()
+        .clone()
+}
+
+fn safety_of(err: &str) -> String {
+    let at = err
+        .find("The state before the restore is backup ")
+        .unwrap_or_else(|| panic!("no safety backup named in {err}"));
+    err[at..]
+        .split_whitespace()
+        .nth(7)
+        .unwrap()
+        .trim_end_matches(':')
+        .to_string()
+}
+
+#[test]
+fn faults_mid_restore_put_scales_back_and_name_the_safety_backup() {
+    let sb = sandbox();
+    let before = scales(&sb);
+    let (code, _, err) = agent(&sb, &["create-backup"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = newest_id(&sb);
+    let check = |what: &str, code: i32, err: &str, needles: &[&str]| {
+        assert_eq!(code, 1, "{what}: {err}");
+        for n in needles {
+            assert!(err.contains(n), "{what}: {n:?} not in {err}");
+        }
+        assert_eq!(scales(&sb), before, "{what}: scales");
+        let safety = safety_of(err);
+        let (_, list, _) = agent(&sb, &["list-backups"], &[]);
+        assert!(
+            list.lines()
+                .any(|l| l.starts_with(&safety) && l.contains(" completed ")),
+            "{what}: the safety backup {safety} is listed: {list}"
+        );
+        assert_eq!(last_restore(&sb, &id)["outcome"], "failed", "{what}");
+    };
+
+    // mysql-k8s refuses the restore.
+    sb.model()
+        .update(|m| {
+            m.faults
+                .fail_next_action
+                .push(backup_agent_sandbox::model::ActionFault {
+                    unit: "katib-db".into(),
+                    action: Some("restore".into()),
+                    message: "Failed to restore backup".into(),
+                });
+            Ok(())
+        })
+        .unwrap();
+    let (code, _, err) = agent(&sb, &["restore", &id], &[]);
+    check(
+        "mysql",
+        code,
+        &err,
+        &[
+            "katib-db: action restore on katib-db/",
+            "Failed to restore backup",
+            "scales put back",
+        ],
+    );
+
+    // The MLMD pod does not come back after its restart.
+    let fault = |args: &[&str]| {
+        let out = sb
+            .command(common::sandbox_exe())
+            .args(["fault"])
+            .args(args)
+            .arg("--dir")
+            .arg(&sb.layout.dir)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "{}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+    };
+    // kfp-db's restore went through, so it is blocked now, as mysql-k8s leaves it: a backup of
+    // it (the safety backup) is refused, naming why. The other parts go on.
+    let (code, _, err) = agent(&sb, &["restore", &id], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("the safety backup failed, so nothing was restored"),
+        "{err}"
+    );
+    assert!(
+        err.contains("kfp-db is blocked (\"Move restored cluster to another S3 repository\")"),
+        "{err}"
+    );
+    let parts = ["--components", "mlmd,mlpipeline"];
+    fault(&["pod-stuck", "mlmd"]);
+    let (code, _, err) = agent(
+        &sb,
+        &["restore", &id, "--pod-timeout", "2s", parts[0], parts[1]],
+        &[],
+    );
+    check(
+        "pod",
+        code,
+        &err,
+        &["pod mlmd-0 did not come back Ready within 2s"],
+    );
+    fault(&["clear"]);
+    wait_for(|| {
+        sb.model()
+            .update(|m| {
+                m.settle(backup_agent_sandbox::model::now_ms());
+                Ok(m.apps["mlmd"]
+                    .units
+                    .values()
+                    .all(|u| u.pod_deleted_ms.is_none()))
+            })
+            .unwrap()
+    });
+
+    // SIGTERM while the bucket is copied back (slowly: the large object went missing).
+    let src = minio(&sb);
+    let large = rt()
+        .block_on(src.list(""))
+        .unwrap()
+        .into_iter()
+        .max_by_key(|o| o.size)
+        .unwrap();
+    rt().block_on(src.delete(&large.key)).unwrap();
+    let child = sb
+        .command(env!("CARGO_BIN_EXE_backup-agent"))
+        .args(["restore", &id, "--bwlimit", "1M"])
+        .args(parts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| restoring(&sb, &id, &before));
+    unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr).into_owned();
+    check(
+        "SIGTERM",
+        out.status.code().unwrap_or(-1),
+        &err,
+        &["interrupted by SIGTERM"],
+    );
+    assert!(rt()
+        .block_on(repo(&sb).head(&catalog::lock_key()))
+        .unwrap()
+        .is_none());
+
+    // The destination dies while the bucket is copied back.
+    let child = sb
+        .command(env!("CARGO_BIN_EXE_backup-agent"))
+        .args(["restore", &id, "--bwlimit", "1M", "--no-safety-backup"])
+        .args(parts)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for(|| restoring(&sb, &id, &before));
+    backup_agent_sandbox::process::stop(sb.info.dest.pid, std::time::Duration::from_secs(5));
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{err}");
+    assert!(
+        err.contains(&format!("127.0.0.1:{}", sb.info.dest.port)),
+        "names the destination: {err}"
+    );
+    assert!(
+        err.contains("No safety backup was taken (--no-safety-backup)"),
+        "{err}"
+    );
+    assert_eq!(scales(&sb), before);
+}
+
+#[test]
+fn an_older_backup_restores_exactly_after_newer_ones() {
+    let sb = sandbox();
+    let src = minio(&sb);
+    let state = |sb: &Sandbox| {
+        (
+            rows(&sb.layout.mlmd_db()),
+            rows(&mysql_file(sb, "kfp-db")),
+            bucket_state(&src),
+        )
+    };
+    let a = state(&sb);
+    assert_eq!(agent(&sb, &["create-backup"], &[]).0, 0);
+    let id_a = newest_id(&sb);
+    // Newer states: objects changed and added, MLMD rows added, mysql rows removed.
+    let change = |n: u32| {
+        rt().block_on(src.put_bytes(
+            &format!("v2/artifacts/later/run-{n}/out.txt"),
+            b"later",
+            "text/plain",
+        ))
+        .unwrap();
+        let key = bucket_state(&src).keys().next().unwrap().clone();
+        rt().block_on(src.put_bytes(&key, format!("rewritten {n}").as_bytes(), "text/plain"))
+            .unwrap();
+        let db = rusqlite::Connection::open(sb.layout.mlmd_db()).unwrap();
+        db.execute_batch("DELETE FROM Event WHERE rowid % 4 = 0")
+            .unwrap();
+        let db = rusqlite::Connection::open(mysql_file(&sb, "kfp-db")).unwrap();
+        let t: String = db
+            .query_row(
+                "SELECT name FROM sqlite_master WHERE type='table' LIMIT 1",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap();
+        db.execute_batch(&format!("DELETE FROM \"{t}\" WHERE rowid % 3 = {}", n % 3))
+            .unwrap();
+    };
+    change(1);
+    assert_eq!(agent(&sb, &["create-backup"], &[]).0, 0);
+    change(2);
+    assert_eq!(agent(&sb, &["create-backup"], &[]).0, 0);
+    change(3);
+    let (code, out, err) = agent(&sb, &["restore", &id_a, "--no-safety-backup"], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(state(&sb) == a, "the state of backup A, not of a newer one");
+}
+
+#[test]
+fn a_new_cluster_with_only_the_bucket_restores() {
+    let old = sandbox();
+    let (code, _, err) = agent(&old, &["create-backup"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = newest_id(&old);
+    let want = (
+        rows(&old.layout.mlmd_db()),
+        rows(&mysql_file(&old, "kfp-db")),
+        bucket_state(&minio(&old)),
+    );
+
+    // Another cluster, other data; the backups' bucket is all it gets from the first.
+    let mut opts = UpOptions::new(common::sandbox_exe());
+    opts.bucket.small = 7;
+    opts.bucket.large = 0;
+    opts.bucket.seed = 99;
+    opts.mlmd.seed = 99;
+    opts.mysql_rows = 40;
+    opts.db_units = 1;
+    let new = Sandbox::up(&opts).unwrap();
+    let (from, to) = (common::dest_bucket(&old), common::dest_bucket(&new));
+    rt().block_on(async {
+        for o in from.list("").await.unwrap() {
+            let body = from.get_bytes(&o.key).await.unwrap();
+            to.put_bytes(&o.key, &body, "application/octet-stream")
+                .await
+                .unwrap();
+        }
+    });
+    drop(old);
+    assert_ne!(rows(&new.layout.mlmd_db()), want.0);
+
+    let (code, out, err) = agent(&new, &["restore", &id], &[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert_eq!(rows(&new.layout.mlmd_db()), want.0);
+    assert_eq!(rows(&mysql_file(&new, "kfp-db")), want.1);
+    assert_eq!(bucket_state(&minio(&new)), want.2);
+}

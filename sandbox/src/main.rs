@@ -135,6 +135,8 @@ enum FaultCmd {
     K8sDown,
     /// Cut exec streams after BYTES of stdout.
     ExecCut { bytes: u64 },
+    /// Deleted pods of APP never come back (as with an image that cannot be pulled).
+    PodStuck { app: String },
     /// Start an Argo Workflow in NAMESPACE (phase Running).
     Workflow {
         name: String,
@@ -265,6 +267,9 @@ fn run(cli: Cli) -> Result<()> {
                         FaultCmd::SlowActions { ms } => m.faults.action_delay_ms = ms,
                         FaultCmd::K8sDown => m.faults.k8s_unavailable = true,
                         FaultCmd::ExecCut { bytes } => m.faults.exec_cut_after_bytes = Some(bytes),
+                        FaultCmd::PodStuck { app } => {
+                            m.faults.pods_stuck.insert(app);
+                        }
                         FaultCmd::Workflow {
                             name,
                             namespace,

@@ -93,6 +93,9 @@ pub struct Faults {
     /// Exec streams are cut after this many stdout bytes (a dropped connection).
     #[serde(default)]
     pub exec_cut_after_bytes: Option<u64>,
+    /// Applications whose deleted pods never come back (an image that cannot be pulled).
+    #[serde(default)]
+    pub pods_stuck: BTreeSet<String>,
     /// The API server speaks only the older `v4.channel.k8s.io` stream protocol (no stdin close).
     #[serde(default)]
     pub k8s_v4_only: bool,
@@ -253,8 +256,9 @@ impl Model {
                     app.scaling = None;
                 }
             }
+            let stuck = self.faults.pods_stuck.contains(name);
             for unit in app.units.values_mut() {
-                if let Some(deleted) = unit.pod_deleted_ms {
+                if let Some(deleted) = unit.pod_deleted_ms.filter(|_| !stuck) {
                     if now >= deleted + recreate {
                         unit.pod_deleted_ms = None;
                         unit.pod_uid = pod_uid(name, unit.ordinal, deleted + recreate);
