@@ -15,19 +15,19 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, ErrorRecord, Listed, Phase, RequestType, ScaleRecord, Statefile};
-use crate::control_plane::{self, AppNames, AppState, MinioAccess};
+use crate::control_plane::{self, AppNames, AppState};
 use crate::interrupt::Interrupt;
 use crate::juju::{JujuCli, Status};
-use crate::kube::{Cluster, Forward};
+use crate::kube::Cluster;
 use crate::lease::{self, LeaseTiming};
 use crate::mlmd;
 use crate::mlpipeline::{self, Manifest, SyncOptions, SyncPlan, SyncStats};
 use crate::mysql::{self, Waits};
+use crate::preflight::{self, app, blocking, PreflightError};
 use crate::progress::Progress;
 use crate::quiesce::{self, ScaleWait};
 use crate::retry::retry;
-use crate::secret::Secret;
-use crate::store::{S3Settings, Store, StoreError, UriStyle};
+use crate::store::{Store, StoreError};
 
 /// The parts of the control plane a backup holds.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
@@ -197,6 +197,7 @@ pub struct Context {
 pub enum BackupError {
     #[error("{0}")]
     Discovery(#[from] control_plane::DiscoveryError),
+
     #[error("preflight: {0}")]
     Preflight(String),
     #[error("{0}")]
@@ -262,8 +263,8 @@ struct Prepared {
     status: Status,
     apps: Vec<AppState>,
     cluster: Option<Cluster>,
-    minio: Option<Store>,
-    _forward: Option<Forward>,
+    /// MinIO, and the port-forward to it that must live as long as the run.
+    minio: Option<preflight::Minio>,
     sync_plan: Option<SyncPlan>,
     spool: Spool,
     warnings: Vec<String>,
@@ -273,18 +274,6 @@ struct Prepared {
 struct Spool {
     path: PathBuf,
     _temp: Option<tempfile::TempDir>,
-}
-
-pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> T {
-    tokio::task::spawn_blocking(f)
-        .await
-        .expect("blocking task panicked")
-}
-
-pub(crate) fn app<'a>(apps: &'a [AppState], role: &str) -> &'a AppState {
-    apps.iter()
-        .find(|a| a.role == role)
-        .expect("find_apps returns every role")
 }
 
 /// Free bytes where `path` lives.
@@ -298,23 +287,6 @@ fn free_space(path: &std::path::Path) -> std::io::Result<u64> {
         return Err(std::io::Error::last_os_error());
     }
     Ok(st.f_bavail as u64 * st.f_frsize as u64)
-}
-
-/// Whether the host of `url` resolves here (inside the cluster it does; outside it does not).
-async fn resolves(url: &str) -> bool {
-    let Some(rest) = url.split_once("://").map(|(_, r)| r) else {
-        return false;
-    };
-    let hostport = rest.split('/').next().unwrap_or_default();
-    let with_port = if hostport.contains(':') {
-        hostport.to_string()
-    } else {
-        format!("{hostport}:80")
-    };
-    match tokio::time::timeout(Duration::from_secs(3), tokio::net::lookup_host(with_port)).await {
-        Ok(Ok(mut addrs)) => addrs.next().is_some(),
-        _ => false,
-    }
 }
 
 /// Writes, reads back and deletes a probe object: the destination takes our writes.
@@ -373,50 +345,6 @@ async fn previous_manifest(
     }
 }
 
-/// MinIO as a store: directly when its in-cluster name resolves (the agent runs in the
-/// cluster), else through a port-forward the agent opens, unless an endpoint is given.
-pub(crate) async fn open_minio(
-    access: &MinioAccess,
-    bucket: &str,
-    endpoint: Option<&str>,
-    cluster: Option<&Cluster>,
-) -> Result<(Store, Option<Forward>, String), String> {
-    let (url, forward, how) = match endpoint {
-        Some(e) => (e.to_string(), None, format!("{e} (given)")),
-        None if resolves(&access.endpoint).await => {
-            (access.endpoint.clone(), None, "directly".to_string())
-        }
-        None => {
-            let (Some(cluster), Some((svc, port))) = (cluster, &access.service) else {
-                return Err(format!(
-                    "MinIO at {} is not reachable from here (the name does not resolve) and there is no service to port-forward to: pass --minio-endpoint",
-                    access.endpoint
-                ));
-            };
-            let fwd = cluster
-                .forward_service(svc, *port)
-                .await
-                .map_err(|e| format!("MinIO: port-forward to service {svc}:{port}: {e}"))?;
-            let how = format!(
-                "a port-forward to service {svc}:{port} ({})",
-                fwd.endpoint()
-            );
-            (fwd.endpoint(), Some(fwd), how)
-        }
-    };
-    let store = Store::s3(&S3Settings {
-        endpoint: url,
-        bucket: bucket.into(),
-        path: String::new(),
-        region: "us-east-1".into(),
-        uri_style: UriStyle::Path,
-        access_key: Secret::new(access.access_key.expose()),
-        secret_key: access.secret_key.clone(),
-    })
-    .map_err(|e| format!("MinIO: {e}"))?;
-    Ok((store, forward, how))
-}
-
 /// Discovery and preflight: reads everything, changes nothing.
 async fn prepare(
     ctx: &Context,
@@ -427,33 +355,10 @@ async fn prepare(
     let pre = |s: String| BackupError::Preflight(s);
     let wants = |c| req.components.contains(&c);
     let p = &ctx.progress;
-    p.step(
-        "discover",
-        format!("juju status of model {}", ctx.juju.model()),
-    );
-    let juju = ctx.juju.clone();
-    let status = blocking(move || crate::retry::retry_blocking(4, "juju status", || juju.status()))
-        .await
-        .map_err(control_plane::DiscoveryError::from)?;
-    let apps = control_plane::find_apps(&status, &ctx.names)?;
+    let (status, apps) = preflight::model(ctx).await?;
     let mut warnings = vec![];
-
-    let needs_minio = wants(Component::Mlpipeline);
-    let minio_access = if needs_minio {
-        let (juju, apps2, names) = (ctx.juju.clone(), apps.clone(), ctx.names.clone());
-        Some(blocking(move || control_plane::minio_access(&juju, &apps2, &names)).await?)
-    } else {
-        None
-    };
-
-    let needs_kube = wants(Component::Mlmd) || needs_minio;
-    let cluster = if needs_kube {
-        let c = match &ctx.kubeconfig {
-            Some(path) => Cluster::from_kubeconfig(path, &status.model.name).await,
-            None => Cluster::connect(&status.model.name).await,
-        }
-        .map_err(|e| pre(e.to_string()))?;
-        Some(c)
+    let cluster = if wants(Component::Mlmd) || wants(Component::Mlpipeline) {
+        Some(preflight::cluster(ctx, &status.model.name).await?)
     } else {
         None
     };
@@ -469,37 +374,24 @@ async fn prepare(
 
     let mut running = vec![];
     if let Some(cluster) = &cluster {
-        p.step(
-            "preflight",
-            "looking for running Argo Workflows and Katib Experiments",
-        );
-        running = cluster
-            .running_workloads()
-            .await
-            .map_err(|e| pre(format!("cannot tell whether pipelines run: {e}")))?;
+        running = preflight::running_work(
+            ctx,
+            cluster,
+            req.force,
+            "A backup now would not be consistent",
+        )
+        .await?;
         if !running.is_empty() {
-            let list = running.join(", ");
-            if !req.force {
-                return Err(pre(format!(
-                    "Kubeflow work is running: {list}. A backup now would not be consistent: wait for it to finish, or pass --force to back up anyway"
-                )));
-            }
-            warnings.push(format!("backing up while these run (--force): {list}"));
+            warnings.push(format!(
+                "backing up while these run (--force): {}",
+                running.join(", ")
+            ));
         }
     }
 
     let (mut mlmd_pod, mut mlmd_container, mut mlmd_size) = (None, None, None);
-    if wants(Component::Mlmd) {
-        let cluster = cluster.as_ref().expect("kube for mlmd");
-        let pod = format!("{}-0", ctx.names.mlmd);
-        p.step("preflight", format!("MLMD database in pod {pod}"));
-        let container = match &ctx.tuning.mlmd_container {
-            Some(c) => c.clone(),
-            None => cluster
-                .pick_container(&pod, mlmd::CONTAINERS)
-                .await
-                .map_err(|e| pre(format!("MLMD: {e}")))?,
-        };
+    if let (true, Some(cluster)) = (wants(Component::Mlmd), &cluster) {
+        let (pod, container) = preflight::mlmd_pod(ctx, cluster).await?;
         let (size, _) = cluster
             .stat(&pod, &container, mlmd::DB_PATH)
             .await
@@ -507,36 +399,16 @@ async fn prepare(
         (mlmd_pod, mlmd_container, mlmd_size) = (Some(pod), Some(container), Some(size));
     }
 
-    let (mut minio, mut forward, mut sync_plan, mut previous) = (None, None, None, None);
-    let mut reached = String::new();
-    if let Some(access) = &minio_access {
-        p.step(
-            "preflight",
-            format!(
-                "MinIO bucket {} ({})",
-                ctx.tuning.minio_bucket, access.endpoint
-            ),
-        );
-        let (store, fwd, how) = open_minio(
-            access,
-            &ctx.tuning.minio_bucket,
-            ctx.tuning.minio_endpoint.as_deref(),
-            cluster.as_ref(),
-        )
-        .await
-        .map_err(pre)?;
-        let listed = retry(4, "listing mlpipeline", || store.list(""))
-            .await
-            .map_err(|e| {
-                pre(format!(
-                    "MinIO {} (credentials from {}): {e}",
-                    access.endpoint, access.from
-                ))
-            })?;
+    let (mut minio, mut sync_plan, mut previous) = (None, None, None);
+    if wants(Component::Mlpipeline) {
+        let m = preflight::minio(ctx, &apps, cluster.as_ref()).await?;
         let prev = previous_manifest(&ctx.dest, &existing, &mut warnings).await;
-        sync_plan = Some(SyncPlan::new(listed, prev.as_ref().map(|(_, m)| m)));
+        sync_plan = Some(SyncPlan::new(
+            m.listed.clone(),
+            prev.as_ref().map(|(_, m)| m),
+        ));
         previous = prev.map(|(id, _)| id);
-        (minio, forward, reached) = (Some(store), fwd, how);
+        minio = Some(m);
     }
 
     let spool = match &ctx.tuning.spool {
@@ -619,14 +491,14 @@ async fn prepare(
         mlmd_pod,
         mlmd_container,
         mlmd_size,
-        minio_endpoint: minio_access
+        minio_endpoint: minio
             .as_ref()
-            .map(|m| m.endpoint.clone())
+            .map(|m| m.access.endpoint.clone())
             .unwrap_or_default(),
-        minio_reached_through: reached,
-        minio_credentials_from: minio_access
+        minio_reached_through: minio.as_ref().map(|m| m.how.clone()).unwrap_or_default(),
+        minio_credentials_from: minio
             .as_ref()
-            .map(|m| m.from.clone())
+            .map(|m| m.access.from.clone())
             .unwrap_or_default(),
         mlpipeline_objects: sync_plan.as_ref().map_or(0, |s| s.listed.len() as u64),
         mlpipeline_bytes: sync_plan.as_ref().map_or(0, |s| s.bytes()),
@@ -644,7 +516,6 @@ async fn prepare(
         apps,
         cluster,
         minio,
-        _forward: forward,
         sync_plan,
         spool,
         warnings,
@@ -994,7 +865,7 @@ async fn capture_all(
     let sync_fut = {
         let halt = halt.clone();
         let plan = prep.sync_plan.take();
-        let minio = prep.minio.clone();
+        let minio = prep.minio.as_ref().map(|m| m.store.clone());
         let mut opts = SyncOptions::new(prep.spool.path.join("mlpipeline"));
         opts.checkers = ctx.tuning.checkers;
         opts.transfers = ctx.tuning.transfers;
@@ -1265,6 +1136,15 @@ pub fn render_report(r: &Report) -> String {
         let _ = writeln!(o, "  warning: {w}");
     }
     o
+}
+
+impl From<PreflightError> for BackupError {
+    fn from(e: PreflightError) -> Self {
+        match e {
+            PreflightError::Discovery(d) => BackupError::Discovery(d),
+            PreflightError::Check(c) => BackupError::Preflight(c),
+        }
+    }
 }
 
 #[cfg(test)]

@@ -180,6 +180,28 @@ impl Cluster {
         Ok(out)
     }
 
+    /// Starts `command` in the container: stderr always, and stdin or stdout.
+    async fn start(
+        &self,
+        pod: &str,
+        container: &str,
+        command: &[&str],
+        stdin: bool,
+    ) -> Result<kube::api::AttachedProcess, KubeError> {
+        let ap = AttachParams::default()
+            .container(container)
+            .stdin(stdin)
+            .stdout(!stdin)
+            .stderr(true);
+        self.pods()
+            .exec(pod, command.to_vec(), &ap)
+            .await
+            .map_err(|source| KubeError::Api {
+                what: format!("exec `{}` in {pod}/{container}", command.join(" ")),
+                source,
+            })
+    }
+
     /// Runs a command, streaming its stdout into `sink`. Ends with an error when the exit
     /// status is not Success or never arrives (a cut stream).
     async fn exec_into<W: AsyncWrite + Unpin>(
@@ -196,19 +218,7 @@ impl Cluster {
             command: joined.clone(),
             message,
         };
-        let ap = AttachParams::default()
-            .container(container)
-            .stdin(false)
-            .stdout(true)
-            .stderr(true);
-        let mut proc = self
-            .pods()
-            .exec(pod, command.to_vec(), &ap)
-            .await
-            .map_err(|source| KubeError::Api {
-                what: format!("exec `{joined}` in {pod}/{container}"),
-                source,
-            })?;
+        let mut proc = self.start(pod, container, command, false).await?;
         let mut stdout = proc.stdout().expect("stdout requested");
         let mut stderr = proc.stderr().expect("stderr requested");
         let status = proc.take_status().expect("status requested");
@@ -354,19 +364,7 @@ impl Cluster {
             command: script.clone(),
             message,
         };
-        let ap = AttachParams::default()
-            .container(container)
-            .stdin(true)
-            .stdout(false)
-            .stderr(true);
-        let mut proc = self
-            .pods()
-            .exec(pod, command.to_vec(), &ap)
-            .await
-            .map_err(|source| KubeError::Api {
-                what: format!("exec `{script}` in {pod}/{container}"),
-                source,
-            })?;
+        let mut proc = self.start(pod, container, &command, true).await?;
         let mut stdin = proc.stdin().expect("stdin requested");
         let mut stderr = proc.stderr().expect("stderr requested");
         let status = proc.take_status().expect("status requested");

@@ -15,6 +15,7 @@ pub mod lease;
 pub mod mlmd;
 pub mod mlpipeline;
 pub mod mysql;
+pub mod preflight;
 pub mod progress;
 pub mod quiesce;
 pub mod restore;

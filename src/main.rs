@@ -212,34 +212,14 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 force,
                 request: RequestType::Manual,
             };
-            let ctx = Context {
-                juju: JujuCli::locate(&cli.model)?,
-                names: apps,
-                dest: dest.store()?,
-                kubeconfig: None,
-                tuning: tuning.tuning(),
-                progress: backup_agent::terminal::stderr_progress(matches!(output, Output::Json)),
-                interrupt: Interrupt::new(),
-            };
-            let rt = runtime()?;
+            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
             if dry_run {
-                let plan = rt.block_on(backup::plan(&ctx, &req))?;
-                match output {
-                    Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-                    Output::Text => print!("{}", backup::render_plan(&plan)),
-                }
-                return Ok(());
+                let plan = runtime()?.block_on(backup::plan(&ctx, &req))?;
+                return show(output, &plan, backup::render_plan);
             }
-            let result = rt.block_on(async {
-                ctx.interrupt.on_signals()?;
-                Ok::<_, std::io::Error>(backup::run(&ctx, &req).await)
-            })?;
-            let_go(rt);
+            let result = interruptible(&ctx, backup::run(&ctx, &req))?;
             match (result, output) {
-                (Ok(report), Output::Json) => {
-                    println!("{}", serde_json::to_string_pretty(&report)?)
-                }
-                (Ok(report), Output::Text) => print!("{}", backup::render_report(&report)),
+                (Ok(report), _) => show(output, &report, backup::render_report)?,
                 (Err(e), Output::Json) => {
                     let sf = match &e {
                         BackupError::Failed { statefile, .. }
@@ -335,34 +315,13 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 force,
                 pod_timeout,
             };
-            let ctx = Context {
-                juju: JujuCli::locate(&cli.model)?,
-                names: apps,
-                dest: dest.store()?,
-                kubeconfig: None,
-                tuning: tuning.tuning(),
-                progress: backup_agent::terminal::stderr_progress(matches!(output, Output::Json)),
-                interrupt: Interrupt::new(),
-            };
-            let rt = runtime()?;
+            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
             if dry_run {
-                let plan = rt.block_on(restore::plan(&ctx, &req))?;
-                match output {
-                    Output::Json => println!("{}", serde_json::to_string_pretty(&plan)?),
-                    Output::Text => print!("{}", restore::render_plan(&plan)),
-                }
-                return Ok(());
+                let plan = runtime()?.block_on(restore::plan(&ctx, &req))?;
+                return show(output, &plan, restore::render_plan);
             }
-            let report = rt.block_on(async {
-                ctx.interrupt.on_signals()?;
-                Ok::<_, Box<dyn std::error::Error>>(restore::run(&ctx, &req).await)
-            })?;
-            let_go(rt);
-            let report = report?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
-                Output::Text => print!("{}", restore::render_report(&report)),
-            }
+            let report = interruptible(&ctx, restore::run(&ctx, &req))??;
+            show(output, &report, restore::render_report)?;
         }
         Command::VerifyBackup {
             backup_id,
@@ -387,10 +346,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 spool.path(),
                 &progress,
             ))?;
-            match output {
-                Output::Json => println!("{}", serde_json::to_string_pretty(&v)?),
-                Output::Text => print!("{}", verify::render(&v)),
-            }
+            show(output, &v, verify::render)?;
             if !v.passed {
                 return Err(format!(
                     "backup {backup_id} failed verification: {} problem(s)",
@@ -415,10 +371,52 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
     Ok(())
 }
 
-/// Ends the runtime without waiting for blocking work left behind by an interrupted run (a
-/// `juju run` whose answer nobody needs any more): the run has already put everything back.
-fn let_go(rt: tokio::runtime::Runtime) {
+/// The clients and settings of a mutating command.
+fn context(
+    model: &str,
+    names: AppNames,
+    dest: &DestinationArgs,
+    tuning: &TuningArgs,
+    output: Output,
+) -> Result<Context, Box<dyn std::error::Error>> {
+    Ok(Context {
+        juju: JujuCli::locate(model)?,
+        names,
+        dest: dest.store()?,
+        kubeconfig: None,
+        tuning: tuning.tuning(),
+        progress: backup_agent::terminal::stderr_progress(matches!(output, Output::Json)),
+        interrupt: Interrupt::new(),
+    })
+}
+
+/// Runs `work` with SIGINT and SIGTERM turned into the context's interrupt. The runtime ends
+/// without waiting for blocking work an interrupted run left behind (a `juju run` whose answer
+/// nobody needs any more): by then the run has put everything back.
+fn interruptible<T>(
+    ctx: &Context,
+    work: impl std::future::Future<Output = T>,
+) -> std::io::Result<T> {
+    let rt = runtime()?;
+    let out = rt.block_on(async {
+        ctx.interrupt.on_signals()?;
+        Ok::<_, std::io::Error>(work.await)
+    });
     rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    out
+}
+
+/// Prints a result as JSON, or as the text `render` makes of it.
+fn show<T: serde::Serialize>(
+    output: Output,
+    value: &T,
+    render: fn(&T) -> String,
+) -> Result<(), Box<dyn std::error::Error>> {
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(value)?),
+        Output::Text => print!("{}", render(value)),
+    }
+    Ok(())
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {

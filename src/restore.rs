@@ -11,16 +11,16 @@ use chrono::Utc;
 use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
-use crate::backup::{self, blocking, BackupError, BackupRequest, Component, Context};
+use crate::backup::{self, BackupError, BackupRequest, Component, Context};
 use crate::catalog::{self, CatalogError, Phase, RequestType, ScaleRecord, Statefile};
 use crate::control_plane;
 use crate::kube::Cluster;
 use crate::lease;
 use crate::mlmd;
 use crate::mlpipeline::{self, Manifest, RestoreStats, SyncOptions};
+use crate::preflight::{self, app, blocking, PreflightError};
 use crate::quiesce;
 use crate::retry::{retry, retry_blocking};
-use crate::store::Store;
 use crate::verify;
 
 #[derive(Debug, Clone)]
@@ -55,6 +55,15 @@ pub enum RestoreError {
         causes: Vec<String>,
         aftermath: String,
     },
+}
+
+impl From<PreflightError> for RestoreError {
+    fn from(e: PreflightError) -> Self {
+        match e {
+            PreflightError::Discovery(d) => RestoreError::Discovery(d),
+            PreflightError::Check(c) => RestoreError::Preflight(c),
+        }
+    }
 }
 
 /// What a restore will do (`--dry-run` prints it).
@@ -100,8 +109,8 @@ struct Prepared {
     plan: RestorePlan,
     sf: Statefile,
     cluster: Option<Cluster>,
-    minio: Option<Store>,
-    _forward: Option<crate::kube::Forward>,
+    /// MinIO, and the port-forward to it that must live as long as the run.
+    minio: Option<preflight::Minio>,
     mlmd_container: Option<String>,
 }
 
@@ -159,15 +168,7 @@ async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepared, Restor
     }
     let wants = |c| components.contains(&c);
     let p = &ctx.progress;
-    p.step(
-        "discover",
-        format!("juju status of model {}", ctx.juju.model()),
-    );
-    let juju = ctx.juju.clone();
-    let status = blocking(move || retry_blocking(4, "juju status", || juju.status()))
-        .await
-        .map_err(control_plane::DiscoveryError::from)?;
-    let apps = control_plane::find_apps(&status, &ctx.names)?;
+    let (status, apps) = preflight::model(ctx).await?;
 
     p.step("preflight", format!("verifying backup {id}"));
     let spool = tempfile::tempdir().map_err(|e| pre(format!("spool: {e}")))?;
@@ -189,66 +190,30 @@ async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepared, Restor
         )));
     }
 
-    let needs_kube = wants(Component::Mlmd) || wants(Component::Mlpipeline);
-    let cluster = if needs_kube {
-        Some(
-            match &ctx.kubeconfig {
-                Some(path) => Cluster::from_kubeconfig(path, &status.model.name).await,
-                None => Cluster::connect(&status.model.name).await,
-            }
-            .map_err(|e| pre(e.to_string()))?,
-        )
+    let cluster = if wants(Component::Mlmd) || wants(Component::Mlpipeline) {
+        Some(preflight::cluster(ctx, &status.model.name).await?)
     } else {
         None
     };
     if let Some(cluster) = &cluster {
-        let running = cluster
-            .running_workloads()
-            .await
-            .map_err(|e| pre(format!("cannot tell whether pipelines run: {e}")))?;
-        if !running.is_empty() && !req.force {
-            return Err(pre(format!(
-                "Kubeflow work is running: {}. Restoring now would pull the state from under it: wait for it to finish, or pass --force",
-                running.join(", ")
-            )));
-        }
+        preflight::running_work(
+            ctx,
+            cluster,
+            req.force,
+            "Restoring now would pull the state from under it",
+        )
+        .await?;
     }
-    let mut mlmd_pod = None;
-    let mut mlmd_container = None;
-    if wants(Component::Mlmd) {
-        let cluster = cluster.as_ref().expect("kube for mlmd");
-        let pod = format!("{}-0", ctx.names.mlmd);
-        let container = match &ctx.tuning.mlmd_container {
-            Some(c) => c.clone(),
-            None => cluster
-                .pick_container(&pod, mlmd::CONTAINERS)
-                .await
-                .map_err(|e| pre(format!("MLMD: {e}")))?,
-        };
+    let (mut mlmd_pod, mut mlmd_container) = (None, None);
+    if let (true, Some(cluster)) = (wants(Component::Mlmd), &cluster) {
+        let (pod, container) = preflight::mlmd_pod(ctx, cluster).await?;
         (mlmd_pod, mlmd_container) = (Some(pod), Some(container));
     }
-    let (mut minio, mut forward) = (None, None);
-    if wants(Component::Mlpipeline) {
-        let (juju, apps2, names) = (ctx.juju.clone(), apps.clone(), ctx.names.clone());
-        let access = blocking(move || control_plane::minio_access(&juju, &apps2, &names)).await?;
-        let (store, fwd, _) = backup::open_minio(
-            &access,
-            &ctx.tuning.minio_bucket,
-            ctx.tuning.minio_endpoint.as_deref(),
-            cluster.as_ref(),
-        )
-        .await
-        .map_err(pre)?;
-        retry(4, "listing mlpipeline", || store.list(""))
-            .await
-            .map_err(|e| {
-                pre(format!(
-                    "MinIO {} (credentials from {}): {e}",
-                    access.endpoint, access.from
-                ))
-            })?;
-        (minio, forward) = (Some(store), fwd);
-    }
+    let minio = if wants(Component::Mlpipeline) {
+        Some(preflight::minio(ctx, &apps, cluster.as_ref()).await?)
+    } else {
+        None
+    };
 
     let mut scales = vec![];
     let mut mysql_pairs = vec![];
@@ -257,7 +222,7 @@ async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepared, Restor
         (Component::KatibDb, "katib-db"),
     ] {
         if wants(c) {
-            let a = backup::app(&apps, role);
+            let a = app(&apps, role);
             // mysql-k8s refuses to restore into more than one unit.
             scales.push(quiesce::record(&a.name, a.scale, 1));
             let cap = sf
@@ -280,7 +245,7 @@ async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepared, Restor
         }
     }
     if wants(Component::Mlmd) {
-        let w = backup::app(&apps, "metadata-writer");
+        let w = app(&apps, "metadata-writer");
         scales.push(quiesce::record(&w.name, w.scale, 0));
     }
     let plan = RestorePlan {
@@ -300,7 +265,6 @@ async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepared, Restor
         sf,
         cluster,
         minio,
-        _forward: forward,
         mlmd_container,
     })
 }
@@ -555,7 +519,10 @@ async fn restore_parts(
     };
     let sync_fut = {
         async {
-            let (Some(minio), Some(cap)) = (&prep.minio, &prep.sf.components.mlpipeline) else {
+            let (Some(minio), Some(cap)) = (
+                prep.minio.as_ref().map(|m| &m.store),
+                &prep.sf.components.mlpipeline,
+            ) else {
                 return Ok(None);
             };
             let work = async {

@@ -89,8 +89,8 @@ pub async fn verify(
     spool: &Path,
     progress: &Progress,
 ) -> Result<Verification, VerifyError> {
-    let v = check(dest, juju, id, mode, spool, progress).await?;
-    if let Some(v) = &v.1 {
+    let (v, recordable) = check(dest, juju, id, mode, spool, progress).await?;
+    if recordable {
         let entry = serde_json::json!({
             "event": "verify",
             "at": v.at,
@@ -102,7 +102,7 @@ pub async fn verify(
             progress.warn(format!("recording the verification in the statefile: {e}"));
         }
     }
-    Ok(v.0)
+    Ok(v)
 }
 
 /// The verification, and whether the statefile is sound enough to record it in.
@@ -113,7 +113,7 @@ async fn check(
     mode: Mode,
     spool: &Path,
     progress: &Progress,
-) -> Result<(Verification, Option<Verification>), VerifyError> {
+) -> Result<(Verification, bool), VerifyError> {
     if !catalog::is_backup_id(id) {
         return Err(CatalogError::BadId { id: id.into() }.into());
     }
@@ -136,7 +136,7 @@ async fn check(
                 &catalog::statefile_key(id),
                 e.to_string(),
             ));
-            return Ok((v, None));
+            return Ok((v, false));
         }
     };
     progress.step("verify", format!("backup {id} ({})", mode.as_str()));
@@ -164,8 +164,7 @@ async fn check(
         check_mysql(juju, &sf, mode, &mut v).await;
     }
     v.passed = v.problems.is_empty();
-    let record = v.clone();
-    Ok((v, Some(record)))
+    Ok((v, true))
 }
 
 async fn check_mlmd(dest: &Store, sf: &Statefile, mode: Mode, spool: &Path, v: &mut Verification) {

@@ -335,18 +335,12 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
     };
 
     // The mysql-k8s action fails on katib-db's replica.
-    sb.model()
-        .update(|m| {
-            m.faults
-                .fail_next_action
-                .push(backup_agent_sandbox::model::ActionFault {
-                    unit: "katib-db".into(),
-                    action: Some("create-backup".into()),
-                    message: "Error backing up the database".into(),
-                });
-            Ok(())
-        })
-        .unwrap();
+    common::fail_next_action(
+        &sb,
+        "katib-db",
+        "create-backup",
+        "Error backing up the database",
+    );
     let (code, _, err) = agent(&sb, &["create-backup"], &[]);
     check(
         "mysql",

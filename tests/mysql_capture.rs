@@ -47,18 +47,12 @@ fn backs_up_on_a_replica_and_names_every_failure() {
         .expect("the .md5 marker is there");
 
     // The charm refuses: its message and the task id reach the operator.
-    sb.model()
-        .update(|m| {
-            m.faults
-                .fail_next_action
-                .push(backup_agent_sandbox::model::ActionFault {
-                    unit: "katib-db/1".into(),
-                    action: Some("create-backup".into()),
-                    message: "Error backing up the database".into(),
-                });
-            Ok(())
-        })
-        .unwrap();
+    common::fail_next_action(
+        &sb,
+        "katib-db/1",
+        "create-backup",
+        "Error backing up the database",
+    );
     let err = mysql::capture(&cli, &status, "katib-db", &waits).unwrap_err();
     let text = err.to_string();
     assert!(text.starts_with("katib-db: action create-backup on katib-db/1 failed: Error backing up the database (task "), "{text}");

@@ -25,17 +25,19 @@ fn sandbox() -> Sandbox {
     Sandbox::up(&opts).unwrap()
 }
 
-/// Every row of every table, in order: two databases are equal when these are.
-fn rows(path: &Path) -> BTreeMap<String, Vec<String>> {
-    let db = rusqlite::Connection::open(path).unwrap();
-    let tables: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
+fn tables(db: &rusqlite::Connection) -> Vec<String> {
+    db.prepare("SELECT name FROM sqlite_master WHERE type='table' ORDER BY name")
         .unwrap()
         .query_map([], |r| r.get(0))
         .unwrap()
         .collect::<Result<_, _>>()
-        .unwrap();
-    tables
+        .unwrap()
+}
+
+/// Every row of every table, in order: two databases are equal when these are.
+fn rows(path: &Path) -> BTreeMap<String, Vec<String>> {
+    let db = rusqlite::Connection::open(path).unwrap();
+    tables(&db)
         .into_iter()
         .map(|t| {
             let mut st = db
@@ -129,13 +131,7 @@ fn a_damaged_control_plane_is_put_back_exactly() {
     .unwrap();
     drop(db);
     let db = rusqlite::Connection::open(mysql_file(&sb, "kfp-db")).unwrap();
-    let tables: Vec<String> = db
-        .prepare("SELECT name FROM sqlite_master WHERE type='table'")
-        .unwrap()
-        .query_map([], |r| r.get(0))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let tables = tables(&db);
     db.execute_batch(&format!(
         "DELETE FROM \"{}\" WHERE rowid % 2 = 0",
         tables[0]
@@ -349,7 +345,7 @@ fn restore_refuses_what_it_cannot_restore() {
         assert_ne!(code, 0, "{args:?}");
         assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
     }
-    // A failed backup, and a statefile of a schema from the future.
+    // A failed backup, one still being written, and a statefile of a schema from the future.
     let store = repo(&sb);
     let rt = rt();
     let mut sf = rt.block_on(catalog::load(&store, &id)).unwrap();
@@ -359,6 +355,14 @@ fn restore_refuses_what_it_cannot_restore() {
     assert_eq!(code, 1);
     assert!(
         err.contains("is failed, not completed: it cannot be restored"),
+        "{err}"
+    );
+    sf.phase = catalog::Phase::Capturing;
+    rt.block_on(catalog::save(&store, &sf)).unwrap();
+    let (code, _, err) = agent(&sb, &["restore", &id], &[]);
+    assert_eq!(code, 1);
+    assert!(
+        err.contains("is capturing, not completed: it cannot be restored"),
         "{err}"
     );
     let mut v: serde_json::Value = serde_json::from_slice(&sf.to_json()).unwrap();
@@ -450,18 +454,7 @@ fn faults_mid_restore_put_scales_back_and_name_the_safety_backup() {
     };
 
     // mysql-k8s refuses the restore.
-    sb.model()
-        .update(|m| {
-            m.faults
-                .fail_next_action
-                .push(backup_agent_sandbox::model::ActionFault {
-                    unit: "katib-db".into(),
-                    action: Some("restore".into()),
-                    message: "Failed to restore backup".into(),
-                });
-            Ok(())
-        })
-        .unwrap();
+    common::fail_next_action(&sb, "katib-db", "restore", "Failed to restore backup");
     let (code, _, err) = agent(&sb, &["restore", &id], &[]);
     check(
         "mysql",

@@ -102,3 +102,19 @@ pub fn listing(store: &backup_agent::store::Store) -> Vec<(String, Option<String
         .map(|o| (o.key, o.etag))
         .collect()
 }
+
+/// Makes the next `action` on `unit` (or on any unit of an application) fail with `message`.
+pub fn fail_next_action(sb: &Sandbox, unit: &str, action: &str, message: &str) {
+    sb.model()
+        .update(|m| {
+            m.faults
+                .fail_next_action
+                .push(backup_agent_sandbox::model::ActionFault {
+                    unit: unit.into(),
+                    action: Some(action.into()),
+                    message: message.into(),
+                });
+            Ok(())
+        })
+        .unwrap();
+}
