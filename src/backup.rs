@@ -631,19 +631,6 @@ async fn run_inner(
     .await;
     sf.quiesce = journal;
     sf.finished_at = Some(Utc::now());
-    let scales_note = || {
-        let changed: Vec<String> = sf
-            .quiesce
-            .iter()
-            .filter(|r| r.changed_to != r.original)
-            .map(|r| format!("{} {}", r.app, r.original))
-            .collect();
-        if changed.is_empty() {
-            String::new()
-        } else {
-            format!("scales put back ({})", changed.join(", "))
-        }
-    };
     let result = match outcome {
         Ok(stats) => {
             if let Err(e) = &restored {
@@ -653,7 +640,15 @@ async fn run_inner(
             match catalog::save(&ctx.dest, &sf).await {
                 Ok(()) => match restored {
                     Ok(()) => {
-                        p.step("done", format!("backup {id} completed; {}", scales_note()));
+                        let back = put_back(&sf.quiesce);
+                        p.step(
+                            "done",
+                            if back.is_empty() {
+                                format!("backup {id} completed")
+                            } else {
+                                format!("backup {id} completed; scales put back ({back})")
+                            },
+                        );
                         Ok(Report {
                             statefile: sf.clone(),
                             mlpipeline: stats,
@@ -698,6 +693,16 @@ async fn run_inner(
     result
 }
 
+/// `kfp-db 1, kfp-metadata-writer 1`: each changed application and the scale it went back to.
+fn put_back(journal: &[ScaleRecord]) -> String {
+    journal
+        .iter()
+        .filter(|r| r.changed_to != r.original)
+        .map(|r| format!("{} {}", r.app, r.original))
+        .collect::<Vec<_>>()
+        .join(", ")
+}
+
 fn failed(
     id: &str,
     causes: Vec<String>,
@@ -707,17 +712,10 @@ fn failed(
 ) -> BackupError {
     let mut after = vec![];
     match restored {
-        Ok(()) => {
-            let back: Vec<String> = sf
-                .quiesce
-                .iter()
-                .filter(|r| r.changed_to != r.original)
-                .map(|r| format!("{} {}", r.app, r.original))
-                .collect();
-            if !back.is_empty() {
-                after.push(format!("scales put back ({})", back.join(", ")));
-            }
+        Ok(()) if sf.quiesce.iter().any(|r| r.changed_to != r.original) => {
+            after.push(format!("scales put back ({})", put_back(&sf.quiesce)))
         }
+        Ok(()) => {}
         Err(e) => after.push(format!("NOT every scale is back: {e}")),
     }
     after.push(if saved {
@@ -1123,14 +1121,8 @@ pub fn render_report(r: &Report) -> String {
             m.new_objects
         );
     }
-    let back: Vec<String> = s
-        .quiesce
-        .iter()
-        .filter(|q| q.changed_to != q.original)
-        .map(|q| format!("{} {}", q.app, q.original))
-        .collect();
-    if !back.is_empty() {
-        let _ = writeln!(o, "  scales put back: {}", back.join(", "));
+    if s.quiesce.iter().any(|q| q.changed_to != q.original) {
+        let _ = writeln!(o, "  scales put back: {}", put_back(&s.quiesce));
     }
     for w in &r.warnings {
         let _ = writeln!(o, "  warning: {w}");

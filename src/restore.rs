@@ -274,16 +274,8 @@ pub async fn plan(ctx: &Context, req: &RestoreRequest) -> Result<RestorePlan, Re
     Ok(prepare(ctx, req).await?.plan)
 }
 
-fn check_id(id: &str) -> Result<(), RestoreError> {
-    if !catalog::is_backup_id(id) {
-        return Err(CatalogError::BadId { id: id.into() }.into());
-    }
-    Ok(())
-}
-
 /// Restores a backup. The error of a failed restore names the safety backup to go back to.
 pub async fn run(ctx: &Context, req: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
-    check_id(&req.backup_id)?;
     let mut prep = prepare(ctx, req).await?;
     let p = &ctx.progress;
     for w in &prep.plan.warnings {

@@ -349,22 +349,19 @@ fn restore_refuses_what_it_cannot_restore() {
     let store = repo(&sb);
     let rt = rt();
     let mut sf = rt.block_on(catalog::load(&store, &id)).unwrap();
-    sf.phase = catalog::Phase::Failed;
-    rt.block_on(catalog::save(&store, &sf)).unwrap();
-    let (code, _, err) = agent(&sb, &["restore", &id], &[]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("is failed, not completed: it cannot be restored"),
-        "{err}"
-    );
-    sf.phase = catalog::Phase::Capturing;
-    rt.block_on(catalog::save(&store, &sf)).unwrap();
-    let (code, _, err) = agent(&sb, &["restore", &id], &[]);
-    assert_eq!(code, 1);
-    assert!(
-        err.contains("is capturing, not completed: it cannot be restored"),
-        "{err}"
-    );
+    for (phase, word) in [
+        (catalog::Phase::Failed, "failed"),
+        (catalog::Phase::Capturing, "capturing"),
+    ] {
+        sf.phase = phase;
+        rt.block_on(catalog::save(&store, &sf)).unwrap();
+        let (code, _, err) = agent(&sb, &["restore", &id], &[]);
+        assert_eq!(code, 1);
+        assert!(
+            err.contains(&format!("is {word}, not completed: it cannot be restored")),
+            "{err}"
+        );
+    }
     let mut v: serde_json::Value = serde_json::from_slice(&sf.to_json()).unwrap();
     v["schema-version"] = serde_json::json!(9);
     rt.block_on(store.put_bytes(
