@@ -11,7 +11,7 @@ use std::path::PathBuf;
 use std::time::Duration;
 
 use chrono::{DateTime, Utc};
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 use tokio_util::sync::CancellationToken;
 
 use crate::catalog::{self, ErrorRecord, Listed, Phase, RequestType, ScaleRecord, Statefile};
@@ -30,7 +30,9 @@ use crate::retry::retry;
 use crate::store::{Store, StoreError};
 
 /// The parts of the control plane a backup holds.
-#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, clap::ValueEnum)]
+#[derive(
+    Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Serialize, Deserialize, clap::ValueEnum,
+)]
 #[serde(rename_all = "kebab-case")]
 pub enum Component {
     KfpDb,
@@ -136,6 +138,16 @@ pub struct TuningArgs {
 }
 
 impl TuningArgs {
+    /// The flags' own defaults, for callers without a command line (the charm, the daemon).
+    pub fn defaults() -> Self {
+        #[derive(clap::Parser)]
+        struct Only {
+            #[command(flatten)]
+            tuning: TuningArgs,
+        }
+        <Only as clap::Parser>::parse_from(["backup-agent"]).tuning
+    }
+
     pub fn tuning(&self) -> Tuning {
         Tuning {
             mlmd_container: self.mlmd_container.clone(),
@@ -189,6 +201,9 @@ pub struct Context {
     /// A kubeconfig file; `None` infers (KUBECONFIG, ~/.kube/config, in-cluster).
     pub kubeconfig: Option<PathBuf>,
     pub tuning: Tuning,
+    /// MinIO's keys when the caller has them (the charm's object-storage relation); `None`
+    /// discovers them from the model.
+    pub minio: Option<control_plane::MinioAccess>,
     pub progress: Progress,
     pub interrupt: Interrupt,
 }

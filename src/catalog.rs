@@ -347,6 +347,45 @@ pub async fn list(store: &Store) -> Result<Vec<Listed>, CatalogError> {
     Ok(out)
 }
 
+/// How many backups there are, the newest, and the newest completed one.
+#[derive(Debug, Default)]
+pub struct Summary {
+    pub count: usize,
+    pub newest: Option<Statefile>,
+    pub newest_completed: Option<Statefile>,
+}
+
+/// Reads statefiles newest first (ids sort by time) and stops at the first completed one:
+/// cheap enough for a status check every few minutes, however many backups there are.
+pub async fn summary(store: &Store) -> Result<Summary, CatalogError> {
+    let mut keys: Vec<String> = store
+        .list(&backups_prefix())
+        .await?
+        .into_iter()
+        .map(|o| o.key)
+        .filter(|k| k.ends_with("/statefile.json"))
+        .collect();
+    keys.sort();
+    let mut out = Summary {
+        count: keys.len(),
+        ..Summary::default()
+    };
+    for key in keys.iter().rev() {
+        let Ok(sf) = Statefile::parse(key, &store.get_bytes(key).await?) else {
+            continue;
+        };
+        let completed = sf.phase == Phase::Completed;
+        if out.newest.is_none() {
+            out.newest = Some(sf.clone());
+        }
+        if completed {
+            out.newest_completed = Some(sf);
+            break;
+        }
+    }
+    Ok(out)
+}
+
 pub async fn load(store: &Store, id: &str) -> Result<Statefile, CatalogError> {
     if !is_backup_id(id) {
         return Err(CatalogError::BadId { id: id.into() });

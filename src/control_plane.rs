@@ -141,7 +141,7 @@ pub struct MinioAccess {
 }
 
 impl MinioAccess {
-    fn from_object_storage(os: ObjectStorage, from: String) -> Self {
+    pub fn from_object_storage(os: ObjectStorage, from: String) -> Self {
         MinioAccess {
             access_key: Secret::new(os.access_key.clone()),
             endpoint: os.endpoint(),

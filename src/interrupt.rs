@@ -61,3 +61,26 @@ impl Interrupt {
         Ok(())
     }
 }
+
+/// A multi-threaded runtime for one command.
+pub fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
+    tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+}
+
+/// Runs `work` with SIGINT and SIGTERM turned into `interrupt`. The runtime ends without
+/// waiting for blocking work an interrupted run left behind (a `juju run` whose answer nobody
+/// needs any more): by then the run has put everything back.
+pub fn block_on_interruptible<T>(
+    interrupt: &Interrupt,
+    work: impl std::future::Future<Output = T>,
+) -> std::io::Result<T> {
+    let rt = runtime()?;
+    let out = rt.block_on(async {
+        interrupt.on_signals()?;
+        Ok::<_, std::io::Error>(work.await)
+    });
+    rt.shutdown_timeout(std::time::Duration::from_secs(2));
+    out
+}

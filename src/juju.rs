@@ -81,6 +81,8 @@ impl JujuError {
 pub struct JujuCli {
     bin: PathBuf,
     model: String,
+    /// JUJU_DATA for the client (the charm's own controller login); `None` inherits.
+    data_dir: Option<PathBuf>,
 }
 
 impl JujuCli {
@@ -90,6 +92,7 @@ impl JujuCli {
         Ok(JujuCli {
             bin,
             model: model.into(),
+            data_dir: None,
         })
     }
 
@@ -98,7 +101,14 @@ impl JujuCli {
         JujuCli {
             bin: bin.into(),
             model: model.into(),
+            data_dir: None,
         }
+    }
+
+    /// Uses the controllers and accounts in `dir` (JUJU_DATA) instead of the caller's.
+    pub fn with_data_dir(mut self, dir: impl Into<PathBuf>) -> Self {
+        self.data_dir = Some(dir.into());
+        self
     }
 
     pub fn model(&self) -> &str {
@@ -112,7 +122,11 @@ impl JujuCli {
         full.extend(["-m".to_string(), self.model.clone()]);
         let command = format!("juju {}", display_args(&full));
         tracing::debug!(%command, "running");
-        let out = duct::cmd(&self.bin, &full)
+        let mut cmd = duct::cmd(&self.bin, &full);
+        if let Some(d) = &self.data_dir {
+            cmd = cmd.env("JUJU_DATA", d);
+        }
+        let out = cmd
             .stdout_capture()
             .stderr_capture()
             .unchecked()

@@ -6,8 +6,10 @@
 
 pub mod backup;
 pub mod catalog;
+pub mod charm;
 pub mod control_plane;
 pub mod destination;
+pub mod hook_tools;
 pub mod interrupt;
 pub mod juju;
 pub mod kube;

@@ -170,6 +170,18 @@ struct RestoreArgs {
 }
 
 fn main() -> ExitCode {
+    // Run by the charm's `dispatch`: a hook or an action, no arguments.
+    if std::env::args_os().len() == 1 {
+        if let Some(env) = backup_agent::charm::DispatchEnv::from_env() {
+            let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "backup_agent=warn".into());
+            tracing_subscriber::fmt()
+                .with_env_filter(filter)
+                .with_writer(std::io::stderr)
+                .init();
+            let tools = backup_agent::hook_tools::HookTools::from_path();
+            return ExitCode::from(backup_agent::charm::dispatch(&env, &tools) as u8);
+        }
+    }
     let cli = Cli::parse();
     let level = match cli.verbose {
         0 => "warn",
@@ -385,25 +397,17 @@ fn context(
         dest: dest.store()?,
         kubeconfig: None,
         tuning: tuning.tuning(),
+        minio: None,
         progress: backup_agent::terminal::stderr_progress(matches!(output, Output::Json)),
         interrupt: Interrupt::new(),
     })
 }
 
-/// Runs `work` with SIGINT and SIGTERM turned into the context's interrupt. The runtime ends
-/// without waiting for blocking work an interrupted run left behind (a `juju run` whose answer
-/// nobody needs any more): by then the run has put everything back.
 fn interruptible<T>(
     ctx: &Context,
     work: impl std::future::Future<Output = T>,
 ) -> std::io::Result<T> {
-    let rt = runtime()?;
-    let out = rt.block_on(async {
-        ctx.interrupt.on_signals()?;
-        Ok::<_, std::io::Error>(work.await)
-    });
-    rt.shutdown_timeout(std::time::Duration::from_secs(2));
-    out
+    backup_agent::interrupt::block_on_interruptible(&ctx.interrupt, work)
 }
 
 /// Prints a result as JSON, or as the text `render` makes of it.
@@ -420,7 +424,5 @@ fn show<T: serde::Serialize>(
 }
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
-        .enable_all()
-        .build()
+    backup_agent::interrupt::runtime()
 }

@@ -116,13 +116,18 @@ pub(crate) async fn minio(
     apps: &[AppState],
     cluster: Option<&Cluster>,
 ) -> Result<Minio, PreflightError> {
-    let (juju, apps2, names) = (ctx.juju.clone(), apps.to_vec(), ctx.names.clone());
-    let access = blocking(move || control_plane::minio_access(&juju, &apps2, &names)).await?;
+    let access = match &ctx.minio {
+        Some(given) => given.clone(),
+        None => {
+            let (juju, apps2, names) = (ctx.juju.clone(), apps.to_vec(), ctx.names.clone());
+            blocking(move || control_plane::minio_access(&juju, &apps2, &names)).await?
+        }
+    };
     ctx.progress.step(
         "preflight",
         format!(
-            "MinIO bucket {} ({})",
-            ctx.tuning.minio_bucket, access.endpoint
+            "MinIO bucket {} ({}, keys from {})",
+            ctx.tuning.minio_bucket, access.endpoint, access.from
         ),
     );
     let (store, forward, how) = open_minio(

@@ -379,6 +379,9 @@ fn enqueue(
             enqueued_ms: started,
             started_ms: started,
             completed_ms: started + duration,
+            charm: false,
+            log_ms: vec![],
+            runner_pid: None,
         };
         m.tasks.insert(id, task.clone());
         Ok(task)

@@ -214,6 +214,7 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
             workflows: vec![],
             experiments: vec![],
         },
+        secrets: BTreeMap::new(),
     };
 
     let os = model.add_relation(

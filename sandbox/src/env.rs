@@ -387,6 +387,17 @@ fn env_file(layout: &Layout, info: &Info) -> String {
 /// Stops every process `up` started, by PID. Files stay in the directory unless `purge`.
 pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
     let info = Info::load(layout)?;
+    // Charm actions still running in their `run-task` processes.
+    if let Ok(model) = layout.model().read() {
+        let now = crate::model::now_ms();
+        for t in model.tasks.values() {
+            if let Some(pid) = t.runner_pid.filter(|_| t.status_at(now) == "running") {
+                if crate::process::is_ours(pid, "run-task") {
+                    crate::process::stop(pid, Duration::from_secs(2));
+                }
+            }
+        }
+    }
     let ours = info.running();
     if ours.contains(&info.k8s_pid) {
         crate::process::stop(info.k8s_pid, Duration::from_secs(5));

@@ -47,10 +47,16 @@ impl Outcome {
 struct Args {
     positional: Vec<String>,
     flags: BTreeMap<String, String>,
+    /// Every value of repeatable flags (`--resource`, `--config`).
+    multi: BTreeMap<String, Vec<String>>,
 }
 
-const VALUE_FLAGS: &[&str] = &["format", "m", "model", "wait", "o", "output", "params"];
+const VALUE_FLAGS: &[&str] = &[
+    "format", "m", "model", "wait", "o", "output", "params", "resource", "config", "reset", "info",
+];
 const BOOL_FLAGS: &[&str] = &[
+    "trust",
+    "show-password",
     "background",
     "string-args",
     "all",
@@ -83,6 +89,7 @@ fn parse_args(raw: &[String]) -> Result<Args, String> {
                         .cloned()
                         .ok_or_else(|| format!("option needs an argument: {arg}"))?,
                 };
+                a.multi.entry(name.clone()).or_default().push(v.clone());
                 a.flags.insert(name, v);
             } else if BOOL_FLAGS.contains(&name.as_str()) {
                 a.flags
@@ -160,7 +167,7 @@ fn render(value: &Value, format: &str) -> Result<String, String> {
 }
 
 /// Juju's status timestamps: `23 Nov 2026 05:20:36Z`.
-fn since(ms: u64) -> String {
+pub(crate) fn since(ms: u64) -> String {
     dt(ms).format("%d %b %Y %H:%M:%SZ").to_string()
 }
 
@@ -197,6 +204,14 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
             | "show-task"
             | "models"
             | "show-model"
+            | "deploy"
+            | "integrate"
+            | "relate"
+            | "remove-relation"
+            | "add-secret"
+            | "grant-secret"
+            | "secrets"
+            | "show-controller"
     ) {
         return Outcome::usage(format!("unrecognized command: juju {cmd}"));
     }
@@ -206,6 +221,17 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
         Ok(m) => m,
         Err(e) => return Outcome::error(format!("{e:#}")),
     };
+    // A client with its own JUJU_DATA (the charm's) logs in with what it holds there.
+    if let Some(data) = std::env::var_os("JUJU_DATA").filter(|d| !d.is_empty()) {
+        let controller = args
+            .model()
+            .and_then(|m| m.split_once(':').map(|(c, _)| c.to_string()));
+        if let Some(refused) =
+            crate::charm::check_login(&model, std::path::Path::new(&data), controller.as_deref())
+        {
+            return refused;
+        }
+    }
     if model.faults.juju_errors > 0 {
         // Consume the fault under the lock: concurrent clients each take one.
         let hit = store.update(|m| {
@@ -238,6 +264,40 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
         "show-unit" => show_unit(&model, &args),
         "config" => config(store, &model, &args),
         "scale-application" => scale(store, &args),
+        "run" if is_local_unit(&model, args.positional.first()) => crate::charm::run_cli(
+            store,
+            &model,
+            &args.positional,
+            &crate::charm::RunOpts {
+                format: args.format("plain"),
+                wait: args.flags.get("wait").cloned(),
+                background: args.flags.contains_key("background"),
+                string_args: args.flags.contains_key("string-args"),
+                params_file: args.flags.get("params").cloned(),
+            },
+        ),
+        "deploy" => crate::charm::deploy(
+            store,
+            &model,
+            &args.positional,
+            args.multi.get("resource").map(Vec::as_slice).unwrap_or(&[]),
+            args.multi.get("config").map(Vec::as_slice).unwrap_or(&[]),
+            args.flags.contains_key("trust"),
+        ),
+        "integrate" | "relate" => crate::charm::integrate(store, &model, &args.positional),
+        "remove-relation" => crate::charm::remove_relation(store, &model, &args.positional),
+        "add-secret" => crate::charm::add_secret(
+            store,
+            &args.positional,
+            args.flags.get("info").map(String::as_str),
+        ),
+        "grant-secret" => crate::charm::grant_secret(store, &model, &args.positional),
+        "secrets" => crate::charm::list_secrets(&model, &args.format("yaml")),
+        "show-controller" => crate::charm::show_controller(
+            &model,
+            args.flags.contains_key("show-password"),
+            &args.format("yaml"),
+        ),
         "run" => crate::actions::run_cli(
             store,
             &model,
@@ -254,6 +314,12 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
         _ => unreachable!(),
     };
     out.unwrap_or_else(|e| Outcome::error(format!("{e:#}")))
+}
+
+fn is_local_unit(model: &Model, unit: Option<&String>) -> bool {
+    unit.and_then(|u| crate::model::split_unit(u))
+        .and_then(|(a, _)| model.apps.get(a))
+        .is_some_and(|a| a.local.is_some())
 }
 
 fn version(args: &Args) -> Outcome {
@@ -277,6 +343,9 @@ fn unit_status(
     now: u64,
 ) -> (String, String, String) {
     let unit = &app.units[&num];
+    if let Some(local) = &app.local {
+        return crate::charm::unit_status(local, num);
+    }
     if !App::is_ready(unit, now) {
         return (
             "maintenance".into(),
@@ -301,6 +370,9 @@ fn unit_status(
 }
 
 fn app_status(model: &Model, name: &str, app: &App, now: u64) -> (String, String) {
+    if let Some(local) = &app.local {
+        return crate::charm::app_status(app, local);
+    }
     if let Some(msg) = &app.blocked {
         return ("blocked".into(), msg.clone());
     }
@@ -384,6 +456,14 @@ pub fn status_json(model: &Model, now: u64) -> Value {
         }
         if !app.workload_version.is_empty() {
             a["version"] = json!(app.workload_version);
+        }
+        if let Some(local) = &app.local {
+            a["charm"] = json!(format!("local:{}-{}", local.name, app.charm_rev));
+            a["charm-origin"] = json!("local");
+            a["charm-name"] = json!(local.name);
+            if let Some(o) = a.as_object_mut() {
+                o.remove("charm-channel");
+            }
         }
         apps.insert(name.clone(), a);
     }
@@ -482,6 +562,17 @@ fn status_table(model: &Model, now: u64) -> String {
     s
 }
 
+/// A unit's own databag in a relation: Juju's address keys, plus what a local charm wrote.
+fn local_bag(app: &App, relation: u32, name: &str, ordinal: u32) -> Value {
+    let mut bag = unit_bag(name, ordinal);
+    if let Some(d) = app.local.as_ref().and_then(|l| l.unit_data.get(&relation)) {
+        for (k, v) in d {
+            bag[k] = json!(v);
+        }
+    }
+    bag
+}
+
 fn unit_bag(app: &str, ordinal: u32) -> Value {
     let ip = pod_ip(app, ordinal);
     json!({"egress-subnets": format!("{ip}/32"), "ingress-address": ip, "private-address": ip})
@@ -521,7 +612,7 @@ pub fn show_unit_json(model: &Model, unit: &str) -> Result<Value, String> {
             "endpoint": mine.endpoint,
             "related-endpoint": other.endpoint,
             "application-data": app_data,
-            "local-unit": {"in-scope": true, "data": unit_bag(app_name, u.ordinal)},
+            "local-unit": {"in-scope": true, "data": local_bag(app, r.id, app_name, u.ordinal)},
             "related-units": related,
         }));
     }
@@ -568,6 +659,9 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
         )));
     };
     let rest = &args.positional[1..];
+    if app.local.is_some() && rest.is_empty() && args.flags.contains_key("reset") {
+        return crate::charm::set_config(store, model, app_name, &[], &resets(args));
+    }
     if rest.iter().any(|a| a.contains('=')) {
         let mut pairs = vec![];
         for kv in rest {
@@ -580,6 +674,9 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
                 return Ok(Outcome::error(format!("unknown option \"{k}\"")));
             }
             pairs.push((k.to_string(), v.to_string()));
+        }
+        if app.local.is_some() {
+            return crate::charm::set_config(store, model, app_name, &pairs, &resets(args));
         }
         let name = app_name.clone();
         store.update(move |m| {
@@ -648,6 +745,17 @@ fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome> {
     render(&v, &args.format("yaml"))
         .map(Outcome::ok)
         .or_else(|e| Ok(Outcome::usage(e)))
+}
+
+fn resets(args: &Args) -> Vec<String> {
+    args.multi
+        .get("reset")
+        .into_iter()
+        .flatten()
+        .flat_map(|r| r.split(','))
+        .filter(|r| !r.is_empty())
+        .map(str::to_string)
+        .collect()
 }
 
 fn scale(store: &ModelStore, args: &Args) -> Result<Outcome> {
@@ -720,15 +828,20 @@ pub fn task_json(task: &Task, now: u64) -> Value {
             v["message"] = json!(task.message);
         }
         let mut results = task.results.clone();
-        results.insert("return-code".into(), json!(0));
+        results.entry("return-code").or_insert(json!(0));
         v["results"] = Value::Object(results);
-        if !task.log.is_empty() {
-            v["log"] = json!(task
-                .log
-                .iter()
-                .map(|l| format!("{} {l}", go_time(task.started_ms)))
-                .collect::<Vec<_>>());
-        }
+    }
+    // A charm's action-log lines show while it runs; a simulated task's when it is over.
+    if !task.log.is_empty() && (status != "running" || task.charm) {
+        v["log"] = json!(task
+            .log
+            .iter()
+            .enumerate()
+            .map(|(i, l)| format!(
+                "{} {l}",
+                go_time(task.log_ms.get(i).copied().unwrap_or(task.started_ms))
+            ))
+            .collect::<Vec<_>>());
     }
     v["timing"] = timing;
     v
@@ -770,10 +883,10 @@ fn show_task(store: &ModelStore, args: &Args) -> Result<Outcome> {
         },
     };
     let model = store.read()?;
-    let Some(task) = model.tasks.get(&id).cloned() else {
+    if !model.tasks.contains_key(&id) {
         return Ok(Outcome::error(format!("task {id} not found")));
-    };
-    let now = crate::actions::wait_for(&task, wait);
+    }
+    let (task, now) = crate::charm::wait_task(store, id, wait)?;
     if task.status_at(now) == "running" && wait.is_some() {
         return Ok(Outcome::error(format!(
             "timed out waiting for results from: task {id}"

@@ -6,8 +6,10 @@
 //! It is test and demo support: never shipped inside the charm.
 
 pub mod actions;
+pub mod charm;
 pub mod ckf;
 pub mod env;
+pub mod hook_tools;
 pub mod juju;
 pub mod k8s;
 pub mod model;

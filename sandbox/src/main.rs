@@ -12,7 +12,7 @@ use serde_json::json;
 use backup_agent_sandbox::env::{self, Info, Layout, UpOptions};
 use backup_agent_sandbox::model::{ActionFault, ModelStore};
 use backup_agent_sandbox::seed::{BucketSpec, MlmdSpec};
-use backup_agent_sandbox::{juju, k8s, seed};
+use backup_agent_sandbox::{charm, hook_tools, juju, k8s, seed};
 
 #[derive(Parser)]
 #[command(
@@ -59,6 +59,9 @@ enum Cmd {
         #[arg(long)]
         port: u16,
     },
+    /// Run a local charm's action task (started by `juju run`, detached).
+    #[command(hide = true)]
+    RunTask { id: u64 },
 }
 
 #[derive(Args)]
@@ -157,8 +160,15 @@ enum FaultCmd {
 
 fn main() {
     let argv0 = std::env::args().next().unwrap_or_default();
-    if Path::new(&argv0).file_name().is_some_and(|n| n == "juju") {
+    let name = Path::new(&argv0)
+        .file_name()
+        .map(|n| n.to_string_lossy().into_owned())
+        .unwrap_or_default();
+    if name == "juju" {
         std::process::exit(juju_main(&argv0));
+    }
+    if hook_tools::TOOLS.contains(&name.as_str()) {
+        std::process::exit(hook_tools::tool_main(&name));
     }
     let filter = std::env::var("RUST_LOG").unwrap_or_else(|_| "warn".into());
     tracing_subscriber::fmt()
@@ -171,21 +181,30 @@ fn main() {
     }
 }
 
-/// Finds the model: `$BACKUP_AGENT_SANDBOX`, else the directory above `bin/juju`.
+/// Finds the model: `$BACKUP_AGENT_SANDBOX`, else the nearest directory above this `juju`
+/// (`bin/juju`, or a charm's `resources/<app>/juju-client/juju`) that holds `model.json`.
 fn juju_main(argv0: &str) -> i32 {
-    let dir = std::env::var_os("BACKUP_AGENT_SANDBOX")
-        .map(PathBuf::from)
-        .or_else(|| {
+    let dir = match std::env::var_os("BACKUP_AGENT_SANDBOX") {
+        Some(d) => Some(PathBuf::from(d)),
+        None => {
             let p = Path::new(argv0);
             let p = if p.components().count() > 1 {
-                p.to_path_buf()
+                Some(p.to_path_buf())
             } else {
-                which_self(argv0)?
+                which_self(argv0)
             };
-            Some(p.parent()?.parent()?.to_path_buf())
-        });
+            p.and_then(|p| {
+                std::path::absolute(&p)
+                    .ok()?
+                    .ancestors()
+                    .skip(1)
+                    .find(|d| d.join("model.json").exists())
+                    .map(Path::to_path_buf)
+            })
+        }
+    };
     let Some(dir) = dir.filter(|d| d.join("model.json").exists()) else {
-        eprintln!("ERROR No controllers registered.\n\nPlease either create a new controller using \"juju bootstrap\" or connect to\nanother controller that you have been given access to using \"juju register\".");
+        eprintln!("ERROR {}", charm::NO_CONTROLLERS);
         return 1;
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -297,6 +316,10 @@ fn run(cli: Cli) -> Result<()> {
                     .to_string()
                     .replace("\"faults\":", "faults: ")
             );
+        }
+        Cmd::RunTask { id } => {
+            let layout = Layout::new(&cli.dir)?;
+            charm::run_task(&layout.model(), id)?;
         }
         Cmd::ServeK8s { port } => {
             let layout = Layout::new(&cli.dir)?;

@@ -42,6 +42,87 @@ pub struct Model {
     pub faults: Faults,
     pub timing: Timing,
     pub k8s: K8sState,
+    /// User secrets (`juju add-secret`), by id.
+    #[serde(default)]
+    pub secrets: BTreeMap<String, Secret>,
+}
+
+/// The controller's API address as the sandbox's `juju show-controller` gives it.
+pub const API_ENDPOINT: &str = "127.0.0.1:17070";
+
+/// A user secret: `juju add-secret NAME ...`, readable by the applications it is granted to.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Secret {
+    pub id: String,
+    pub name: String,
+    #[serde(default)]
+    pub description: String,
+    pub content: BTreeMap<String, String>,
+    #[serde(default)]
+    pub grants: BTreeSet<String>,
+    pub created_ms: u64,
+}
+
+/// A charm deployed from a local file or directory (`juju deploy ./x.charm`): what the sandbox
+/// read from it and what its hooks did.
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct LocalCharm {
+    /// The unpacked charm (holds `dispatch`).
+    pub dir: PathBuf,
+    pub name: String,
+    /// Endpoint name → role (`requires`, `provides`, `peers`) and interface.
+    #[serde(default)]
+    pub endpoints: BTreeMap<String, CharmEndpoint>,
+    /// Resource name → type and file name, from metadata.yaml.
+    #[serde(default)]
+    pub resource_meta: BTreeMap<String, ResourceMeta>,
+    /// Attached resources: name → file.
+    #[serde(default)]
+    pub resources: BTreeMap<String, PathBuf>,
+    /// actions.yaml as JSON.
+    #[serde(default)]
+    pub actions: serde_json::Value,
+    #[serde(default)]
+    pub trust: bool,
+    /// Unit number → the status its charm set.
+    #[serde(default)]
+    pub unit_status: BTreeMap<u32, crate::hook_tools::StatusValue>,
+    #[serde(default)]
+    pub app_status: Option<crate::hook_tools::StatusValue>,
+    /// Relation id → the unit's own databag (unit 0, the leader).
+    #[serde(default)]
+    pub unit_data: BTreeMap<u32, BTreeMap<String, String>>,
+    /// Unit number → hooks or actions running now.
+    #[serde(default)]
+    pub executing: BTreeMap<u32, u32>,
+    /// `juju-log` lines, oldest first.
+    #[serde(default)]
+    pub log: Vec<crate::hook_tools::LogLine>,
+    /// Every hook run, in order, with its exit code (`install:0`).
+    #[serde(default)]
+    pub hooks: Vec<String>,
+    #[serde(default)]
+    pub next_context: u64,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CharmEndpoint {
+    pub role: String,
+    pub interface: String,
+    #[serde(default)]
+    pub limit: Option<u32>,
+}
+
+#[derive(Debug, Clone, Default, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct ResourceMeta {
+    #[serde(rename = "type")]
+    pub kind: String,
+    #[serde(default)]
+    pub filename: Option<String>,
 }
 
 /// How long simulated changes take. Small by default so tests stay fast, but never zero:
@@ -133,6 +214,9 @@ pub struct App {
     pub ports: BTreeMap<u16, u16>,
     pub mysql: Option<MysqlCluster>,
     pub since_ms: u64,
+    /// Set for a charm deployed from a local path: its files, metadata and hook results.
+    #[serde(default)]
+    pub local: Option<LocalCharm>,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]
@@ -206,6 +290,15 @@ pub struct Task {
     pub enqueued_ms: u64,
     pub started_ms: u64,
     pub completed_ms: u64,
+    /// Run by a local charm's `dispatch` (in a background process), not simulated.
+    #[serde(default)]
+    pub charm: bool,
+    /// When each `log` line was written (charm tasks).
+    #[serde(default)]
+    pub log_ms: Vec<u64>,
+    /// The `run-task` process running a charm task (stopped by `down`).
+    #[serde(default)]
+    pub runner_pid: Option<u32>,
 }
 
 impl Task {
@@ -232,6 +325,40 @@ pub struct K8sState {
 impl Model {
     pub fn namespace(&self) -> &str {
         &self.name
+    }
+
+    /// The controller's uuid, stable for the model.
+    pub fn controller_uuid(&self) -> String {
+        stable_uid(&format!("controller/{}", self.uuid))
+    }
+
+    /// The admin password of the simulated controller, stable for the model.
+    pub fn admin_password(&self) -> String {
+        use sha2::Digest;
+        hex::encode(&sha2::Sha256::digest(format!("admin-password/{}", self.uuid).as_bytes())[..16])
+    }
+
+    /// A PEM-looking (not parseable) CA certificate, stable for the model.
+    pub fn ca_cert(&self) -> String {
+        use sha2::Digest;
+        const B64: &[u8] = b"ABCDEFGHIJKLMNOPQRSTUVWXYZabcdefghijklmnopqrstuvwxyz0123456789+/";
+        let mut body = String::from("MIIEEzCCAnugAwIBAgIVAN");
+        let mut n = 0u32;
+        while body.len() < 1024 {
+            let d = sha2::Sha256::digest(format!("ca/{}/{n}", self.uuid).as_bytes());
+            body.extend(d.iter().map(|b| B64[(*b & 63) as usize] as char));
+            n += 1;
+        }
+        body.truncate(1024);
+        let lines: Vec<&str> = body
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN CERTIFICATE-----\n{}\n-----END CERTIFICATE-----\n",
+            lines.join("\n")
+        )
     }
 
     pub fn app(&self, name: &str) -> Option<&App> {
@@ -330,6 +457,7 @@ impl App {
             ports: BTreeMap::new(),
             mysql: None,
             since_ms: now,
+            local: None,
         }
     }
 

@@ -1,0 +1,359 @@
+//! The charm's actions: parameters checked against actions.yaml, the library called with a
+//! context built from relations and config, progress as `action-log` lines, results as flat
+//! kebab-case keys, failures through `action-fail` with the next step named.
+
+use std::collections::BTreeMap;
+use std::sync::Mutex;
+use std::time::{Duration, Instant};
+
+use serde_json::{Map, Value};
+
+use crate::backup::{self, BackupError, BackupRequest, Component, Context};
+use crate::catalog::{self, human_bytes, Listed, Phase, RequestType};
+use crate::hook_tools::{HookTools, Status};
+use crate::interrupt::{block_on_interruptible, runtime, Interrupt};
+use crate::progress::{Event, Progress};
+use crate::restore;
+use crate::store::Store;
+use crate::verify;
+
+use super::params;
+use super::status::{self, Ready};
+use super::{controller, relations, DispatchEnv};
+
+/// Results to `action-set`.
+pub type Results = BTreeMap<String, String>;
+
+/// How often a running copy reports its bytes: live enough to watch, few enough to read.
+const TRANSFER_EVERY: Duration = Duration::from_secs(5);
+
+/// Runs one action: its results, or the message `action-fail` gets (with results that still
+/// matter, such as the id of a failed backup).
+pub fn run(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    action: &str,
+    raw: &Map<String, Value>,
+) -> Result<Results, (String, Results)> {
+    let plain = |e: String| (e, Results::new());
+    match action {
+        "create-backup" => create_backup(env, tools, params::parse(action, raw).map_err(plain)?),
+        "restore" => restore(env, tools, params::parse(action, raw).map_err(plain)?),
+        "verify-backup" => {
+            verify_backup(env, tools, params::parse(action, raw).map_err(plain)?).map_err(plain)
+        }
+        "list-backups" => {
+            params::parse::<params::Nothing>(action, raw).map_err(plain)?;
+            list_backups(env, tools).map_err(plain)
+        }
+        "describe-backup" => {
+            let p: params::BackupId = params::parse(action, raw).map_err(plain)?;
+            describe_backup(env, tools, &p.backup_id).map_err(plain)
+        }
+        other => Err(plain(format!(
+            "unknown action {other:?}: this charm has {}",
+            params::actions().join(", ")
+        ))),
+    }
+}
+
+fn ready(env: &DispatchEnv, tools: &HookTools) -> Result<Ready, String> {
+    status::ready(&env.app, tools, None).map_err(|a| format!("cannot run: {}", a.message))
+}
+
+fn destination(ready: &Ready) -> Result<Store, String> {
+    Store::s3(&ready.destination.settings).map_err(|e| format!("destination: {e}"))
+}
+
+/// `action-log` lines from progress events; byte counts at most every few seconds.
+fn action_log(tools: &HookTools) -> Progress {
+    let tools = tools.clone();
+    let last: Mutex<BTreeMap<String, Instant>> = Mutex::new(BTreeMap::new());
+    Progress::to(move |e: &Event| {
+        if let Event::Transfer { component, .. } = e {
+            let mut last = last.lock().expect("not poisoned");
+            let now = Instant::now();
+            if last
+                .get(component)
+                .is_some_and(|t| now.duration_since(*t) < TRANSFER_EVERY)
+            {
+                return;
+            }
+            last.insert(component.clone(), now);
+        }
+        // A lost progress line must not stop the backup.
+        let _ = tools.action_log(&e.line());
+    })
+}
+
+/// A full context: controller login, destination, MinIO's keys from our own relation.
+fn context(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    ready: &Ready,
+) -> Result<(Context, controller::Client), String> {
+    let client = controller::connect(
+        tools,
+        ready.settings.controller_secret.as_deref(),
+        &ready.settings.model,
+    )?;
+    let minio = relations::minio(tools).map_err(|e| format!("object-storage relation: {e}"))?;
+    let ctx = Context {
+        juju: client.juju.clone(),
+        names: ready.settings.names.clone(),
+        dest: destination(ready)?,
+        kubeconfig: None,
+        tuning: ready.settings.tuning(),
+        minio,
+        progress: action_log(tools),
+        interrupt: Interrupt::new(),
+    };
+    let _ = env;
+    Ok((ctx, client))
+}
+
+fn components(given: Option<Vec<Component>>, default: &[Component]) -> Vec<Component> {
+    let mut c = given.unwrap_or_else(|| default.to_vec());
+    c.sort();
+    c.dedup();
+    c
+}
+
+fn names(c: &[Component]) -> String {
+    c.iter().map(|c| c.as_str()).collect::<Vec<_>>().join(",")
+}
+
+/// Sets `maintenance` for the work, and the assessed status again after it.
+fn busy<T>(env: &DispatchEnv, tools: &HookTools, message: &str, work: impl FnOnce() -> T) -> T {
+    let _ = tools.status_set(Status::Maintenance, message);
+    let out = work();
+    let a = status::assess(&env.app, tools, None);
+    let _ = tools.status_set(a.status, &a.message);
+    out
+}
+
+fn create_backup(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    p: params::CreateBackup,
+) -> Result<Results, (String, Results)> {
+    let plain = |e: String| (e, Results::new());
+    let ready = ready(env, tools).map_err(plain)?;
+    let (ctx, _client) = context(env, tools, &ready).map_err(plain)?;
+    let req = BackupRequest {
+        label: p.label,
+        components: components(p.components, &Component::ALL),
+        force: p.force,
+        request: RequestType::Manual,
+    };
+    if p.dry_run {
+        let plan = runtime()
+            .map_err(|e| plain(e.to_string()))?
+            .block_on(backup::plan(&ctx, &req))
+            .map_err(|e| plain(e.to_string()))?;
+        return Ok(Results::from([
+            ("dry-run".into(), "true".into()),
+            ("components".into(), names(&req.components)),
+            ("plan".into(), backup::render_plan(&plan)),
+        ]));
+    }
+    let outcome = busy(env, tools, "creating a backup", || {
+        block_on_interruptible(&ctx.interrupt, backup::run(&ctx, &req))
+    })
+    .map_err(|e| plain(e.to_string()))?;
+    match outcome {
+        Ok(report) => {
+            let sf = &report.statefile;
+            let mut r = statefile_results(sf);
+            r.insert("summary".into(), backup::render_report(&report));
+            if !report.warnings.is_empty() {
+                r.insert("warnings".into(), report.warnings.join("\n"));
+            }
+            Ok(r)
+        }
+        Err(e) => {
+            let r = match &e {
+                BackupError::Failed { statefile, .. }
+                | BackupError::NotRestored { statefile, .. } => statefile_results(statefile),
+                _ => Results::new(),
+            };
+            Err((e.to_string(), r))
+        }
+    }
+}
+
+fn statefile_results(sf: &catalog::Statefile) -> Results {
+    let mut r = Results::from([
+        ("backup-id".into(), sf.backup_id.clone()),
+        ("phase".into(), sf.phase.as_str().into()),
+        ("started".into(), sf.started_at.to_rfc3339()),
+        ("components".into(), sf.requested.join(",")),
+        ("size".into(), human_bytes(sf.size())),
+        ("size-bytes".into(), sf.size().to_string()),
+    ]);
+    if !sf.label.is_empty() {
+        r.insert("label".into(), sf.label.clone());
+    }
+    if let Some(f) = sf.finished_at {
+        r.insert("finished".into(), f.to_rfc3339());
+    }
+    for m in &sf.components.mysql {
+        r.insert(
+            format!("{}-backup-id", crate::hook_tools::result_key(&m.app)),
+            m.backup_id.clone(),
+        );
+    }
+    r
+}
+
+fn restore(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    p: params::Restore,
+) -> Result<Results, (String, Results)> {
+    let plain = |e: String| (e, Results::new());
+    let ready = ready(env, tools).map_err(plain)?;
+    let (ctx, _client) = context(env, tools, &ready).map_err(plain)?;
+    let req = restore::RestoreRequest {
+        backup_id: p.backup_id.clone(),
+        components: components(p.components, &[]),
+        safety_backup: !p.no_safety_backup,
+        force: p.force,
+        pod_timeout: Duration::from_secs(600),
+    };
+    if p.dry_run {
+        let plan = runtime()
+            .map_err(|e| plain(e.to_string()))?
+            .block_on(restore::plan(&ctx, &req))
+            .map_err(|e| plain(e.to_string()))?;
+        return Ok(Results::from([
+            ("dry-run".into(), "true".into()),
+            ("backup-id".into(), p.backup_id),
+            ("plan".into(), restore::render_plan(&plan)),
+        ]));
+    }
+    let message = format!("restoring backup {}", p.backup_id);
+    let report = busy(env, tools, &message, || {
+        block_on_interruptible(&ctx.interrupt, restore::run(&ctx, &req))
+    })
+    .map_err(|e| plain(e.to_string()))?
+    .map_err(|e| {
+        (
+            e.to_string(),
+            Results::from([("backup-id".into(), p.backup_id.clone())]),
+        )
+    })?;
+    let mut r = Results::from([
+        ("backup-id".into(), report.backup_id.clone()),
+        ("summary".into(), restore::render_report(&report)),
+    ]);
+    if let Some(s) = &report.safety_backup {
+        r.insert("safety-backup-id".into(), s.clone());
+    }
+    let next: Vec<&str> = report
+        .mysql
+        .iter()
+        .map(|m| m.next.as_str())
+        .filter(|n| !n.is_empty())
+        .collect();
+    if !next.is_empty() {
+        r.insert("next-steps".into(), next.join("\n"));
+    }
+    Ok(r)
+}
+
+fn verify_backup(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    p: params::VerifyBackup,
+) -> Result<Results, String> {
+    let ready = ready(env, tools)?;
+    let store = destination(&ready)?;
+    // mysql-k8s's list-backups needs the controller; without it the .md5 markers still count.
+    let client = controller::connect(
+        tools,
+        ready.settings.controller_secret.as_deref(),
+        &ready.settings.model,
+    );
+    if let Err(e) = &client {
+        let _ = tools.action_log(&format!(
+            "mysql backups checked in the bucket only (not with mysql-k8s list-backups): {e}"
+        ));
+    }
+    let mode = if p.read_data {
+        verify::Mode::ReadData
+    } else {
+        verify::Mode::Light
+    };
+    let spool = tempfile::tempdir().map_err(|e| format!("spool: {e}"))?;
+    let v = runtime()
+        .map_err(|e| e.to_string())?
+        .block_on(verify::verify(
+            &store,
+            client.as_ref().ok().map(|c| &c.juju),
+            &p.backup_id,
+            mode,
+            spool.path(),
+            &action_log(tools),
+        ))
+        .map_err(|e| e.to_string())?;
+    let report = verify::render(&v);
+    if !v.passed {
+        return Err(format!(
+            "backup {} failed verification ({} problem(s)); restore another backup (list-backups):\n{report}",
+            p.backup_id,
+            v.problems.len()
+        ));
+    }
+    Ok(Results::from([
+        ("backup-id".into(), v.backup_id.clone()),
+        ("mode".into(), v.mode.as_str().into()),
+        ("passed".into(), "true".into()),
+        ("objects-checked".into(), v.objects_checked.to_string()),
+        ("bytes-read".into(), v.bytes_read.to_string()),
+        ("report".into(), report),
+    ]))
+}
+
+fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String> {
+    let ready = ready(env, tools)?;
+    let store = destination(&ready)?;
+    let rows = runtime()
+        .map_err(|e| e.to_string())?
+        .block_on(catalog::list(&store))
+        .map_err(|e| e.to_string())?;
+    let latest = rows.iter().rev().find_map(|r| match r {
+        Listed::Backup(s) if s.phase == Phase::Completed => Some(s.backup_id.clone()),
+        _ => None,
+    });
+    let mut r = Results::from([
+        ("count".into(), rows.len().to_string()),
+        (
+            "backups".into(),
+            if rows.is_empty() {
+                format!("no backups in {}", store.describe())
+            } else {
+                catalog::render_table(&rows)
+            },
+        ),
+    ]);
+    if let Some(id) = latest {
+        r.insert("latest-completed".into(), id);
+    }
+    Ok(r)
+}
+
+fn describe_backup(env: &DispatchEnv, tools: &HookTools, id: &str) -> Result<Results, String> {
+    let ready = ready(env, tools)?;
+    let store = destination(&ready)?;
+    let sf = runtime()
+        .map_err(|e| e.to_string())?
+        .block_on(catalog::load(&store, id))
+        .map_err(|e| e.to_string())?;
+    let mut r = statefile_results(&sf);
+    r.insert(
+        "statefile".into(),
+        serde_yaml::to_string(&sf).map_err(|e| e.to_string())?,
+    );
+    Ok(r)
+}

@@ -1,0 +1,216 @@
+//! The charm's relations: `s3-credentials` to s3-integrator (where backups go) and
+//! `object-storage` to minio (MinIO's keys). Reading a databag is a plain function of its
+//! contents, so both interface versions are tested on recorded shapes.
+
+use std::collections::BTreeMap;
+
+use crate::control_plane::MinioAccess;
+use crate::hook_tools::{Bag, HookToolError, HookTools};
+use crate::juju::ObjectStorage;
+use crate::secret::Secret;
+use crate::store::{S3Settings, UriStyle};
+
+pub const S3_ENDPOINT: &str = "s3-credentials";
+pub const OBJECT_STORAGE_ENDPOINT: &str = "object-storage";
+
+/// Where the destination stands, for status and for the actions.
+#[derive(Debug)]
+pub enum S3State {
+    /// No relation: the operator has to integrate.
+    NotRelated,
+    /// Related, but s3-integrator has not published (or has not got its keys yet).
+    Waiting {
+        relation: String,
+        app: String,
+    },
+    /// Published but unusable: what is wrong, in the provider's terms.
+    Invalid {
+        relation: String,
+        problem: String,
+    },
+    Ready(Box<S3Destination>),
+}
+
+/// The s3-integrator's answer, read into settings.
+#[derive(Debug, Clone)]
+pub struct S3Destination {
+    pub relation: String,
+    pub settings: S3Settings,
+    /// PEM certificates to trust for the endpoint (the `tls-ca-chain` key).
+    pub tls_ca_chain: Vec<String>,
+    /// `v0` (keys in the databag, s3-integrator 1/) or `v1` (keys in a Juju secret, 2/).
+    pub version: &'static str,
+}
+
+/// Reads an s3-integrator application databag. `secret` is the content of the Juju secret
+/// `secret-extra` names (v1); v0 carries the keys in the bag itself.
+pub fn s3_destination(
+    relation: &str,
+    bag: &BTreeMap<String, String>,
+    secret: Option<&BTreeMap<String, Secret>>,
+) -> Result<S3Destination, String> {
+    let get = |k: &str| bag.get(k).map(|v| v.trim()).filter(|v| !v.is_empty());
+    let (access, secret_key, version) = match secret {
+        Some(s) => {
+            let key = |k: &str| {
+                s.get(k)
+                    .filter(|v| !v.is_empty())
+                    .cloned()
+                    .ok_or_else(|| format!("the secret s3-integrator shares has no `{k}`"))
+            };
+            (key("access-key")?, key("secret-key")?, "v1")
+        }
+        None => {
+            let key = |k: &str| {
+                get(k).map(Secret::new).ok_or_else(|| {
+                    format!("s3-integrator sent no `{k}`: run its sync-s3-credentials action")
+                })
+            };
+            (key("access-key")?, key("secret-key")?, "v0")
+        }
+    };
+    let bucket = get("bucket")
+        .ok_or(
+            "s3-integrator sent no `bucket`: set it with `juju config s3-integrator bucket=...`",
+        )?
+        .to_string();
+    let endpoint = get("endpoint")
+        .unwrap_or("https://s3.amazonaws.com")
+        .trim_end_matches('/')
+        .to_string();
+    if !endpoint.starts_with("http://") && !endpoint.starts_with("https://") {
+        return Err(format!(
+            "s3-integrator's endpoint {endpoint:?} is not an http(s) URL: `juju config s3-integrator endpoint=https://...`"
+        ));
+    }
+    let uri_style = match get("s3-uri-style") {
+        Some("path") => UriStyle::Path,
+        Some("host") | Some("virtual") => UriStyle::Host,
+        Some("auto") | None if endpoint.contains("amazonaws.com") => UriStyle::Host,
+        Some("auto") | None => UriStyle::Path,
+        Some(other) => {
+            return Err(format!(
+                "s3-integrator's s3-uri-style {other:?} is not path, host or auto"
+            ))
+        }
+    };
+    let tls_ca_chain = match get("tls-ca-chain") {
+        None => vec![],
+        Some(chain) => serde_json::from_str::<Vec<String>>(chain).map_err(|e| {
+            format!("s3-integrator's tls-ca-chain is not a JSON list of PEM certificates: {e}")
+        })?,
+    };
+    Ok(S3Destination {
+        relation: relation.to_string(),
+        settings: S3Settings {
+            endpoint,
+            bucket,
+            path: get("path").unwrap_or("").trim_matches('/').to_string(),
+            region: get("region").unwrap_or("us-east-1").to_string(),
+            uri_style,
+            access_key: access,
+            secret_key,
+        },
+        tls_ca_chain,
+        version,
+    })
+}
+
+/// The destination, as the relation has it now.
+pub fn s3_state(tools: &HookTools) -> Result<S3State, HookToolError> {
+    let Some(id) = tools.relation_ids(S3_ENDPOINT)?.into_iter().next() else {
+        return Ok(S3State::NotRelated);
+    };
+    let Some(app) = tools.relation_app(&id)? else {
+        return Ok(S3State::Waiting {
+            relation: id,
+            app: "s3-integrator".into(),
+        });
+    };
+    let bag = tools.relation_get(&id, Bag::App, &app)?;
+    if bag.is_empty() {
+        return Ok(S3State::Waiting { relation: id, app });
+    }
+    let secret = match bag.get("secret-extra").filter(|s| !s.is_empty()) {
+        None => None,
+        Some(uri) => match tools.secret_get(uri) {
+            Ok(s) => Some(s),
+            Err(e) => {
+                return Ok(S3State::Invalid {
+                    relation: id,
+                    problem: format!("cannot read the credentials secret {app} shared: {e}"),
+                })
+            }
+        },
+    };
+    Ok(match s3_destination(&id, &bag, secret.as_ref()) {
+        Ok(d) => S3State::Ready(Box::new(d)),
+        Err(problem) => S3State::Invalid {
+            relation: id,
+            problem,
+        },
+    })
+}
+
+/// What the requirer writes on its side of `s3`: the bucket it asks for (the data-platform
+/// library's default name, as mysql-k8s uses) and, for v1 providers, the secrets it needs.
+pub fn s3_request(relation: &str) -> BTreeMap<String, String> {
+    let n = relation.rsplit(':').next().unwrap_or(relation);
+    BTreeMap::from([
+        ("bucket".to_string(), format!("relation-{n}")),
+        (
+            "requested-secrets".to_string(),
+            r#"["access-key", "secret-key"]"#.to_string(),
+        ),
+    ])
+}
+
+/// Writes our side of every s3-credentials relation (leader only: it is the app bag), except
+/// one being removed.
+pub fn request_bucket(tools: &HookTools, broken: Option<&str>) -> Result<(), HookToolError> {
+    for id in tools.relation_ids(S3_ENDPOINT)? {
+        if Some(id.as_str()) == broken {
+            continue;
+        }
+        let want = s3_request(&id);
+        let have = tools
+            .relation_get(&id, Bag::App, &local_app())
+            .unwrap_or_default();
+        if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
+            tools.relation_set(&id, Bag::App, &want)?;
+        }
+    }
+    Ok(())
+}
+
+fn local_app() -> String {
+    std::env::var("JUJU_UNIT_NAME")
+        .ok()
+        .and_then(|u| u.split('/').next().map(str::to_string))
+        .unwrap_or_else(|| "backup-agent".into())
+}
+
+/// MinIO's keys from our own object-storage relation, if there is one with data; a malformed
+/// bag is an error (not a reason to look elsewhere).
+pub fn minio(tools: &HookTools) -> Result<Option<MinioAccess>, String> {
+    let ids = tools
+        .relation_ids(OBJECT_STORAGE_ENDPOINT)
+        .map_err(|e| e.to_string())?;
+    let Some(id) = ids.into_iter().next() else {
+        return Ok(None);
+    };
+    let Some(app) = tools.relation_app(&id).map_err(|e| e.to_string())? else {
+        return Ok(None);
+    };
+    let bag = tools
+        .relation_get(&id, Bag::App, &app)
+        .map_err(|e| e.to_string())?;
+    if bag.is_empty() {
+        return Ok(None);
+    }
+    let os = ObjectStorage::from_relation_data(&bag)?;
+    Ok(Some(MinioAccess::from_object_storage(
+        os,
+        format!("the {OBJECT_STORAGE_ENDPOINT} relation to {app} ({id})"),
+    )))
+}

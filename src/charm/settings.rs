@@ -1,0 +1,93 @@
+//! The charm's config (`config-get`), checked: a bad value blocks the unit with the option named
+//! and the command that fixes it, instead of failing later in the middle of a backup.
+
+use serde_json::{Map, Value};
+
+use crate::backup::{parse_rate, Tuning, TuningArgs};
+use crate::control_plane::AppNames;
+
+#[derive(Debug, Clone)]
+pub struct Settings {
+    pub model: String,
+    pub controller_secret: Option<String>,
+    pub names: AppNames,
+    pub mlmd_container: Option<String>,
+    pub minio_bucket: String,
+    pub checkers: u16,
+    pub transfers: u16,
+    pub bwlimit: Option<u64>,
+    pub schedule: Option<String>,
+    pub retention: Option<String>,
+}
+
+impl Settings {
+    /// Reads `config-get --format=json` output; every error names the option and the fix.
+    pub fn from_config(app: &str, config: &Map<String, Value>) -> Result<Self, String> {
+        let text = |k: &str, default: &str| -> String {
+            match config.get(k) {
+                Some(Value::String(s)) if !s.trim().is_empty() => s.trim().to_string(),
+                _ => default.to_string(),
+            }
+        };
+        let optional = |k: &str| Some(text(k, "")).filter(|s| !s.is_empty());
+        let count = |k: &str, default: u16| -> Result<u16, String> {
+            match config.get(k) {
+                None | Some(Value::Null) => Ok(default),
+                Some(v) => v
+                    .as_i64()
+                    .filter(|n| (1..=256).contains(n))
+                    .map(|n| n as u16)
+                    .ok_or_else(|| {
+                        format!(
+                            "config {k}={v} is out of range 1-256: juju config {app} {k}={default}"
+                        )
+                    }),
+            }
+        };
+        let bwlimit = match optional("bwlimit") {
+            None => None,
+            Some(s) => Some(parse_rate(&s).map_err(|e| {
+                format!("config bwlimit={s:?}: {e}: juju config {app} bwlimit=50M (or bwlimit= for none)")
+            })?),
+        };
+        let controller_secret = optional("controller-secret");
+        if let Some(id) = &controller_secret {
+            if !id.starts_with("secret:") {
+                return Err(format!(
+                    "config controller-secret={id:?} is not a secret URI (secret:...): use the id `juju add-secret` printed"
+                ));
+            }
+        }
+        let d = AppNames::default();
+        Ok(Settings {
+            model: text("model", "kubeflow"),
+            controller_secret,
+            names: AppNames {
+                kfp_db: text("kfp-db-app", &d.kfp_db),
+                katib_db: text("katib-db-app", &d.katib_db),
+                metadata_writer: text("metadata-writer-app", &d.metadata_writer),
+                mlmd: text("mlmd-app", &d.mlmd),
+                minio: text("minio-app", &d.minio),
+                kfp_ui: text("kfp-ui-app", &d.kfp_ui),
+            },
+            mlmd_container: optional("mlmd-container"),
+            minio_bucket: text("minio-bucket", "mlpipeline"),
+            checkers: count("checkers", 8)?,
+            transfers: count("transfers", 4)?,
+            bwlimit,
+            schedule: optional("schedule"),
+            retention: optional("retention"),
+        })
+    }
+
+    /// The run settings: the CLI's defaults, with what config sets.
+    pub fn tuning(&self) -> Tuning {
+        let mut args = TuningArgs::defaults();
+        args.mlmd_container = self.mlmd_container.clone();
+        args.minio_bucket = self.minio_bucket.clone();
+        args.checkers = self.checkers;
+        args.transfers = self.transfers;
+        args.bwlimit = self.bwlimit;
+        args.tuning()
+    }
+}
