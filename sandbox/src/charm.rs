@@ -51,6 +51,8 @@ pub struct CharmFiles {
     pub containers: Vec<String>,
     pub config: BTreeMap<String, ConfigOption>,
     pub actions: Value,
+    /// The first base manifest.yaml names (`ubuntu@24.04`), as juju prints it.
+    pub base: String,
 }
 
 fn read_yaml(path: &Path) -> Result<Option<Value>> {
@@ -121,7 +123,15 @@ pub fn read_charm(dir: &Path) -> Result<CharmFiles> {
     let actions = read_yaml(&dir.join("actions.yaml"))?
         .or_else(|| craft.get("actions").cloned())
         .unwrap_or(json!({}));
+    let manifest = read_yaml(&dir.join("manifest.yaml"))?.unwrap_or(Value::Null);
+    let base = &manifest["bases"][0];
+    let base = format!(
+        "{}@{}",
+        base["name"].as_str().unwrap_or("ubuntu"),
+        base["channel"].as_str().unwrap_or("22.04")
+    );
     Ok(CharmFiles {
+        base,
         name,
         endpoints,
         resources,
@@ -705,8 +715,8 @@ pub fn deploy(
         Ok(())
     })?;
     let stderr = format!(
-        "Located local charm \"{0}\", revision 0\nDeploying \"{1}\" from local charm \"{0}\", revision 0 on ubuntu@22.04/stable\n",
-        files.name, app_name
+        "Located local charm \"{0}\", revision 0\nDeploying \"{1}\" from local charm \"{0}\", revision 0 on {2}/stable\n",
+        files.name, app_name, files.base
     );
     let hooks: Vec<(String, HookCtx)> = [
         "install",

@@ -87,17 +87,20 @@ fn action_log(tools: &HookTools) -> Progress {
 }
 
 /// A full context: controller login, destination, MinIO's keys from our own relation.
-fn context(
-    env: &DispatchEnv,
-    tools: &HookTools,
-    ready: &Ready,
-) -> Result<(Context, controller::Client), String> {
+fn context(tools: &HookTools, ready: &Ready) -> Result<(Context, controller::Client), String> {
     let client = controller::connect(
         tools,
         ready.settings.controller_secret.as_deref(),
         &ready.settings.model,
     )?;
     let minio = relations::minio(tools).map_err(|e| format!("object-storage relation: {e}"))?;
+    if !ready.destination.tls_ca_chain.is_empty() {
+        // Read and carried; trusting a private CA is the TLS work still to come.
+        let _ = tools.action_log(&format!(
+            "warning: s3-integrator sent a tls-ca-chain of {} certificate(s); the endpoint is checked against the public roots only",
+            ready.destination.tls_ca_chain.len()
+        ));
+    }
     let ctx = Context {
         juju: client.juju.clone(),
         names: ready.settings.names.clone(),
@@ -108,7 +111,6 @@ fn context(
         progress: action_log(tools),
         interrupt: Interrupt::new(),
     };
-    let _ = env;
     Ok((ctx, client))
 }
 
@@ -139,7 +141,7 @@ fn create_backup(
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
     let ready = ready(env, tools).map_err(plain)?;
-    let (ctx, _client) = context(env, tools, &ready).map_err(plain)?;
+    let (ctx, _client) = context(tools, &ready).map_err(plain)?;
     let req = BackupRequest {
         label: p.label,
         components: components(p.components, &Component::ALL),
@@ -213,7 +215,7 @@ fn restore(
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
     let ready = ready(env, tools).map_err(plain)?;
-    let (ctx, _client) = context(env, tools, &ready).map_err(plain)?;
+    let (ctx, _client) = context(tools, &ready).map_err(plain)?;
     let req = restore::RestoreRequest {
         backup_id: p.backup_id.clone(),
         components: components(p.components, &[]),
