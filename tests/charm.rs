@@ -599,6 +599,14 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
             "{hook}"
         );
     }
+    // Why the unit is blocked also goes to the unit's log (juju debug-log).
+    let (_, state) = unit.dispatch("hooks/update-status");
+    assert!(
+        state.juju_log.iter().any(|l| l.level == "INFO"
+            && l.message == "update-status: blocked: missing relation s3-credentials: juju integrate backup-agent s3-integrator"),
+        "{:?}",
+        state.juju_log
+    );
     // The relation arrives: the leader asks for a bucket and the secrets (both tracks).
     unit.set(|s| s.relations.push(s3_relation(&sb, false)));
     let (st, msg) = unit.status("s3-credentials-relation-changed");

@@ -9,6 +9,7 @@ use anyhow::{Context, Result};
 use chrono::{TimeZone, Utc};
 use serde_json::{json, Map, Value};
 
+use crate::charm::wait_task;
 use crate::juju::{parse_go_duration, task_json, task_plain, Outcome};
 use crate::model::{now_ms, split_unit, App, Model, ModelStore, Task};
 use crate::s3::S3Target;
@@ -35,7 +36,8 @@ fn action_schema(charm: &str, action: &str) -> Option<Value> {
     Some(json!({ "properties": props, "required": [] }))
 }
 
-fn json_type(v: &Value) -> &'static str {
+/// A JSON value's type as JSON schema names it.
+pub(crate) fn json_type(v: &Value) -> &'static str {
     match v {
         Value::Bool(_) => "boolean",
         Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
@@ -115,28 +117,6 @@ pub fn running_message(model: &Model, unit: &str, now: u64) -> Option<String> {
     }
 }
 
-/// Blocks until the task has finished or `wait` has passed; returns the time it stopped.
-pub fn wait_for(task: &Task, wait: Option<Duration>) -> u64 {
-    let start = now_ms();
-    let Some(wait) = wait else { return start };
-    // Juju treats --wait=0 as "no limit".
-    let deadline = if wait.is_zero() {
-        u64::MAX
-    } else {
-        start + wait.as_millis() as u64
-    };
-    loop {
-        let now = now_ms();
-        if task.status_at(now) != "running" || now >= deadline {
-            return now;
-        }
-        let until = task.completed_ms.min(deadline);
-        std::thread::sleep(Duration::from_millis(
-            until.saturating_sub(now).clamp(1, 200),
-        ));
-    }
-}
-
 /// What an action did: results, or the message it failed with; and the changes to the model.
 struct Effect {
     results: Map<String, Value>,
@@ -190,9 +170,9 @@ pub fn run_cli(
         return usage("cannot specify both --wait and --background".into());
     }
     let wait = match wait {
-        None => Some(Duration::from_secs(60)),
+        None => Duration::from_secs(60),
         Some(w) => match parse_go_duration(w) {
-            Some(d) => Some(d),
+            Some(d) => d,
             None => {
                 return usage(format!(
                     "invalid value \"{w}\" for option --wait: time: invalid duration \"{w}\""
@@ -234,18 +214,31 @@ pub fn run_cli(
     }
 
     let mut tasks = vec![];
-    let mut stderr = String::new();
     for unit in &units {
         let task = enqueue(store, unit, action, &params)?;
         tasks.push(task);
     }
+    client_outcome(store, &tasks, wait, background, format)
+}
+
+/// The juju client's side of `juju run` once its tasks are queued: the scheduled message with
+/// `--background`; otherwise "Running operation", a wait for each task (polling the model, so a
+/// charm's task and a simulated one, which shows `running` until its `completed_ms`, alike), the
+/// results in `format`, and for failed tasks the error and exit code 1.
+pub(crate) fn client_outcome(
+    store: &ModelStore,
+    tasks: &[Task],
+    wait: Duration,
+    background: bool,
+    format: &str,
+) -> Result<Outcome> {
     let op = tasks[0].id - 1;
+    let mut stderr = String::new();
     if background {
         stderr.push_str(&format!(
-            "Scheduled operation {op} with task {}\n",
-            tasks[0].id
+            "Scheduled operation {op} with task {}\nCheck operation status with 'juju show-operation {op}'\nCheck task status with 'juju show-task {}'\n",
+            tasks[0].id, tasks[0].id
         ));
-        stderr.push_str(&format!("Check operation status with 'juju show-operation {op}'\nCheck task status with 'juju show-task {}'\n", tasks[0].id));
         return Ok(Outcome {
             stderr,
             ..Default::default()
@@ -256,7 +249,7 @@ pub fn run_cli(
         tasks.len(),
         if tasks.len() == 1 { "" } else { "s" }
     ));
-    for t in &tasks {
+    for t in tasks {
         stderr.push_str(&format!(
             "  - task {} on unit-{}\n",
             t.id,
@@ -264,11 +257,13 @@ pub fn run_cli(
         ));
     }
     stderr.push('\n');
+    let mut done = vec![];
     let mut now = now_ms();
-    for t in &tasks {
+    for t in tasks {
         stderr.push_str(&format!("Waiting for task {}...\n", t.id));
-        now = wait_for(t, wait);
-        if t.status_at(now) == "running" {
+        let (task, at) = wait_task(store, t.id, Some(wait))?;
+        now = at;
+        if task.status_at(now) == "running" {
             stderr.push_str(&format!(
                 "ERROR timed out waiting for results from: unit {}\n",
                 t.unit
@@ -279,32 +274,32 @@ pub fn run_cli(
                 ..Default::default()
             });
         }
+        done.push(task);
     }
     let stdout = match format {
-        "plain" => tasks.iter().map(|t| task_plain(t, now)).collect::<String>(),
+        "plain" => done.iter().map(|t| task_plain(t, now)).collect::<String>(),
         "json" | "yaml" => {
             let mut m = Map::new();
-            for t in &tasks {
+            for t in &done {
                 m.insert(t.unit.clone(), task_json(t, now));
             }
             if format == "json" {
                 format!("{}\n", Value::Object(m))
             } else {
-                serde_yaml::to_string(&Value::Object(m)).unwrap()
+                serde_yaml::to_string(&Value::Object(m))?
             }
         }
         other => {
-            return usage(format!(
+            return Ok(Outcome::usage(format!(
                 "invalid value \"{other}\" for option --format: unknown format \"{other}\""
-            ))
+            )))
         }
     };
     // A failed task makes the client exit non-zero, with "task failed" on stderr.
-    let failed: Vec<&Task> = tasks
+    let failed: Vec<&Task> = done
         .iter()
         .filter(|t| t.status_at(now) == "failed")
         .collect();
-
     let code = if failed.is_empty() {
         0
     } else {
@@ -314,7 +309,15 @@ pub fn run_cli(
             if plural { "s" } else { "" }
         ));
         for t in &failed {
-            stderr.push_str(&format!(" - id \"{}\" with return code 0\n", t.id));
+            // A charm's action reports its exit code; a simulated one has none (0).
+            stderr.push_str(&format!(
+                " - id \"{}\" with return code {}\n",
+                t.id,
+                t.results
+                    .get("return-code")
+                    .and_then(Value::as_i64)
+                    .unwrap_or(0)
+            ));
         }
         stderr.push_str(&format!(
             "\nuse 'juju show-task' to inspect the failure{}\n",

@@ -13,11 +13,12 @@ use anyhow::{anyhow, bail, Context, Result};
 use fs2::FileExt;
 use serde_json::{json, Map, Value};
 
+use crate::actions::json_type;
 use crate::hook_tools::{
     run_dispatch_with, DispatchOptions, DispatchOutcome, HookAction, HookRelation, HookState,
     StatusValue,
 };
-use crate::juju::{task_json, task_plain, Outcome};
+use crate::juju::Outcome;
 use crate::model::{
     now_ms, pod_ip, split_unit, App, CharmEndpoint, ConfigOption, LocalCharm, Model, ModelStore,
     ResourceMeta, Secret, Task, API_ENDPOINT,
@@ -783,6 +784,27 @@ fn split_ep(s: &str) -> (&str, Option<&str>) {
     }
 }
 
+/// An `app[:endpoint]` argument, split.
+type End<'a> = (&'a str, Option<&'a str>);
+
+/// The two `app[:endpoint]` arguments of `integrate` and `remove-relation`, each application in
+/// the model; or juju's refusal.
+fn relation_ends<'a>(
+    model: &Model,
+    positional: &'a [String],
+) -> std::result::Result<(End<'a>, End<'a>), Outcome> {
+    let [a, b] = positional else {
+        return Err(Outcome::usage("a relation must involve two applications"));
+    };
+    let ends = (split_ep(a), split_ep(b));
+    for app in [ends.0 .0, ends.1 .0] {
+        if !model.apps.contains_key(app) {
+            return Err(Outcome::error(format!("application \"{app}\" not found")));
+        }
+    }
+    Ok(ends)
+}
+
 /// The provider's application databag on a new relation, as the sandbox's charms publish it.
 fn provider_data(model: &Model, provider: &str, interface: &str) -> BTreeMap<String, String> {
     let app = &model.apps[provider];
@@ -817,16 +839,10 @@ fn provider_data(model: &Model, provider: &str, interface: &str) -> BTreeMap<Str
 
 /// `juju integrate A[:ep] B[:ep]`.
 pub fn integrate(store: &ModelStore, model: &Model, positional: &[String]) -> Result<Outcome> {
-    if positional.len() != 2 {
-        return Ok(Outcome::usage("a relation must involve two applications"));
-    }
-    let (a, a_ep) = split_ep(&positional[0]);
-    let (b, b_ep) = split_ep(&positional[1]);
-    for app in [a, b] {
-        if !model.apps.contains_key(app) {
-            return Ok(Outcome::error(format!("application \"{app}\" not found")));
-        }
-    }
+    let ((a, a_ep), (b, b_ep)) = match relation_ends(model, positional) {
+        Ok(ends) => ends,
+        Err(refusal) => return Ok(refusal),
+    };
     let key = format!("{} {}", positional[0], positional[1]);
     let (ea, eb) = (endpoints_of(model, a), endpoints_of(model, b));
     let mut found = vec![];
@@ -943,16 +959,10 @@ pub fn remove_relation(
     model: &Model,
     positional: &[String],
 ) -> Result<Outcome> {
-    if positional.len() != 2 {
-        return Ok(Outcome::usage("a relation must involve two applications"));
-    }
-    let (a, a_ep) = split_ep(&positional[0]);
-    let (b, b_ep) = split_ep(&positional[1]);
-    for app in [a, b] {
-        if !model.apps.contains_key(app) {
-            return Ok(Outcome::error(format!("application \"{app}\" not found")));
-        }
-    }
+    let ((a, a_ep), (b, b_ep)) = match relation_ends(model, positional) {
+        Ok(ends) => ends,
+        Err(refusal) => return Ok(refusal),
+    };
     let end_fits = |r: &crate::model::Relation, app: &str, ep: Option<&str>| {
         r.ends
             .iter()
@@ -1344,18 +1354,6 @@ pub fn check_login(model: &Model, juju_data: &Path, controller: Option<&str>) ->
 // ---------------------------------------------------------------------------------------------
 // Actions on local charms.
 
-fn json_type(v: &Value) -> &'static str {
-    match v {
-        Value::Bool(_) => "boolean",
-        Value::Number(n) if n.is_i64() || n.is_u64() => "integer",
-        Value::Number(_) => "number",
-        Value::String(_) => "string",
-        Value::Array(_) => "array",
-        Value::Object(_) => "object",
-        Value::Null => "null",
-    }
-}
-
 /// Checks `v` at `field` against a JSON-schema fragment (type, enum, items, properties).
 fn check_value(schema: &Value, v: &Value, field: &str, errors: &mut Vec<String>) {
     if let Some(want) = schema.get("type") {
@@ -1593,99 +1591,7 @@ pub fn run_cli(
         spawn_task(&dir, task.id)?;
         tasks.push(task);
     }
-    let op = tasks[0].id - 1;
-    let mut stderr = String::new();
-    if opts.background {
-        stderr.push_str(&format!(
-            "Scheduled operation {op} with task {}\nCheck operation status with 'juju show-operation {op}'\nCheck task status with 'juju show-task {}'\n",
-            tasks[0].id, tasks[0].id
-        ));
-        return Ok(Outcome {
-            stderr,
-            ..Default::default()
-        });
-    }
-    stderr.push_str(&format!(
-        "Running operation {op} with {} task{}\n",
-        tasks.len(),
-        if tasks.len() == 1 { "" } else { "s" }
-    ));
-    for t in &tasks {
-        stderr.push_str(&format!(
-            "  - task {} on unit-{}\n",
-            t.id,
-            t.unit.replace('/', "-")
-        ));
-    }
-    stderr.push('\n');
-    let mut done = vec![];
-    let mut now = now_ms();
-    for t in &tasks {
-        stderr.push_str(&format!("Waiting for task {}...\n", t.id));
-        let (task, at) = wait_task(store, t.id, Some(wait))?;
-        now = at;
-        if task.status_at(now) == "running" {
-            stderr.push_str(&format!(
-                "ERROR timed out waiting for results from: unit {}\n",
-                t.unit
-            ));
-            return Ok(Outcome {
-                stderr,
-                code: 1,
-                ..Default::default()
-            });
-        }
-        done.push(task);
-    }
-    let stdout = match opts.format.as_str() {
-        "plain" => done.iter().map(|t| task_plain(t, now)).collect::<String>(),
-        "json" | "yaml" => {
-            let mut m = Map::new();
-            for t in &done {
-                m.insert(t.unit.clone(), task_json(t, now));
-            }
-            if opts.format == "json" {
-                format!("{}\n", Value::Object(m))
-            } else {
-                serde_yaml::to_string(&Value::Object(m))?
-            }
-        }
-        other => {
-            return usage(format!(
-                "invalid value \"{other}\" for option --format: unknown format \"{other}\""
-            ))
-        }
-    };
-    let failed: Vec<&Task> = done.iter().filter(|t| t.outcome == "failed").collect();
-    let code = if failed.is_empty() {
-        0
-    } else {
-        let plural = failed.len() > 1;
-        stderr.push_str(&format!(
-            "ERROR the following task{} failed:\n",
-            if plural { "s" } else { "" }
-        ));
-        for t in &failed {
-            stderr.push_str(&format!(
-                " - id \"{}\" with return code {}\n",
-                t.id,
-                t.results
-                    .get("return-code")
-                    .and_then(Value::as_i64)
-                    .unwrap_or(0)
-            ));
-        }
-        stderr.push_str(&format!(
-            "\nuse 'juju show-task' to inspect the failure{}\n",
-            if plural { "s" } else { "" }
-        ));
-        1
-    };
-    Ok(Outcome {
-        stdout,
-        stderr,
-        code,
-    })
+    crate::actions::client_outcome(store, &tasks, wait, opts.background, &opts.format)
 }
 
 /// Polls the model until task `id` is over or `wait` has passed (`Some(0)`: no limit; `None`:

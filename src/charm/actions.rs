@@ -114,6 +114,16 @@ fn context(tools: &HookTools, ready: &Ready) -> Result<(Context, controller::Cli
     Ok((ctx, client))
 }
 
+/// Runs short work (no quiesce, nothing to put back on a signal) to its message.
+fn block<T, E: std::fmt::Display>(
+    work: impl std::future::Future<Output = Result<T, E>>,
+) -> Result<T, String> {
+    runtime()
+        .map_err(|e| e.to_string())?
+        .block_on(work)
+        .map_err(|e| e.to_string())
+}
+
 fn components(given: Option<Vec<Component>>, default: &[Component]) -> Vec<Component> {
     let mut c = given.unwrap_or_else(|| default.to_vec());
     c.sort();
@@ -149,10 +159,7 @@ fn create_backup(
         request: RequestType::Manual,
     };
     if p.dry_run {
-        let plan = runtime()
-            .map_err(|e| plain(e.to_string()))?
-            .block_on(backup::plan(&ctx, &req))
-            .map_err(|e| plain(e.to_string()))?;
+        let plan = block(backup::plan(&ctx, &req)).map_err(plain)?;
         return Ok(Results::from([
             ("dry-run".into(), "true".into()),
             ("components".into(), names(&req.components)),
@@ -224,10 +231,7 @@ fn restore(
         pod_timeout: Duration::from_secs(600),
     };
     if p.dry_run {
-        let plan = runtime()
-            .map_err(|e| plain(e.to_string()))?
-            .block_on(restore::plan(&ctx, &req))
-            .map_err(|e| plain(e.to_string()))?;
+        let plan = block(restore::plan(&ctx, &req)).map_err(plain)?;
         return Ok(Results::from([
             ("dry-run".into(), "true".into()),
             ("backup-id".into(), p.backup_id),
@@ -288,17 +292,14 @@ fn verify_backup(
         verify::Mode::Light
     };
     let spool = tempfile::tempdir().map_err(|e| format!("spool: {e}"))?;
-    let v = runtime()
-        .map_err(|e| e.to_string())?
-        .block_on(verify::verify(
-            &store,
-            client.as_ref().ok().map(|c| &c.juju),
-            &p.backup_id,
-            mode,
-            spool.path(),
-            &action_log(tools),
-        ))
-        .map_err(|e| e.to_string())?;
+    let v = block(verify::verify(
+        &store,
+        client.as_ref().ok().map(|c| &c.juju),
+        &p.backup_id,
+        mode,
+        spool.path(),
+        &action_log(tools),
+    ))?;
     let report = verify::render(&v);
     if !v.passed {
         return Err(format!(
@@ -320,10 +321,7 @@ fn verify_backup(
 fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String> {
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
-    let rows = runtime()
-        .map_err(|e| e.to_string())?
-        .block_on(catalog::list(&store))
-        .map_err(|e| e.to_string())?;
+    let rows = block(catalog::list(&store))?;
     let latest = rows.iter().rev().find_map(|r| match r {
         Listed::Backup(s) if s.phase == Phase::Completed => Some(s.backup_id.clone()),
         _ => None,
@@ -348,10 +346,7 @@ fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String>
 fn describe_backup(env: &DispatchEnv, tools: &HookTools, id: &str) -> Result<Results, String> {
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
-    let sf = runtime()
-        .map_err(|e| e.to_string())?
-        .block_on(catalog::load(&store, id))
-        .map_err(|e| e.to_string())?;
+    let sf = block(catalog::load(&store, id))?;
     let mut r = statefile_results(&sf);
     r.insert(
         "statefile".into(),
