@@ -220,9 +220,10 @@ impl HookTools {
         Ok(self.json("is-leader", &[])?.as_bool().unwrap_or(false))
     }
 
-    /// A secret's content; every value is kept as a `Secret`.
+    /// A secret's latest content (`--refresh`: a consumer otherwise stays on the revision it
+    /// first read, and would never see rotated keys); every value is kept as a `Secret`.
     pub fn secret_get(&self, id: &str) -> Result<BTreeMap<String, Secret>, HookToolError> {
-        let v = self.json("secret-get", &[id])?;
+        let v = self.json("secret-get", &[id, "--refresh"])?;
         Ok(string_map(&v)
             .into_iter()
             .map(|(k, v)| (k, Secret::new(v)))
@@ -247,7 +248,8 @@ pub fn parse_json(out: &str) -> Result<Value, String> {
     if out.trim().is_empty() {
         return Ok(Value::Null);
     }
-    serde_json::from_str(out).map_err(|e| format!("not JSON ({e}): {}", out.trim()))
+    // The text itself is not quoted: it may be a databag or a secret's content.
+    serde_json::from_str(out).map_err(|e| format!("not JSON ({e}), {} bytes", out.len()))
 }
 
 fn strings(v: &Value) -> Vec<String> {

@@ -231,6 +231,7 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
         &[
             "add-secret",
             "backup-agent-controller",
+            &format!("controller-uuid={}", c["details"]["uuid"].as_str().unwrap()),
             &format!("controller-addresses={addresses}"),
             &format!("ca-cert#file={}", ca.display()),
             &format!("username={}", c["account"]["user"].as_str().unwrap()),
@@ -558,6 +559,7 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
     .unwrap();
     let (_, c) = ctl.as_object().unwrap().iter().next().unwrap();
     let controller: std::collections::BTreeMap<String, String> = [
+        ("controller-uuid", c["details"]["uuid"].as_str().unwrap()),
         (
             "controller-addresses",
             c["details"]["api-endpoints"][0].as_str().unwrap(),
@@ -673,13 +675,44 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
     });
     assert_eq!(unit.status("s3-credentials-relation-changed").0, "active");
 
+    // minio on object-storage: we list the interface versions we speak (minio sends nothing
+    // to an app that does not), and its keys are what the backup then uses.
+    let data = format!(
+        "access-key: {}\nnamespace: kubeflow\nport: 9000\nsecret-key: {}\nsecure: false\nservice: minio\n",
+        sb.info.minio.access_key, sb.info.minio.secret_key
+    );
+    unit.set(|s| {
+        s.relations.push(HookRelation {
+            id: 5,
+            endpoint: "object-storage".into(),
+            interface: "object-storage".into(),
+            remote_app: "minio".into(),
+            remote_units: vec!["minio/0".into()],
+            remote_app_data: [("_supported_versions", "- v1\n"), ("data", data.as_str())]
+                .into_iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect(),
+            ..Default::default()
+        })
+    });
+    let (_, state) = unit.dispatch("hooks/object-storage-relation-changed");
+    assert_eq!(
+        state.relations[1]
+            .local_app_data
+            .get("_supported_versions")
+            .map(String::as_str),
+        Some("- v1\n")
+    );
+
     // A non-leader does not write the app bag.
     unit.set(|s| {
         s.leader = false;
         s.relations[0].local_app_data.clear();
+        s.relations[1].local_app_data.clear();
     });
     let (_, state) = unit.dispatch("hooks/s3-credentials-relation-changed");
     assert!(state.relations[0].local_app_data.is_empty());
+    assert!(state.relations[1].local_app_data.is_empty());
     unit.set(|s| s.leader = true);
 
     // The binary checks parameters itself too (a hand-run dispatch, a future Juju).
@@ -738,7 +771,13 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
     );
     assert_eq!(st.failed, None, "{:?} {:?}", st.results, st.action_log);
     assert_eq!(st.results["phase"], "completed");
-    assert!(!st.action_log.is_empty());
+    assert!(
+        st.action_log.iter().any(
+            |l| l.contains("keys from the object-storage relation to minio (object-storage:5)")
+        ),
+        "{:?}",
+        st.action_log
+    );
     assert!(
         st.status_history
             .iter()
@@ -762,8 +801,11 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
     });
     let st = unit.action("create-backup", json!({}));
     let failed = st.failed.expect("failed");
+    // In the charm's terms: config, not the CLI's flags.
     assert!(
-        failed.contains("no-such-mlmd") && failed.contains("--mlmd-app"),
+        failed.contains("no-such-mlmd")
+            && failed.contains("`juju config backup-agent mlmd-app=...`")
+            && !failed.contains("--"),
         "{failed}"
     );
     unit.set(|s| {

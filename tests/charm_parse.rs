@@ -226,6 +226,7 @@ fn controller_secret_content() {
             .collect()
     };
     let full = [
+        ("controller-uuid", "373da4e5-7ff9-4c6d-8a2e-6a2e2f8c1d11"),
         ("controller-addresses", "10.0.0.1:17070, 10.0.0.2:17070"),
         (
             "ca-cert",
@@ -255,17 +256,21 @@ fn controller_secret_content() {
     .unwrap();
     assert_eq!(c["current-controller"], "backup-agent-controller");
     assert_eq!(
+        c["controllers"]["backup-agent-controller"]["uuid"],
+        "373da4e5-7ff9-4c6d-8a2e-6a2e2f8c1d11"
+    );
+    assert_eq!(
         c["controllers"]["backup-agent-controller"]["api-endpoints"][1],
         "10.0.0.2:17070"
     );
 
-    let e = ControllerAccess::from_secret("secret:x", &content(&full[..3])).unwrap_err();
+    let e = ControllerAccess::from_secret("secret:x", &content(&full[..4])).unwrap_err();
     assert!(
         e.contains("has no `password`") && e.contains("Controller access"),
         "{e}"
     );
     let mut bad = full;
-    bad[0] = ("controller-addresses", "10.0.0.1");
+    bad[1] = ("controller-addresses", "10.0.0.1");
     let e = ControllerAccess::from_secret("secret:x", &content(&bad)).unwrap_err();
     assert!(e.contains("has no port"), "{e}");
 }
@@ -304,6 +309,7 @@ fn hook_tool_output_parsing() {
     let m = string_map(&v);
     assert_eq!(m["port"], "9000");
     assert_eq!(parse_json("\n").unwrap(), Value::Null);
-    assert!(parse_json("ERROR x").unwrap_err().contains("not JSON"));
+    let e = parse_json("access-key: AKIAPLANTED").unwrap_err();
+    assert!(e.contains("not JSON") && !e.contains("PLANTED"), "{e}");
     assert_eq!(result_key("kfp_db Backup ID"), "kfp-db-backup-id");
 }

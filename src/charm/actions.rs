@@ -87,9 +87,14 @@ fn action_log(tools: &HookTools) -> Progress {
 }
 
 /// A full context: controller login, destination, MinIO's keys from our own relation.
-fn context(tools: &HookTools, ready: &Ready) -> Result<(Context, controller::Client), String> {
+fn context(
+    app: &str,
+    tools: &HookTools,
+    ready: &Ready,
+) -> Result<(Context, controller::Client), String> {
     let client = controller::connect(
         tools,
+        app,
         ready.settings.controller_secret.as_deref(),
         &ready.settings.model,
     )?;
@@ -112,6 +117,36 @@ fn context(tools: &HookTools, ready: &Ready) -> Result<(Context, controller::Cli
         interrupt: Interrupt::new(),
     };
     Ok((ctx, client))
+}
+
+/// The library speaks the CLI's language (`--mlmd-app`, `--force`); an operator of the charm
+/// sets config and action parameters instead.
+pub fn charm_terms(message: &str, app: &str) -> String {
+    let mut m = message.to_string();
+    for option in [
+        "kfp-db-app",
+        "katib-db-app",
+        "metadata-writer-app",
+        "mlmd-app",
+        "minio-app",
+        "kfp-ui-app",
+        "mlmd-container",
+        "minio-bucket",
+        "model",
+    ] {
+        m = m.replace(
+            &format!("--{option}"),
+            &format!("`juju config {app} {option}=...`"),
+        );
+    }
+    m.replace("--components", "components=[...]")
+        .replace("--force", "force=true")
+        .replace("--no-safety-backup", "no-safety-backup=true")
+        .replace("--dry-run", "dry-run=true")
+        .replace(
+            "`backup-agent list-backups`",
+            &format!("`juju run {app}/0 list-backups`"),
+        )
 }
 
 /// Runs short work (no quiesce, nothing to put back on a signal) to its message.
@@ -151,7 +186,7 @@ fn create_backup(
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
     let ready = ready(env, tools).map_err(plain)?;
-    let (ctx, _client) = context(tools, &ready).map_err(plain)?;
+    let (ctx, _client) = context(&env.app, tools, &ready).map_err(plain)?;
     let req = BackupRequest {
         label: p.label,
         components: components(p.components, &Component::ALL),
@@ -222,7 +257,7 @@ fn restore(
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
     let ready = ready(env, tools).map_err(plain)?;
-    let (ctx, _client) = context(tools, &ready).map_err(plain)?;
+    let (ctx, _client) = context(&env.app, tools, &ready).map_err(plain)?;
     let req = restore::RestoreRequest {
         backup_id: p.backup_id.clone(),
         components: components(p.components, &[]),
@@ -278,6 +313,7 @@ fn verify_backup(
     // mysql-k8s's list-backups needs the controller; without it the .md5 markers still count.
     let client = controller::connect(
         tools,
+        &env.app,
         ready.settings.controller_secret.as_deref(),
         &ready.settings.model,
     );

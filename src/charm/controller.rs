@@ -20,6 +20,7 @@ const CONTROLLER: &str = "backup-agent-controller";
 /// What the operator stores in the secret.
 #[derive(Debug, Clone)]
 pub struct ControllerAccess {
+    pub uuid: String,
     pub addresses: Vec<String>,
     pub ca_cert: String,
     pub username: String,
@@ -36,7 +37,7 @@ impl ControllerAccess {
                 .filter(|v| !v.is_empty())
                 .ok_or_else(|| {
                     format!(
-                        "the controller secret {id} has no `{k}`: it needs controller-addresses, ca-cert, username and password (README: Controller access)"
+                        "the controller secret {id} has no `{k}`: it needs controller-uuid, controller-addresses, ca-cert, username and password (README: Controller access)"
                     )
                 })
         };
@@ -51,6 +52,7 @@ impl ControllerAccess {
             ));
         }
         Ok(ControllerAccess {
+            uuid: get("controller-uuid")?,
             addresses,
             ca_cert: get("ca-cert")?,
             username: get("username")?,
@@ -66,6 +68,7 @@ impl ControllerAccess {
         std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
         let controllers = json!({
             "controllers": {CONTROLLER: {
+                "uuid": self.uuid,
                 "api-endpoints": self.addresses,
                 "ca-cert": self.ca_cert,
             }},
@@ -96,7 +99,7 @@ pub struct Client {
 }
 
 /// The `juju` binary: the attached resource, else one on PATH (an image that ships it).
-pub fn client_binary(tools: &HookTools) -> Result<PathBuf, String> {
+pub fn client_binary(tools: &HookTools, app: &str) -> Result<PathBuf, String> {
     match tools.resource_get(RESOURCE) {
         Ok(p) if p.is_file() => {
             make_executable(&p)?;
@@ -107,7 +110,7 @@ pub fn client_binary(tools: &HookTools) -> Result<PathBuf, String> {
                 Ok(p) => format!("{} is not a file", p.display()),
                 Err(e) => e.to_string(),
             };
-            format!("no juju client: attach one with `juju attach-resource backup-agent {RESOURCE}=/snap/juju/current/bin/juju` ({why})")
+            format!("no juju client: attach one with `juju attach-resource {app} {RESOURCE}=/snap/juju/current/bin/juju` ({why})")
         }),
     }
 }
@@ -127,15 +130,20 @@ fn make_executable(p: &Path) -> Result<(), String> {
 }
 
 /// Reads the secret and sets up a client bound to `model`. Errors say what to do.
-pub fn connect(tools: &HookTools, secret_id: Option<&str>, model: &str) -> Result<Client, String> {
-    let id = secret_id.ok_or(
-        "controller-secret is not set: create a secret with the controller's address, CA, user and password, grant it, then `juju config backup-agent controller-secret=secret:...` (README: Controller access)",
-    )?;
+pub fn connect(
+    tools: &HookTools,
+    app: &str,
+    secret_id: Option<&str>,
+    model: &str,
+) -> Result<Client, String> {
+    let id = secret_id.ok_or_else(|| {
+        format!("controller-secret is not set: create a secret with the controller's uuid, addresses, CA, user and password, grant it, then `juju config {app} controller-secret=secret:...` (README: Controller access)")
+    })?;
     let content = tools.secret_get(id).map_err(|e| {
-        format!("cannot read controller-secret {id}: {e}; grant it with `juju grant-secret <name> backup-agent`")
+        format!("cannot read controller-secret {id}: {e}; grant it with `juju grant-secret <name> {app}`")
     })?;
     let access = ControllerAccess::from_secret(id, &content)?;
-    let bin = client_binary(tools)?;
+    let bin = client_binary(tools, app)?;
     let data = access
         .write_juju_data()
         .map_err(|e| format!("cannot write the juju client configuration: {e}"))?;

@@ -69,13 +69,21 @@ fn action(env: &DispatchEnv, tools: &HookTools, name: &str) -> Result<(), String
     let raw = tools.action_params().map_err(|e| e.to_string())?;
     let (results, failure) = match actions::run(env, tools, name, &raw) {
         Ok(r) => (r, None),
-        Err((message, r)) => (r, Some(message)),
+        Err((message, r)) => (r, Some(actions::charm_terms(&message, &env.app))),
     };
-    tools.action_set(&results).map_err(|e| e.to_string())?;
+    // Results that cannot be set must not hide the failure (or the success) they describe.
+    let set = tools.action_set(&results);
+    let failure = match (failure, &set) {
+        (Some(m), _) => Some(m),
+        (None, Err(e)) => Some(format!(
+            "the action finished but its results could not be set: {e}"
+        )),
+        (None, Ok(())) => None,
+    };
     if let Some(m) = failure {
         tools.action_fail(&m).map_err(|e| e.to_string())?;
     }
-    Ok(())
+    set.map_err(|e| e.to_string())
 }
 
 /// Every hook does the same: write our side of the relations (leader), then set the status.
@@ -86,7 +94,7 @@ fn hook(env: &DispatchEnv, tools: &HookTools, name: &str) -> Result<(), String> 
         .then(|| env.relation_id.clone())
         .flatten();
     if tools.is_leader().map_err(|e| e.to_string())? {
-        relations::request_bucket(tools, broken.as_deref()).map_err(|e| e.to_string())?;
+        relations::write_our_side(tools, broken.as_deref()).map_err(|e| e.to_string())?;
     }
     let a = status::assess(&env.app, tools, broken.as_deref());
     if a.status != Status::Active {

@@ -116,9 +116,11 @@ pub fn s3_destination(
     })
 }
 
-/// The destination, as the relation has it now.
-pub fn s3_state(tools: &HookTools) -> Result<S3State, HookToolError> {
-    let Some(id) = tools.relation_ids(S3_ENDPOINT)?.into_iter().next() else {
+/// The destination, as the relation has it now; `broken` is a relation on its way out (older
+/// Juju still lists it during relation-broken).
+pub fn s3_state(tools: &HookTools, broken: Option<&str>) -> Result<S3State, HookToolError> {
+    let ids = tools.relation_ids(S3_ENDPOINT)?;
+    let Some(id) = ids.into_iter().find(|id| Some(id.as_str()) != broken) else {
         return Ok(S3State::NotRelated);
     };
     let Some(app) = tools.relation_app(&id)? else {
@@ -165,19 +167,32 @@ pub fn s3_request(relation: &str) -> BTreeMap<String, String> {
     ])
 }
 
-/// Writes our side of every s3-credentials relation (leader only: it is the app bag), except
-/// one being removed.
-pub fn request_bucket(tools: &HookTools, broken: Option<&str>) -> Result<(), HookToolError> {
-    for id in tools.relation_ids(S3_ENDPOINT)? {
-        if Some(id.as_str()) == broken {
-            continue;
-        }
-        let want = s3_request(&id);
-        let have = tools
-            .relation_get(&id, Bag::App, &local_app())
-            .unwrap_or_default();
-        if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
-            tools.relation_set(&id, Bag::App, &want)?;
+/// What the requirer writes on object-storage: the serialized-data interface versions it
+/// speaks. minio sends nothing to a related app that has not listed them.
+pub fn object_storage_request() -> BTreeMap<String, String> {
+    BTreeMap::from([("_supported_versions".to_string(), "- v1\n".to_string())])
+}
+
+/// Writes our side of every s3-credentials and object-storage relation (leader only: it is
+/// the app bag), except one being removed.
+pub fn write_our_side(tools: &HookTools, broken: Option<&str>) -> Result<(), HookToolError> {
+    type Request = fn(&str) -> BTreeMap<String, String>;
+    let ours: [(&str, Request); 2] = [
+        (S3_ENDPOINT, s3_request),
+        (OBJECT_STORAGE_ENDPOINT, |_| object_storage_request()),
+    ];
+    for (endpoint, request) in ours {
+        for id in tools.relation_ids(endpoint)? {
+            if Some(id.as_str()) == broken {
+                continue;
+            }
+            let want = request(&id);
+            let have = tools
+                .relation_get(&id, Bag::App, &local_app())
+                .unwrap_or_default();
+            if want.iter().any(|(k, v)| have.get(k) != Some(v)) {
+                tools.relation_set(&id, Bag::App, &want)?;
+            }
         }
     }
     Ok(())

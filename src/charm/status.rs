@@ -39,21 +39,15 @@ pub fn ready(app: &str, tools: &HookTools, broken: Option<&str>) -> Result<Ready
         .map_err(|e| Assessment::new(Status::Blocked, format!("cannot read config: {e}")))?;
     let settings =
         Settings::from_config(app, &config).map_err(|m| Assessment::new(Status::Blocked, m))?;
-    let state = relations::s3_state(tools).map_err(|e| {
+    let state = relations::s3_state(tools, broken).map_err(|e| {
         Assessment::new(
             Status::Blocked,
             format!("cannot read the s3-credentials relation: {e}"),
         )
     })?;
     let destination = match state {
-        S3State::Ready(d) if Some(d.relation.as_str()) != broken => d,
-        S3State::NotRelated | S3State::Ready(_) => {
-            return Err(Assessment::new(
-                Status::Blocked,
-                format!("missing relation s3-credentials: juju integrate {app} s3-integrator"),
-            ))
-        }
-        S3State::Waiting { relation, .. } if Some(relation.as_str()) == broken => {
+        S3State::Ready(d) => d,
+        S3State::NotRelated => {
             return Err(Assessment::new(
                 Status::Blocked,
                 format!("missing relation s3-credentials: juju integrate {app} s3-integrator"),
@@ -93,7 +87,7 @@ pub fn assess(app: &str, tools: &HookTools, broken: Option<&str>) -> Assessment 
             })?;
             controller::ControllerAccess::from_secret(id, &content)
         })
-        .and_then(|_| controller::client_binary(tools));
+        .and_then(|_| controller::client_binary(tools, app));
     if let Err(m) = access {
         return Assessment::new(Status::Blocked, m);
     }
