@@ -86,15 +86,13 @@ fn action_log(tools: &HookTools) -> Progress {
     })
 }
 
-/// A full context: controller login, destination, MinIO's keys from our own relation.
-fn context(
-    app: &str,
-    tools: &HookTools,
-    ready: &Ready,
-) -> Result<(Context, controller::Client), String> {
+/// A full context: the unit ready, controller login, destination, MinIO's keys from our own
+/// relation.
+fn context(env: &DispatchEnv, tools: &HookTools) -> Result<(Context, controller::Client), String> {
+    let ready = &ready(env, tools)?;
     let client = controller::connect(
         tools,
-        app,
+        &env.app,
         ready.settings.controller_secret.as_deref(),
         &ready.settings.model,
     )?;
@@ -185,8 +183,7 @@ fn create_backup(
     p: params::CreateBackup,
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
-    let ready = ready(env, tools).map_err(plain)?;
-    let (ctx, _client) = context(&env.app, tools, &ready).map_err(plain)?;
+    let (ctx, _client) = context(env, tools).map_err(plain)?;
     let req = BackupRequest {
         label: p.label,
         components: components(p.components, &Component::ALL),
@@ -256,8 +253,7 @@ fn restore(
     p: params::Restore,
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
-    let ready = ready(env, tools).map_err(plain)?;
-    let (ctx, _client) = context(&env.app, tools, &ready).map_err(plain)?;
+    let (ctx, _client) = context(env, tools).map_err(plain)?;
     let req = restore::RestoreRequest {
         backup_id: p.backup_id.clone(),
         components: components(p.components, &[]),
