@@ -19,13 +19,14 @@ use crate::control_plane::{self, AppNames, AppState};
 use crate::interrupt::Interrupt;
 use crate::juju::{JujuCli, Status};
 use crate::kube::Cluster;
-use crate::lease::{self, LeaseTiming};
+use crate::lease::LeaseTiming;
 use crate::mlmd;
 use crate::mlpipeline::{self, Manifest, SyncOptions, SyncPlan, SyncStats};
 use crate::mysql::{self, Waits};
 use crate::preflight::{self, app, blocking, PreflightError};
 use crate::progress::Progress;
 use crate::quiesce::{self, ScaleWait};
+use crate::recovery;
 use crate::retry::retry;
 use crate::store::{Store, StoreError};
 
@@ -84,6 +85,8 @@ pub struct Tuning {
     pub scale_wait: ScaleWait,
     pub action_wait: Duration,
     pub lease: LeaseTiming,
+    /// Take over the repository lock whoever holds it (`--break-lock`).
+    pub break_lock: bool,
 }
 
 impl Default for Tuning {
@@ -99,6 +102,7 @@ impl Default for Tuning {
             scale_wait: ScaleWait::default(),
             action_wait: Duration::from_secs(60 * 60),
             lease: LeaseTiming::default(),
+            break_lock: false,
         }
     }
 }
@@ -135,6 +139,11 @@ pub struct TuningArgs {
     /// How long each mysql-k8s create-backup may take.
     #[arg(long, default_value = "60m", value_parser = humantime::parse_duration)]
     pub action_timeout: Duration,
+    /// Take over the repository lock even though its holder's lease has not expired. Only
+    /// when you know that run is gone (a lease of a dead run on this machine is taken over
+    /// without it).
+    #[arg(long)]
+    pub break_lock: bool,
 }
 
 impl TuningArgs {
@@ -163,6 +172,7 @@ impl TuningArgs {
             },
             action_wait: self.action_timeout,
             lease: LeaseTiming::default(),
+            break_lock: self.break_lock,
         }
     }
 }
@@ -216,7 +226,7 @@ pub enum BackupError {
     #[error("preflight: {0}")]
     Preflight(String),
     #[error("{0}")]
-    Lock(Box<lease::LeaseError>),
+    Lock(Box<recovery::RecoveryError>),
     #[error("{0}")]
     Usage(String),
     #[error("backup {id} failed: {}{}", .causes.join("; "), .aftermath)]
@@ -589,6 +599,36 @@ async fn run_inner(
     check_request(req)?;
     let started = Utc::now();
     let id = catalog::new_backup_id(started);
+    // The lock, and the repair of what a dead run left, come before the scales are read: a
+    // killed run's quiesced scales must not be taken for the ones to put back.
+    let lock = if take_lock {
+        Some(
+            recovery::lock_and_recover(ctx, &format!("create-backup {id}"))
+                .await
+                .map_err(|e| BackupError::Lock(Box::new(e)))?
+                .0,
+        )
+    } else {
+        None
+    };
+    let result = run_locked(ctx, req, &id, started).await;
+    if let Some(Err(e)) = match lock {
+        Some(l) => Some(l.release().await),
+        None => None,
+    } {
+        ctx.progress
+            .warn(format!("releasing the repository lock: {e}"));
+    }
+    result
+}
+
+async fn run_locked(
+    ctx: &Context,
+    req: &BackupRequest,
+    id: &str,
+    started: DateTime<Utc>,
+) -> Result<Report, BackupError> {
+    let id = id.to_string();
     let mut prep = prepare(ctx, req, &id, false).await?;
     if let Some(reason) = ctx.interrupt.reason() {
         return Err(BackupError::Preflight(format!(
@@ -612,16 +652,6 @@ async fn run_inner(
     for w in &prep.warnings {
         p.warn(w.clone());
     }
-    let lock = if take_lock {
-        Some(
-            lease::acquire(&ctx.dest, &format!("create-backup {id}"), ctx.tuning.lease)
-                .await
-                .map_err(|e| BackupError::Lock(Box::new(e)))?,
-        )
-    } else {
-        None
-    };
-
     let mut sf = new_statefile(req, &id, started, &prep);
     let outcome = {
         let body = capture_all(ctx, &mut prep, &mut sf);
@@ -699,12 +729,6 @@ async fn run_inner(
             Err(failed(&id, causes, restored, &sf, saved.is_ok()))
         }
     };
-    if let Some(Err(e)) = match lock {
-        Some(l) => Some(l.release().await),
-        None => None,
-    } {
-        p.warn(format!("releasing the repository lock: {e}"));
-    }
     result
 }
 
@@ -994,6 +1018,8 @@ async fn capture_all(
     }
 
     sf.phase = Phase::Verifying;
+    ctx.progress
+        .step("verify", "every part captured; checking what was written");
     catalog::save(dest, sf)
         .await
         .map_err(|e| store_err("writing the statefile", e))?;

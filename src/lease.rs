@@ -26,11 +26,68 @@ pub struct LeaseInfo {
     pub started_at: DateTime<Utc>,
     pub expires_at: DateTime<Utc>,
     pub nonce: String,
+    /// Identify the holder's process beyond its pid, so a later run on the same machine can
+    /// tell that it died (pids are reused; containers of one pod share a hostname but not a
+    /// pid namespace).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub boot_id: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_namespace: Option<String>,
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pid_start: Option<u64>,
+}
+
+/// This process as a lease names it.
+struct Me {
+    host: String,
+    boot_id: Option<String>,
+    pid_namespace: Option<String>,
+}
+
+fn me() -> Me {
+    Me {
+        host: hostname(),
+        boot_id: std::fs::read_to_string("/proc/sys/kernel/random/boot_id")
+            .ok()
+            .map(|s| s.trim().to_string()),
+        pid_namespace: std::fs::read_link("/proc/self/ns/pid")
+            .ok()
+            .map(|p| p.display().to_string()),
+    }
+}
+
+/// When process `pid` started, in clock ticks since boot (field 22 of /proc/PID/stat).
+fn process_start(pid: u32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) may hold spaces and parentheses: count from the last `)`.
+    let rest = &stat[stat.rfind(')')? + 1..];
+    rest.split_whitespace().nth(19)?.parse().ok()
+}
+
+impl LeaseInfo {
+    /// Whether the holder is known to be gone: it ran on this machine, since this boot, in
+    /// this pid namespace, and its process no longer exists (or is another process now).
+    /// A holder elsewhere can only be known gone by its lease expiring.
+    pub fn holder_gone(&self) -> bool {
+        let m = me();
+        if self.host != m.host
+            || self.boot_id.is_none()
+            || self.boot_id != m.boot_id
+            || self.pid_namespace.is_none()
+            || self.pid_namespace != m.pid_namespace
+        {
+            return false;
+        }
+        match process_start(self.pid) {
+            None => true,
+            Some(start) => self.pid_start.is_some_and(|s| s != start),
+        }
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
 pub enum LeaseError {
-    #[error("another run holds the repository lock {key}: {} on host {} (pid {}), started {}, lease valid until {}. Wait for it to finish; if it died, its lease expires by itself", .held.operation, .held.host, .held.pid, .held.started_at.to_rfc3339(), .held.expires_at.to_rfc3339())]
+    #[error("another run holds the repository lock {key}: {} on host {} (pid {}), started {}, lease valid until {}. Wait for it to finish; if it died on another machine, its lease expires by itself, or take it over with --break-lock once you are sure it is not running", .held.operation, .held.host, .held.pid, .held.started_at.to_rfc3339(), .held.expires_at.to_rfc3339())]
     Held { key: String, held: LeaseInfo },
     #[error("repository lock: {0}")]
     Store(#[from] StoreError),
@@ -93,14 +150,30 @@ async fn write(store: &Store, info: &LeaseInfo) -> Result<(), StoreError> {
 }
 
 /// Takes the repository lock for `operation`, or says who holds it.
+///
+/// A lease whose holder is known to be gone ([`LeaseInfo::holder_gone`]) is taken over at once;
+/// `break_lock` takes over any lease (the operator says its holder is gone).
 pub async fn acquire(
     store: &Store,
     operation: &str,
     timing: LeaseTiming,
+    break_lock: bool,
 ) -> Result<Lease, LeaseError> {
     let key = catalog::lock_key();
     let now = Utc::now();
     match read(store).await {
+        Ok(Some(held)) if break_lock => tracing::warn!(
+            "breaking the repository lock of {} on host {} (pid {}), started {} (--break-lock)",
+            held.operation,
+            held.host,
+            held.pid,
+            held.started_at.to_rfc3339()
+        ),
+        Ok(Some(dead)) if dead.expires_at > now && dead.holder_gone() => tracing::warn!(
+            "taking over the repository lock of {} (pid {} on this host): that process is gone",
+            dead.operation,
+            dead.pid
+        ),
         Ok(Some(held)) if held.expires_at > now => return Err(LeaseError::Held { key, held }),
         Ok(Some(stale)) => tracing::warn!(
             "taking over the expired repository lock of {} on host {} (pid {}), which expired at {}",
@@ -110,17 +183,24 @@ pub async fn acquire(
             stale.expires_at.to_rfc3339()
         ),
         Ok(None) => {}
+        Err(LeaseError::Malformed { .. }) if break_lock => {
+            tracing::warn!("replacing the unreadable repository lock (--break-lock)")
+        }
         // A lock file we cannot parse is not ours to delete: the operator decides.
         Err(e) => return Err(e),
     }
     let nonce = format!("{:016x}", rand::random::<u64>());
+    let m = me();
     let info = LeaseInfo {
         operation: operation.into(),
-        host: hostname(),
+        host: m.host,
         pid: std::process::id(),
         started_at: now,
         expires_at: now + timing.ttl,
         nonce: nonce.clone(),
+        boot_id: m.boot_id,
+        pid_namespace: m.pid_namespace,
+        pid_start: process_start(std::process::id()),
     };
     write(store, &info).await?;
     tokio::time::sleep(timing.settle).await;

@@ -8,9 +8,15 @@ use backup_agent::backup::{self, BackupError, BackupRequest, Component, Context,
 use backup_agent::catalog::{self, Listed, RequestType};
 use backup_agent::control_plane::{self, AppNames};
 use backup_agent::destination::DestinationArgs;
+use backup_agent::download;
 use backup_agent::interrupt::Interrupt;
 use backup_agent::juju::JujuCli;
+use backup_agent::prune::{self, Selection};
+use backup_agent::recovery;
 use backup_agent::restore;
+use backup_agent::retention::Policy;
+use backup_agent::secret::Secret;
+use backup_agent::serve::{self, Schedule};
 use backup_agent::verify;
 
 #[derive(Parser)]
@@ -112,6 +118,169 @@ enum Command {
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
+    /// Forget backups a retention policy does not keep, and delete what only they used: their
+    /// statefiles, manifests and MLMD dumps, the blobs no kept backup names, and their
+    /// mysql-k8s backups. Never forgets the newest completed backup or one whose run has not
+    /// ended; takes the repository lock.
+    ///
+    /// Rules as restic's `forget`: keep-daily 7 keeps the newest backup of each of the 7 newest
+    /// days that have one (UTC); keep-within 2d keeps every backup up to 2 days older than
+    /// the newest. A backup is kept if any rule keeps it. Failed backups go once a newer
+    /// completed one exists.
+    #[command(
+        after_help = "Examples:\n  backup-agent prune --keep-daily 7 --keep-weekly 4 --dry-run\n  backup-agent prune --keep-last 3\n  backup-agent prune --retention keep-daily=7,keep-monthly=12"
+    )]
+    Prune(Box<PruneArgs>),
+    /// Delete one backup and what only it used (blobs, its mysql-k8s backups). Asks first on
+    /// a terminal; scripts pass --yes.
+    DeleteBackup(Box<DeleteArgs>),
+    /// Write a backup to a local directory: statefile.json, mlmd.db (decompressed, checked),
+    /// mlpipeline/<key> for every object (hash-checked), mysql/<app>/ with the mysql-k8s
+    /// backup objects. To move a backup to another site, or to look inside it.
+    #[command(
+        after_help = "Example:\n  backup-agent download 20261123T080841Z-be2523 ./backup-20261123"
+    )]
+    Download(Box<DownloadArgs>),
+    /// Repair what a killed run left: put back the scales its journal records, mark its
+    /// backup (or restore) failed, take over its lock. Every mutating command does this
+    /// first; this does only that.
+    Recover(Box<RecoverArgs>),
+    /// Run as a daemon: backups on a cron schedule (each followed by a prune when a retention
+    /// policy is set), and an HTTP API on loopback: GET /v1/backups, GET /v1/backups/{id},
+    /// POST /v1/backups (bearer token), GET /healthz, GET /metrics (Prometheus).
+    ///
+    /// A run missed while the daemon was down (the newest completed backup is older than the
+    /// schedule's period) happens at start. SIGTERM stops it cleanly: a backup in its last
+    /// step finishes, any other is interrupted with its scales put back.
+    #[command(
+        after_help = "Example:\n  backup-agent serve --schedule '0 2 * * *' --retention keep-daily=7,keep-weekly=4 --token-file /etc/backup-agent/token\n  curl -s 127.0.0.1:8940/v1/backups\n  curl -s -X POST -H \"Authorization: Bearer $(cat /etc/backup-agent/token)\" 127.0.0.1:8940/v1/backups"
+    )]
+    Serve(Box<ServeArgs>),
+}
+
+#[derive(clap::Args)]
+struct PolicyArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N newest days that have one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the N newest ISO weeks that have one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the N newest months that have one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    keep_monthly: Option<u32>,
+    /// Keep every backup taken within this long of the newest (e.g. 36h, 14days).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    keep_within: Option<std::time::Duration>,
+    /// The whole policy in the charm's format: keep-daily=7,keep-weekly=4 (combines with the
+    /// flags).
+    #[arg(long, value_name = "POLICY", value_parser = Policy::parse)]
+    retention: Option<Policy>,
+}
+
+impl PolicyArgs {
+    fn policy(&self) -> Policy {
+        let mut p = self.retention.clone().unwrap_or_default();
+        p.keep_last = self.keep_last.or(p.keep_last);
+        p.keep_daily = self.keep_daily.or(p.keep_daily);
+        p.keep_weekly = self.keep_weekly.or(p.keep_weekly);
+        p.keep_monthly = self.keep_monthly.or(p.keep_monthly);
+        p.keep_within = self.keep_within.or(p.keep_within);
+        p
+    }
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// List what would be forgotten and how many bytes it frees; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct DeleteArgs {
+    /// The backup id, as list-backups shows it.
+    backup_id: String,
+    /// Do not ask (needed when not on a terminal).
+    #[arg(long, short = 'y')]
+    yes: bool,
+    /// Show what would be deleted; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct DownloadArgs {
+    /// The backup id, as list-backups shows it.
+    backup_id: String,
+    /// A new or empty directory to write it into.
+    #[arg(value_name = "DIR")]
+    into: std::path::PathBuf,
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct RecoverArgs {
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    output: Output,
+}
+
+#[derive(clap::Args)]
+struct ServeArgs {
+    /// When to back up: a cron expression in UTC (minute hour day-of-month month
+    /// day-of-week; a sixth leading field is seconds). Without it the daemon only serves
+    /// the API.
+    #[arg(long, env = "BACKUP_AGENT_SCHEDULE", value_parser = Schedule::parse)]
+    schedule: Option<Schedule>,
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// Address of the HTTP API (loopback unless you mean otherwise).
+    #[arg(long, env = "BACKUP_AGENT_LISTEN", default_value = "127.0.0.1:8940")]
+    listen: std::net::SocketAddr,
+    /// File holding the bearer token that POST /v1/backups needs; without it that endpoint
+    /// is refused.
+    #[arg(long, env = "BACKUP_AGENT_TOKEN_FILE", value_name = "FILE")]
+    token_file: Option<std::path::PathBuf>,
+    #[command(flatten)]
+    apps: AppNames,
+    #[command(flatten)]
+    dest: DestinationArgs,
+    #[command(flatten)]
+    tuning: TuningArgs,
 }
 
 #[derive(clap::Args)]
@@ -367,6 +536,161 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 .into());
             }
         }
+        Command::Prune(args) => {
+            let PruneArgs {
+                policy,
+                dry_run,
+                apps,
+                dest,
+                tuning,
+                output,
+            } = *args;
+            let selection = Selection::Policy(policy.policy());
+            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            if dry_run {
+                let plan = runtime()?.block_on(prune::plan(&ctx, &selection))?;
+                return show(output, &plan, prune::render_plan);
+            }
+            let report = interruptible(&ctx, prune::run(&ctx, &selection))??;
+            show(output, &report, prune::render_report)?;
+        }
+        Command::DeleteBackup(args) => {
+            let DeleteArgs {
+                backup_id,
+                yes,
+                dry_run,
+                apps,
+                dest,
+                tuning,
+                output,
+            } = *args;
+            let selection = Selection::One(backup_id.clone());
+            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let plan = runtime()?.block_on(prune::plan(&ctx, &selection))?;
+            if dry_run {
+                return show(output, &plan, prune::render_plan);
+            }
+            if !yes {
+                confirm_delete(&backup_id, &plan)?;
+            }
+            let report = interruptible(&ctx, prune::run(&ctx, &selection))??;
+            show(output, &report, prune::render_report)?;
+        }
+        Command::Download(args) => {
+            let DownloadArgs {
+                backup_id,
+                into: dir,
+                apps,
+                dest,
+                tuning,
+                output,
+            } = *args;
+            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let report = interruptible(&ctx, download::run(&ctx, &backup_id, &dir))??;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+                Output::Text => {
+                    println!(
+                        "backup {} written to {}: {} files, {}",
+                        report.backup_id,
+                        report.dir.display(),
+                        report.files,
+                        catalog::human_bytes(report.bytes)
+                    );
+                    for r in &report.refused {
+                        println!("refused: mlpipeline key {:?}: {}", r.key, r.why);
+                    }
+                    for w in &report.warnings {
+                        println!("warning: {w}");
+                    }
+                }
+            }
+            if !report.refused.is_empty() {
+                return Err(format!(
+                    "{} object key(s) of the manifest would have been written outside {}: refused (listed above); everything else was written",
+                    report.refused.len(),
+                    report.dir.join("mlpipeline").display()
+                )
+                .into());
+            }
+        }
+        Command::Recover(args) => {
+            let RecoverArgs {
+                apps,
+                dest,
+                tuning,
+                output,
+            } = *args;
+            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let recovered = interruptible(&ctx, async {
+                let (lock, r) = recovery::lock_and_recover(&ctx, "recover").await?;
+                lock.release()
+                    .await
+                    .map_err(|e| recovery::RecoveryError::Lock(Box::new(e)))?;
+                Ok::<_, recovery::RecoveryError>(r)
+            })??;
+            match output {
+                Output::Json => println!("{}", serde_json::to_string_pretty(&recovered)?),
+                Output::Text if recovered.is_empty() => {
+                    println!("nothing to recover: no run was left unfinished")
+                }
+                Output::Text => {
+                    for id in &recovered.backups {
+                        println!("backup {id}: its run had died; scales put back, marked failed");
+                    }
+                    for id in &recovered.restores {
+                        println!("restore of backup {id}: its run had died; scales put back, recorded as failed");
+                    }
+                }
+            }
+        }
+        Command::Serve(args) => {
+            let ServeArgs {
+                schedule,
+                policy,
+                listen,
+                token_file,
+                apps,
+                dest,
+                tuning,
+            } = *args;
+            let token = match token_file {
+                None => None,
+                Some(f) => {
+                    let t = std::fs::read_to_string(&f)
+                        .map_err(|e| format!("--token-file {}: {e}", f.display()))?;
+                    if t.trim().is_empty() {
+                        return Err(format!("--token-file {} is empty: put a long random token in it (e.g. `openssl rand -hex 32 > {}`)", f.display(), f.display()).into());
+                    }
+                    Some(Secret::new(t.trim().to_string()))
+                }
+            };
+            let juju = JujuCli::locate(&cli.model)?;
+            let store = dest.store()?;
+            let settings = serve::ServeSettings {
+                schedule,
+                retention: policy.policy(),
+                listen,
+                token,
+            };
+            let (store2, tuning) = (store.clone(), tuning.tuning());
+            let make: serve::MakeContext =
+                std::sync::Arc::new(move |progress, interrupt| Context {
+                    juju: juju.clone(),
+                    names: apps.clone(),
+                    dest: store2.clone(),
+                    kubeconfig: None,
+                    tuning: tuning.clone(),
+                    minio: None,
+                    progress,
+                    interrupt,
+                });
+            let shutdown = Interrupt::new();
+            backup_agent::interrupt::block_on_interruptible(
+                &shutdown,
+                serve::serve(settings, make, store, shutdown.clone()),
+            )??;
+        }
         Command::DescribeBackup {
             backup_id,
             dest,
@@ -410,6 +734,26 @@ fn interruptible<T>(
     backup_agent::interrupt::block_on_interruptible(&ctx.interrupt, work)
 }
 
+/// Asks on a terminal before deleting; refuses without one (scripts say --yes).
+fn confirm_delete(id: &str, plan: &prune::PrunePlan) -> Result<(), Box<dyn std::error::Error>> {
+    use std::io::{BufRead, IsTerminal, Write};
+    if !std::io::stdin().is_terminal() {
+        return Err(format!(
+            "delete-backup {id} needs --yes when not run from a terminal (see what it deletes with --dry-run)"
+        )
+        .into());
+    }
+    eprint!("{}Delete backup {id}? [y/N] ", prune::render_plan(plan));
+    std::io::stderr().flush()?;
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err("not deleted".into())
+    }
+}
+
 /// Prints a result as JSON, or as the text `render` makes of it.
 fn show<T: serde::Serialize>(
     output: Output,
@@ -425,4 +769,15 @@ fn show<T: serde::Serialize>(
 
 fn runtime() -> std::io::Result<tokio::runtime::Runtime> {
     backup_agent::interrupt::runtime()
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks a command's definition only when that command is parsed: check them all.
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
 }

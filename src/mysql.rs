@@ -136,6 +136,35 @@ pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, Mysql
     })
 }
 
+/// The store holding a captured mysql-k8s backup: asked of the unit that made it, else of any
+/// active unit (the one that made it may be gone since). Runs `juju`: call from blocking code.
+pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
+    let mut units = vec![m.unit.clone()];
+    if let Ok(status) = cli.status() {
+        units.extend(active_units(&status, &m.app));
+    }
+    let mut last = String::from("no unit of it to ask");
+    for unit in units {
+        match backup_store(cli, &m.app, &unit) {
+            Ok(store) => return Ok(store),
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// The objects of a captured mysql-k8s backup: `<id>`, `<id>.md5`, `<id>.metadata`, ...
+pub async fn capture_objects(
+    store: &Store,
+    m: &MysqlCapture,
+) -> Result<Vec<crate::store::ObjectInfo>, String> {
+    let listed = store.list(&m.backup_id).await.map_err(|e| e.to_string())?;
+    Ok(listed
+        .into_iter()
+        .filter(|o| o.key == m.backup_id || o.key.starts_with(&format!("{}.", m.backup_id)))
+        .collect())
+}
+
 /// mysql-k8s's `list-backups` on `unit`, parsed.
 pub fn list_backups(
     cli: &JujuCli,

@@ -15,11 +15,11 @@ use crate::backup::{self, BackupError, BackupRequest, Component, Context};
 use crate::catalog::{self, CatalogError, Phase, RequestType, ScaleRecord, Statefile};
 use crate::control_plane;
 use crate::kube::Cluster;
-use crate::lease;
 use crate::mlmd;
 use crate::mlpipeline::{self, Manifest, RestoreStats, SyncOptions};
 use crate::preflight::{self, app, blocking, PreflightError};
 use crate::quiesce;
+use crate::recovery;
 use crate::retry::{retry, retry_blocking};
 use crate::verify;
 
@@ -46,7 +46,7 @@ pub enum RestoreError {
     #[error("preflight: {0}")]
     Preflight(String),
     #[error("{0}")]
-    Lock(Box<lease::LeaseError>),
+    Lock(Box<recovery::RecoveryError>),
     #[error("the safety backup failed, so nothing was restored: {0}")]
     SafetyBackup(Box<BackupError>),
     #[error("restore of backup {id} failed: {}. {}", .causes.join("; "), .aftermath)]
@@ -276,16 +276,20 @@ pub async fn plan(ctx: &Context, req: &RestoreRequest) -> Result<RestorePlan, Re
 
 /// Restores a backup. The error of a failed restore names the safety backup to go back to.
 pub async fn run(ctx: &Context, req: &RestoreRequest) -> Result<RestoreReport, RestoreError> {
-    let mut prep = prepare(ctx, req).await?;
     let p = &ctx.progress;
-    for w in &prep.plan.warnings {
-        p.warn(w.clone());
-    }
     let id = req.backup_id.clone();
-    let lock = lease::acquire(&ctx.dest, &format!("restore {id}"), ctx.tuning.lease)
+    // Recovery first: the scales a dead run left changed are not the ones to restore to.
+    let (lock, _) = recovery::lock_and_recover(ctx, &format!("restore {id}"))
         .await
         .map_err(|e| RestoreError::Lock(Box::new(e)))?;
-    let result = run_locked(ctx, req, &mut prep).await;
+    let result = async {
+        let mut prep = prepare(ctx, req).await?;
+        for w in &prep.plan.warnings {
+            p.warn(w.clone());
+        }
+        run_locked(ctx, req, &mut prep).await
+    }
+    .await;
     if let Err(e) = lock.release().await {
         p.warn(format!("releasing the repository lock: {e}"));
     }

@@ -439,6 +439,9 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
             started_at: chrono::Utc::now(),
             expires_at: expires,
             nonce: "0".into(),
+            boot_id: None,
+            pid_namespace: None,
+            pid_start: None,
         };
         rt().block_on(store.put_bytes(
             &catalog::lock_key(),
@@ -455,7 +458,17 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
         "{err}"
     );
     assert!(err.contains("other-host (pid 4242)"), "{err}");
+    assert!(err.contains("--break-lock"), "{err}");
     assert_eq!(scales(&sb), before);
+    // The operator knows better: --break-lock takes it over.
+    let (code, _, err) = agent(
+        &sb,
+        &["create-backup", "--components", "mlmd", "--break-lock"],
+        &[],
+    );
+    assert_eq!(code, 0, "{err}");
+    assert!(err.contains("breaking the repository lock"), "{err}");
+    assert!(!lock_held(&sb));
     lease(chrono::Utc::now() - chrono::Duration::minutes(1));
     let (code, _, err) = agent(&sb, &["create-backup", "--components", "mlmd"], &[]);
     assert_eq!(code, 0, "{err}");

@@ -338,9 +338,9 @@ fn unit_lock(dir: &Path, unit: &str) -> Result<UnitLock> {
     Ok(UnitLock(f))
 }
 
-/// The environment the sandbox gives a charm besides Juju's: its kubeconfig, and the caller's
-/// `RUST_LOG`.
-fn charm_env(dir: &Path) -> Vec<(String, String)> {
+/// What the sandbox gives every process of a charm (its hooks and actions, and its workload's
+/// services): its kubeconfig, and the caller's `RUST_LOG`.
+fn sandbox_env(dir: &Path) -> Vec<(String, String)> {
     let mut env = vec![];
     let kc = dir.join("kubeconfig");
     if kc.exists() {
@@ -350,6 +350,58 @@ fn charm_env(dir: &Path) -> Vec<(String, String)> {
         env.push(("RUST_LOG".into(), l));
     }
     env
+}
+
+/// The environment the sandbox gives a charm besides Juju's: [`sandbox_env`], and where the
+/// Pebble sockets of its unit's workload containers are (`BACKUP_AGENT_CONTAINERS_DIR`; in
+/// Juju, `/charm/containers`).
+fn charm_env(dir: &Path, unit: &str) -> Vec<(String, String)> {
+    let mut env = sandbox_env(dir);
+    if let Some((app, num)) = split_unit(unit) {
+        env.push((
+            "BACKUP_AGENT_CONTAINERS_DIR".into(),
+            crate::pebble::containers_dir(dir, app, num)
+                .display()
+                .to_string(),
+        ));
+    }
+    env
+}
+
+/// The whole environment of a workload container's Pebble, and so of its services: a plain
+/// container's (PATH, HOME, LANG) and [`sandbox_env`].
+fn workload_env(dir: &Path, container_dir: &Path) -> Vec<(String, String)> {
+    let home = container_dir.join(crate::pebble::ROOT).join("root");
+    let _ = fs::create_dir_all(&home);
+    let mut env = vec![
+        (
+            "PATH".to_string(),
+            "/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin".to_string(),
+        ),
+        ("HOME".into(), home.display().to_string()),
+        ("LANG".into(), "C.UTF-8".into()),
+    ];
+    env.extend(sandbox_env(dir));
+    env
+}
+
+/// Starts the Pebble of each workload container of each unit of `app` (as Juju's pod would),
+/// waiting until each answers.
+fn start_workloads(store: &ModelStore, app: &str, containers: &[String]) -> Result<()> {
+    if containers.is_empty() {
+        return Ok(());
+    }
+    let dir = sandbox_dir(store);
+    let exe = crate::hook_tools::sandbox_exe()?;
+    let units: Vec<u32> = store.read()?.apps[app].units.keys().copied().collect();
+    for num in units {
+        for c in containers {
+            let cdir = crate::pebble::containers_dir(&dir, app, num).join(c);
+            crate::pebble::start_daemon(&exe, &cdir, c, &workload_env(&dir, &cdir))
+                .with_context(|| format!("starting Pebble in container {c} of {app}/{num}"))?;
+        }
+    }
+    Ok(())
 }
 
 fn dispatch_options(dir: &Path, ctx: &str) -> Result<DispatchOptions> {
@@ -448,6 +500,8 @@ pub struct HookCtx {
     pub departing: bool,
     /// `relation-broken`: the relation has no remote units and is not listed.
     pub broken: bool,
+    /// The container of a `<container>-pebble-ready` hook (`JUJU_WORKLOAD_NAME`).
+    pub workload: Option<String>,
 }
 
 /// Runs hook `hook` on unit `num` of the local charm `app`, through its dispatch, and takes its
@@ -488,6 +542,10 @@ pub fn run_hook(
     let state_file = dir
         .join("hook-contexts")
         .join(format!("{}-{n}.json", unit.replace('/', "-")));
+    let mut env = charm_env(&dir, &unit);
+    if let Some(w) = &ctx.workload {
+        env.push(("JUJU_WORKLOAD_NAME".into(), w.clone()));
+    }
     let out = state.save(&state_file).and_then(|_| {
         let opts = dispatch_options(&dir, &ctx_id)?;
         watching(store, &state_file, app, num, None, || {
@@ -495,7 +553,7 @@ pub fn run_hook(
                 &charm_dir,
                 &format!("hooks/{hook}"),
                 &state_file,
-                &charm_env(&dir),
+                &env,
                 &opts,
             )
         })
@@ -692,6 +750,7 @@ pub fn deploy(
     };
     let name = app_name.clone();
     let charm_name = files.name.clone();
+    let containers = files.containers.clone();
     store.update(move |m| {
         if m.apps.contains_key(&name) {
             bail!("cannot add application \"{name}\": application already exists");
@@ -719,16 +778,24 @@ pub fn deploy(
         "Located local charm \"{0}\", revision 0\nDeploying \"{1}\" from local charm \"{0}\", revision 0 on {2}/stable\n",
         files.name, app_name, files.base
     );
-    let hooks: Vec<(String, HookCtx)> = [
-        "install",
-        "leader-elected",
-        "config-changed",
-        "start",
-        "update-status",
-    ]
-    .iter()
-    .map(|h| (h.to_string(), HookCtx::default()))
-    .collect();
+    start_workloads(store, &app_name, &containers)?;
+    let plain = |h: &str| (h.to_string(), HookCtx::default());
+    let mut hooks: Vec<(String, HookCtx)> =
+        ["install", "leader-elected", "config-changed", "start"]
+            .into_iter()
+            .map(plain)
+            .collect();
+    // Each container's Pebble is up: Juju says so once the charm has started.
+    for c in &containers {
+        hooks.push((
+            format!("{c}-pebble-ready"),
+            HookCtx {
+                workload: Some(c.clone()),
+                ..Default::default()
+            },
+        ));
+    }
+    hooks.push(plain("update-status"));
     run_hooks(store, &app_name, &hooks)?;
     Ok(Outcome {
         stderr,
@@ -1692,7 +1759,7 @@ pub fn run_task(store: &ModelStore, id: u64) -> Result<()> {
                     &charm_dir,
                     &format!("actions/{}", task.action),
                     &state_file,
-                    &charm_env(&dir),
+                    &charm_env(&dir, &task.unit),
                     &opts,
                 )
             })

@@ -398,6 +398,9 @@ pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
             }
         }
     }
+    // The Pebble of each workload container `juju deploy` started (and their services); a
+    // failure is reported once the rest is stopped too.
+    let pebbles = crate::pebble::stop_daemons(&layout.dir);
     let ours = info.running();
     if ours.contains(&info.k8s_pid) {
         crate::process::stop(info.k8s_pid, Duration::from_secs(5));
@@ -413,13 +416,16 @@ pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
     if !still.is_empty() {
         bail!("processes {still:?} did not stop");
     }
+    let pebbles = pebbles?;
     if purge {
         std::fs::remove_dir_all(&layout.dir)
             .with_context(|| format!("removing {}", layout.dir.display()))?;
     } else {
         std::fs::remove_file(layout.info())?;
     }
-    Ok(info.pids())
+    let mut pids = info.pids();
+    pids.extend(pebbles);
+    Ok(pids)
 }
 
 /// A one-screen summary of a running sandbox.
@@ -453,6 +459,26 @@ pub fn status(layout: &Layout) -> Result<String> {
         info.k8s_pid,
         state(info.k8s_pid)
     ));
+    for d in crate::pebble::daemons(&layout.dir) {
+        let unit = d
+            .dir
+            .parent()
+            .and_then(Path::parent)
+            .and_then(Path::file_name)
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        let container = d
+            .dir
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .unwrap_or_default();
+        s.push_str(&format!(
+            "  pebble {unit}/{container}  {}  pid {} {}\n",
+            d.socket().display(),
+            d.pid,
+            if d.running() { "running" } else { "STOPPED" }
+        ));
+    }
     s.push_str(&format!(
         "  model {} (juju {}):\n",
         model.name, model.juju_version

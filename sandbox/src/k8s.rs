@@ -61,7 +61,7 @@ fn rfc3339(ms: u64) -> String {
 }
 
 /// Query string pairs, repeated keys kept (exec's `command=` repeats).
-fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
+pub(crate) fn query_pairs(q: &Option<String>) -> Vec<(String, String)> {
     let Some(q) = q else { return vec![] };
     q.split('&')
         .filter(|p| !p.is_empty())

@@ -12,7 +12,7 @@ use serde_json::json;
 use backup_agent_sandbox::env::{self, Info, Layout, UpOptions};
 use backup_agent_sandbox::model::{ActionFault, ModelStore};
 use backup_agent_sandbox::seed::{BucketSpec, MlmdSpec};
-use backup_agent_sandbox::{charm, hook_tools, juju, k8s, seed};
+use backup_agent_sandbox::{charm, hook_tools, juju, k8s, pebble, seed};
 
 #[derive(Parser)]
 #[command(
@@ -62,6 +62,19 @@ enum Cmd {
     /// Run a local charm's action task (started by `juju run`, detached).
     #[command(hide = true)]
     RunTask { id: u64 },
+    /// Run the Pebble simulator of a workload container (started by `juju deploy`, detached).
+    #[command(hide = true)]
+    Pebble {
+        /// The unix socket to serve Pebble's API on.
+        #[arg(long)]
+        socket: PathBuf,
+        /// The directory that is the container's filesystem.
+        #[arg(long)]
+        root: PathBuf,
+        /// The container's name.
+        #[arg(long)]
+        container: String,
+    },
 }
 
 #[derive(Args)]
@@ -320,6 +333,20 @@ fn run(cli: Cli) -> Result<()> {
         Cmd::RunTask { id } => {
             let layout = Layout::new(&cli.dir)?;
             charm::run_task(&layout.model(), id)?;
+        }
+        Cmd::Pebble {
+            socket,
+            root,
+            container,
+        } => {
+            let code = pebble::run(&pebble::DaemonOptions {
+                socket,
+                root,
+                container,
+            })?;
+            if code != 0 {
+                std::process::exit(code);
+            }
         }
         Cmd::ServeK8s { port } => {
             let layout = Layout::new(&cli.dir)?;

@@ -238,6 +238,7 @@ fn deploy_integrate_config_and_remove_relation_run_the_hooks() {
             "hooks/leader-elected",
             "hooks/config-changed",
             "hooks/start",
+            "hooks/workload-pebble-ready",
             "hooks/update-status"
         ]
     );

@@ -13,7 +13,9 @@ use crate::catalog::{self, human_bytes, Listed, Phase, RequestType};
 use crate::hook_tools::{HookTools, Status};
 use crate::interrupt::{block_on_interruptible, runtime, Interrupt};
 use crate::progress::{Event, Progress};
+use crate::prune::{self, Selection};
 use crate::restore;
+use crate::retention::Policy;
 use crate::store::Store;
 use crate::verify;
 
@@ -49,6 +51,32 @@ pub fn run(
         "describe-backup" => {
             let p: params::BackupId = params::parse(action, raw).map_err(plain)?;
             describe_backup(env, tools, &p.backup_id).map_err(plain)
+        }
+        "prune" => {
+            let p: params::Prune = params::parse(action, raw).map_err(plain)?;
+            let policy = match &p.retention {
+                Some(text) => Policy::parse(text).map_err(|e| plain(format!("parameter {e}")))?,
+                None => ready(env, tools).map_err(plain)?.settings.retention,
+            };
+            forget(
+                env,
+                tools,
+                Selection::Policy(policy),
+                p.dry_run,
+                p.break_lock,
+            )
+            .map_err(plain)
+        }
+        "delete-backup" => {
+            let p: params::DeleteBackup = params::parse(action, raw).map_err(plain)?;
+            forget(
+                env,
+                tools,
+                Selection::One(p.backup_id),
+                p.dry_run,
+                p.break_lock,
+            )
+            .map_err(plain)
         }
         other => Err(plain(format!(
             "unknown action {other:?}: this charm has {}",
@@ -141,6 +169,11 @@ pub fn charm_terms(message: &str, app: &str) -> String {
         .replace("--force", "force=true")
         .replace("--no-safety-backup", "no-safety-backup=true")
         .replace("--dry-run", "dry-run=true")
+        .replace("--break-lock", "break-lock=true")
+        .replace(
+            "`backup-agent recover`",
+            "a new create-backup (it recovers first)",
+        )
         .replace(
             "`backup-agent list-backups`",
             &format!("`juju run {app}/0 list-backups`"),
@@ -183,7 +216,8 @@ fn create_backup(
     p: params::CreateBackup,
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
-    let (ctx, _client) = context(env, tools).map_err(plain)?;
+    let (mut ctx, _client) = context(env, tools).map_err(plain)?;
+    ctx.tuning.break_lock = p.break_lock;
     let req = BackupRequest {
         label: p.label,
         components: components(p.components, &Component::ALL),
@@ -223,6 +257,53 @@ fn create_backup(
     }
 }
 
+/// `prune` and `delete-backup`: the plan, or the deletes under the lock.
+fn forget(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    selection: Selection,
+    dry_run: bool,
+    break_lock: bool,
+) -> Result<Results, String> {
+    let (mut ctx, _client) = context(env, tools)?;
+    ctx.tuning.break_lock = break_lock;
+    let plan = block(prune::plan(&ctx, &selection))?;
+    let mut r = Results::from([
+        ("plan".into(), prune::render_plan(&plan)),
+        ("bytes-freed".into(), plan.bytes_freed.to_string()),
+        ("freed".into(), human_bytes(plan.bytes_freed)),
+    ]);
+    let ids = |ids: &mut dyn Iterator<Item = &String>| ids.cloned().collect::<Vec<_>>().join(",");
+    if dry_run {
+        r.insert("dry-run".into(), "true".into());
+        r.insert("forget".into(), ids(&mut plan.forget.iter().map(|f| &f.id)));
+        r.insert("count".into(), plan.forget.len().to_string());
+        return Ok(r);
+    }
+    let what = match &selection {
+        Selection::Policy(_) => "pruning backups".to_string(),
+        Selection::One(id) => format!("deleting backup {id}"),
+    };
+    let report = busy(env, tools, &what, || {
+        block_on_interruptible(&ctx.interrupt, prune::run(&ctx, &selection))
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    r.insert("forgotten".into(), ids(&mut report.forgotten.iter()));
+    r.insert("count".into(), report.forgotten.len().to_string());
+    r.insert("bytes-freed".into(), report.bytes_freed.to_string());
+    r.insert("freed".into(), human_bytes(report.bytes_freed));
+    r.insert("objects-deleted".into(), report.objects_deleted.to_string());
+    r.insert("summary".into(), prune::render_report(&report));
+    if !report.mysql_deleted.is_empty() {
+        r.insert("mysql-deleted".into(), report.mysql_deleted.join(","));
+    }
+    if !report.warnings.is_empty() {
+        r.insert("warnings".into(), report.warnings.join("\n"));
+    }
+    Ok(r)
+}
+
 fn statefile_results(sf: &catalog::Statefile) -> Results {
     let mut r = Results::from([
         ("backup-id".into(), sf.backup_id.clone()),
@@ -253,7 +334,8 @@ fn restore(
     p: params::Restore,
 ) -> Result<Results, (String, Results)> {
     let plain = |e: String| (e, Results::new());
-    let (ctx, _client) = context(env, tools).map_err(plain)?;
+    let (mut ctx, _client) = context(env, tools).map_err(plain)?;
+    ctx.tuning.break_lock = p.break_lock;
     let req = restore::RestoreRequest {
         backup_id: p.backup_id.clone(),
         components: components(p.components, &[]),

@@ -121,6 +121,8 @@ fn usage(action: &str, schema: &Value) -> String {
 #[serde(rename_all = "kebab-case")]
 pub struct CreateBackup {
     #[serde(default)]
+    pub break_lock: bool,
+    #[serde(default)]
     pub label: String,
     #[serde(default)]
     pub components: Option<Vec<Component>>,
@@ -147,6 +149,8 @@ pub struct VerifyBackup {
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct Restore {
+    #[serde(default)]
+    pub break_lock: bool,
     pub backup_id: String,
     #[serde(default)]
     pub components: Option<Vec<Component>>,
@@ -160,3 +164,24 @@ pub struct Restore {
 
 #[derive(Debug, Deserialize)]
 pub struct Nothing {}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Prune {
+    #[serde(default)]
+    pub retention: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub break_lock: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DeleteBackup {
+    pub backup_id: String,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub break_lock: bool,
+}

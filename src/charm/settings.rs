@@ -5,6 +5,8 @@ use serde_json::{Map, Value};
 
 use crate::backup::{parse_rate, Tuning, TuningArgs};
 use crate::control_plane::AppNames;
+use crate::retention::Policy;
+use crate::serve::Schedule;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -16,8 +18,8 @@ pub struct Settings {
     pub checkers: u16,
     pub transfers: u16,
     pub bwlimit: Option<u64>,
-    pub schedule: Option<String>,
-    pub retention: Option<String>,
+    pub schedule: Option<Schedule>,
+    pub retention: Policy,
 }
 
 impl Settings {
@@ -58,6 +60,17 @@ impl Settings {
                 ));
             }
         }
+        let schedule = match optional("schedule") {
+            None => None,
+            Some(s) => Some(Schedule::parse(&s).map_err(|e| {
+                format!(
+                    "config {e}: juju config {app} schedule=\"0 2 * * *\" (or schedule= for none)"
+                )
+            })?),
+        };
+        let retention = Policy::parse(&text("retention", "")).map_err(|e| {
+            format!("config {e}: juju config {app} retention=keep-daily=7,keep-weekly=4 (or retention= to keep all)")
+        })?;
         let d = AppNames::default();
         Ok(Settings {
             model: text("model", "kubeflow"),
@@ -75,8 +88,8 @@ impl Settings {
             checkers: count("checkers", 8)?,
             transfers: count("transfers", 4)?,
             bwlimit,
-            schedule: optional("schedule"),
-            retention: optional("retention"),
+            schedule,
+            retention,
         })
     }
 

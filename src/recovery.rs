@@ -1,0 +1,188 @@
+//! Repairing what a killed run left. A backup journals every scale it changes in its statefile
+//! before changing it, and a restore journals them in the restored backup's history, so a run
+//! that died (SIGKILL, OOM, a node lost) leaves enough behind: the next run that takes the
+//! repository lock — or `backup-agent recover` — puts those scales back, marks the backup
+//! `failed` (or the restore entry `failed`) with the reason, and the lock is its own.
+//!
+//! Only runs under the lock: while we hold it no other run can be writing, so every record
+//! still in a running phase belongs to a run that is gone.
+
+use chrono::Utc;
+use serde::Serialize;
+
+use crate::backup::Context;
+use crate::catalog::{self, ErrorRecord, Listed, Phase, ScaleRecord, Statefile};
+use crate::lease::{self, Lease, LeaseError};
+use crate::quiesce;
+
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Recovered {
+    /// Backups whose run died, now marked failed.
+    pub backups: Vec<String>,
+    /// Backups whose restore died, now recorded as failed in their history.
+    pub restores: Vec<String>,
+    /// Scales put back.
+    pub scales: Vec<ScaleRecord>,
+}
+
+impl Recovered {
+    pub fn is_empty(&self) -> bool {
+        self.backups.is_empty() && self.restores.is_empty()
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum RecoveryError {
+    #[error("{0}")]
+    Lock(Box<LeaseError>),
+    #[error("recovering after an interrupted run: {0}")]
+    Catalog(#[from] catalog::CatalogError),
+    #[error(
+        "recovering {what}: {detail}. The record is left as it is so that the next run tries again"
+    )]
+    Scales { what: String, detail: String },
+}
+
+fn running(phase: Phase) -> bool {
+    !matches!(
+        phase,
+        Phase::Completed | Phase::Failed | Phase::PartiallyFailed
+    )
+}
+
+async fn put_back(
+    ctx: &Context,
+    journal: Vec<ScaleRecord>,
+) -> (Vec<ScaleRecord>, Result<(), String>) {
+    if journal.iter().all(|r| r.restored) {
+        return (journal, Ok(()));
+    }
+    let (juju, wait, p) = (
+        ctx.juju.clone(),
+        ctx.tuning.scale_wait,
+        ctx.progress.clone(),
+    );
+    tokio::task::spawn_blocking(move || {
+        let mut journal = journal;
+        let r = quiesce::restore(&juju, &mut journal, wait, &p);
+        (journal, r)
+    })
+    .await
+    .expect("scale restore task")
+}
+
+/// Repairs every record a dead run left. Call with the lock held.
+pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError> {
+    let p = &ctx.progress;
+    let mut out = Recovered::default();
+    for listed in catalog::list(&ctx.dest).await? {
+        let Listed::Backup(sf) = listed else { continue };
+        let mut sf: Statefile = *sf;
+        let mut changed = false;
+        let reason = format!(
+            "interrupted: its run ended without finishing (killed?); found by {by} at {}",
+            Utc::now().to_rfc3339_opts(chrono::SecondsFormat::Secs, true)
+        );
+        if running(sf.phase) {
+            p.warn(format!(
+                "backup {} was left {} by a run that is gone: putting its scales back and marking it failed",
+                sf.backup_id,
+                sf.phase.as_str()
+            ));
+            let (journal, r) = put_back(ctx, std::mem::take(&mut sf.quiesce)).await;
+            if let Err(detail) = r {
+                return Err(RecoveryError::Scales {
+                    what: format!("backup {}", sf.backup_id),
+                    detail,
+                });
+            }
+            out.scales.extend(
+                journal
+                    .iter()
+                    .filter(|r| r.changed_to != r.original)
+                    .cloned(),
+            );
+            sf.quiesce = journal;
+            sf.phase = Phase::Failed;
+            sf.finished_at = Some(Utc::now());
+            sf.errors.push(ErrorRecord {
+                component: "agent".into(),
+                message: reason.clone(),
+                at: Utc::now(),
+            });
+            out.backups.push(sf.backup_id.clone());
+            changed = true;
+        }
+        for entry in sf.history.iter_mut() {
+            if entry["event"] != "restore" || entry["phase"] != "running" {
+                continue;
+            }
+            p.warn(format!(
+                "a restore of backup {} was left running by a run that is gone: putting its scales back",
+                sf.backup_id
+            ));
+            let journal: Vec<ScaleRecord> =
+                serde_json::from_value(entry["quiesce"].clone()).unwrap_or_default();
+            let (journal, r) = put_back(ctx, journal).await;
+            if let Err(detail) = r {
+                return Err(RecoveryError::Scales {
+                    what: format!("the restore of backup {}", sf.backup_id),
+                    detail,
+                });
+            }
+            out.scales.extend(
+                journal
+                    .iter()
+                    .filter(|r| r.changed_to != r.original)
+                    .cloned(),
+            );
+            entry["quiesce"] = serde_json::json!(journal);
+            entry["phase"] = "finished".into();
+            entry["outcome"] = "failed".into();
+            entry["error"] = reason.clone().into();
+            out.restores.push(sf.backup_id.clone());
+            changed = true;
+        }
+        if changed {
+            catalog::save(&ctx.dest, &sf)
+                .await
+                .map_err(catalog::CatalogError::from)?;
+        }
+    }
+    if !out.is_empty() {
+        p.step(
+            "recover",
+            format!(
+                "recovered {} interrupted backup(s) and {} interrupted restore(s)",
+                out.backups.len(),
+                out.restores.len()
+            ),
+        );
+    }
+    Ok(out)
+}
+
+/// Takes the repository lock for `operation`, then repairs what dead runs left: what every
+/// mutating command does first.
+pub async fn lock_and_recover(
+    ctx: &Context,
+    operation: &str,
+) -> Result<(Lease, Recovered), RecoveryError> {
+    let lock = lease::acquire(
+        &ctx.dest,
+        operation,
+        ctx.tuning.lease,
+        ctx.tuning.break_lock,
+    )
+    .await
+    .map_err(|e| RecoveryError::Lock(Box::new(e)))?;
+    let name = operation.split(' ').next().unwrap_or(operation);
+    match recover(ctx, name).await {
+        Ok(r) => Ok((lock, r)),
+        Err(e) => {
+            let _ = lock.release().await;
+            Err(e)
+        }
+    }
+}
