@@ -187,7 +187,12 @@ pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, 
         let root = dir.join("mlpipeline");
         let mut safe = vec![];
         for e in entries {
-            match local_path(&root, &e.key) {
+            let checked = if crate::mlpipeline::is_sha256(&e.sha256) {
+                local_path(&root, &e.key)
+            } else {
+                Err(format!("its sha256 {:?} is not a content hash", e.sha256))
+            };
+            match checked {
                 Ok(path) => safe.push((e, path)),
                 Err(why) => {
                     p.warn(format!("mlpipeline key {:?} refused: {why}", e.key));
@@ -243,7 +248,21 @@ pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, 
     }
 
     for m in &sf.components.mysql {
-        match download_mysql(ctx, m, &dir.join("mysql").join(&m.app)).await {
+        let app_dir = match local_path(&dir.join("mysql"), &m.app) {
+            Ok(d) if !m.app.contains('/') => d,
+            _ => {
+                p.warn(format!(
+                    "mysql app name {:?} refused: not a plain name",
+                    m.app
+                ));
+                report.refused.push(Refused {
+                    key: format!("mysql/{}", m.app),
+                    why: "the application name is not a plain name".into(),
+                });
+                continue;
+            }
+        };
+        match download_mysql(ctx, m, &app_dir).await {
             Ok((n, b)) => {
                 report.files += n;
                 report.bytes += b;
@@ -282,7 +301,14 @@ async fn fetch_blob(ctx: &Context, e: &Entry, path: &Path) -> Result<(), Downloa
             .map_err(local(parent))?;
     }
     let key = catalog::blob_key(&e.sha256);
-    let partial = path.with_extension("download-partial");
+    // Unique per entry: keys `x` and `x.json` must not share a temporary file.
+    let partial = path.with_file_name(format!(
+        ".{}.{:016x}.partial",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        rand::random::<u64>()
+    ));
     let mut f = tokio::fs::File::create(&partial)
         .await
         .map_err(local(&partial))?;

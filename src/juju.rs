@@ -87,8 +87,13 @@ pub struct JujuCli {
 
 impl JujuCli {
     /// Finds `juju` on PATH.
+    /// `BACKUP_AGENT_JUJU` when set (the charm's workload container, where the client is not
+    /// on PATH), else `juju` on PATH.
     pub fn locate(model: impl Into<String>) -> Result<Self, JujuError> {
-        let bin = which::which("juju").map_err(|_| JujuError::Missing)?;
+        let bin = match std::env::var_os("BACKUP_AGENT_JUJU").filter(|v| !v.is_empty()) {
+            Some(p) => PathBuf::from(p),
+            None => which::which("juju").map_err(|_| JujuError::Missing)?,
+        };
         Ok(JujuCli {
             bin,
             model: model.into(),

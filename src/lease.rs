@@ -78,9 +78,15 @@ impl LeaseInfo {
         {
             return false;
         }
-        match process_start(self.pid) {
-            None => true,
-            Some(start) => self.pid_start.is_some_and(|s| s != start),
+        // Only "no such process" proves it gone (an unreadable /proc entry does not).
+        let exists = unsafe { libc::kill(self.pid as libc::pid_t, 0) } == 0
+            || std::io::Error::last_os_error().raw_os_error() != Some(libc::ESRCH);
+        if !exists {
+            return true;
+        }
+        match (process_start(self.pid), self.pid_start) {
+            (Some(now), Some(then)) => now != then,
+            _ => false,
         }
     }
 }
@@ -153,11 +159,16 @@ async fn write(store: &Store, info: &LeaseInfo) -> Result<(), StoreError> {
 ///
 /// A lease whose holder is known to be gone ([`LeaseInfo::holder_gone`]) is taken over at once;
 /// `break_lock` takes over any lease (the operator says its holder is gone).
+///
+/// Renewal reads the lease back first: if another run took it over (an expiry judged by a
+/// skewed clock, `--break-lock`), `lost` is triggered so this run stops instead of carrying on
+/// beside the new holder.
 pub async fn acquire(
     store: &Store,
     operation: &str,
     timing: LeaseTiming,
     break_lock: bool,
+    lost: crate::interrupt::Interrupt,
 ) -> Result<Lease, LeaseError> {
     let key = catalog::lock_key();
     let now = Utc::now();
@@ -220,6 +231,26 @@ pub async fn acquire(
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(timing.renew_every).await;
+                let mine = info.lock().expect("lease info").nonce.clone();
+                match read(&store).await {
+                    Ok(Some(l)) if l.nonce != mine => {
+                        let why = format!(
+                            "lost the repository lock: {} on host {} (pid {}) took it over",
+                            l.operation, l.host, l.pid
+                        );
+                        tracing::error!("{why}");
+                        lost.trigger(why);
+                        return;
+                    }
+                    Ok(None) => {
+                        let why = "lost the repository lock: someone deleted it".to_string();
+                        tracing::error!("{why}");
+                        lost.trigger(why);
+                        return;
+                    }
+                    Ok(Some(_)) => {}
+                    Err(e) => tracing::warn!("reading the repository lock back: {e}"),
+                }
                 let next = {
                     let mut i = info.lock().expect("lease info");
                     i.expires_at = Utc::now() + timing.ttl;
@@ -241,6 +272,19 @@ pub async fn acquire(
 impl Lease {
     pub fn info(&self) -> LeaseInfo {
         self.info.lock().expect("lease info").clone()
+    }
+
+    /// Checks the lease is still ours: before a step that must not run beside another holder.
+    pub async fn still_held(&self) -> Result<(), LeaseError> {
+        let key = catalog::lock_key();
+        match read(&self.store).await? {
+            Some(l) if l.nonce == self.info().nonce => Ok(()),
+            Some(held) => Err(LeaseError::Held { key, held }),
+            None => Err(LeaseError::Malformed {
+                key,
+                detail: "our lease is gone (deleted by someone)".into(),
+            }),
+        }
     }
 
     /// Deletes the lease, if it is still ours.

@@ -18,6 +18,7 @@ pub mod lease;
 pub mod mlmd;
 pub mod mlpipeline;
 pub mod mysql;
+pub mod pebble;
 pub mod preflight;
 pub mod progress;
 pub mod prune;

@@ -271,6 +271,10 @@ struct ServeArgs {
     /// Address of the HTTP API (loopback unless you mean otherwise).
     #[arg(long, env = "BACKUP_AGENT_LISTEN", default_value = "127.0.0.1:8940")]
     listen: std::net::SocketAddr,
+    /// KEY=VALUE lines read into the environment first, e.g. BACKUP_AGENT_S3_ACCESS_KEY=...:
+    /// how the keys reach the daemon without its command line or a service definition.
+    #[arg(long, value_name = "FILE")]
+    env_file: Option<std::path::PathBuf>,
     /// File holding the bearer token that POST /v1/backups needs; without it that endpoint
     /// is refused.
     #[arg(long, env = "BACKUP_AGENT_TOKEN_FILE", value_name = "FILE")]
@@ -349,6 +353,21 @@ fn main() -> ExitCode {
                 .init();
             let tools = backup_agent::hook_tools::HookTools::from_path();
             return ExitCode::from(backup_agent::charm::dispatch(&env, &tools) as u8);
+        }
+    }
+    // `serve --env-file F`: the variables come before the parse, so that they reach the
+    // options as any environment does (how the charm gives the daemon its keys).
+    if let Some(file) = env_file_arg() {
+        match backup_agent::serve::read_env_file(&file) {
+            Ok(vars) => {
+                for (k, v) in vars {
+                    std::env::set_var(k, v);
+                }
+            }
+            Err(e) => {
+                eprintln!("error: {e}");
+                return ExitCode::FAILURE;
+            }
         }
     }
     let cli = Cli::parse();
@@ -598,7 +617,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                         catalog::human_bytes(report.bytes)
                     );
                     for r in &report.refused {
-                        println!("refused: mlpipeline key {:?}: {}", r.key, r.why);
+                        println!("refused: {:?}: {}", r.key, r.why);
                     }
                     for w in &report.warnings {
                         println!("warning: {w}");
@@ -607,9 +626,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
             if !report.refused.is_empty() {
                 return Err(format!(
-                    "{} object key(s) of the manifest would have been written outside {}: refused (listed above); everything else was written",
+                    "{} name(s) in the backup would have been written outside {} or are malformed: refused (listed above); everything else was written",
                     report.refused.len(),
-                    report.dir.join("mlpipeline").display()
+                    report.dir.display()
                 )
                 .into());
             }
@@ -646,6 +665,7 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
         }
         Command::Serve(args) => {
             let ServeArgs {
+                env_file: _,
                 schedule,
                 policy,
                 listen,
@@ -665,6 +685,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                     Some(Secret::new(t.trim().to_string()))
                 }
             };
+            if tuning.break_lock {
+                return Err("--break-lock is not for the daemon: it would break every lock, each run. Run `backup-agent recover --break-lock` once instead".into());
+            }
             let juju = JujuCli::locate(&cli.model)?;
             let store = dest.store()?;
             let settings = serve::ServeSettings {
@@ -732,6 +755,21 @@ fn interruptible<T>(
     work: impl std::future::Future<Output = T>,
 ) -> std::io::Result<T> {
     backup_agent::interrupt::block_on_interruptible(&ctx.interrupt, work)
+}
+
+fn env_file_arg() -> Option<std::path::PathBuf> {
+    let args: Vec<std::ffi::OsString> = std::env::args_os().collect();
+    if args.get(1).is_none_or(|a| a != "serve") {
+        return None;
+    }
+    args.iter().enumerate().find_map(|(i, a)| {
+        let a = a.to_str()?;
+        if a == "--env-file" {
+            args.get(i + 1).map(std::path::PathBuf::from)
+        } else {
+            a.strip_prefix("--env-file=").map(std::path::PathBuf::from)
+        }
+    })
 }
 
 /// Asks on a terminal before deleting; refuses without one (scripts say --yes).

@@ -69,6 +69,13 @@ impl Manifest {
             let e: Entry =
                 serde_json::from_slice(line).map_err(|e| format!("{key}: line {}: {e}", i + 1))?;
             catalog_key_check(&e.key).map_err(|why| format!("{key}: line {}: {why}", i + 1))?;
+            if !is_sha256(&e.sha256) {
+                return Err(format!(
+                    "{key}: line {}: sha256 {:?} is not 64 lowercase hex digits",
+                    i + 1,
+                    e.sha256
+                ));
+            }
             entries.push(e);
         }
         Ok(Manifest { entries })
@@ -81,6 +88,13 @@ impl Manifest {
     fn by_key(&self) -> HashMap<&str, &Entry> {
         self.entries.iter().map(|e| (e.key.as_str(), e)).collect()
     }
+}
+
+/// Hashes become object keys (`blobs/ab/ab...`): only the exact shape may pass.
+pub fn is_sha256(s: &str) -> bool {
+    s.len() == 64
+        && s.bytes()
+            .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
 }
 
 fn catalog_key_check(key: &str) -> Result<(), String> {

@@ -146,7 +146,19 @@ pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
     let mut last = String::from("no unit of it to ask");
     for unit in units {
         match backup_store(cli, &m.app, &unit) {
-            Ok(store) => return Ok(store),
+            Ok(store) => {
+                // The relation may point elsewhere since (a new path after a restore): the
+                // keys there are not this backup's.
+                if let Ok(now) = backup_location(cli, &m.app, &unit) {
+                    if now != m.location {
+                        return Err(format!(
+                            "it was written to {}, but {} now backs up to {now}: remove {}* from {} with your S3 tools",
+                            m.location, m.app, m.backup_id, m.location
+                        ));
+                    }
+                }
+                return Ok(store);
+            }
             Err(e) => last = e.to_string(),
         }
     }

@@ -55,9 +55,22 @@ pub struct Forget {
     pub mysql: Vec<MysqlCapture>,
     #[serde(skip)]
     keys: Vec<String>,
-    /// Blobs its manifest names (to keep them if its forgetting is called off).
-    #[serde(skip)]
-    blobs: BTreeSet<String>,
+}
+
+/// Objects of a backup directory without a statefile, and the mysql-k8s backups its
+/// tombstone says are still to delete.
+#[derive(Debug, Clone)]
+struct Leftover {
+    id: String,
+    keys: Vec<(String, u64)>,
+    mysql: Vec<MysqlCapture>,
+}
+
+/// Written before a backup's statefile is deleted, deleted last: names what is still to go
+/// (its mysql-k8s backups live in another bucket), so an interrupted forget is finished by
+/// the next prune rather than leaked.
+pub fn tombstone_key(id: &str) -> String {
+    format!("{}{id}/forgetting.json", catalog::backups_prefix())
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -78,7 +91,7 @@ pub struct PrunePlan {
     pub bytes_freed: u64,
     pub warnings: Vec<String>,
     #[serde(skip)]
-    leftover_keys: Vec<String>,
+    leftovers: Vec<Leftover>,
     #[serde(skip)]
     blob_keys: Vec<(String, u64)>,
 }
@@ -209,27 +222,22 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
     let mut referenced: BTreeSet<String> = BTreeSet::new();
     let mut kept_mysql: BTreeSet<(String, String)> = BTreeSet::new();
     let mut gc_blocked: Option<String> = None;
-    let manifest_blobs = |id: &str| {
-        let key = catalog::manifest_key(id);
-        let listed = objects.iter().any(|o| o.key == key);
-        async move {
-            if !listed {
-                return Ok(BTreeSet::new());
-            }
-            let bytes = retry(4, &key, || store.get_bytes(&key)).await?;
-            Manifest::parse(&key, &bytes)
-                .map(|m| {
-                    m.entries
-                        .iter()
-                        .map(|e| catalog::blob_key(&e.sha256))
-                        .collect::<BTreeSet<_>>()
-                })
-                .map_err(|detail| StoreError::Fatal {
-                    op: "read",
-                    key: key.clone(),
-                    detail,
-                })
-        }
+    // A manifest a kept backup's statefile names must be read, listed or not: missing or
+    // unreadable, no blob is deleted this time.
+    let manifest_blobs = |key: String| async move {
+        let bytes = retry(4, &key, || store.get_bytes(&key)).await?;
+        Manifest::parse(&key, &bytes)
+            .map(|m| {
+                m.entries
+                    .iter()
+                    .map(|e| catalog::blob_key(&e.sha256))
+                    .collect::<BTreeSet<_>>()
+            })
+            .map_err(|detail| StoreError::Fatal {
+                op: "read",
+                key: key.clone(),
+                detail,
+            })
     };
     for b in backups
         .iter()
@@ -248,17 +256,22 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         for m in &b.components.mysql {
             kept_mysql.insert((m.app.clone(), m.backup_id.clone()));
         }
-        match manifest_blobs(&b.backup_id).await {
-            Ok(set) => referenced.extend(set),
-            Err(e) => {
-                gc_blocked = Some(format!("the manifest of kept backup {}: {e}", b.backup_id))
+        if let Some(cap) = &b.components.mlpipeline {
+            match manifest_blobs(cap.manifest_key.clone()).await {
+                Ok(set) => referenced.extend(set),
+                Err(e) => {
+                    gc_blocked = Some(format!("the manifest of kept backup {}: {e}", b.backup_id))
+                }
             }
         }
     }
     for id in &unreadable {
-        match manifest_blobs(id).await {
-            Ok(set) => referenced.extend(set),
-            Err(e) => gc_blocked = Some(format!("the manifest of backup {id}: {e}")),
+        let key = catalog::manifest_key(id);
+        if objects.iter().any(|o| o.key == key) {
+            match manifest_blobs(key).await {
+                Ok(set) => referenced.extend(set),
+                Err(e) => gc_blocked = Some(format!("the manifest of backup {id}: {e}")),
+            }
         }
     }
 
@@ -276,7 +289,6 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
                 .map(|o| o.key.clone())
                 .filter(|k| *k != statefile),
         );
-        let blobs = manifest_blobs(&b.backup_id).await.unwrap_or_default();
         forget.push(Forget {
             id: b.backup_id.clone(),
             phase: b.phase.as_str().into(),
@@ -292,7 +304,6 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
                 .cloned()
                 .collect(),
             keys,
-            blobs,
         });
     }
     forget.sort_by(|a, b| a.id.cmp(&b.id));
@@ -305,11 +316,46 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         })
         .map(|(id, _)| id.as_str())
         .collect();
-    let leftovers: Vec<&ObjectInfo> = by_dir
+    let mut leftovers: Vec<Leftover> = vec![];
+    for (id, objs) in by_dir
         .iter()
         .filter(|(id, _)| !with_statefile.contains(id.as_str()))
-        .flat_map(|(_, objs)| objs.iter().copied())
-        .collect();
+    {
+        let tomb = tombstone_key(id);
+        let mysql = if objs.iter().any(|o| o.key == tomb) {
+            let bytes = retry(4, &tomb, || store.get_bytes(&tomb)).await?;
+            match serde_json::from_slice::<serde_json::Value>(&bytes)
+                .ok()
+                .and_then(|v| serde_json::from_value::<Vec<MysqlCapture>>(v["mysql"].clone()).ok())
+            {
+                Some(m) => m,
+                None => {
+                    warnings.push(format!(
+                        "{tomb} cannot be read: its directory is left as it is"
+                    ));
+                    continue;
+                }
+            }
+        } else {
+            vec![]
+        };
+        // The tombstone last.
+        let mut keys: Vec<(String, u64)> = objs
+            .iter()
+            .filter(|o| o.key != tomb)
+            .map(|o| (o.key.clone(), o.size))
+            .collect();
+        keys.extend(
+            objs.iter()
+                .filter(|o| o.key == tomb)
+                .map(|o| (o.key.clone(), o.size)),
+        );
+        leftovers.push(Leftover {
+            id: id.clone(),
+            keys,
+            mysql,
+        });
+    }
 
     let blob_prefix = format!("{}/blobs/", catalog::REPO);
     let blob_keys: Vec<(String, u64)> = if let Some(why) = &gc_blocked {
@@ -323,7 +369,10 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
             .collect()
     };
     let blob_bytes = blob_keys.iter().map(|b| b.1).sum();
-    let leftover_bytes = leftovers.iter().map(|o| o.size).sum();
+    let leftover_bytes = leftovers
+        .iter()
+        .flat_map(|l| l.keys.iter().map(|k| k.1))
+        .sum();
     let bytes_freed = forget.iter().map(|f| f.bytes).sum::<u64>() + leftover_bytes + blob_bytes;
     Ok(PrunePlan {
         selection: match selection {
@@ -332,13 +381,13 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         },
         decisions,
         forget,
-        leftover_objects: leftovers.len(),
+        leftover_objects: leftovers.iter().map(|l| l.keys.len()).sum(),
         leftover_bytes,
         blobs: blob_keys.len(),
         blob_bytes,
         bytes_freed,
         warnings,
-        leftover_keys: leftovers.iter().map(|o| o.key.clone()).collect(),
+        leftovers,
         blob_keys,
     })
 }
@@ -350,7 +399,7 @@ pub async fn run(ctx: &Context, selection: &Selection) -> Result<PruneReport, Pr
         .map_err(|e| PruneError::Lock(Box::new(e)))?;
     let result = async {
         let plan = plan(ctx, selection).await?;
-        apply(ctx, plan, recovered).await
+        apply(ctx, plan, recovered, &lock).await
     }
     .await;
     if let Err(e) = lock.release().await {
@@ -404,102 +453,133 @@ async fn delete_all(
 /// Deletes a mysql-k8s backup's objects (`<id>`, `<id>.md5`, `<id>.metadata`, ...) from its
 /// own bucket, found through the app's s3-integrator relation. The `.md5` marker goes first:
 /// without it mysql-k8s no longer calls the backup finished.
-async fn delete_mysql(ctx: &Context, m: &MysqlCapture) -> Result<(), String> {
+async fn delete_mysql(ctx: &Context, m: &MysqlCapture) -> Result<usize, String> {
     let (juju, m2) = (ctx.juju.clone(), m.clone());
     let store = tokio::task::spawn_blocking(move || mysql::capture_store(&juju, &m2))
         .await
         .map_err(|e| e.to_string())??;
     let objects = mysql::capture_objects(&store, m).await?;
     let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
+    // The marker first: without it mysql-k8s no longer calls the backup finished.
     keys.sort_by_key(|k| !k.ends_with(".md5"));
-    for k in keys {
-        retry(4, &k, || store.delete(&k))
+    for k in &keys {
+        retry(4, k, || store.delete(k))
             .await
             .map_err(|e| e.to_string())?;
     }
-    Ok(())
+    Ok(keys.len())
 }
 
-/// Deletes what the plan names, in the safe order.
+/// Deletes a forgotten backup's mysql-k8s backups; a warning for each that could not go (the
+/// tombstone stays, and the next prune tries again).
+async fn forget_mysql(
+    ctx: &Context,
+    id: &str,
+    mysql: &[MysqlCapture],
+    deleted: &mut Vec<String>,
+    warnings: &mut Vec<String>,
+) -> bool {
+    let mut all = true;
+    for m in mysql {
+        ctx.progress.step(
+            "forget",
+            format!(
+                "deleting mysql-k8s backup {} of {} ({id})",
+                m.backup_id, m.app
+            ),
+        );
+        match delete_mysql(ctx, m).await {
+            Ok(0) => warnings.push(format!(
+                "mysql-k8s backup {} of {} was not found at {} (already gone?)",
+                m.backup_id, m.app, m.location
+            )),
+            Ok(_) => deleted.push(format!("{} {}", m.app, m.backup_id)),
+            Err(e) => {
+                warnings.push(format!(
+                    "mysql-k8s backup {} of {} could not be deleted ({e}); the next prune tries again",
+                    m.backup_id, m.app
+                ));
+                all = false;
+            }
+        }
+    }
+    all
+}
+
+/// Deletes what the plan names, in the safe order; `lock` is checked before the blobs.
 pub async fn apply(
     ctx: &Context,
     mut plan: PrunePlan,
     recovered: recovery::Recovered,
+    lock: &crate::lease::Lease,
 ) -> Result<PruneReport, PruneError> {
     let p = &ctx.progress;
     let mut warnings = vec![];
     let mut mysql_deleted = vec![];
-    let mut called_off: Vec<Forget> = vec![];
-    let mut go = vec![];
-    for f in std::mem::take(&mut plan.forget) {
-        let mut ok = true;
-        for m in &f.mysql {
-            p.step(
-                "forget",
-                format!(
-                    "deleting mysql-k8s backup {} of {} ({})",
-                    m.backup_id, m.app, f.id
-                ),
-            );
-            match delete_mysql(ctx, m).await {
-                Ok(()) => mysql_deleted.push(format!("{} {}", m.app, m.backup_id)),
-                Err(e) => {
-                    warnings.push(format!(
-                        "backup {} is kept: its mysql-k8s backup {} of {} could not be deleted ({e}); the next prune tries again",
-                        f.id, m.backup_id, m.app
-                    ));
-                    ok = false;
-                    break;
-                }
-            }
-        }
-        if ok {
-            go.push(f);
-        } else {
-            called_off.push(f);
-        }
-    }
-    // A backup that stays after all keeps its blobs.
-    let keep_blobs: BTreeSet<&String> = called_off.iter().flat_map(|f| f.blobs.iter()).collect();
-    plan.blob_keys.retain(|(k, _)| !keep_blobs.contains(k));
-
     let mut objects_deleted = 0;
     let mut bytes_freed = 0;
     let mut forgotten = vec![];
-    for f in &go {
-        if let Some(reason) = ctx.interrupt.reason() {
-            return Err(PruneError::Interrupted {
-                what: "forgetting backups".into(),
+    let stopped = |what: &str| {
+        ctx.interrupt
+            .reason()
+            .map(|reason| PruneError::Interrupted {
+                what: what.into(),
                 reason,
-            });
+            })
+    };
+    for f in &plan.forget {
+        if let Some(e) = stopped("forgetting backups") {
+            return Err(e);
         }
         p.step("forget", format!("forgetting backup {}", f.id));
-        // One at a time, statefile first.
+        let tomb = tombstone_key(&f.id);
+        let body = serde_json::to_vec_pretty(&serde_json::json!({
+            "backup-id": f.id,
+            "mysql": f.mysql,
+        }))
+        .expect("tombstone serializes");
+        retry(4, &tomb, || {
+            ctx.dest.put_bytes(&tomb, &body, "application/json")
+        })
+        .await?;
+        // Statefile first (f.keys starts with it): from here on the backup is forgotten.
         for key in &f.keys {
             retry(4, key, || ctx.dest.delete(key)).await?;
             objects_deleted += 1;
         }
         bytes_freed += f.bytes;
+        if forget_mysql(ctx, &f.id, &f.mysql, &mut mysql_deleted, &mut warnings).await {
+            retry(4, &tomb, || ctx.dest.delete(&tomb)).await?;
+        }
         forgotten.push(f.id.clone());
     }
-    if !plan.leftover_keys.is_empty() {
+    for l in std::mem::take(&mut plan.leftovers) {
+        if let Some(e) = stopped("deleting leftovers") {
+            return Err(e);
+        }
         p.step(
             "forget",
             format!(
-                "deleting {} leftover objects of unrecorded backups",
-                plan.leftover_keys.len()
+                "finishing the forgetting of {} ({} objects left)",
+                l.id,
+                l.keys.len()
             ),
         );
-        let (n, b) = delete_all(
-            ctx,
-            plan.leftover_keys.iter().map(|k| (k.clone(), 0)).collect(),
-            "leftovers",
-        )
-        .await?;
-        objects_deleted += n;
-        bytes_freed += b + plan.leftover_bytes;
+        if !forget_mysql(ctx, &l.id, &l.mysql, &mut mysql_deleted, &mut warnings).await {
+            continue;
+        }
+        for (key, size) in &l.keys {
+            retry(4, key, || ctx.dest.delete(key)).await?;
+            objects_deleted += 1;
+            bytes_freed += size;
+        }
     }
     if !plan.blob_keys.is_empty() {
+        // Never beside another holder: a backup running under a lock we lost could be relying
+        // on a blob we are about to delete.
+        lock.still_held()
+            .await
+            .map_err(|e| PruneError::Lock(Box::new(RecoveryError::Lock(Box::new(e)))))?;
         p.step(
             "forget",
             format!(
@@ -512,8 +592,6 @@ pub async fn apply(
         objects_deleted += n;
         bytes_freed += b;
     }
-    plan.forget = go;
-    plan.forget.extend(called_off);
     p.step(
         "done",
         format!(

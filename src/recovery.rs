@@ -36,6 +36,8 @@ impl Recovered {
 pub enum RecoveryError {
     #[error("{0}")]
     Lock(Box<LeaseError>),
+    #[error("preflight: destination {store} cannot be reached to take the repository lock ({detail}): check the endpoint, the network and that the S3 server is up")]
+    Unreachable { store: String, detail: String },
     #[error("recovering after an interrupted run: {0}")]
     Catalog(#[from] catalog::CatalogError),
     #[error(
@@ -51,12 +53,25 @@ fn running(phase: Phase) -> bool {
     )
 }
 
+/// Puts back what a dead run changed, but only where that is still its doing: the same
+/// model, the app still there, and still at the scale the run set. A record from another
+/// model (the bucket used from a new cluster), or an app someone has scaled since, is left
+/// alone and said so; the record is marked failed either way, so it never blocks later runs.
 async fn put_back(
     ctx: &Context,
+    model: &str,
     journal: Vec<ScaleRecord>,
-) -> (Vec<ScaleRecord>, Result<(), String>) {
+) -> (Vec<ScaleRecord>, Result<(), String>, Vec<String>) {
     if journal.iter().all(|r| r.restored) {
-        return (journal, Ok(()));
+        return (journal, Ok(()), vec![]);
+    }
+    let mut notes = vec![];
+    if !model.is_empty() && model != ctx.juju.model() {
+        notes.push(format!(
+            "scales not touched: the run was in model {model}, this is {}",
+            ctx.juju.model()
+        ));
+        return (journal, Ok(()), notes);
     }
     let (juju, wait, p) = (
         ctx.juju.clone(),
@@ -64,9 +79,28 @@ async fn put_back(
         ctx.progress.clone(),
     );
     tokio::task::spawn_blocking(move || {
+        let status = match juju.status() {
+            Ok(s) => s,
+            Err(e) => return (journal, Err(format!("cannot read the model to put scales back: {e}")), notes),
+        };
+        let mut ours = vec![];
+        for (i, r) in journal.iter().enumerate().filter(|(_, r)| !r.restored) {
+            match status.applications.get(&r.app).map(|a| a.scale.unwrap_or(a.units.len() as u32)) {
+                None => notes.push(format!("{} is not in the model any more: not scaled", r.app)),
+                Some(now) if now != r.changed_to => notes.push(format!(
+                    "{} is at scale {now}, not the {} the dead run set: left as it is (it was {} before that run)",
+                    r.app, r.changed_to, r.original
+                )),
+                Some(_) => ours.push(i),
+            }
+        }
+        let mut sub: Vec<ScaleRecord> = ours.iter().map(|i| journal[*i].clone()).collect();
+        let r = quiesce::restore(&juju, &mut sub, wait, &p);
         let mut journal = journal;
-        let r = quiesce::restore(&juju, &mut journal, wait, &p);
-        (journal, r)
+        for (i, rec) in ours.into_iter().zip(sub) {
+            journal[i] = rec;
+        }
+        (journal, r, notes)
     })
     .await
     .expect("scale restore task")
@@ -77,7 +111,23 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
     let p = &ctx.progress;
     let mut out = Recovered::default();
     for listed in catalog::list(&ctx.dest).await? {
-        let Listed::Backup(sf) = listed else { continue };
+        let sf = match listed {
+            Listed::Backup(sf) => sf,
+            // A statefile we could not fetch may be the dead run's: do not go on without it.
+            Listed::Unreadable {
+                id,
+                error: catalog::CatalogError::Store(e),
+            } => {
+                return Err(RecoveryError::Catalog(catalog::CatalogError::Malformed {
+                    key: catalog::statefile_key(&id),
+                    detail: format!("cannot be read to check for an interrupted run: {e}"),
+                }))
+            }
+            Listed::Unreadable { id, error } => {
+                p.warn(format!("backup {id}: {error} (skipped)"));
+                continue;
+            }
+        };
         let mut sf: Statefile = *sf;
         let mut changed = false;
         let reason = format!(
@@ -90,7 +140,11 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
                 sf.backup_id,
                 sf.phase.as_str()
             ));
-            let (journal, r) = put_back(ctx, std::mem::take(&mut sf.quiesce)).await;
+            let (journal, r, notes) =
+                put_back(ctx, &sf.model, std::mem::take(&mut sf.quiesce)).await;
+            for n in &notes {
+                p.warn(format!("backup {}: {n}", sf.backup_id));
+            }
             if let Err(detail) = r {
                 return Err(RecoveryError::Scales {
                     what: format!("backup {}", sf.backup_id),
@@ -108,7 +162,11 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
             sf.finished_at = Some(Utc::now());
             sf.errors.push(ErrorRecord {
                 component: "agent".into(),
-                message: reason.clone(),
+                message: if notes.is_empty() {
+                    reason.clone()
+                } else {
+                    format!("{reason}; {}", notes.join("; "))
+                },
                 at: Utc::now(),
             });
             out.backups.push(sf.backup_id.clone());
@@ -124,7 +182,11 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
             ));
             let journal: Vec<ScaleRecord> =
                 serde_json::from_value(entry["quiesce"].clone()).unwrap_or_default();
-            let (journal, r) = put_back(ctx, journal).await;
+            // The restore ran in whatever model it was pointed at; the scale check suffices.
+            let (journal, r, notes) = put_back(ctx, "", journal).await;
+            for n in &notes {
+                p.warn(format!("restore of backup {}: {n}", sf.backup_id));
+            }
             if let Err(detail) = r {
                 return Err(RecoveryError::Scales {
                     what: format!("the restore of backup {}", sf.backup_id),
@@ -140,7 +202,11 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
             entry["quiesce"] = serde_json::json!(journal);
             entry["phase"] = "finished".into();
             entry["outcome"] = "failed".into();
-            entry["error"] = reason.clone().into();
+            entry["error"] = if notes.is_empty() {
+                reason.clone().into()
+            } else {
+                format!("{reason}; {}", notes.join("; ")).into()
+            };
             out.restores.push(sf.backup_id.clone());
             changed = true;
         }
@@ -174,9 +240,16 @@ pub async fn lock_and_recover(
         operation,
         ctx.tuning.lease,
         ctx.tuning.break_lock,
+        ctx.interrupt.clone(),
     )
     .await
-    .map_err(|e| RecoveryError::Lock(Box::new(e)))?;
+    .map_err(|e| match e {
+        LeaseError::Store(e) => RecoveryError::Unreachable {
+            store: ctx.dest.describe(),
+            detail: e.to_string(),
+        },
+        e => RecoveryError::Lock(Box::new(e)),
+    })?;
     let name = operation.split(' ').next().unwrap_or(operation);
     match recover(ctx, name).await {
         Ok(r) => Ok((lock, r)),

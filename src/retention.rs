@@ -85,6 +85,9 @@ impl Policy {
                 if d.is_zero() {
                     return Err("retention keep-within must be longer than 0".into());
                 }
+                if d > Duration::from_secs(100 * 366 * 86400) {
+                    return Err(format!("retention keep-within={value} is longer than 100 years: leave keep-within out to keep by the other rules, or give a shorter time"));
+                }
                 self.keep_within = Some(d);
             }
             other => {
@@ -217,8 +220,11 @@ pub fn apply(policy: &Policy, candidates: &[Candidate]) -> Vec<Decision> {
             // Relative to the newest completed backup, as restic measures from the newest
             // snapshot: a daemon that stopped backing up does not age everything out.
             if let (Some(d), Some((newest, _))) = (policy.keep_within, &newest_completed) {
-                let limit = *newest - chrono::Duration::from_std(d).unwrap_or_default();
-                if c.time >= limit {
+                // Out of range means "further back than any time": keep.
+                let limit = chrono::Duration::from_std(d)
+                    .ok()
+                    .and_then(|d| newest.checked_sub_signed(d));
+                if limit.is_none_or(|l| c.time >= l) {
                     reasons.push(format!("keep-within {}", humantime::format_duration(d)));
                 }
             }

@@ -71,6 +71,35 @@ impl FromStr for Schedule {
     }
 }
 
+/// `KEY=VALUE` lines (blank lines and `#` comments allowed); the message names the line.
+pub fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--env-file {}: {e}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        match l.split_once('=') {
+            Some((k, v))
+                if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                out.push((k.to_string(), v.to_string()))
+            }
+            // The line may hold a key: say where, not what.
+            _ => {
+                return Err(format!(
+                    "--env-file {} line {}: not KEY=VALUE",
+                    path.display(),
+                    i + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
 /// What the daemon was told.
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
@@ -90,6 +119,8 @@ pub struct RunInfo {
     pub trigger: String,
     pub started_at: DateTime<Utc>,
     pub step: String,
+    /// Everything is captured and being checked: a shutdown lets it end.
+    pub finishing: bool,
     #[serde(skip)]
     interrupt: Interrupt,
 }
@@ -117,6 +148,8 @@ struct Daemon {
     last: Mutex<Option<RunOutcome>>,
     next: Mutex<Option<DateTime<Utc>>>,
     done: tokio::sync::Notify,
+    /// Set at shutdown (under `running`'s lock): no run starts after it.
+    stopping: std::sync::atomic::AtomicBool,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -127,92 +160,57 @@ pub enum ServeError {
     Http(String),
 }
 
-/// Steps after which a backup is finishing: a shutdown lets it end rather than throw away a
-/// backup that is already captured.
-const LAST_STEPS: &[&str] = &["verify", "unquiesce", "done"];
-
 impl Daemon {
-    /// Starts a backup (then a prune) in the background, unless one is going.
-    fn start(self: &Arc<Self>, trigger: &str, label: &str) -> Result<RunInfo, RunInfo> {
+    /// Starts a backup (then a prune) in the background, unless one is going or the daemon
+    /// is stopping; the refusal says which.
+    fn start(self: &Arc<Self>, trigger: &str, label: &str) -> Result<RunInfo, String> {
         let mut running = self.running.lock().expect("daemon state");
+        if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err("the daemon is stopping".into());
+        }
         if let Some(r) = running.as_ref() {
-            return Err(r.clone());
+            return Err(format!(
+                "a backup is already running ({} run started {}, now at step {})",
+                r.trigger,
+                r.started_at.to_rfc3339(),
+                r.step
+            ));
         }
         let info = RunInfo {
             trigger: trigger.into(),
             started_at: Utc::now(),
             step: "starting".into(),
+            finishing: false,
             interrupt: Interrupt::new(),
         };
         *running = Some(info.clone());
         drop(running);
-        let (me, label, request) = (
-            self.clone(),
-            label.to_string(),
-            if trigger == "schedule" {
-                RequestType::Scheduled
-            } else {
-                RequestType::Manual
-            },
-        );
+        let request = if trigger == "schedule" {
+            RequestType::Scheduled
+        } else {
+            RequestType::Manual
+        };
+        let (me, label, trigger) = (self.clone(), label.to_string(), trigger.to_string());
         let interrupt = info.interrupt.clone();
+        let work = {
+            let (me, trigger) = (me.clone(), trigger.clone());
+            async move { me.run(&trigger, label, request, interrupt).await }
+        };
         tokio::spawn(async move {
-            let me2 = me.clone();
-            let progress = Progress::to(move |e| {
-                if let Event::Step { step, .. } = e {
-                    if let Some(r) = me2.running.lock().expect("daemon state").as_mut() {
-                        r.step = step.clone();
-                    }
-                }
-            });
-            let ctx = (me.make)(progress, interrupt);
             let started_at = Utc::now();
-            let req = BackupRequest {
-                label,
-                components: Component::ALL.to_vec(),
-                force: false,
-                request,
-            };
-            let mut outcome = match backup::run(&ctx, &req).await {
-                Ok(r) => RunOutcome {
-                    trigger: me.trigger_of(),
-                    started_at,
-                    finished_at: Utc::now(),
-                    outcome: "completed".into(),
-                    backup_id: Some(r.statefile.backup_id),
-                    error: None,
-                    pruned: None,
-                },
-                Err(e) => {
-                    tracing::error!("scheduled run: {e}");
-                    RunOutcome {
-                        trigger: me.trigger_of(),
-                        started_at,
-                        finished_at: Utc::now(),
-                        outcome: "failed".into(),
-                        backup_id: match &e {
-                            backup::BackupError::Failed { id, .. }
-                            | backup::BackupError::NotRestored { id, .. } => Some(id.clone()),
-                            _ => None,
-                        },
-                        error: Some(e.to_string()),
-                        pruned: None,
-                    }
-                }
-            };
-            if outcome.outcome == "completed"
-                && !me.settings.retention.is_empty()
-                && !ctx.interrupt.is_triggered()
-            {
-                match prune::run(&ctx, &Selection::Policy(me.settings.retention.clone())).await {
-                    Ok(r) => outcome.pruned = Some(r.forgotten.len()),
-                    Err(e) => {
-                        tracing::error!("prune after the backup: {e}");
-                        outcome.error = Some(format!("prune: {e}"));
-                    }
-                }
+            // A panic must not leave the daemon believing a run is going for ever.
+            let outcome = tokio::spawn(work).await.unwrap_or_else(|e| RunOutcome {
+                trigger: trigger.clone(),
+                started_at,
+                finished_at: Utc::now(),
+                outcome: "failed".into(),
+                backup_id: None,
+                error: Some(format!("the run panicked: {e}")),
+                pruned: None,
+            });
+            if let Some(e) = &outcome.error {
+                tracing::error!("{} run: {e}", outcome.trigger);
             }
-            outcome.finished_at = Utc::now();
             *me.last.lock().expect("daemon state") = Some(outcome);
             *me.running.lock().expect("daemon state") = None;
             me.done.notify_waiters();
@@ -220,13 +218,70 @@ impl Daemon {
         Ok(info)
     }
 
-    fn trigger_of(&self) -> String {
-        self.running
-            .lock()
-            .expect("daemon state")
-            .as_ref()
-            .map(|r| r.trigger.clone())
-            .unwrap_or_default()
+    async fn run(
+        self: &Arc<Self>,
+        trigger: &str,
+        label: String,
+        request: RequestType,
+        interrupt: Interrupt,
+    ) -> RunOutcome {
+        let me = self.clone();
+        let progress = Progress::to(move |e| {
+            if let Event::Step { step, .. } = e {
+                if let Some(r) = me.running.lock().expect("daemon state").as_mut() {
+                    r.step = step.clone();
+                    // The backup's own check of what it wrote: only its end is left.
+                    if step == "verify" {
+                        r.finishing = true;
+                    }
+                }
+            }
+        });
+        let ctx = (self.make)(progress, interrupt);
+        let started_at = Utc::now();
+        let req = BackupRequest {
+            label,
+            components: Component::ALL.to_vec(),
+            force: false,
+            request,
+        };
+        let mut outcome = match backup::run(&ctx, &req).await {
+            Ok(r) => RunOutcome {
+                trigger: trigger.into(),
+                started_at,
+                finished_at: Utc::now(),
+                outcome: "completed".into(),
+                backup_id: Some(r.statefile.backup_id),
+                error: None,
+                pruned: None,
+            },
+            Err(e) => RunOutcome {
+                trigger: trigger.into(),
+                started_at,
+                finished_at: Utc::now(),
+                outcome: "failed".into(),
+                backup_id: match &e {
+                    backup::BackupError::Failed { id, .. }
+                    | backup::BackupError::NotRestored { id, .. } => Some(id.clone()),
+                    _ => None,
+                },
+                error: Some(e.to_string()),
+                pruned: None,
+            },
+        };
+        let stopping = self.stopping.load(std::sync::atomic::Ordering::SeqCst);
+        if outcome.outcome == "completed"
+            && !self.settings.retention.is_empty()
+            && !ctx.interrupt.is_triggered()
+            && !stopping
+        {
+            match prune::run(&ctx, &Selection::Policy(self.settings.retention.clone())).await {
+                Ok(r) => outcome.pruned = Some(r.forgotten.len()),
+                Err(e) => outcome.error = Some(format!("prune after the backup: {e}")),
+            }
+        }
+        outcome.finished_at = Utc::now();
+        outcome
     }
 
     async fn wait_idle(&self) {
@@ -269,12 +324,8 @@ impl Daemon {
                 _ = tokio::time::sleep(wait) => {}
                 _ = shutdown.triggered() => return,
             }
-            if let Err(r) = self.start("schedule", "scheduled") {
-                tracing::warn!(
-                    "skipping the run due at {next}: the {} run started {} is still going",
-                    r.trigger,
-                    r.started_at.to_rfc3339()
-                );
+            if let Err(why) = self.start("schedule", "scheduled") {
+                tracing::warn!("skipping the run due at {next}: {why}");
             }
         }
     }
@@ -306,6 +357,7 @@ pub async fn serve(
         last: Mutex::new(None),
         next: Mutex::new(None),
         done: tokio::sync::Notify::new(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
     });
     tracing::info!(
         "serving on http://{addr}; schedule {}; retention {}",
@@ -325,9 +377,15 @@ pub async fn serve(
         .with_graceful_shutdown(async move { stop.triggered().await })
         .await
         .map_err(|e| ServeError::Http(e.to_string()))?;
-    let running = daemon.running.lock().expect("daemon state").clone();
+    let running = {
+        let guard = daemon.running.lock().expect("daemon state");
+        daemon
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        guard.clone()
+    };
     if let Some(r) = running {
-        if LAST_STEPS.contains(&r.step.as_str()) {
+        if r.finishing {
             tracing::info!(
                 "shutting down: letting the backup in its last step ({}) finish",
                 r.step
@@ -496,14 +554,9 @@ async fn create(State(d): State<Arc<Daemon>>, headers: HeaderMap, body: String) 
             })),
         )
             .into_response(),
-        Err(r) => error(
+        Err(why) => error(
             StatusCode::CONFLICT,
-            format!(
-                "a backup is already running ({} run started {}, now at step {}): try again when it has finished",
-                r.trigger,
-                r.started_at.to_rfc3339(),
-                r.step
-            ),
+            format!("{why}: try again when it has finished"),
         ),
     }
 }
@@ -542,7 +595,7 @@ async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         }
         for h in &b.history {
             if h["event"] == "verify" {
-                let k = if h["passed"] == true {
+                let k = if h["outcome"] == "passed" {
                     "passed"
                 } else {
                     "failed"

@@ -146,9 +146,23 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
     let charm = pack(tmp.path());
     let juju_bin = sb.layout.bin().join("juju");
     let resource = format!("juju-client={}", juju_bin.display());
+    // The daemon's API on loopback (the charm's default is every interface, for Prometheus).
+    let port = std::net::TcpListener::bind("127.0.0.1:0")
+        .unwrap()
+        .local_addr()
+        .unwrap()
+        .port();
+    let listen = format!("listen=127.0.0.1:{port}");
     juju_ok(
         &sb,
-        &["deploy", charm.to_str().unwrap(), "--resource", &resource],
+        &[
+            "deploy",
+            charm.to_str().unwrap(),
+            "--resource",
+            &resource,
+            "--config",
+            &listen,
+        ],
     );
     assert_eq!(
         unit_status(&sb),
@@ -259,6 +273,63 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
     let (st, msg) = unit_status(&sb);
     assert_eq!(st, "active", "{msg}");
     assert!(msg.starts_with("ready; no backups yet in s3://"), "{msg}");
+    assert!(
+        msg.ends_with(&format!("; daemon on 127.0.0.1:{port}")),
+        "{msg}"
+    );
+
+    let mut seen_extra = String::new();
+    // The daemon: `backup-agent serve` as a Pebble service in the workload container, its
+    // keys in files only it can read, none in the plan.
+    let container = sb
+        .layout
+        .dir
+        .join("units/backup-agent-0/containers/backup-agent");
+    let pebble = |path: &str| -> Value {
+        let out = std::process::Command::new("curl")
+            .args(["-s", "--unix-socket"])
+            .arg(container.join("pebble.socket"))
+            .arg(format!("http://localhost{path}"))
+            .output()
+            .unwrap();
+        serde_json::from_slice(&out.stdout).unwrap()
+    };
+    let services = pebble("/v1/services?names=backup-agent");
+    assert_eq!(services["result"][0]["current"], "active", "{services}");
+    let plan = pebble("/v1/plan?format=yaml")["result"]
+        .as_str()
+        .unwrap()
+        .to_string();
+    assert!(
+        plan.contains(
+            "/opt/backup-agent/bin/backup-agent serve --env-file /opt/backup-agent/serve.env"
+        ),
+        "{plan}"
+    );
+    assert!(!plan.contains(sb.info.dest.secret_key.as_str()) && !plan.contains(password.as_str()));
+    {
+        use std::os::unix::fs::PermissionsExt;
+        for f in ["serve.env", "token", "juju-data/accounts.yaml"] {
+            let p = container.join("root/opt/backup-agent").join(f);
+            let mode = std::fs::metadata(&p).unwrap().permissions().mode() & 0o777;
+            assert_eq!(mode, 0o600, "{}", p.display());
+        }
+    }
+    let api = |path: &str| -> String {
+        let out = std::process::Command::new("curl")
+            .args(["-s", &format!("http://127.0.0.1:{port}{path}")])
+            .output()
+            .unwrap();
+        String::from_utf8_lossy(&out.stdout).into_owned()
+    };
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !api("/healthz").contains("\"status\":\"ok\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon's API never answered"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
 
     // create-backup through the packed charm's dispatch.
     let (code, task, err) = run_action(&sb, "create-backup", &["label=from-juju-run"]);
@@ -295,6 +366,11 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
         msg.starts_with(&format!("last backup {id} ")) && msg.ends_with("(1 backup)"),
         "{msg}"
     );
+    // The daemon reads the same repository.
+    let listed: Value = serde_json::from_str(&api("/v1/backups")).unwrap();
+    assert_eq!(listed["count"], 1);
+    assert_eq!(listed["backups"][0]["backup-id"], id.as_str());
+    assert!(api("/metrics").contains("backup_agent_backups{outcome=\"completed\"} 1"));
     // The statefile is where the relation says: <path>/backup-agent/ of s3-integrator's bucket.
     let mysql_path = sb.info.mysql_path.trim_matches('/').to_string();
     let sf_key = format!("backup-agent/backups/{id}/statefile.json");
@@ -379,9 +455,77 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
     );
     assert_eq!(scales(&sb), before, "scales put back after the restore");
 
+    // A backup started through the daemon's API, with the token the charm gave it.
+    let token = std::fs::read_to_string(container.join("root/opt/backup-agent/token")).unwrap();
+    let out = std::process::Command::new("curl")
+        .args([
+            "-s",
+            "-X",
+            "POST",
+            "-H",
+            &format!("Authorization: Bearer {token}"),
+        ])
+        .arg(format!("http://127.0.0.1:{port}/v1/backups"))
+        .output()
+        .unwrap();
+    let started = String::from_utf8_lossy(&out.stdout).into_owned();
+    assert!(started.contains("\"status\":\"started\""), "{started}");
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(120);
+    loop {
+        let h: Value = serde_json::from_str(&api("/healthz")).unwrap();
+        if h["running"].is_null() && !h["last-run"].is_null() {
+            assert_eq!(h["last-run"]["outcome"], "completed", "{h}");
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the API backup never finished: {h}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(300));
+    }
+
+    // prune: a dry run lists, a real one forgets; then delete-backup of what is left.
+    let (code, task, _) = run_action(&sb, "prune", &["retention=keep-last=1", "dry-run=true"]);
+    assert_eq!(code, 0, "{task}");
+    let n: usize = task["results"]["count"].as_str().unwrap().parse().unwrap();
+    assert!(n >= 1, "{task}");
+    let (code, task, _) = run_action(&sb, "prune", &["retention=keep-last=1"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(
+        task["results"]["count"].as_str().unwrap(),
+        n.to_string(),
+        "{task}"
+    );
+    let (_, listed, _) = run_action(&sb, "list-backups", &[]);
+    assert_eq!(listed["results"]["count"], "1", "{listed}");
+    let (code, task, _) = run_action(&sb, "prune", &["retention=keep-dayly=1"]);
+    assert_eq!(code, 1);
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap()
+            .contains("unknown retention rule"),
+        "{task}"
+    );
+    let (code, task, _) = run_action(&sb, "delete-backup", &["backup-id=20250101T000000Z-abcdef"]);
+    assert_eq!(code, 1);
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap()
+            .contains("no backup 20250101T000000Z-abcdef"),
+        "{task}"
+    );
+    seen_extra.push_str(&api("/v1/backups"));
+    seen_extra.push_str(&api("/metrics"));
+    seen_extra.push_str(&plan);
+    seen_extra.push_str(
+        &std::fs::read_to_string(container.join("services/backup-agent.log")).unwrap_or_default(),
+    );
+
     // Secrets planted by the sandbox (destination and MinIO keys, controller password) appear
     // in no action output, status, unit log or object.
-    let mut seen = String::new();
+    let mut seen = std::mem::take(&mut seen_extra);
     seen.push_str(&run_action(&sb, "list-backups", &[]).1.to_string());
     seen.push_str(&juju_ok(&sb, &["status", "--format=json"]));
     seen.push_str(&juju_ok(&sb, &["show-task", &task_id, "--format=json"]));
@@ -704,15 +848,73 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
         Some("- v1\n")
     );
 
-    // A non-leader does not write the app bag.
+    // metrics-endpoint (prometheus_scrape): the leader publishes the job, every unit itself.
+    unit.set(|s| {
+        s.relations.push(HookRelation {
+            id: 6,
+            endpoint: "metrics-endpoint".into(),
+            interface: "prometheus_scrape".into(),
+            remote_app: "prometheus".into(),
+            remote_units: vec!["prometheus/0".into()],
+            ..Default::default()
+        })
+    });
+    let (_, state) = unit.dispatch("hooks/metrics-endpoint-relation-joined");
+    let jobs: Value =
+        serde_json::from_str(&state.relations[2].local_app_data["scrape_jobs"]).unwrap();
+    assert_eq!(jobs[0]["metrics_path"], "/metrics");
+    assert_eq!(jobs[0]["static_configs"][0]["targets"][0], "*:8940");
+    assert_eq!(
+        state.relations[2].local_unit_data["prometheus_scrape_unit_name"],
+        "backup-agent/0"
+    );
+
+    // Bad daemon settings block the unit, naming the fix.
+    for (key, value, want) in [
+        (
+            "schedule",
+            "every night",
+            "config schedule \"every night\" is not a cron expression",
+        ),
+        (
+            "retention",
+            "keep-nightly=3",
+            "unknown retention rule \"keep-nightly\"",
+        ),
+        (
+            "listen",
+            "everywhere",
+            "config listen=\"everywhere\" is not an address:port",
+        ),
+    ] {
+        unit.set(|s| {
+            s.config.insert(key.into(), json!(value));
+        });
+        let (st, msg) = unit.status("config-changed");
+        assert_eq!(st, "blocked", "{key}");
+        assert!(
+            msg.contains(want) && msg.contains("juju config backup-agent"),
+            "{msg}"
+        );
+        unit.set(|s| {
+            s.config.remove(key);
+        });
+    }
+
+    // A non-leader does not write the app bag (but does its own unit bag).
     unit.set(|s| {
         s.leader = false;
         s.relations[0].local_app_data.clear();
         s.relations[1].local_app_data.clear();
+        s.relations[2].local_app_data.clear();
     });
     let (_, state) = unit.dispatch("hooks/s3-credentials-relation-changed");
     assert!(state.relations[0].local_app_data.is_empty());
     assert!(state.relations[1].local_app_data.is_empty());
+    assert!(state.relations[2].local_app_data.is_empty());
+    assert!(state.relations[2]
+        .local_unit_data
+        .contains_key("prometheus_scrape_unit_address"));
     unit.set(|s| s.leader = true);
 
     // The binary checks parameters itself too (a hand-run dispatch, a future Juju).
@@ -832,6 +1034,9 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
 
     let (code, _) = unit.dispatch("bogus/path");
     assert_eq!(code, 1);
-    let st = unit.action("prune", json!({}));
-    assert!(st.failed.unwrap().contains("unknown action \"prune\""));
+    let st = unit.action("forget-everything", json!({}));
+    assert!(st
+        .failed
+        .unwrap()
+        .contains("unknown action \"forget-everything\""));
 }

@@ -60,12 +60,8 @@ impl ControllerAccess {
         })
     }
 
-    /// Writes controllers.yaml and accounts.yaml (mode 0600) into a new private directory.
-    pub fn write_juju_data(&self) -> std::io::Result<tempfile::TempDir> {
-        let dir = tempfile::Builder::new()
-            .prefix("backup-agent-juju-")
-            .tempdir()?;
-        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+    /// controllers.yaml and accounts.yaml of a JUJU_DATA that logs in to the controller.
+    pub fn juju_data_files(&self) -> Vec<(&'static str, String)> {
         let controllers = json!({
             "controllers": {CONTROLLER: {
                 "uuid": self.uuid,
@@ -80,12 +76,27 @@ impl ControllerAccess {
                 "password": self.password.expose(),
             }},
         });
-        for (name, v) in [
-            ("controllers.yaml", controllers),
-            ("accounts.yaml", accounts),
-        ] {
+        vec![
+            (
+                "controllers.yaml",
+                serde_yaml::to_string(&controllers).expect("YAML"),
+            ),
+            (
+                "accounts.yaml",
+                serde_yaml::to_string(&accounts).expect("YAML"),
+            ),
+        ]
+    }
+
+    /// Writes controllers.yaml and accounts.yaml (mode 0600) into a new private directory.
+    pub fn write_juju_data(&self) -> std::io::Result<tempfile::TempDir> {
+        let dir = tempfile::Builder::new()
+            .prefix("backup-agent-juju-")
+            .tempdir()?;
+        std::fs::set_permissions(dir.path(), std::fs::Permissions::from_mode(0o700))?;
+        for (name, body) in self.juju_data_files() {
             let path = dir.path().join(name);
-            std::fs::write(&path, serde_yaml::to_string(&v).expect("YAML"))?;
+            std::fs::write(&path, body)?;
             std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))?;
         }
         Ok(dir)

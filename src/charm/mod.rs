@@ -9,6 +9,7 @@ pub mod params;
 pub mod relations;
 pub mod settings;
 pub mod status;
+pub mod workload;
 
 use std::path::PathBuf;
 
@@ -93,10 +94,36 @@ fn hook(env: &DispatchEnv, tools: &HookTools, name: &str) -> Result<(), String> 
         .ends_with("-relation-broken")
         .then(|| env.relation_id.clone())
         .flatten();
-    if tools.is_leader().map_err(|e| e.to_string())? {
+    let leader = tools.is_leader().map_err(|e| e.to_string())?;
+    if leader {
         relations::write_our_side(tools, broken.as_deref()).map_err(|e| e.to_string())?;
     }
-    let a = status::assess(&env.app, tools, broken.as_deref());
+    let mut a = status::assess(&env.app, tools, broken.as_deref());
+    if a.status == Status::Active {
+        // Ready: the daemon in the workload container runs with what the unit has now.
+        if let Ok(ready) = status::ready(&env.app, tools, broken.as_deref()) {
+            let port = ready.settings.listen.port();
+            if let Err(e) = relations::write_metrics(
+                tools,
+                leader,
+                &env.unit,
+                &env.model,
+                port,
+                broken.as_deref(),
+            ) {
+                let _ = tools.log("WARNING", &format!("metrics-endpoint: {e}"));
+            }
+            let fresh = name.ends_with("-pebble-ready") || name == "upgrade-charm";
+            match workload::configure(env, tools, &ready, fresh) {
+                Ok(note) => a.message = format!("{}; {note}", a.message),
+                // The actions work without the daemon: say it, stay active.
+                Err(e) if e.starts_with("waiting for Pebble") => {
+                    a.message = format!("{}; daemon {e}", a.message);
+                }
+                Err(e) => a = status::Assessment::blocked(format!("the daemon cannot start: {e}")),
+            }
+        }
+    }
     if a.status != Status::Active {
         let _ = tools.log(
             "INFO",

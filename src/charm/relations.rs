@@ -198,6 +198,57 @@ pub fn write_our_side(tools: &HookTools, broken: Option<&str>) -> Result<(), Hoo
     Ok(())
 }
 
+pub const METRICS_ENDPOINT: &str = "metrics-endpoint";
+
+/// What prometheus_scrape's provider side says: the job (leader, app bag) and where this
+/// unit is (every unit, unit bag). Prometheus expands `*` to each unit's address.
+pub fn write_metrics(
+    tools: &HookTools,
+    leader: bool,
+    unit: &str,
+    model: &str,
+    port: u16,
+    broken: Option<&str>,
+) -> Result<(), HookToolError> {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    for id in tools.relation_ids(METRICS_ENDPOINT)? {
+        if Some(id.as_str()) == broken {
+            continue;
+        }
+        if leader {
+            let jobs = serde_json::json!([{
+                "metrics_path": "/metrics",
+                "static_configs": [{"targets": [format!("*:{port}")]}],
+            }]);
+            let metadata = serde_json::json!({
+                "model": model,
+                "application": local_app(),
+                "unit": unit,
+                "charm_name": "backup-agent",
+            });
+            tools.relation_set(
+                &id,
+                Bag::App,
+                &BTreeMap::from([
+                    ("scrape_jobs".to_string(), jobs.to_string()),
+                    ("scrape_metadata".to_string(), metadata.to_string()),
+                ]),
+            )?;
+        }
+        tools.relation_set(
+            &id,
+            Bag::Unit,
+            &BTreeMap::from([
+                ("prometheus_scrape_unit_address".to_string(), host.clone()),
+                ("prometheus_scrape_unit_name".to_string(), unit.to_string()),
+            ]),
+        )?;
+    }
+    Ok(())
+}
+
 fn local_app() -> String {
     std::env::var("JUJU_UNIT_NAME")
         .ok()

@@ -20,6 +20,8 @@ pub struct Settings {
     pub bwlimit: Option<u64>,
     pub schedule: Option<Schedule>,
     pub retention: Policy,
+    /// Where the daemon's API listens in the workload container.
+    pub listen: std::net::SocketAddr,
 }
 
 impl Settings {
@@ -71,6 +73,10 @@ impl Settings {
         let retention = Policy::parse(&text("retention", "")).map_err(|e| {
             format!("config {e}: juju config {app} retention=keep-daily=7,keep-weekly=4 (or retention= to keep all)")
         })?;
+        let listen_text = text("listen", "0.0.0.0:8940");
+        let listen = listen_text.parse().map_err(|_| {
+            format!("config listen={listen_text:?} is not an address:port: juju config {app} listen=0.0.0.0:8940")
+        })?;
         let d = AppNames::default();
         Ok(Settings {
             model: text("model", "kubeflow"),
@@ -90,6 +96,7 @@ impl Settings {
             bwlimit,
             schedule,
             retention,
+            listen,
         })
     }
 

@@ -18,6 +18,10 @@ pub struct Assessment {
 }
 
 impl Assessment {
+    pub fn blocked(message: impl Into<String>) -> Self {
+        Self::new(Status::Blocked, message)
+    }
+
     fn new(status: Status, message: impl Into<String>) -> Self {
         Assessment {
             status,

@@ -1,0 +1,296 @@
+//! The daemon in the workload container: the charm pushes its own binary, the juju client, the
+//! controller login and the destination's keys through Pebble, and a layer that runs
+//! `backup-agent serve` as a service. Secrets travel in files (mode 0600) the service reads,
+//! never in the layer: Pebble's plan is readable by anyone who can reach its socket.
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use sha2::Digest;
+
+use crate::hook_tools::HookTools;
+use crate::pebble::{Pebble, Push};
+
+use super::controller::{self, ControllerAccess};
+use super::status::Ready;
+use super::DispatchEnv;
+
+pub const CONTAINER: &str = "backup-agent";
+pub const SERVICE: &str = "backup-agent";
+const HOME: &str = "/opt/backup-agent";
+
+/// Where Juju puts the workload containers' Pebble sockets (the sandbox points elsewhere).
+pub fn containers_dir() -> PathBuf {
+    std::env::var_os("BACKUP_AGENT_CONTAINERS_DIR")
+        .filter(|v| !v.is_empty())
+        .map(PathBuf::from)
+        .unwrap_or_else(|| PathBuf::from("/charm/containers"))
+}
+
+/// The API token: made once per unit and kept in the charm's directory, which Juju keeps
+/// across hooks and upgrades.
+fn api_token(env: &DispatchEnv) -> Result<String, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let path = env.charm_dir.join(".backup-agent-api-token");
+    if let Ok(t) = std::fs::read_to_string(&path) {
+        if !t.trim().is_empty() {
+            return Ok(t.trim().to_string());
+        }
+    }
+    let token = format!(
+        "{:016x}{:016x}",
+        rand::random::<u64>(),
+        rand::random::<u64>()
+    );
+    std::fs::write(&path, &token).map_err(|e| format!("{}: {e}", path.display()))?;
+    std::fs::set_permissions(&path, std::fs::Permissions::from_mode(0o600))
+        .map_err(|e| format!("{}: {e}", path.display()))?;
+    Ok(token)
+}
+
+fn shell_word(s: &str) -> String {
+    if !s.is_empty()
+        && s.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"-_./:,=*".contains(&b))
+    {
+        s.to_string()
+    } else {
+        format!("'{}'", s.replace('\'', "'\\''"))
+    }
+}
+
+/// A change of size or time of a file we push, to push binaries only when they changed.
+fn stamp(p: &Path) -> String {
+    std::fs::metadata(p)
+        .map(|m| format!("{}:{}:{:?}", p.display(), m.len(), m.modified().ok()))
+        .unwrap_or_default()
+}
+
+/// What the service runs and with what, from the charm's settings and relation data.
+pub struct Plan {
+    pub command: String,
+    /// KEY=VALUE lines with the secrets (mode 0600 in the container).
+    pub env_file: String,
+    pub juju_data: Vec<(&'static str, String)>,
+    pub token: String,
+}
+
+pub fn plan(ready: &Ready, access: &ControllerAccess) -> Plan {
+    let s = &ready.settings;
+    let d = &ready.destination.settings;
+    let mut args: Vec<String> = vec![
+        format!("{HOME}/bin/backup-agent"),
+        "serve".into(),
+        "--env-file".into(),
+        format!("{HOME}/serve.env"),
+        "--model".into(),
+        s.model.clone(),
+        "--listen".into(),
+        s.listen.to_string(),
+        "--token-file".into(),
+        format!("{HOME}/token"),
+        "--kfp-db-app".into(),
+        s.names.kfp_db.clone(),
+        "--katib-db-app".into(),
+        s.names.katib_db.clone(),
+        "--metadata-writer-app".into(),
+        s.names.metadata_writer.clone(),
+        "--mlmd-app".into(),
+        s.names.mlmd.clone(),
+        "--minio-app".into(),
+        s.names.minio.clone(),
+        "--kfp-ui-app".into(),
+        s.names.kfp_ui.clone(),
+        "--minio-bucket".into(),
+        s.minio_bucket.clone(),
+        "--checkers".into(),
+        s.checkers.to_string(),
+        "--transfers".into(),
+        s.transfers.to_string(),
+    ];
+    if let Some(c) = &s.mlmd_container {
+        args.extend(["--mlmd-container".into(), c.clone()]);
+    }
+    if let Some(b) = s.bwlimit {
+        args.extend(["--bwlimit".into(), b.to_string()]);
+    }
+    if let Some(sch) = &s.schedule {
+        args.extend(["--schedule".into(), sch.text.clone()]);
+    }
+    if !s.retention.is_empty() {
+        args.extend(["--retention".into(), s.retention.to_string()]);
+    }
+    let uri = match d.uri_style {
+        crate::store::UriStyle::Host => "host",
+        _ => "path",
+    };
+    // Everything about the destination in the file: the keys are secret, the rest belongs
+    // with them.
+    let env_file = [
+        ("BACKUP_AGENT_S3_ENDPOINT", d.endpoint.clone()),
+        ("BACKUP_AGENT_S3_BUCKET", d.bucket.clone()),
+        ("BACKUP_AGENT_S3_PATH", d.path.clone()),
+        ("BACKUP_AGENT_S3_REGION", d.region.clone()),
+        ("BACKUP_AGENT_S3_URI_STYLE", uri.to_string()),
+        (
+            "BACKUP_AGENT_S3_ACCESS_KEY",
+            d.access_key.expose().to_string(),
+        ),
+        (
+            "BACKUP_AGENT_S3_SECRET_KEY",
+            d.secret_key.expose().to_string(),
+        ),
+    ]
+    .iter()
+    .map(|(k, v)| format!("{k}={v}\n"))
+    .collect();
+    Plan {
+        command: args
+            .iter()
+            .map(|a| shell_word(a))
+            .collect::<Vec<_>>()
+            .join(" "),
+        env_file,
+        juju_data: access.juju_data_files(),
+        token: String::new(),
+    }
+}
+
+/// The layer: no secret in it. `config-hash` changes when the pushed configuration does, so
+/// a replan restarts the service on new keys or settings.
+pub fn layer(command: &str, config_hash: &str) -> String {
+    let v = serde_json::json!({
+        "summary": "backup-agent daemon",
+        "description": "Scheduled backups of the Charmed Kubeflow control plane, its HTTP API and metrics",
+        "services": {SERVICE: {
+            "override": "replace",
+            "summary": "backup-agent serve",
+            "command": command,
+            "startup": "enabled",
+            "on-failure": "restart",
+            "environment": {
+                "JUJU_DATA": format!("{HOME}/juju-data"),
+                "BACKUP_AGENT_JUJU": format!("{HOME}/bin/juju"),
+                "BACKUP_AGENT_CONFIG_HASH": config_hash,
+            },
+        }},
+    });
+    serde_yaml::to_string(&v).expect("layer YAML")
+}
+
+/// Pushes what the daemon needs and replans. `fresh`: the container (re)started or the charm
+/// was upgraded, so the binaries go again whatever the stamps say.
+pub fn configure(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    ready: &Ready,
+    fresh: bool,
+) -> Result<String, String> {
+    let pebble = Pebble::for_container(&containers_dir(), CONTAINER);
+    if !pebble.socket().exists() {
+        return Err(format!(
+            "waiting for Pebble in container {CONTAINER} ({} is not there yet)",
+            pebble.socket().display()
+        ));
+    }
+    let secret = ready
+        .settings
+        .controller_secret
+        .as_deref()
+        .ok_or("controller-secret is not set")?;
+    let content = tools
+        .secret_get(secret)
+        .map_err(|e| format!("cannot read controller-secret {secret}: {e}"))?;
+    let access = ControllerAccess::from_secret(secret, &content)?;
+    let juju = controller::client_binary(tools, &env.app)?;
+    let me = std::env::current_exe().map_err(|e| format!("this binary: {e}"))?;
+    let mut plan = plan(ready, &access);
+    plan.token = api_token(env)?;
+
+    let mut config = sha2::Sha256::new();
+    config.update(plan.command.as_bytes());
+    config.update(plan.env_file.as_bytes());
+    for (_, body) in &plan.juju_data {
+        config.update(body.as_bytes());
+    }
+    config.update(plan.token.as_bytes());
+    let binaries = format!("{}\n{}", stamp(&me), stamp(&juju));
+    config.update(binaries.as_bytes());
+    let config_hash = hex::encode(config.finalize())[..16].to_string();
+
+    let marker = env.charm_dir.join(".backup-agent-workload");
+    let pushed = std::fs::read_to_string(&marker).unwrap_or_default();
+    let rt = crate::interrupt::runtime().map_err(|e| e.to_string())?;
+    rt.block_on(async {
+        pebble
+            .system_info()
+            .await
+            .map_err(|e| format!("Pebble is not answering: {e}"))?;
+        if fresh || pushed.trim() != binaries {
+            let own = std::fs::read(&me).map_err(|e| format!("{}: {e}", me.display()))?;
+            let client = std::fs::read(&juju).map_err(|e| format!("{}: {e}", juju.display()))?;
+            pebble
+                .push(&[
+                    Push {
+                        path: &format!("{HOME}/bin/backup-agent"),
+                        content: &own,
+                        permissions: "755",
+                    },
+                    Push {
+                        path: &format!("{HOME}/bin/juju"),
+                        content: &client,
+                        permissions: "755",
+                    },
+                ])
+                .await
+                .map_err(|e| e.to_string())?;
+        }
+        let mut files = vec![
+            (
+                format!("{HOME}/serve.env"),
+                plan.env_file.as_bytes().to_vec(),
+            ),
+            (format!("{HOME}/token"), plan.token.as_bytes().to_vec()),
+        ];
+        for (name, body) in &plan.juju_data {
+            files.push((format!("{HOME}/juju-data/{name}"), body.as_bytes().to_vec()));
+        }
+        let pushes: Vec<Push> = files
+            .iter()
+            .map(|(p, c)| Push {
+                path: p,
+                content: c,
+                permissions: "600",
+            })
+            .collect();
+        pebble.push(&pushes).await.map_err(|e| e.to_string())?;
+        pebble
+            .add_layer(SERVICE, &layer(&plan.command, &config_hash))
+            .await
+            .map_err(|e| e.to_string())?;
+        let change = pebble
+            .replan(Duration::from_secs(60))
+            .await
+            .map_err(|e| e.to_string())?;
+        if change.status != "Done" {
+            return Err(format!(
+                "starting the daemon: change {} is {}: {}",
+                change.id,
+                change.status,
+                change.err.unwrap_or_default()
+            ));
+        }
+        Ok::<(), String>(())
+    })?;
+    let _ = std::fs::write(&marker, &binaries);
+    Ok(format!(
+        "daemon on {}{}",
+        ready.settings.listen,
+        ready
+            .settings
+            .schedule
+            .as_ref()
+            .map(|s| format!(", schedule {}", s.text))
+            .unwrap_or_default()
+    ))
+}
