@@ -140,8 +140,12 @@ pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, Mysql
 /// active unit (the one that made it may be gone since). Runs `juju`: call from blocking code.
 pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
     let mut units = vec![m.unit.clone()];
+    // Any unit carries the relation data, whatever its status (after a restore mysql-k8s is
+    // blocked until it gets a new location).
     if let Ok(status) = cli.status() {
-        units.extend(active_units(&status, &m.app));
+        if let Some(a) = status.applications.get(&m.app) {
+            units.extend(a.units.keys().filter(|u| **u != m.unit).cloned());
+        }
     }
     let mut last = String::from("no unit of it to ask");
     for unit in units {

@@ -73,8 +73,12 @@ fn action_parameters_are_checked_against_actions_yaml() {
     )
     .unwrap();
     assert!(v.read_data);
-    let e = refused("prune", json!({}));
+    let e = refused("forget-everything", json!({}));
     assert!(e.contains("unknown action"), "{e}");
+    let e = refused("prune", json!({"keep-daily": 7}));
+    assert!(e.contains("unknown parameter \"keep-daily\""), "{e}");
+    let e = refused("delete-backup", json!({}));
+    assert!(e.contains("backup-id"), "{e}");
 }
 
 #[test]
@@ -84,8 +88,10 @@ fn every_action_in_actions_yaml_has_a_closed_schema() {
         actions,
         [
             "create-backup",
+            "delete-backup",
             "describe-backup",
             "list-backups",
+            "prune",
             "restore",
             "verify-backup"
         ]

@@ -345,23 +345,29 @@ fn restore_refuses_what_it_cannot_restore() {
         assert_ne!(code, 0, "{args:?}");
         assert!(err.contains(needle), "{args:?}: {needle:?} not in {err}");
     }
-    // A failed backup, one still being written, and a statefile of a schema from the future.
+    // A failed backup, one left being written by a run that is gone (recovered first, so it
+    // is failed by the time it is checked), and a statefile of a schema from the future.
     let store = repo(&sb);
     let rt = rt();
     let mut sf = rt.block_on(catalog::load(&store, &id)).unwrap();
-    for (phase, word) in [
-        (catalog::Phase::Failed, "failed"),
-        (catalog::Phase::Capturing, "capturing"),
-    ] {
+    let good = sf.clone();
+    for phase in [catalog::Phase::Failed, catalog::Phase::Capturing] {
         sf.phase = phase;
         rt.block_on(catalog::save(&store, &sf)).unwrap();
         let (code, _, err) = agent(&sb, &["restore", &id], &[]);
         assert_eq!(code, 1);
         assert!(
-            err.contains(&format!("is {word}, not completed: it cannot be restored")),
+            err.contains("is failed, not completed: it cannot be restored"),
             "{err}"
         );
+        if phase == catalog::Phase::Capturing {
+            assert!(
+                err.contains("was left capturing by a run that is gone"),
+                "{err}"
+            );
+        }
     }
+    sf = good;
     let mut v: serde_json::Value = serde_json::from_slice(&sf.to_json()).unwrap();
     v["schema-version"] = serde_json::json!(9);
     rt.block_on(store.put_bytes(
