@@ -112,6 +112,39 @@ async fn put_back(
     .expect("scale restore task")
 }
 
+/// Puts one dead run's scales back; the journal as it is now and the reason to record.
+async fn repair(
+    ctx: &Context,
+    model: &str,
+    journal: Vec<ScaleRecord>,
+    what: &str,
+    reason: &str,
+    out: &mut Recovered,
+) -> Result<(Vec<ScaleRecord>, String), RecoveryError> {
+    let (journal, r, notes) = put_back(ctx, model, journal).await;
+    for n in &notes {
+        ctx.progress.warn(format!("{what}: {n}"));
+    }
+    if let Err(detail) = r {
+        return Err(RecoveryError::Scales {
+            what: what.into(),
+            detail,
+        });
+    }
+    out.scales.extend(
+        journal
+            .iter()
+            .filter(|r| r.changed_to != r.original)
+            .cloned(),
+    );
+    let why = if notes.is_empty() {
+        reason.to_string()
+    } else {
+        format!("{reason}; {}", notes.join("; "))
+    };
+    Ok((journal, why))
+}
+
 /// Repairs every record a dead run left. Call with the lock held.
 pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError> {
     let p = &ctx.progress;
@@ -146,33 +179,15 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
                 sf.backup_id,
                 sf.phase.as_str()
             ));
-            let (journal, r, notes) =
-                put_back(ctx, &sf.model, std::mem::take(&mut sf.quiesce)).await;
-            for n in &notes {
-                p.warn(format!("backup {}: {n}", sf.backup_id));
-            }
-            if let Err(detail) = r {
-                return Err(RecoveryError::Scales {
-                    what: format!("backup {}", sf.backup_id),
-                    detail,
-                });
-            }
-            out.scales.extend(
-                journal
-                    .iter()
-                    .filter(|r| r.changed_to != r.original)
-                    .cloned(),
-            );
+            let what = format!("backup {}", sf.backup_id);
+            let journal = std::mem::take(&mut sf.quiesce);
+            let (journal, why) = repair(ctx, &sf.model, journal, &what, &reason, &mut out).await?;
             sf.quiesce = journal;
             sf.phase = Phase::Failed;
             sf.finished_at = Some(Utc::now());
             sf.errors.push(ErrorRecord {
                 component: "agent".into(),
-                message: if notes.is_empty() {
-                    reason.clone()
-                } else {
-                    format!("{reason}; {}", notes.join("; "))
-                },
+                message: why,
                 at: Utc::now(),
             });
             out.backups.push(sf.backup_id.clone());
@@ -189,30 +204,12 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
             let journal: Vec<ScaleRecord> =
                 serde_json::from_value(entry["quiesce"].clone()).unwrap_or_default();
             // The restore ran in whatever model it was pointed at; the scale check suffices.
-            let (journal, r, notes) = put_back(ctx, "", journal).await;
-            for n in &notes {
-                p.warn(format!("restore of backup {}: {n}", sf.backup_id));
-            }
-            if let Err(detail) = r {
-                return Err(RecoveryError::Scales {
-                    what: format!("the restore of backup {}", sf.backup_id),
-                    detail,
-                });
-            }
-            out.scales.extend(
-                journal
-                    .iter()
-                    .filter(|r| r.changed_to != r.original)
-                    .cloned(),
-            );
+            let what = format!("the restore of backup {}", sf.backup_id);
+            let (journal, why) = repair(ctx, "", journal, &what, &reason, &mut out).await?;
             entry["quiesce"] = serde_json::json!(journal);
             entry["phase"] = "finished".into();
             entry["outcome"] = "failed".into();
-            entry["error"] = if notes.is_empty() {
-                reason.clone().into()
-            } else {
-                format!("{reason}; {}", notes.join("; ")).into()
-            };
+            entry["error"] = why.into();
             out.restores.push(sf.backup_id.clone());
             changed = true;
         }

@@ -10,7 +10,7 @@ use backup_agent::mlpipeline::Manifest;
 use backup_agent::store::Store;
 use backup_agent_sandbox::seed::{bucket_objects, mlmd_counts, BucketSpec};
 use backup_agent_sandbox::{Sandbox, UpOptions};
-use common::{agent, dest_bucket, listing, minio, repo, scales};
+use common::{agent, dest_bucket, listing, lock_held, minio, repo, rt, scales, statefiles};
 use sha2::{Digest, Sha256};
 
 /// Credentials no output or object may contain.
@@ -45,32 +45,11 @@ fn small_sandbox() -> Sandbox {
     Sandbox::up(&opts).unwrap()
 }
 
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn statefiles(sb: &Sandbox) -> Vec<Statefile> {
-    rt().block_on(catalog::list(&repo(sb)))
-        .unwrap()
-        .into_iter()
-        .map(|l| match l {
-            catalog::Listed::Backup(s) => *s,
-            catalog::Listed::Unreadable { id, error } => panic!("{id}: {error}"),
-        })
-        .collect()
-}
-
 fn completed(sb: &Sandbox) -> usize {
     statefiles(sb)
         .iter()
         .filter(|s| s.phase == Phase::Completed)
         .count()
-}
-
-fn lock_held(sb: &Sandbox) -> bool {
-    rt().block_on(repo(sb).head(&catalog::lock_key()))
-        .unwrap()
-        .is_some()
 }
 
 fn manifest(store: &Store, sf: &Statefile) -> Manifest {

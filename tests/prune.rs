@@ -9,33 +9,7 @@ use backup_agent::catalog::{self, Statefile};
 use backup_agent::mlpipeline::Manifest;
 use backup_agent::store::Store;
 use backup_agent_sandbox::Sandbox;
-use common::{agent, dest_bucket, listing, minio, repo};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn statefiles(sb: &Sandbox) -> Vec<Statefile> {
-    rt().block_on(catalog::list(&repo(sb)))
-        .unwrap()
-        .into_iter()
-        .map(|l| match l {
-            catalog::Listed::Backup(s) => *s,
-            catalog::Listed::Unreadable { id, error } => panic!("{id}: {error}"),
-        })
-        .collect()
-}
-
-fn backup(sb: &Sandbox, label: &str) -> String {
-    let (code, out, err) = agent(
-        sb,
-        &["create-backup", "--label", label, "--output", "json"],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["statefile"]["backup-id"].as_str().unwrap().to_string()
-}
+use common::{agent, backup, dest_bucket, listing, minio, repo, rt, statefiles};
 
 fn blobs_of(store: &Store, sf: &Statefile) -> BTreeSet<String> {
     let key = &sf.components.mlpipeline.as_ref().unwrap().manifest_key;

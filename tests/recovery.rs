@@ -10,30 +10,9 @@ use std::time::{Duration, Instant};
 
 use backup_agent::catalog::{self, Phase, Statefile};
 use backup_agent_sandbox::Sandbox;
-use common::{agent, minio, repo, scales};
+use common::{agent, backup, lock_held, minio, repo, rt, scales, statefiles};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn statefiles(sb: &Sandbox) -> Vec<Statefile> {
-    rt().block_on(catalog::list(&repo(sb)))
-        .unwrap()
-        .into_iter()
-        .filter_map(|l| match l {
-            catalog::Listed::Backup(s) => Some(*s),
-            catalog::Listed::Unreadable { .. } => None,
-        })
-        .collect()
-}
-
-fn lock_held(sb: &Sandbox) -> bool {
-    rt().block_on(repo(sb).head(&catalog::lock_key()))
-        .unwrap()
-        .is_some()
-}
 
 fn spawn(sb: &Sandbox, args: &[&str]) -> Child {
     sb.command(env!("CARGO_BIN_EXE_backup-agent"))
@@ -64,17 +43,6 @@ fn kill_at(child: &mut Child, reached: impl Fn() -> bool, extra: Duration) -> bo
     child.kill().unwrap();
     child.wait().unwrap();
     alive
-}
-
-fn backup(sb: &Sandbox, label: &str) -> String {
-    let (code, out, err) = agent(
-        sb,
-        &["create-backup", "--label", label, "--output", "json"],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
-    v["statefile"]["backup-id"].as_str().unwrap().to_string()
 }
 
 fn verifies(sb: &Sandbox, id: &str) {

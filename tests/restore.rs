@@ -9,12 +9,8 @@ use std::path::Path;
 use backup_agent::catalog;
 use backup_agent::store::Store;
 use backup_agent_sandbox::{Sandbox, UpOptions};
-use common::{agent, minio, repo, scales};
+use common::{agent, minio, repo, rt, scales};
 use sha2::{Digest, Sha256};
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
 
 fn sandbox() -> Sandbox {
     let mut opts = UpOptions::new(common::sandbox_exe());

@@ -7,26 +7,11 @@ mod common;
 use std::process::{Child, Stdio};
 use std::time::{Duration, Instant};
 
-use backup_agent::catalog::{self, Phase, Statefile};
+use backup_agent::catalog::{self, Phase};
 use backup_agent_sandbox::Sandbox;
-use common::{agent, repo, scales};
+use common::{agent, repo, rt, scales, statefiles};
 
 const TOKEN: &str = "planted-api-token-3b7e51";
-
-fn rt() -> tokio::runtime::Runtime {
-    tokio::runtime::Runtime::new().unwrap()
-}
-
-fn statefiles(sb: &Sandbox) -> Vec<Statefile> {
-    rt().block_on(catalog::list(&repo(sb)))
-        .unwrap()
-        .into_iter()
-        .filter_map(|l| match l {
-            catalog::Listed::Backup(s) => Some(*s),
-            catalog::Listed::Unreadable { .. } => None,
-        })
-        .collect()
-}
 
 fn free_port() -> u16 {
     std::net::TcpListener::bind("127.0.0.1:0")

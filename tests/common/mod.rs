@@ -118,3 +118,38 @@ pub fn fail_next_action(sb: &Sandbox, unit: &str, action: &str, message: &str) {
         })
         .unwrap();
 }
+
+pub fn rt() -> tokio::runtime::Runtime {
+    tokio::runtime::Runtime::new().unwrap()
+}
+
+/// Every readable statefile in the sandbox's repository, oldest first.
+pub fn statefiles(sb: &Sandbox) -> Vec<backup_agent::catalog::Statefile> {
+    use backup_agent::catalog::{self, Listed};
+    rt().block_on(catalog::list(&repo(sb)))
+        .unwrap()
+        .into_iter()
+        .map(|l| match l {
+            Listed::Backup(s) => *s,
+            Listed::Unreadable { id, error } => panic!("{id}: {error}"),
+        })
+        .collect()
+}
+
+pub fn lock_held(sb: &Sandbox) -> bool {
+    rt().block_on(repo(sb).head(&backup_agent::catalog::lock_key()))
+        .unwrap()
+        .is_some()
+}
+
+/// A backup through the CLI, which must complete; its id.
+pub fn backup(sb: &Sandbox, label: &str) -> String {
+    let (code, out, err) = agent(
+        sb,
+        &["create-backup", "--label", label, "--output", "json"],
+        &[],
+    );
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    v["statefile"]["backup-id"].as_str().unwrap().to_string()
+}
