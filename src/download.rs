@@ -333,11 +333,7 @@ async fn download_mysql(
     m: &catalog::MysqlCapture,
     dir: &Path,
 ) -> Result<(u64, u64), String> {
-    let (juju, m2) = (ctx.juju.clone(), m.clone());
-    let store = tokio::task::spawn_blocking(move || mysql::capture_store(&juju, &m2))
-        .await
-        .map_err(|e| e.to_string())??;
-    let objects = mysql::capture_objects(&store, m).await?;
+    let (store, objects) = mysql::capture_objects(&ctx.juju, m).await?;
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("{}: {e}", dir.display()))?;

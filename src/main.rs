@@ -193,13 +193,10 @@ impl PolicyArgs {
     }
 }
 
+/// What every repository command runs with: the model's application names, the destination,
+/// the knobs, how to print.
 #[derive(clap::Args)]
-struct PruneArgs {
-    #[command(flatten)]
-    policy: PolicyArgs,
-    /// List what would be forgotten and how many bytes it frees; delete nothing.
-    #[arg(long)]
-    dry_run: bool,
+struct RunArgs {
     #[command(flatten)]
     apps: AppNames,
     #[command(flatten)]
@@ -208,6 +205,24 @@ struct PruneArgs {
     tuning: TuningArgs,
     #[arg(long, value_enum, default_value = "text")]
     output: Output,
+}
+
+impl RunArgs {
+    fn context(self, model: &str) -> Result<(Context, Output), Box<dyn std::error::Error>> {
+        let ctx = context(model, self.apps, &self.dest, &self.tuning, self.output)?;
+        Ok((ctx, self.output))
+    }
+}
+
+#[derive(clap::Args)]
+struct PruneArgs {
+    #[command(flatten)]
+    policy: PolicyArgs,
+    /// List what would be forgotten and how many bytes it frees; delete nothing.
+    #[arg(long)]
+    dry_run: bool,
+    #[command(flatten)]
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -221,13 +236,7 @@ struct DeleteArgs {
     #[arg(long)]
     dry_run: bool,
     #[command(flatten)]
-    apps: AppNames,
-    #[command(flatten)]
-    dest: DestinationArgs,
-    #[command(flatten)]
-    tuning: TuningArgs,
-    #[arg(long, value_enum, default_value = "text")]
-    output: Output,
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -238,25 +247,13 @@ struct DownloadArgs {
     #[arg(value_name = "DIR")]
     into: std::path::PathBuf,
     #[command(flatten)]
-    apps: AppNames,
-    #[command(flatten)]
-    dest: DestinationArgs,
-    #[command(flatten)]
-    tuning: TuningArgs,
-    #[arg(long, value_enum, default_value = "text")]
-    output: Output,
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
 struct RecoverArgs {
     #[command(flatten)]
-    apps: AppNames,
-    #[command(flatten)]
-    dest: DestinationArgs,
-    #[command(flatten)]
-    tuning: TuningArgs,
-    #[arg(long, value_enum, default_value = "text")]
-    output: Output,
+    run: RunArgs,
 }
 
 #[derive(clap::Args)]
@@ -559,13 +556,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let PruneArgs {
                 policy,
                 dry_run,
-                apps,
-                dest,
-                tuning,
-                output,
+                run,
             } = *args;
             let selection = Selection::Policy(policy.policy());
-            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let (ctx, output) = run.context(&cli.model)?;
             if dry_run {
                 let plan = runtime()?.block_on(prune::plan(&ctx, &selection))?;
                 return show(output, &plan, prune::render_plan);
@@ -578,13 +572,10 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
                 backup_id,
                 yes,
                 dry_run,
-                apps,
-                dest,
-                tuning,
-                output,
+                run,
             } = *args;
             let selection = Selection::One(backup_id.clone());
-            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let (ctx, output) = run.context(&cli.model)?;
             let plan = runtime()?.block_on(prune::plan(&ctx, &selection))?;
             if dry_run {
                 return show(output, &plan, prune::render_plan);
@@ -599,12 +590,9 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             let DownloadArgs {
                 backup_id,
                 into: dir,
-                apps,
-                dest,
-                tuning,
-                output,
+                run,
             } = *args;
-            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let (ctx, output) = run.context(&cli.model)?;
             let report = interruptible(&ctx, download::run(&ctx, &backup_id, &dir))??;
             match output {
                 Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
@@ -634,13 +622,8 @@ fn run(cli: Cli) -> Result<(), Box<dyn std::error::Error>> {
             }
         }
         Command::Recover(args) => {
-            let RecoverArgs {
-                apps,
-                dest,
-                tuning,
-                output,
-            } = *args;
-            let ctx = context(&cli.model, apps, &dest, &tuning, output)?;
+            let RecoverArgs { run } = *args;
+            let (ctx, output) = run.context(&cli.model)?;
             let recovered = interruptible(&ctx, async {
                 let (lock, r) = recovery::lock_and_recover(&ctx, "recover").await?;
                 lock.release()

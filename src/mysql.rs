@@ -169,16 +169,22 @@ pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
     Err(last)
 }
 
-/// The objects of a captured mysql-k8s backup: `<id>`, `<id>.md5`, `<id>.metadata`, ...
+/// A captured mysql-k8s backup's store and its objects (`<id>`, `<id>.md5`,
+/// `<id>.metadata`, ...), looked up through juju off the async threads.
 pub async fn capture_objects(
-    store: &Store,
+    cli: &JujuCli,
     m: &MysqlCapture,
-) -> Result<Vec<crate::store::ObjectInfo>, String> {
+) -> Result<(Store, Vec<crate::store::ObjectInfo>), String> {
+    let (cli, m2) = (cli.clone(), m.clone());
+    let store = tokio::task::spawn_blocking(move || capture_store(&cli, &m2))
+        .await
+        .map_err(|e| e.to_string())??;
     let listed = store.list(&m.backup_id).await.map_err(|e| e.to_string())?;
-    Ok(listed
+    let own = listed
         .into_iter()
         .filter(|o| o.key == m.backup_id || o.key.starts_with(&format!("{}.", m.backup_id)))
-        .collect())
+        .collect();
+    Ok((store, own))
 }
 
 /// mysql-k8s's `list-backups` on `unit`, parsed.

@@ -176,7 +176,16 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
             retention::apply(p, &candidates)
         }
         Selection::One(id) => {
-            let sf = catalog::load(store, id).await?;
+            if !catalog::is_backup_id(id) {
+                return Err(CatalogError::BadId { id: id.clone() }.into());
+            }
+            // Read above with every other statefile (an unreadable one is kept, not deleted).
+            let sf = backups.iter().find(|b| b.backup_id == *id).ok_or_else(|| {
+                CatalogError::NoSuchBackup {
+                    id: id.clone(),
+                    store: store.describe(),
+                }
+            })?;
             if !matches!(
                 sf.phase,
                 Phase::Completed | Phase::Failed | Phase::PartiallyFailed
@@ -454,11 +463,7 @@ async fn delete_all(
 /// own bucket, found through the app's s3-integrator relation. The `.md5` marker goes first:
 /// without it mysql-k8s no longer calls the backup finished.
 async fn delete_mysql(ctx: &Context, m: &MysqlCapture) -> Result<usize, String> {
-    let (juju, m2) = (ctx.juju.clone(), m.clone());
-    let store = tokio::task::spawn_blocking(move || mysql::capture_store(&juju, &m2))
-        .await
-        .map_err(|e| e.to_string())??;
-    let objects = mysql::capture_objects(&store, m).await?;
+    let (store, objects) = mysql::capture_objects(&ctx.juju, m).await?;
     let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
     // The marker first: without it mysql-k8s no longer calls the backup finished.
     keys.sort_by_key(|k| !k.ends_with(".md5"));

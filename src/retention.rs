@@ -15,27 +15,13 @@ use serde::Serialize;
 use crate::catalog::Phase;
 
 /// A retention policy; `None` is "no such rule".
-#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
-#[serde(rename_all = "kebab-case")]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Policy {
     pub keep_last: Option<u32>,
     pub keep_daily: Option<u32>,
     pub keep_weekly: Option<u32>,
     pub keep_monthly: Option<u32>,
-    #[serde(with = "humantime_serde_opt")]
     pub keep_within: Option<Duration>,
-}
-
-mod humantime_serde_opt {
-    pub fn serialize<S: serde::Serializer>(
-        d: &Option<std::time::Duration>,
-        s: S,
-    ) -> Result<S::Ok, S::Error> {
-        match d {
-            Some(d) => s.serialize_str(&humantime::format_duration(*d).to_string()),
-            None => s.serialize_none(),
-        }
-    }
 }
 
 pub const KEYS: &str = "keep-last, keep-daily, keep-weekly, keep-monthly, keep-within";

@@ -273,10 +273,16 @@ fn forget(
         ("bytes-freed".into(), plan.bytes_freed.to_string()),
         ("freed".into(), human_bytes(plan.bytes_freed)),
     ]);
-    let ids = |ids: &mut dyn Iterator<Item = &String>| ids.cloned().collect::<Vec<_>>().join(",");
     if dry_run {
         r.insert("dry-run".into(), "true".into());
-        r.insert("forget".into(), ids(&mut plan.forget.iter().map(|f| &f.id)));
+        r.insert(
+            "forget".into(),
+            plan.forget
+                .iter()
+                .map(|f| f.id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        );
         r.insert("count".into(), plan.forget.len().to_string());
         return Ok(r);
     }
@@ -289,7 +295,7 @@ fn forget(
     })
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
-    r.insert("forgotten".into(), ids(&mut report.forgotten.iter()));
+    r.insert("forgotten".into(), report.forgotten.join(","));
     r.insert("count".into(), report.forgotten.len().to_string());
     r.insert("bytes-freed".into(), report.bytes_freed.to_string());
     r.insert("freed".into(), human_bytes(report.bytes_freed));

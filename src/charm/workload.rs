@@ -75,7 +75,7 @@ pub struct Plan {
     pub token: String,
 }
 
-pub fn plan(ready: &Ready, access: &ControllerAccess) -> Plan {
+pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
     let s = &ready.settings;
     let d = &ready.destination.settings;
     let mut args: Vec<String> = vec![
@@ -152,7 +152,7 @@ pub fn plan(ready: &Ready, access: &ControllerAccess) -> Plan {
             .join(" "),
         env_file,
         juju_data: access.juju_data_files(),
-        token: String::new(),
+        token,
     }
 }
 
@@ -204,8 +204,7 @@ pub fn configure(
     let access = ControllerAccess::from_secret(secret, &content)?;
     let juju = controller::client_binary(tools, &env.app)?;
     let me = std::env::current_exe().map_err(|e| format!("this binary: {e}"))?;
-    let mut plan = plan(ready, &access);
-    plan.token = api_token(env)?;
+    let plan = plan(ready, &access, api_token(env)?);
 
     let mut config = sha2::Sha256::new();
     config.update(plan.command.as_bytes());
