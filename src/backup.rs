@@ -96,7 +96,7 @@ impl Default for Tuning {
             minio_endpoint: None,
             minio_bucket: "mlpipeline".into(),
             checkers: 8,
-            transfers: 4,
+            transfers: 16,
             bwlimit: None,
             spool: None,
             scale_wait: ScaleWait::default(),
@@ -120,11 +120,12 @@ pub struct TuningArgs {
     /// Bucket of Kubeflow Pipelines' artifacts in MinIO.
     #[arg(long, default_value = "mlpipeline")]
     pub minio_bucket: String,
-    /// Concurrent metadata lookups while copying the bucket.
+    /// Concurrent HEAD lookups of large objects while copying the bucket.
     #[arg(long, default_value_t = 8, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub checkers: u16,
-    /// Concurrent object copies.
-    #[arg(long, default_value_t = 4, value_parser = clap::value_parser!(u16).range(1..=256))]
+    /// Concurrent object copies. Memory stays bounded whatever the value: small objects within
+    /// a 32 MiB budget, large ones through the spool in 5 MiB parts.
+    #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub transfers: u16,
     /// Upload bandwidth limit in bytes per second, with an optional K, M or G suffix (binary
     /// units, as rclone): 50M is 50 MiB/s.
@@ -461,11 +462,11 @@ async fn prepare(
             }
         }
     };
-    // MLMD: the raw copy and its compressed form; mlpipeline: each transfer may hold its
-    // largest object on disk.
-    let spool_needed = mlmd_size.unwrap_or(0) * 2
+    // MLMD: the raw copy (compressed straight into the upload); mlpipeline: up to
+    // LARGE_IN_FLIGHT large objects on disk at once.
+    let spool_needed = mlmd_size.unwrap_or(0)
         + sync_plan.as_ref().map_or(0, |s| {
-            s.largest_spooled() * ctx.tuning.transfers.min(s.to_read.len()).max(1) as u64
+            s.largest_spooled() * mlpipeline::LARGE_IN_FLIGHT.min(s.to_read.len()).max(1) as u64
         })
         + (16 << 20);
     let spool_free = free_space(&spool.path)

@@ -4,6 +4,7 @@
 //!
 //! The library owns all logic; the CLI, the charm dispatch and the daemon are thin adapters.
 
+pub mod allocator;
 pub mod backup;
 pub mod catalog;
 pub mod charm;

@@ -340,6 +340,7 @@ struct RestoreArgs {
 }
 
 fn main() -> ExitCode {
+    backup_agent::allocator::return_large_buffers();
     // Run by the charm's `dispatch`: a hook or an action, no arguments.
     if std::env::args_os().len() == 1 {
         if let Some(env) = backup_agent::charm::DispatchEnv::from_env() {

@@ -4,8 +4,12 @@
 //! artifacts after they change or go. Incremental: an object whose key, size and ETag match the
 //! previous backup's manifest is not read again, and a blob already stored is not uploaded
 //! again. A same-size change has a new ETag, so it is caught (the manual procedure's
-//! `--size-only` misses it). Memory stays bounded: small objects in memory, large ones through
-//! a spool file, a fixed number in flight.
+//! `--size-only` misses it).
+//!
+//! Fast where the time goes: a small object costs one GET (bytes and headers together) and one
+//! PUT, with no HEAD on either side, because the repository's blobs are listed once up front.
+//! Memory stays bounded whatever the data: small objects in memory within a byte budget, large
+//! ones streamed through a spool file a few at a time, uploaded in parts from a fixed budget.
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
@@ -21,10 +25,22 @@ use tokio::io::AsyncWriteExt;
 use crate::catalog;
 use crate::progress::{Event, Progress};
 use crate::retry::{retry, Retryable};
-use crate::store::{ObjectInfo, ObjectMeta, Store, StoreError, TapWriter};
+use crate::store::{ObjectInfo, Store, StoreError, TapWriter};
 
 /// Objects up to this size are read into memory; larger ones go through a spool file.
 const IN_MEMORY_MAX: u64 = 8 << 20;
+/// Bytes of small objects in memory at once, across all transfers.
+const MEMORY_BUDGET: u64 = 32 << 20;
+/// Large objects spooled at once (each needs spool space the size of the object), of which
+/// [`LARGE_READING`] are being read while the others upload: reading the next while uploading
+/// the last keeps both the source and the destination busy.
+pub const LARGE_IN_FLIGHT: usize = 4;
+const LARGE_READING: usize = 2;
+
+/// Room in the memory budget for one object, in KiB permits.
+fn kib_permits(size: u64) -> u32 {
+    size.div_ceil(1024).clamp(1, MEMORY_BUDGET >> 10) as u32
+}
 
 /// One object of the bucket as a backup holds it.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -103,7 +119,7 @@ fn catalog_key_check(key: &str) -> Result<(), String> {
 
 #[derive(Debug, Clone)]
 pub struct SyncOptions {
-    /// Concurrent metadata lookups (HEADs).
+    /// Concurrent metadata lookups (HEADs of large objects before they stream).
     pub checkers: usize,
     /// Concurrent object reads and uploads.
     pub transfers: usize,
@@ -119,7 +135,7 @@ impl SyncOptions {
     pub fn new(spool: impl Into<PathBuf>) -> Self {
         SyncOptions {
             checkers: 8,
-            transfers: 4,
+            transfers: 16,
             bwlimit: None,
             attempts: 4,
             spool: spool.into(),
@@ -247,28 +263,13 @@ impl<'a> Ticker<'a> {
     }
 }
 
-enum Body {
-    Memory(Vec<u8>),
-    File(PathBuf),
-}
-
-/// Reads one object, hashing as it goes: into memory when small, else into a spool file.
-async fn read_object(
+/// Streams one large object into a spool file, hashing as it goes.
+async fn spool_object(
     source: &Store,
-    meta: &ObjectMeta,
+    key: &str,
     spool: &Path,
     n: u64,
-) -> Result<(Body, u64, String), SyncError> {
-    let key = &meta.info.key;
-    if meta.info.size <= IN_MEMORY_MAX {
-        let data = source.get_bytes(key).await.map_err(|e| SyncError::Object {
-            key: key.clone(),
-            source: e,
-        })?;
-        let sha = hex::encode(Sha256::digest(&data));
-        let len = data.len() as u64;
-        return Ok((Body::Memory(data), len, sha));
-    }
+) -> Result<(PathBuf, u64, String), SyncError> {
     let path = spool.join(format!("object-{n}.part"));
     let spool_err = |e| SyncError::Spool {
         path: path.clone(),
@@ -277,16 +278,24 @@ async fn read_object(
     let file = tokio::fs::File::create(&path).await.map_err(spool_err)?;
     let mut hasher = Sha256::new();
     let mut w = TapWriter::new(file, |b: &[u8]| hasher.update(b));
-    let len = source
-        .get_stream(key, &mut w)
-        .await
-        .map_err(|e| SyncError::Object {
-            key: key.clone(),
-            source: e,
-        })?;
-    w.inner.flush().await.map_err(spool_err)?;
+    let got = source.get_stream(key, &mut w).await;
+    let flushed = w.inner.flush().await;
     drop(w);
-    Ok((Body::File(path), len, hex::encode(hasher.finalize())))
+    let len = match (got, flushed) {
+        (Ok(len), Ok(())) => len,
+        (Err(e), _) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(SyncError::Object {
+                key: key.to_string(),
+                source: e,
+            });
+        }
+        (_, Err(e)) => {
+            let _ = tokio::fs::remove_file(&path).await;
+            return Err(spool_err(e));
+        }
+    };
+    Ok((path, len, hex::encode(hasher.finalize())))
 }
 
 /// What a capture will do: the objects it keeps from the previous backup without reading
@@ -349,6 +358,195 @@ pub async fn capture(
     capture_planned(source, dest, SyncPlan::new(listed, previous), opts).await
 }
 
+/// The repository's blobs (hash -> size), listed once so that no upload needs a HEAD first.
+async fn known_blobs(dest: &Store) -> Result<HashMap<String, u64>, SyncError> {
+    let prefix = format!("{}/blobs/", catalog::REPO);
+    let listed = dest.list(&prefix).await.map_err(SyncError::List)?;
+    Ok(listed
+        .into_iter()
+        .filter_map(|o| {
+            let sha = o.key.rsplit('/').next()?;
+            is_sha256(sha).then(|| (sha.to_string(), o.size))
+        })
+        .collect())
+}
+
+/// What the transfers of one capture share.
+struct Shared<'a> {
+    source: &'a Store,
+    dest: &'a Store,
+    opts: &'a SyncOptions,
+    known: std::sync::Mutex<HashMap<String, u64>>,
+    /// Blobs being uploaded now: one upload per content, the others wait for it (S3 servers
+    /// may fail concurrent PUTs of one key; SeaweedFS answers one of them 404).
+    uploading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    memory: tokio::sync::Semaphore,
+    large: tokio::sync::Semaphore,
+    reading: tokio::sync::Semaphore,
+    heads: tokio::sync::Semaphore,
+    limiter: Option<Limiter>,
+    ticker: Ticker<'a>,
+    spooled: AtomicU64,
+    read_bytes: AtomicU64,
+    new_objects: AtomicU64,
+    new_bytes: AtomicU64,
+}
+
+impl Shared<'_> {
+    fn have(&self, sha: &str, len: u64) -> bool {
+        self.known.lock().expect("known blobs").get(sha) == Some(&len)
+    }
+
+    /// Uploads a blob through `put` unless the repository has it or gets it meanwhile.
+    async fn store_blob<F, Fut>(&self, sha: &str, len: u64, put: F) -> Result<(), SyncError>
+    where
+        F: FnOnce() -> Fut,
+        Fut: std::future::Future<Output = Result<(), SyncError>>,
+    {
+        if self.have(sha, len) {
+            return Ok(());
+        }
+        let turn = self
+            .uploading
+            .lock()
+            .expect("uploading")
+            .entry(sha.to_string())
+            .or_default()
+            .clone();
+        let _turn = turn.lock().await;
+        if self.have(sha, len) {
+            return Ok(());
+        }
+        if let Some(l) = &self.limiter {
+            l.take(len).await;
+        }
+        put().await?;
+        self.known
+            .lock()
+            .expect("known blobs")
+            .insert(sha.to_string(), len);
+        self.uploading.lock().expect("uploading").remove(sha);
+        self.new_objects.fetch_add(1, Ordering::Relaxed);
+        self.new_bytes.fetch_add(len, Ordering::Relaxed);
+        Ok(())
+    }
+
+    fn object_err(key: &str) -> impl FnOnce(StoreError) -> SyncError + '_ {
+        move |source| SyncError::Object {
+            key: key.to_string(),
+            source,
+        }
+    }
+
+    /// A small object: one GET for bytes and headers, one PUT unless the blob is there.
+    async fn small(&self, key: String, size: u64) -> Result<Option<Entry>, SyncError> {
+        let _room = self
+            .memory
+            .acquire_many(kib_permits(size))
+            .await
+            .expect("never closed");
+        let got = retry(self.opts.attempts, &key, || self.source.get_with_meta(&key)).await;
+        let (data, meta) = match got {
+            Ok(got) => got,
+            Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Self::object_err(&key)(e)),
+        };
+        let (len, sha) = (data.len() as u64, hex::encode(Sha256::digest(&data)));
+        self.read_bytes.fetch_add(len, Ordering::Relaxed);
+        self.ticker.add(len);
+        let blob = catalog::blob_key(&sha);
+        self.store_blob(&sha, len, || async {
+            retry(self.opts.attempts, &blob, || {
+                self.dest
+                    .put_bytes(&blob, &data, "application/octet-stream")
+            })
+            .await
+            .map_err(Self::object_err(&blob))
+        })
+        .await?;
+        Ok(Some(Entry {
+            key,
+            size: len,
+            etag: meta.info.etag,
+            sha256: sha,
+            content_type: meta.content_type,
+            metadata: meta.metadata,
+        }))
+    }
+
+    /// A large object: HEAD for its headers, streamed to the spool while hashed, uploaded in
+    /// parts unless the blob is there.
+    async fn large(&self, key: String) -> Result<Option<Entry>, SyncError> {
+        let _slot = self.large.acquire().await.expect("never closed");
+        let meta = {
+            let _head = self.heads.acquire().await.expect("never closed");
+            retry(self.opts.attempts, &key, || self.source.head_meta(&key)).await
+        };
+        let meta = match meta {
+            Ok(Some(m)) => m,
+            Ok(None) | Err(StoreError::NotFound { .. }) => return Ok(None),
+            Err(e) => return Err(Self::object_err(&key)(e)),
+        };
+        let reading = self.reading.acquire().await.expect("never closed");
+        let read = retry(self.opts.attempts, &key, || {
+            let n = self.spooled.fetch_add(1, Ordering::Relaxed);
+            spool_object(self.source, &key, &self.opts.spool, n)
+        })
+        .await;
+        drop(reading);
+        let (path, len, sha) = match read {
+            Ok(r) => r,
+            Err(SyncError::Object {
+                source: StoreError::NotFound { .. },
+                ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        self.read_bytes.fetch_add(len, Ordering::Relaxed);
+        self.ticker.add(len);
+        let blob = catalog::blob_key(&sha);
+        let uploaded = self
+            .store_blob(&sha, len, || async {
+                retry(self.opts.attempts, &blob, || async {
+                    let mut f =
+                        tokio::fs::File::open(&path)
+                            .await
+                            .map_err(|e| StoreError::Fatal {
+                                op: "spool",
+                                key: blob.clone(),
+                                detail: e.to_string(),
+                            })?;
+                    let ct = "application/octet-stream";
+                    let none = Default::default();
+                    let ok = async { Ok(()) };
+                    self.dest
+                        .put_object_verified(&blob, &mut f, Some(len), ct, &none, ok)
+                        .await
+                })
+                .await
+                .map_err(Self::object_err(&blob))
+            })
+            .await;
+        let _ = tokio::fs::remove_file(&path).await;
+        uploaded?;
+        // What was really read is what the manifest records; a size that moved under us
+        // means the ETag no longer describes these bytes.
+        let etag = if len == meta.info.size {
+            meta.info.etag.clone()
+        } else {
+            None
+        };
+        Ok(Some(Entry {
+            key: meta.info.key,
+            size: len,
+            etag,
+            sha256: sha,
+            content_type: meta.content_type,
+            metadata: meta.metadata,
+        }))
+    }
+}
+
 /// Carries out a plan made from an earlier listing (the point in time of the backup).
 pub async fn capture_planned(
     source: &Store,
@@ -362,122 +560,50 @@ pub async fn capture_planned(
         unchanged: mut entries,
         to_read,
     } = plan;
-    let to_read: Vec<String> = to_read.into_iter().map(|o| o.key).collect();
-    let ticker = Ticker::new(&opts.progress, total_objects, total_bytes);
     tokio::fs::create_dir_all(&opts.spool)
         .await
         .map_err(|e| SyncError::Spool {
             path: opts.spool.clone(),
             source: e,
         })?;
-    let limiter = opts
-        .bwlimit
-        .map(|rate| Arc::new(Limiter::new(rate, Instant::now())));
-    let counter = AtomicU64::new(0);
-    let (read_bytes, new_objects, new_bytes) =
-        (AtomicU64::new(0), AtomicU64::new(0), AtomicU64::new(0));
-
-    // Checkers: headers of each object to read (content type, metadata, current ETag).
-    let metas = futures::stream::iter(to_read)
-        .map(|key| async move {
-            let meta = retry(opts.attempts, &key, || source.head_meta(&key)).await;
-            (key, meta)
-        })
-        .buffer_unordered(opts.checkers.max(1));
-    // Transfers: read, hash, upload the blob unless the repository has it.
-    let results: Vec<Option<Entry>> = metas
-        .map(|(key, meta)| {
-            let limiter = limiter.clone();
-            let (counter, read_bytes, new_objects, new_bytes, ticker) =
-                (&counter, &read_bytes, &new_objects, &new_bytes, &ticker);
+    let known = if to_read.is_empty() {
+        HashMap::new()
+    } else {
+        known_blobs(dest).await?
+    };
+    let shared = Shared {
+        source,
+        dest,
+        opts,
+        known: std::sync::Mutex::new(known),
+        uploading: Default::default(),
+        memory: tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize),
+        large: tokio::sync::Semaphore::new(LARGE_IN_FLIGHT),
+        reading: tokio::sync::Semaphore::new(LARGE_READING),
+        heads: tokio::sync::Semaphore::new(opts.checkers.max(1)),
+        limiter: opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now())),
+        ticker: Ticker::new(&opts.progress, total_objects, total_bytes),
+        spooled: AtomicU64::new(0),
+        read_bytes: AtomicU64::new(0),
+        new_objects: AtomicU64::new(0),
+        new_bytes: AtomicU64::new(0),
+    };
+    let results: Vec<Option<Entry>> = futures::stream::iter(to_read)
+        .map(|o| {
+            let shared = &shared;
             async move {
-                let meta = match meta {
-                    Ok(Some(m)) => m,
-                    Ok(None) | Err(StoreError::NotFound { .. }) => return Ok(None),
-                    Err(e) => return Err(SyncError::Object { key, source: e }),
-                };
-                let read = retry(opts.attempts, &meta.info.key, || {
-                    read_object(
-                        source,
-                        &meta,
-                        &opts.spool,
-                        counter.fetch_add(1, Ordering::Relaxed),
-                    )
-                })
-                .await;
-                let (body, len, sha) = match read {
-                    Ok(r) => r,
-                    Err(SyncError::Object {
-                        source: StoreError::NotFound { .. },
-                        ..
-                    }) => return Ok(None),
-                    Err(e) => return Err(e),
-                };
-                read_bytes.fetch_add(len, Ordering::Relaxed);
-                ticker.add(len);
-                let blob = catalog::blob_key(&sha);
-                let have = retry(opts.attempts, &blob, || dest.head(&blob))
-                    .await
-                    .map_err(|e| SyncError::Object {
-                        key: blob.clone(),
-                        source: e,
-                    })?;
-                if have.is_none_or(|h| h.size != len) {
-                    if let Some(l) = &limiter {
-                        l.take(len).await;
-                    }
-                    let put = retry(opts.attempts, &blob, || async {
-                        match &body {
-                            Body::Memory(data) => {
-                                dest.put_bytes(&blob, data, "application/octet-stream")
-                                    .await
-                            }
-                            Body::File(path) => {
-                                let mut f = tokio::fs::File::open(path).await.map_err(|e| {
-                                    StoreError::Fatal {
-                                        op: "spool",
-                                        key: blob.clone(),
-                                        detail: e.to_string(),
-                                    }
-                                })?;
-                                dest.put_stream(&blob, &mut f, "application/octet-stream")
-                                    .await
-                            }
-                        }
-                    })
-                    .await;
-                    put.map_err(|e| SyncError::Object {
-                        key: blob.clone(),
-                        source: e,
-                    })?;
-                    new_objects.fetch_add(1, Ordering::Relaxed);
-                    new_bytes.fetch_add(len, Ordering::Relaxed);
-                }
-                if let Body::File(p) = &body {
-                    let _ = tokio::fs::remove_file(p).await;
-                }
-                // What was really read is what the manifest records; a size that moved under us
-                // means the ETag no longer describes these bytes.
-                let etag = if len == meta.info.size {
-                    meta.info.etag.clone()
+                if o.size <= IN_MEMORY_MAX {
+                    shared.small(o.key, o.size).await
                 } else {
-                    None
-                };
-                Ok(Some(Entry {
-                    key: meta.info.key,
-                    size: len,
-                    etag,
-                    sha256: sha,
-                    content_type: meta.content_type,
-                    metadata: meta.metadata,
-                }))
+                    shared.large(o.key).await
+                }
             }
         })
         .buffer_unordered(opts.transfers.max(1))
         .try_collect()
         .await?;
 
-    ticker.finish();
+    shared.ticker.finish();
     let read: Vec<Entry> = results.into_iter().flatten().collect();
     let read_objects = read.len() as u64;
     entries.extend(read);
@@ -493,9 +619,9 @@ pub async fn capture_planned(
         objects: manifest.entries.len() as u64,
         bytes: manifest.bytes(),
         read_objects,
-        read_bytes: read_bytes.into_inner(),
-        new_objects: new_objects.into_inner(),
-        new_bytes: new_bytes.into_inner(),
+        read_bytes: shared.read_bytes.into_inner(),
+        new_objects: shared.new_objects.into_inner(),
+        new_bytes: shared.new_bytes.into_inner(),
         vanished,
     };
     Ok((manifest, stats))
@@ -544,20 +670,33 @@ pub async fn restore(
         .filter(|k| !wanted.contains(k.as_str()))
         .collect();
     extra.sort();
-    let limiter = opts
-        .bwlimit
-        .map(|rate| Arc::new(Limiter::new(rate, Instant::now())));
+    let limiter = opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now()));
     let total_bytes = to_copy.iter().map(|e| e.size).sum();
     let ticker = Ticker::new(&opts.progress, to_copy.len() as u64, total_bytes);
     let copied_bytes = AtomicU64::new(0);
+    let memory = tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize);
+    let large = tokio::sync::Semaphore::new(LARGE_IN_FLIGHT);
     let copies: Vec<u64> = futures::stream::iter(to_copy)
         .map(|e| {
-            let (limiter, ticker, copied_bytes) = (limiter.clone(), &ticker, &copied_bytes);
+            let (limiter, ticker, copied_bytes) = (&limiter, &ticker, &copied_bytes);
+            let (memory, large) = (&memory, &large);
             async move {
-                if let Some(l) = &limiter {
-                    l.take(e.size).await;
+                if e.size <= IN_MEMORY_MAX {
+                    let _room = memory
+                        .acquire_many(kib_permits(e.size))
+                        .await
+                        .expect("never closed");
+                    if let Some(l) = limiter {
+                        l.take(e.size).await;
+                    }
+                    retry(opts.attempts, &e.key, || copy_small(repo, target, e)).await?;
+                } else {
+                    let _slot = large.acquire().await.expect("never closed");
+                    if let Some(l) = limiter {
+                        l.take(e.size).await;
+                    }
+                    retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
                 }
-                retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
                 copied_bytes.fetch_add(e.size, Ordering::Relaxed);
                 ticker.add(e.size);
                 Ok::<u64, SyncError>(1)
@@ -583,45 +722,114 @@ pub async fn restore(
     })
 }
 
-/// One object from its blob back to the bucket, streamed through a bounded pipe.
+/// A blob whose bytes do not hash to its name (or have the wrong length): never written back.
+fn corrupt(e: &Entry, detail: String) -> SyncError {
+    SyncError::Object {
+        key: catalog::blob_key(&e.sha256),
+        source: StoreError::Fatal {
+            op: "restore",
+            key: e.key.clone(),
+            detail: format!("{detail}: it is corrupted (run verify-backup --read-data)"),
+        },
+    }
+}
+
+/// A small object: its blob into memory, checked, then one PUT.
+async fn copy_small(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncError> {
+    let blob = catalog::blob_key(&e.sha256);
+    let data = repo
+        .get_bytes(&blob)
+        .await
+        .map_err(|source| SyncError::Object {
+            key: blob.clone(),
+            source,
+        })?;
+    let sha = hex::encode(Sha256::digest(&data));
+    if sha != e.sha256 || data.len() as u64 != e.size {
+        return Err(corrupt(
+            e,
+            format!("the blob holds {} bytes hashing to {sha}", data.len()),
+        ));
+    }
+    let mut r = &data[..];
+    target
+        .put_object_verified(
+            &e.key,
+            &mut r,
+            Some(e.size),
+            &e.content_type,
+            &e.metadata,
+            async { Ok(()) },
+        )
+        .await
+        .map_err(|source| SyncError::Object {
+            key: e.key.clone(),
+            source,
+        })
+}
+
+/// A large object from its blob back to the bucket, streamed through a bounded pipe; the
+/// upload completes only once the whole blob has hashed to its name, so a corrupted blob never
+/// replaces the object.
 async fn copy_back(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncError> {
     let blob = catalog::blob_key(&e.sha256);
     let (w, r) = tokio::io::duplex(1 << 20);
-    let get = async move {
+    let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
+    let get = async {
         let mut h = Sha256::new();
         let mut w = TapWriter::new(w, |b: &[u8]| h.update(b));
         let n = repo.get_stream(&blob, &mut w).await;
         let _ = w.inner.shutdown().await;
         drop(w);
-        (n, hex::encode(h.finalize()))
+        let sha = hex::encode(h.finalize());
+        let verdict = match &n {
+            Ok(len) if *len == e.size && sha == e.sha256 => Ok(()),
+            Ok(len) => Err(format!("the blob holds {len} bytes hashing to {sha}")),
+            Err(err) => Err(format!("reading it failed: {err}")),
+        };
+        let _ = tx.send(verdict.clone());
+        (n, verdict)
     };
-    let put = async move {
+    let put = async {
         let mut r = r;
+        let verdict = async {
+            match rx.await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(why)) => Err(StoreError::Fatal {
+                    op: "restore",
+                    key: e.key.clone(),
+                    detail: format!("not written: {blob}: {why}"),
+                }),
+                Err(_) => Err(StoreError::Fatal {
+                    op: "restore",
+                    key: e.key.clone(),
+                    detail: "the blob reader stopped".into(),
+                }),
+            }
+        };
         target
-            .put_object(&e.key, &mut r, &e.content_type, &e.metadata)
+            .put_object_verified(
+                &e.key,
+                &mut r,
+                Some(e.size),
+                &e.content_type,
+                &e.metadata,
+                verdict,
+            )
             .await
     };
-    let ((got, sha), put) = tokio::join!(get, put);
-    let blob = catalog::blob_key(&e.sha256);
+    let ((got, verdict), put) = tokio::join!(get, put);
     got.map_err(|source| SyncError::Object {
         key: blob.clone(),
         source,
     })?;
+    if let Err(why) = verdict {
+        return Err(corrupt(e, why));
+    }
     put.map_err(|source| SyncError::Object {
         key: e.key.clone(),
         source,
-    })?;
-    if sha != e.sha256 {
-        return Err(SyncError::Object {
-            key: blob,
-            source: StoreError::Fatal {
-                op: "restore",
-                key: e.key.clone(),
-                detail: format!("the blob's content hash is {sha}: it is corrupted (run verify-backup --read-data)"),
-            },
-        });
-    }
-    Ok(())
+    })
 }
 
 #[cfg(test)]

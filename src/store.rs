@@ -105,6 +105,34 @@ pub struct S3Store {
     bucket: Box<Bucket>,
     endpoint: String,
     root: String,
+    /// Multipart parts in memory at once across every upload through this store (each also
+    /// copied once into its request), so memory stays bounded whatever the objects' sizes and
+    /// however many move at once.
+    parts: std::sync::Arc<tokio::sync::Semaphore>,
+}
+
+/// Part size of multipart uploads: S3's minimum, grown only for objects that would exceed
+/// S3's 10,000 parts.
+pub const PART_SIZE: u64 = 5 << 20;
+/// Parts of [`PART_SIZE`] in flight per store.
+pub const PARTS_IN_FLIGHT: usize = 4;
+
+fn part_size(size_hint: Option<u64>) -> u64 {
+    size_hint
+        .map(|s| s.div_ceil(9_000))
+        .unwrap_or(0)
+        .max(PART_SIZE)
+}
+
+/// Reads until `buf` holds `limit` bytes or the stream ends.
+async fn read_part<R: AsyncRead + Unpin + ?Sized>(
+    reader: &mut R,
+    limit: u64,
+) -> std::io::Result<Vec<u8>> {
+    use tokio::io::AsyncReadExt;
+    let mut buf = Vec::with_capacity(limit.min(PART_SIZE) as usize);
+    reader.take(limit).read_to_end(&mut buf).await?;
+    Ok(buf)
 }
 
 #[derive(Debug, Clone)]
@@ -187,6 +215,7 @@ impl Store {
             bucket,
             endpoint,
             root: s.path.trim_matches('/').to_string(),
+            parts: std::sync::Arc::new(tokio::sync::Semaphore::new(PARTS_IN_FLIGHT)),
         }))
     }
 
@@ -272,7 +301,7 @@ impl Store {
             }
             Store::Local(l) => {
                 let mut r = data;
-                l.put_stream(key, &mut r).await
+                l.put_stream(key, &mut r, async { Ok(()) }).await
             }
         }
     }
@@ -297,25 +326,66 @@ impl Store {
         content_type: &str,
         metadata: &std::collections::BTreeMap<String, String>,
     ) -> Result<(), StoreError> {
+        self.put_object_verified(key, reader, None, content_type, metadata, async { Ok(()) })
+            .await
+    }
+
+    /// Writes an object from a stream, awaiting `verdict` after the last byte is read and before
+    /// the object becomes visible: an error there (a hash that does not match, say) abandons the
+    /// upload and leaves whatever the key held before. `size_hint` picks the part size of
+    /// objects so large that S3's 10,000 parts would not do with [`PART_SIZE`].
+    pub async fn put_object_verified<R, V>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        size_hint: Option<u64>,
+        content_type: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+        verdict: V,
+    ) -> Result<(), StoreError>
+    where
+        R: AsyncRead + Unpin + Send,
+        V: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        check_key(key)?;
+        match self {
+            Store::S3(s) => {
+                s.put(key, reader, size_hint, content_type, metadata, verdict)
+                    .await
+            }
+            Store::Local(l) => l.put_stream(key, reader, verdict).await,
+        }
+    }
+
+    /// Reads a whole object with its headers, in one request (no HEAD first).
+    pub async fn get_with_meta(&self, key: &str) -> Result<(Vec<u8>, ObjectMeta), StoreError> {
         check_key(key)?;
         match self {
             Store::S3(s) => {
                 let full = join_root(&s.root, key);
-                let mut req = s
+                let r = s
                     .bucket
-                    .put_object_stream_builder(&full)
-                    .with_content_type(content_type);
-                for (k, v) in metadata {
-                    req = req
-                        .with_metadata(k, v)
-                        .map_err(|e| Self::s3_error(s, "put", key, e))?;
-                }
-                req.execute_stream(reader)
+                    .get_object(&full)
                     .await
-                    .map_err(|e| Self::s3_error(s, "put", key, e))?;
-                Ok(())
+                    .map_err(|e| Self::s3_error(s, "get", key, e))?;
+                let headers = r.headers();
+                let data = r.to_vec();
+                let meta = meta_from_headers(key, data.len() as u64, &headers);
+                Ok((data, meta))
             }
-            Store::Local(l) => l.put_stream(key, reader).await,
+            Store::Local(_) => {
+                let data = self.get_bytes(key).await?;
+                let meta = ObjectMeta {
+                    info: ObjectInfo {
+                        key: key.to_string(),
+                        size: data.len() as u64,
+                        etag: None,
+                    },
+                    content_type: "application/octet-stream".into(),
+                    metadata: Default::default(),
+                };
+                Ok((data, meta))
+            }
         }
     }
 
@@ -472,6 +542,168 @@ impl Store {
     }
 }
 
+/// An object's headers from a response's (lower-case) header map.
+fn meta_from_headers(
+    key: &str,
+    size: u64,
+    headers: &std::collections::HashMap<String, String>,
+) -> ObjectMeta {
+    ObjectMeta {
+        info: ObjectInfo {
+            key: key.to_string(),
+            size,
+            etag: headers.get("etag").map(|e| e.trim_matches('"').to_string()),
+        },
+        content_type: headers
+            .get("content-type")
+            .cloned()
+            .unwrap_or_else(|| "application/octet-stream".into()),
+        metadata: headers
+            .iter()
+            .filter_map(|(k, v)| Some((k.strip_prefix("x-amz-meta-")?.to_string(), v.clone())))
+            .collect(),
+    }
+}
+
+impl S3Store {
+    fn err(&self, op: &'static str, key: &str, e: s3::error::S3Error) -> StoreError {
+        Store::s3_error(self, op, key, e)
+    }
+
+    /// One PUT when the object fits a part, else a multipart upload whose parts wait for room
+    /// in the store's budget before they are read.
+    async fn put<R, V>(
+        &self,
+        key: &str,
+        reader: &mut R,
+        size_hint: Option<u64>,
+        content_type: &str,
+        metadata: &std::collections::BTreeMap<String, String>,
+        verdict: V,
+    ) -> Result<(), StoreError>
+    where
+        R: AsyncRead + Unpin + Send,
+        V: std::future::Future<Output = Result<(), StoreError>>,
+    {
+        let full = join_root(&self.root, key);
+        let part = part_size(size_hint);
+        let io = |e: std::io::Error| StoreError::Transient {
+            op: "put",
+            key: key.to_string(),
+            endpoint: self.endpoint.clone(),
+            detail: format!("reading the data to upload: {e}"),
+        };
+        // Small objects (the size is known) skip the budget: they are in memory already.
+        let small = size_hint.is_some_and(|s| s < part);
+        let permit = if small {
+            None
+        } else {
+            Some(
+                self.parts
+                    .clone()
+                    .acquire_owned()
+                    .await
+                    .expect("never closed"),
+            )
+        };
+        let first = read_part(reader, part).await.map_err(io)?;
+        if (first.len() as u64) < part {
+            verdict.await?;
+            let mut req = self
+                .bucket
+                .put_object_builder(&full, &first)
+                .with_content_type(content_type);
+            for (k, v) in metadata {
+                req = req
+                    .with_metadata(k, v)
+                    .map_err(|e| self.err("put", key, e))?;
+            }
+            req.execute().await.map_err(|e| self.err("put", key, e))?;
+            drop(permit);
+            return Ok(());
+        }
+        let mut headers = http::HeaderMap::new();
+        for (k, v) in metadata {
+            let name = format!("x-amz-meta-{k}");
+            let bad = |what: &str| StoreError::Fatal {
+                op: "put",
+                key: key.to_string(),
+                detail: format!("metadata {k:?}: invalid header {what}"),
+            };
+            headers.insert(
+                http::header::HeaderName::from_bytes(name.as_bytes()).map_err(|_| bad("name"))?,
+                v.parse().map_err(|_| bad("value"))?,
+            );
+        }
+        let init = self
+            .bucket
+            .with_extra_headers(headers)
+            .map_err(|e| self.err("put", key, e))?
+            .initiate_multipart_upload(&full, content_type)
+            .await
+            .map_err(|e| self.err("put", key, e))?;
+        let upload_id = init.upload_id;
+        let uploaded = async {
+            let mut parts = vec![];
+            let (mut chunk, mut permit, mut number) = (first, permit, 1u32);
+            loop {
+                let last = (chunk.len() as u64) < part;
+                let (bucket, path, id, ct) = (
+                    self.bucket.clone(),
+                    full.clone(),
+                    upload_id.clone(),
+                    content_type.to_string(),
+                );
+                let held = permit.take();
+                parts.push(tokio::spawn(async move {
+                    let r = bucket
+                        .put_multipart_chunk(chunk, &path, number, &id, &ct)
+                        .await;
+                    drop(held);
+                    r
+                }));
+                if last {
+                    break;
+                }
+                permit = Some(
+                    self.parts
+                        .clone()
+                        .acquire_owned()
+                        .await
+                        .expect("never closed"),
+                );
+                chunk = read_part(reader, part).await.map_err(io)?;
+                if chunk.is_empty() {
+                    break;
+                }
+                number += 1;
+            }
+            let mut done = vec![];
+            for p in parts {
+                let r = p.await.map_err(|e| StoreError::Fatal {
+                    op: "put",
+                    key: key.to_string(),
+                    detail: format!("a part upload panicked: {e}"),
+                })?;
+                done.push(r.map_err(|e| self.err("put", key, e))?);
+            }
+            verdict.await?;
+            done.sort_by_key(|p| p.part_number);
+            self.bucket
+                .complete_multipart_upload(&full, &upload_id, done)
+                .await
+                .map_err(|e| self.err("put", key, e))?;
+            Ok(())
+        }
+        .await;
+        if uploaded.is_err() {
+            // Parts of an abandoned upload would stay billed and invisible.
+            let _ = self.bucket.abort_upload(&full, &upload_id).await;
+        }
+        uploaded
+    }
+}
+
 /// The `Code` of an S3 XML error body, or the start of the body.
 fn s3_code(body: &str) -> String {
     let tag = |t: &str| {
@@ -567,11 +799,13 @@ impl LocalStore {
         }
     }
 
-    /// Writes through a temporary file and a rename: a reader never sees half an object.
+    /// Writes through a temporary file and a rename: a reader never sees half an object, nor
+    /// one whose `verdict` failed.
     async fn put_stream<R: AsyncRead + Unpin + ?Sized>(
         &self,
         key: &str,
         reader: &mut R,
+        verdict: impl std::future::Future<Output = Result<(), StoreError>>,
     ) -> Result<(), StoreError> {
         let path = self.path(key)?;
         if let Some(dir) = path.parent() {
@@ -595,6 +829,10 @@ impl LocalStore {
             .await
             .map_err(|e| self.io_error("put", key, e))?;
         drop(f);
+        if let Err(e) = verdict.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
         tokio::fs::rename(&tmp, &path)
             .await
             .map_err(|e| self.io_error("put", key, e))

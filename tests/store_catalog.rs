@@ -55,6 +55,55 @@ fn s3_store_streams_lists_and_classifies_errors() {
 async fn s3_store_checks(srv: &Server) {
     let store = Store::s3(&settings(srv, "backups", SECRET)).unwrap();
 
+    // A failed verdict leaves the key as it was, for a one-part and for a multipart upload
+    // (larger than a part, so parts went up before the verdict came).
+    for (key, size) in [
+        ("v/one-part.bin", 1000u64),
+        ("v/multipart.bin", backup_agent::store::PART_SIZE * 2 + 7),
+    ] {
+        let old = ContentReader::new(1, key, size).to_vec();
+        store
+            .put_bytes(key, &old, "application/octet-stream")
+            .await
+            .unwrap();
+        let mut new = ContentReader::new(2, key, size);
+        let refused = store
+            .put_object_verified(
+                key,
+                &mut new,
+                Some(size),
+                "text/plain",
+                &Default::default(),
+                async {
+                    Err(StoreError::Fatal {
+                        op: "test",
+                        key: key.into(),
+                        detail: "bad hash".into(),
+                    })
+                },
+            )
+            .await;
+        assert!(refused.unwrap_err().to_string().contains("bad hash"));
+        assert_eq!(store.get_bytes(key).await.unwrap(), old, "{key}");
+        // And with a good verdict the new bytes, headers and metadata land whole.
+        let mut new = ContentReader::new(2, key, size);
+        let meta =
+            std::collections::BTreeMap::from([("framework".to_string(), "pytorch".to_string())]);
+        store
+            .put_object_verified(key, &mut new, Some(size), "text/plain", &meta, async {
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let (got, m) = store.get_with_meta(key).await.unwrap();
+        assert_eq!(got, ContentReader::new(2, key, size).to_vec(), "{key}");
+        assert_eq!(
+            (m.content_type.as_str(), m.metadata),
+            ("text/plain", meta),
+            "{key}"
+        );
+    }
+
     store
         .put_bytes("a/small.json", b"{}", "application/json")
         .await

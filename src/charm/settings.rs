@@ -92,7 +92,7 @@ impl Settings {
             mlmd_container: optional("mlmd-container"),
             minio_bucket: text("minio-bucket", "mlpipeline"),
             checkers: count("checkers", 8)?,
-            transfers: count("transfers", 4)?,
+            transfers: count("transfers", 16)?,
             bwlimit,
             schedule,
             retention,

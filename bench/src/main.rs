@@ -1,0 +1,554 @@
+//! `bench`: backup-agent against rclone and the manual procedure, on the same data and servers,
+//! in the same run. `bench run` prints one table (medians, min–max, ratios) and writes the
+//! results as JSON (and a PNG chart when matplotlib is there); the other subcommands are the
+//! measured processes it starts.
+
+mod lab;
+mod report;
+mod worker;
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, ensure, Context, Result};
+use backup_agent::mlpipeline::Manifest;
+use backup_agent_sandbox::seed::{self, BucketSpec, MlmdSpec, SeedObject};
+use clap::Parser;
+use sha2::{Digest, Sha256};
+
+use lab::{Lab, Sample};
+use report::{Results, Tool};
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "bench",
+    about = "Measures backup-agent's bucket copy, incremental capture, restore and MLMD capture against rclone and the manual procedure, on two local SeaweedFS servers, in one run",
+    after_help = "Example: bench run --quick      (about a minute: smaller data, one repetition)\n         bench run             (the published figures: 3 repetitions, about 40 GB of disk)"
+)]
+enum Cmd {
+    /// Runs every case and prints the table.
+    Run(RunArgs),
+    #[command(hide = true)]
+    Capture(worker::CaptureArgs),
+    #[command(hide = true)]
+    Restore(worker::RestoreArgs),
+    #[command(hide = true)]
+    Mlmd(worker::MlmdArgs),
+    /// Writes a generated MLMD database of about MIB mebibytes (for profiling by hand).
+    #[command(hide = true)]
+    GenMlmd { path: PathBuf, mib: u64 },
+    /// Runs a command and writes its peak RSS: a fresh small process forks it, so the figure is
+    /// the command's own, not inherited from a large parent.
+    #[command(hide = true)]
+    Exec {
+        #[arg(long)]
+        rusage_out: PathBuf,
+        #[arg(trailing_var_arg = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
+}
+
+#[derive(Debug, clap::Args)]
+struct RunArgs {
+    /// Small data and one repetition, for a smoke run (CI).
+    #[arg(long)]
+    quick: bool,
+    /// Repetitions of every case [default: 3, or 1 with --quick].
+    #[arg(long, value_parser = clap::value_parser!(u32).range(1..=20))]
+    reps: Option<u32>,
+    /// Where to write results.json (and chart.png).
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+    /// Skip the memory check at ten times the S dataset (100,000 objects).
+    #[arg(long)]
+    no_scale_check: bool,
+    /// Run only these cases (for profiling); incremental and restore bring M's full copy along.
+    #[arg(long, value_delimiter = ',', value_parser = ["s", "l", "m", "incremental", "restore", "mlmd"])]
+    only: Vec<String>,
+}
+
+/// The datasets of the issue: S (many small), L (few large), M (both), and a 1 GiB MLMD file.
+#[derive(Debug, Clone, Copy)]
+struct Sizes {
+    s: (usize, u64),
+    l: (usize, u64),
+    m_small: usize,
+    m_large: usize,
+    mlmd: u64,
+    scale10: bool,
+}
+
+const KIB: u64 = 1024;
+const MIB: u64 = 1024 * 1024;
+
+impl Sizes {
+    fn full() -> Self {
+        Sizes {
+            s: (10_000, 16 * KIB),
+            l: (4, 256 * MIB),
+            m_small: 2_000,
+            m_large: 4,
+            mlmd: 1024 * MIB,
+            scale10: true,
+        }
+    }
+    fn quick() -> Self {
+        Sizes {
+            s: (1_000, 16 * KIB),
+            l: (2, 32 * MIB),
+            m_small: 200,
+            m_large: 2,
+            mlmd: 64 * MIB,
+            scale10: false,
+        }
+    }
+    fn spec(&self, small: usize, large: usize, seed: u64) -> BucketSpec {
+        BucketSpec {
+            small,
+            small_size: self.s.1 as usize,
+            large,
+            large_size: self.l.1,
+            zero: 0,
+            awkward: false,
+            seed,
+            concurrency: 16,
+        }
+    }
+    fn bytes(&self) -> u64 {
+        let (s, l) = (self.s.0 as u64 * self.s.1, self.l.0 as u64 * self.l.1);
+        let m = self.m_small as u64 * self.s.1 + self.m_large as u64 * self.l.1;
+        s + l + m
+    }
+}
+
+fn main() {
+    // As the product's binary does: the measured workers run under the same allocator settings.
+    backup_agent::allocator::return_large_buffers();
+    let result = match Cmd::parse() {
+        Cmd::Run(a) => run(a),
+        Cmd::Capture(a) => worker::capture(a),
+        Cmd::Restore(a) => worker::restore(a),
+        Cmd::Mlmd(a) => worker::mlmd(a),
+        Cmd::GenMlmd { path, mib } => seed::write_mlmd(&path, &MlmdSpec::sized(mib * MIB, 1)),
+        Cmd::Exec {
+            rusage_out,
+            command,
+        } => lab::exec_measured(&rusage_out, &command),
+    };
+    if let Err(e) = result {
+        eprintln!("bench: {e:#}");
+        std::process::exit(1);
+    }
+}
+
+fn say(msg: impl AsRef<str>) {
+    eprintln!("bench: {}", msg.as_ref());
+}
+
+const OURS: &str = "backup-agent";
+
+struct Bench<'a> {
+    lab: &'a Lab,
+    results: Results,
+    /// rclone's SHA-256 of each source bucket, recomputed after the bucket changes.
+    source_sums: HashMap<String, BTreeMap<String, String>>,
+}
+
+fn run(a: RunArgs) -> Result<()> {
+    let sizes = if a.quick {
+        Sizes::quick()
+    } else {
+        Sizes::full()
+    };
+    let reps = a.reps.unwrap_or(if a.quick { 1 } else { 3 });
+    let restore_buckets: Vec<String> = (1..=reps)
+        .flat_map(|r| [format!("restore-ours-{r}"), format!("restore-rclone-{r}")])
+        .collect();
+    let mut src_buckets = vec!["set-s", "set-l", "set-m", "set-s10"];
+    src_buckets.extend(restore_buckets.iter().map(String::as_str));
+    say("starting two SeaweedFS servers on 127.0.0.1");
+    let lab = Lab::start(&src_buckets, &["repo", "rclone"])?;
+    // Source once, then per repetition three copies of each dataset and two restores of M.
+    let need = sizes.bytes() * (1 + reps as u64 * 3) + (sizes.bytes() / 2) * reps as u64 * 2;
+    let free = lab.free_bytes();
+    if free < need + need / 5 {
+        bail!(
+            "{} has {} GiB free; this run needs about {} GiB: free some space or use --quick / --reps 1",
+            lab.dir.path().display(),
+            free >> 30,
+            (need + need / 5) >> 30
+        );
+    }
+    let machine = lab::machine(&lab::rclone_binary()?);
+    let mut bench = Bench {
+        lab: &lab,
+        results: Results::new(a.quick, reps, machine),
+        source_sums: HashMap::new(),
+    };
+
+    say(format!(
+        "generating S ({} x {} KiB), L ({} x {} MiB), M ({} x {} KiB + {} x {} MiB)",
+        sizes.s.0,
+        sizes.s.1 / KIB,
+        sizes.l.0,
+        sizes.l.1 / MIB,
+        sizes.m_small,
+        sizes.s.1 / KIB,
+        sizes.m_large,
+        sizes.l.1 / MIB
+    ));
+    lab.fill("set-s", &sizes.spec(sizes.s.0, 0, 1))?;
+    lab.fill("set-l", &sizes.spec(0, sizes.l.0, 2))?;
+    let m_objects = lab.fill("set-m", &sizes.spec(sizes.m_small, sizes.m_large, 3))?;
+    // 1% of M's objects, all small: a typical day's new metrics and logs.
+    let changed: Vec<SeedObject> = m_objects
+        .iter()
+        .filter(|o| o.size == sizes.s.1)
+        .step_by(100)
+        .take((m_objects.len() / 100).max(1))
+        .cloned()
+        .collect();
+    let db = lab.path("mlmd.db");
+    say(format!(
+        "generating a {} MiB MLMD database",
+        sizes.mlmd / MIB
+    ));
+    seed::write_mlmd(&db, &MlmdSpec::sized(sizes.mlmd, 1))?;
+
+    let wanted = |case: &str| {
+        a.only.is_empty()
+            || a.only.iter().any(|o| o == case)
+            || (case == "m" && a.only.iter().any(|o| o == "incremental" || o == "restore"))
+    };
+    for rep in 1..=reps {
+        say(format!("repetition {rep} of {reps}"));
+        for set in ["s", "l", "m"] {
+            if wanted(set) {
+                bench.full_copy(set, rep)?;
+            }
+        }
+        if wanted("incremental") {
+            bench.incremental(rep, &changed)?;
+        }
+        if wanted("restore") {
+            bench.restore(rep)?;
+        }
+        if wanted("mlmd") {
+            bench.mlmd(&db, rep)?;
+        }
+    }
+    if sizes.scale10 && !a.no_scale_check && a.only.is_empty() {
+        say(format!(
+            "memory at 10 x S: generating {} objects",
+            sizes.s.0 * 10
+        ));
+        lab.fill("set-s10", &sizes.spec(sizes.s.0 * 10, 0, 4))?;
+        let s = bench.ours_capture("set-s10", "s10", None)?;
+        bench.results.add("S x10 full copy", OURS, &s);
+    }
+
+    let mut results = bench.results;
+    println!("{}", results.table());
+    std::fs::create_dir_all(&a.out)?;
+    let json = a.out.join(if a.quick {
+        "results-quick.json"
+    } else {
+        "results.json"
+    });
+    std::fs::write(&json, serde_json::to_vec_pretty(&results)?)?;
+    say(format!("wrote {}", json.display()));
+    report::chart(&json, &json.with_extension("png"));
+    let missed = results.failed_checks();
+    ensure!(missed.is_empty(), "correctness checks failed: {missed:?}");
+    Ok(())
+}
+
+impl Bench<'_> {
+    fn tool_order(rep: u32) -> [Tool; 3] {
+        let mut tools = [Tool::Ours, Tool::Rclone, Tool::Rclone16];
+        tools.rotate_left((rep as usize - 1) % 3);
+        tools
+    }
+
+    /// First full copy of a dataset by each tool into a fresh place.
+    fn full_copy(&mut self, set: &str, rep: u32) -> Result<()> {
+        let name = format!("{} full copy", set.to_uppercase());
+        let bucket = format!("set-{set}");
+        for tool in Self::tool_order(rep) {
+            let sample = match tool {
+                Tool::Ours => {
+                    let s = self.ours_capture(&bucket, &format!("{set}-{rep}"), None)?;
+                    self.check_capture(&bucket, &format!("{set}-{rep}"), &name)?;
+                    s
+                }
+                Tool::Rclone | Tool::Rclone16 => {
+                    let dest = format!("dst:rclone/{set}-{rep}-{}", tool.slug());
+                    let s = self.rclone_sync(&format!("src:{bucket}"), &dest, tool)?;
+                    self.check_rclone(&format!("src:{bucket}"), &dest, &name, false)?;
+                    s
+                }
+            };
+            self.results.add(&name, tool.label(), &sample);
+        }
+        Ok(())
+    }
+
+    /// Re-runs on M: nothing changed, then 1% of the objects rewritten (same sizes).
+    fn incremental(&mut self, rep: u32, changed: &[SeedObject]) -> Result<()> {
+        let root = format!("m-{rep}");
+        let rclone_dest = format!("dst:rclone/m-{rep}-default");
+        for (name, change) in [("M nothing changed", false), ("M 1% changed", true)] {
+            if change {
+                self.lab.rewrite("set-m", changed, 1000 + rep as u64)?;
+                self.source_sums.remove("set-m");
+            }
+            let order = if rep % 2 == 1 {
+                [Tool::Ours, Tool::Rclone]
+            } else {
+                [Tool::Rclone, Tool::Ours]
+            };
+            for tool in order {
+                let sample = if tool == Tool::Ours {
+                    let previous = self.manifest_path(&root);
+                    let kept = self.lab.path(&format!("{root}.previous"));
+                    std::fs::copy(&previous, &kept)?;
+                    let s = self.ours_capture("set-m", &root, Some(&kept))?;
+                    let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
+                    let read = stats["read-bytes"].as_u64().unwrap_or(u64::MAX);
+                    let expected: u64 = if change {
+                        changed.iter().map(|o| o.size).sum()
+                    } else {
+                        0
+                    };
+                    self.results.check(
+                        name,
+                        &format!("backup-agent read {read} object bytes, expected {expected}"),
+                        read == expected,
+                    );
+                    self.check_capture("set-m", &root, name)?;
+                    s
+                } else {
+                    let s = self.rclone_sync("src:set-m", &rclone_dest, Tool::Rclone)?;
+                    self.check_rclone("src:set-m", &rclone_dest, name, false)?;
+                    s
+                };
+                self.results.add(name, tool.label(), &sample);
+            }
+        }
+        Ok(())
+    }
+
+    /// M back into an empty bucket: from backup-agent's repository, and from rclone's copy.
+    fn restore(&mut self, rep: u32) -> Result<()> {
+        let name = "M restore";
+        let root = format!("m-{rep}");
+        for tool in if rep % 2 == 1 {
+            [Tool::Ours, Tool::Rclone]
+        } else {
+            [Tool::Rclone, Tool::Ours]
+        } {
+            let target = format!("restore-{}-{rep}", tool.side());
+            let sample = if tool == Tool::Ours {
+                let args = vec![
+                    "restore".to_string(),
+                    "--repo".into(),
+                    self.lab.url(&self.lab.dst, "repo", &root),
+                    "--target".into(),
+                    self.lab.url(&self.lab.src, &target, ""),
+                    "--manifest".into(),
+                    self.manifest_path(&root).display().to_string(),
+                    "--spool".into(),
+                    self.lab.path("spool").display().to_string(),
+                ];
+                self.lab
+                    .measure("backup-agent restore", self.lab.worker(&args))?
+            } else {
+                self.rclone_sync(
+                    &format!("dst:rclone/m-{rep}-default"),
+                    &format!("src:{target}"),
+                    Tool::Rclone,
+                )?
+            };
+            self.check_rclone("src:set-m", &format!("src:{target}"), name, true)?;
+            self.results.add(name, tool.label(), &sample);
+        }
+        Ok(())
+    }
+
+    /// The MLMD database: backup-agent's capture (check, compress, hash, store) against the
+    /// manual procedure's `sqlite3 .dump | gzip` and a plain `cat | zstd`, all three ending in a
+    /// local file; then backup-agent's capture into the S3 destination, upload included.
+    fn mlmd(&mut self, db: &Path, rep: u32) -> Result<()> {
+        let key = format!("mlmd-{rep}.db.zst");
+        let local = self.lab.path("mlmd-local");
+        std::fs::create_dir_all(&local)?;
+        for (name, dest) in [
+            ("MLMD capture", local.display().to_string()),
+            (
+                "MLMD capture to S3",
+                self.lab.url(&self.lab.dst, "repo", "mlmd"),
+            ),
+        ] {
+            let args = vec![
+                "mlmd".to_string(),
+                "--db".into(),
+                db.display().to_string(),
+                "--dest".into(),
+                dest.clone(),
+                "--key".into(),
+                key.clone(),
+            ];
+            let ours = self
+                .lab
+                .measure("backup-agent MLMD capture", self.lab.worker(&args))?;
+            self.results.add(name, OURS, &ours);
+            // Independent check: the stored object read back by rclone or from disk, decoded
+            // by the zstd crate, hashed here.
+            let fetched = self.lab.path("mlmd-check.zst");
+            let fetched_ok = if dest.starts_with('/') {
+                std::fs::rename(local.join(&key), &fetched).is_ok()
+            } else {
+                let mut cat = self.lab.rclone(&["cat", &format!("dst:repo/mlmd/{key}")]);
+                cat.stdout(std::fs::File::create(&fetched)?);
+                cat.status()?.success()
+            };
+            let same = fetched_ok && {
+                let mut h = Sha256::new();
+                zstd::stream::copy_decode(std::fs::File::open(&fetched)?, &mut h)?;
+                h.finalize()[..] == sha256_file(db)?[..]
+            };
+            self.results.check(
+                name,
+                "the stored object decompresses to the database's bytes",
+                same,
+            );
+            let _ = std::fs::remove_file(&fetched);
+        }
+        for (label, script) in [
+            (
+                "sqlite3 .dump | gzip",
+                r#"sqlite3 "$1" .dump | gzip > "$2.sql.gz""#,
+            ),
+            ("cat | zstd", r#"cat "$1" | zstd -q -f -o "$2.zst""#),
+        ] {
+            let mut sh = std::process::Command::new("sh");
+            sh.args(["-ec", script, "sh"])
+                .arg(db)
+                .arg(self.lab.path("mlmd-baseline"));
+            let s = self.lab.measure(label, sh)?;
+            for case in ["MLMD capture", "MLMD capture to S3"] {
+                self.results.add(case, label, &s);
+            }
+        }
+        Ok(())
+    }
+
+    fn manifest_path(&self, root: &str) -> PathBuf {
+        self.lab.path(&format!("{root}.manifest"))
+    }
+
+    fn ours_capture(&self, set: &str, root: &str, previous: Option<&Path>) -> Result<Sample> {
+        std::fs::create_dir_all(self.lab.path("spool"))?;
+        let mut args = vec![
+            "capture".to_string(),
+            "--source".into(),
+            self.lab.url(&self.lab.src, set, ""),
+            "--dest".into(),
+            self.lab.url(&self.lab.dst, "repo", root),
+            "--manifest-out".into(),
+            self.manifest_path(root).display().to_string(),
+            "--spool".into(),
+            self.lab.path("spool").display().to_string(),
+        ];
+        if let Some(p) = previous {
+            args.extend(["--previous".into(), p.display().to_string()]);
+        }
+        self.lab
+            .measure("backup-agent capture", self.lab.worker(&args))
+    }
+
+    fn rclone_sync(&self, from: &str, to: &str, tool: Tool) -> Result<Sample> {
+        let mut args = vec!["sync", from, to];
+        if tool == Tool::Rclone16 {
+            args.extend(["--transfers", "16"]);
+        }
+        self.lab
+            .measure(&format!("rclone sync {from} {to}"), self.lab.rclone(&args))
+    }
+
+    /// Every source object is in the manifest with rclone's SHA-256 of it, and every blob the
+    /// manifest names holds bytes with that hash.
+    fn check_capture(&mut self, set: &str, root: &str, case: &str) -> Result<()> {
+        if !self.source_sums.contains_key(set) {
+            let sums = self.lab.sha256s(&format!("src:{set}"))?;
+            self.source_sums.insert(set.to_string(), sums);
+        }
+        let source = &self.source_sums[set];
+        let path = self.manifest_path(root);
+        let manifest = Manifest::parse(&path.display().to_string(), &std::fs::read(&path)?)
+            .map_err(anyhow::Error::msg)?;
+        let blobs = self
+            .lab
+            .sha256s(&format!("dst:repo/{root}/backup-agent/blobs"))?;
+        let mut problems = vec![];
+        if manifest.entries.len() != source.len() {
+            problems.push(format!(
+                "{} entries for {} objects",
+                manifest.entries.len(),
+                source.len()
+            ));
+        }
+        for e in &manifest.entries {
+            if source.get(&e.key) != Some(&e.sha256) {
+                problems.push(format!("{}: hash differs from the source's", e.key));
+            }
+            let blob = format!("{}/{}", &e.sha256[..2], e.sha256);
+            if blobs.get(&blob) != Some(&e.sha256) {
+                problems.push(format!("blob {blob} missing or corrupt"));
+            }
+        }
+        problems.truncate(5);
+        self.results.check(
+            case,
+            &format!("backup-agent's copy of {set}: {problems:?}"),
+            problems.is_empty(),
+        );
+        Ok(())
+    }
+
+    fn check_rclone(&mut self, a: &str, b: &str, case: &str, download: bool) -> Result<()> {
+        let mut args = vec!["check", a, b, "--one-way", "-q"];
+        if download {
+            args.push("--download");
+        }
+        let ok = self
+            .lab
+            .rclone(&args)
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .context("rclone check")?
+            .success();
+        // --one-way ignores extras in b; a restore must not leave any, so count them too.
+        let count = |r: &str| -> Result<usize> {
+            Ok(self
+                .lab
+                .run(
+                    "rclone lsf",
+                    self.lab.rclone(&["lsf", "-R", "--files-only", r]),
+                )?
+                .lines()
+                .count())
+        };
+        let same_count = count(a)? == count(b)?;
+        self.results
+            .check(case, &format!("rclone check {a} {b}"), ok && same_count);
+        Ok(())
+    }
+}
+
+fn sha256_file(p: &Path) -> Result<Vec<u8>> {
+    let mut h = Sha256::new();
+    std::io::copy(&mut std::fs::File::open(p)?, &mut h)?;
+    Ok(h.finalize().to_vec())
+}

@@ -1,0 +1,152 @@
+//! The measured processes: each runs one library operation exactly as the product does it
+//! (same functions, same defaults), alone in its own process so its wall time and peak RSS are
+//! its own.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context, Result};
+use backup_agent::backup::TuningArgs;
+use backup_agent::mlpipeline::{self, Manifest, SyncOptions};
+use backup_agent::secret::Secret;
+use backup_agent::store::{S3Settings, Store, UriStyle};
+
+/// Keys of both SeaweedFS servers, from the environment so they never sit on a command line.
+pub const ACCESS_ENV: &str = "BENCH_ACCESS_KEY";
+pub const SECRET_ENV: &str = "BENCH_SECRET_KEY";
+
+/// `http://127.0.0.1:PORT/BUCKET[/ROOT]` as an S3 store, or an absolute path as a local
+/// directory store.
+pub fn store(url: &str) -> Result<Store> {
+    if url.starts_with('/') {
+        return Ok(Store::local(url));
+    }
+    let Some(rest) = url.strip_prefix("http://") else {
+        bail!("{url}: expected http://HOST:PORT/BUCKET[/ROOT] or /a/directory");
+    };
+    let mut parts = rest.splitn(3, '/');
+    let (host, bucket, root) = (
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+        parts.next().unwrap_or_default(),
+    );
+    if host.is_empty() || bucket.is_empty() {
+        bail!("{url}: expected http://HOST:PORT/BUCKET[/ROOT]");
+    }
+    let key = |name: &str| std::env::var(name).with_context(|| format!("{name} is not set"));
+    Ok(Store::s3(&S3Settings {
+        endpoint: format!("http://{host}"),
+        bucket: bucket.into(),
+        path: root.into(),
+        region: "us-east-1".into(),
+        uri_style: UriStyle::Path,
+        access_key: Secret::new(key(ACCESS_ENV)?),
+        secret_key: Secret::new(key(SECRET_ENV)?),
+    })?)
+}
+
+/// The product's copy settings: the CLI's defaults unless the benchmark overrides them.
+fn sync_options(spool: PathBuf, transfers: Option<u16>, checkers: Option<u16>) -> SyncOptions {
+    let defaults = TuningArgs::defaults();
+    let mut opts = SyncOptions::new(spool);
+    opts.transfers = transfers.unwrap_or(defaults.transfers).into();
+    opts.checkers = checkers.unwrap_or(defaults.checkers).into();
+    opts
+}
+
+#[derive(Debug, clap::Args)]
+pub struct CaptureArgs {
+    #[arg(long)]
+    source: String,
+    #[arg(long)]
+    dest: String,
+    /// The previous backup's manifest (an incremental capture).
+    #[arg(long)]
+    previous: Option<PathBuf>,
+    #[arg(long)]
+    manifest_out: PathBuf,
+    #[arg(long)]
+    spool: PathBuf,
+    #[arg(long)]
+    transfers: Option<u16>,
+    #[arg(long)]
+    checkers: Option<u16>,
+}
+
+/// Copies a bucket into a repository's blobs; prints the capture's statistics as JSON.
+pub fn capture(a: CaptureArgs) -> Result<()> {
+    let (source, dest) = (store(&a.source)?, store(&a.dest)?);
+    let previous = match &a.previous {
+        Some(p) => Some(
+            Manifest::parse(&p.display().to_string(), &std::fs::read(p)?)
+                .map_err(anyhow::Error::msg)?,
+        ),
+        None => None,
+    };
+    let opts = sync_options(a.spool, a.transfers, a.checkers);
+    let rt = tokio::runtime::Runtime::new()?;
+    let (manifest, stats) = rt.block_on(mlpipeline::capture(
+        &source,
+        &dest,
+        previous.as_ref(),
+        &opts,
+    ))?;
+    std::fs::write(&a.manifest_out, manifest.to_bytes())?;
+    println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct RestoreArgs {
+    #[arg(long)]
+    repo: String,
+    #[arg(long)]
+    target: String,
+    #[arg(long)]
+    manifest: PathBuf,
+    #[arg(long)]
+    spool: PathBuf,
+    #[arg(long)]
+    transfers: Option<u16>,
+}
+
+/// Makes a bucket equal to a captured manifest; prints the restore's statistics as JSON.
+pub fn restore(a: RestoreArgs) -> Result<()> {
+    let (repo, target) = (store(&a.repo)?, store(&a.target)?);
+    let manifest = Manifest::parse(
+        &a.manifest.display().to_string(),
+        &std::fs::read(&a.manifest)?,
+    )
+    .map_err(anyhow::Error::msg)?;
+    let opts = sync_options(a.spool, a.transfers, None);
+    let rt = tokio::runtime::Runtime::new()?;
+    let stats = rt.block_on(mlpipeline::restore(&repo, &target, &manifest, &opts))?;
+    println!("{}", serde_json::to_string(&stats)?);
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct MlmdArgs {
+    /// The MLMD database file, as copied out of the pod.
+    #[arg(long)]
+    db: PathBuf,
+    #[arg(long)]
+    dest: String,
+    #[arg(long)]
+    key: String,
+}
+
+/// Checks, compresses and uploads an MLMD database; prints its hash and sizes as JSON.
+pub fn mlmd(a: MlmdArgs) -> Result<()> {
+    let dest = store(&a.dest)?;
+    let rt = tokio::runtime::Runtime::new()?;
+    let packed = rt.block_on(backup_agent::mlmd::pack_and_upload(&a.db, &dest, &a.key))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "sha256": packed.sha256,
+            "compressed-size": packed.compressed_size,
+            "integrity": packed.inspection.integrity,
+        })
+    );
+    Ok(())
+}

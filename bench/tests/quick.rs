@@ -1,0 +1,58 @@
+//! The benchmark's smoke run: every case runs on small data against real SeaweedFS servers and
+//! rclone, every copy passes its independent check, and the table and results name them all.
+//! Ratios are not asserted here (a debug build on a shared CI machine); BENCHMARKS.md holds the
+//! release figures.
+
+use std::process::Command;
+
+#[test]
+fn quick_bench_runs_every_case_and_every_copy_checks_out() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin");
+    let path = format!("{venv}:{}", std::env::var("PATH").unwrap_or_default());
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["run", "--quick", "--out"])
+        .arg(out_dir.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    for case in [
+        "| S full copy |",
+        "| L full copy |",
+        "| M full copy |",
+        "| M nothing changed |",
+        "| M 1% changed |",
+        "| M restore |",
+        "| MLMD capture | ",
+    ] {
+        assert!(stdout.contains(case), "no {case} row in:\n{stdout}");
+    }
+    let line = stdout
+        .lines()
+        .find(|l| l.starts_with("Correctness:"))
+        .expect("a correctness line");
+    let words: Vec<&str> = line.split_whitespace().collect();
+    // "Correctness: N of M checks passed ..."
+    assert_eq!(words[1], words[3], "{line}");
+    assert!(words[1].parse::<u32>().unwrap() >= 9, "{line}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("results-quick.json")).unwrap())
+            .unwrap();
+    // The incremental run with nothing changed read no object bytes (a check in the results).
+    let checks = results["checks"].as_array().unwrap();
+    assert!(checks.iter().any(|c| c["case"] == "M nothing changed"
+        && c["passed"] == true
+        && c["what"].as_str().unwrap().contains("read 0 object bytes")));
+    // Peak memory was measured for backup-agent in every case.
+    for (case, tools) in results["cases"].as_object().unwrap() {
+        if let Some(ours) = tools.get("backup-agent") {
+            let rss = ours["max_rss_mib"][0].as_f64().unwrap();
+            assert!(rss > 1.0 && rss < 1024.0, "{case}: {rss} MiB");
+        }
+    }
+}
