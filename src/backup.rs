@@ -320,13 +320,19 @@ async fn probe_destination(dest: &Store, id: &str) -> Result<(), String> {
     let key = format!("{}/probe-{id}", catalog::REPO);
     let body = format!("backup-agent write probe {id}\n");
     let ctx = |e: StoreError| format!("destination {}: {e}", dest.describe());
-    retry(4, &key, || {
+    retry(crate::retry::PREFLIGHT_ATTEMPTS, &key, || {
         dest.put_bytes(&key, body.as_bytes(), "text/plain")
     })
     .await
     .map_err(ctx)?;
-    let back = retry(4, &key, || dest.get_bytes(&key)).await.map_err(ctx)?;
-    retry(4, &key, || dest.delete(&key)).await.map_err(ctx)?;
+    let back = retry(crate::retry::PREFLIGHT_ATTEMPTS, &key, || {
+        dest.get_bytes(&key)
+    })
+    .await
+    .map_err(ctx)?;
+    retry(crate::retry::PREFLIGHT_ATTEMPTS, &key, || dest.delete(&key))
+        .await
+        .map_err(ctx)?;
     if back != body.as_bytes() {
         return Err(format!(
             "destination {}: the probe object {key} read back different from what was written",
@@ -351,7 +357,11 @@ async fn previous_manifest(
         _ => None,
     });
     let (id, cap) = newest?;
-    let bytes = match retry(4, &cap.manifest_key, || dest.get_bytes(&cap.manifest_key)).await {
+    let bytes = match retry(crate::retry::ATTEMPTS, &cap.manifest_key, || {
+        dest.get_bytes(&cap.manifest_key)
+    })
+    .await
+    {
         Ok(b) => b,
         Err(e) => {
             warnings.push(format!(
@@ -981,7 +991,11 @@ async fn capture_all(
             let key = catalog::manifest_key(&sf.backup_id);
             let bytes = manifest.to_bytes();
             let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-            match retry(6, &key, || dest.put_bytes(&key, &bytes, "application/zstd")).await {
+            match retry(crate::retry::ATTEMPTS, &key, || {
+                dest.put_bytes(&key, &bytes, "application/zstd")
+            })
+            .await
+            {
                 Ok(()) => {
                     p.done(
                         "mlpipeline",
@@ -1040,7 +1054,7 @@ async fn verify_written(dest: &Store, sf: &Statefile) -> Result<(), String> {
         expect.push((m.manifest_key.clone(), None));
     }
     for (key, size) in expect {
-        let got = retry(4, &key, || dest.head(&key))
+        let got = retry(crate::retry::ATTEMPTS, &key, || dest.head(&key))
             .await
             .map_err(|e| format!("checking {key}: {e}"))?;
         match (got, size) {

@@ -50,6 +50,15 @@ pub fn new_backup_id(now: DateTime<Utc>) -> String {
 
 /// Whether `id` has the shape of a backup id: it becomes part of object keys, so nothing else
 /// (no `/`, no `..`) may pass.
+/// A backup id given on a command line, checked before anything runs.
+pub fn parse_backup_id(id: &str) -> Result<String, String> {
+    if is_backup_id(id) {
+        Ok(id.to_string())
+    } else {
+        Err(CatalogError::BadId { id: id.into() }.to_string())
+    }
+}
+
 pub fn is_backup_id(id: &str) -> bool {
     let Some((time, suffix)) = id.split_once('-') else {
         return false;
@@ -300,7 +309,10 @@ impl Statefile {
 pub async fn save(store: &Store, sf: &Statefile) -> Result<(), StoreError> {
     let key = statefile_key(&sf.backup_id);
     let body = sf.to_json();
-    crate::retry::retry(6, &key, || store.put_bytes(&key, &body, "application/json")).await
+    crate::retry::retry(crate::retry::ATTEMPTS, &key, || {
+        store.put_bytes(&key, &body, "application/json")
+    })
+    .await
 }
 
 /// Appends a verification or restore record to a backup's history.

@@ -4,7 +4,7 @@
 use std::path::PathBuf;
 
 use crate::secret::Secret;
-use crate::store::{S3Settings, Store, UriStyle};
+use crate::store::{S3Settings, Sse, Store, UriStyle};
 
 #[derive(Debug, Clone, clap::Args)]
 pub struct DestinationArgs {
@@ -50,6 +50,28 @@ pub struct DestinationArgs {
         hide_env_values = true
     )]
     pub secret_key: Option<String>,
+    /// Server-side encryption of every object written: AES256 (SSE-S3) or aws:kms (SSE-KMS).
+    #[arg(
+        long = "s3-sse",
+        env = "BACKUP_AGENT_S3_SSE",
+        value_name = "AES256|aws:kms"
+    )]
+    pub sse: Option<String>,
+    /// The KMS key for --s3-sse aws:kms (the account's default key without it).
+    #[arg(
+        long = "s3-sse-kms-key-id",
+        env = "BACKUP_AGENT_S3_SSE_KMS_KEY_ID",
+        value_name = "KEY"
+    )]
+    pub sse_kms_key_id: Option<String>,
+    /// PEM file of the CA chain that signed the endpoint's certificate, trusted besides the
+    /// public roots (s3-integrator's tls-ca-chain). Certificates are always verified.
+    #[arg(
+        long = "s3-tls-ca-chain",
+        env = "BACKUP_AGENT_S3_TLS_CA_CHAIN",
+        value_name = "FILE"
+    )]
+    pub tls_ca_chain: Option<PathBuf>,
     /// A local directory instead of S3 (an NFS mount, an air-gapped site); same layout.
     #[arg(
         long = "destination-dir",
@@ -80,6 +102,16 @@ impl DestinationArgs {
         let (Some(access), Some(secret)) = (set(&self.access_key), set(&self.secret_key)) else {
             return Err("no S3 credentials: set BACKUP_AGENT_S3_ACCESS_KEY and BACKUP_AGENT_S3_SECRET_KEY in the environment".into());
         };
+        let sse = match (set(&self.sse), set(&self.sse_kms_key_id)) {
+            (None, None) => None,
+            (None, Some(key)) => Some(Sse::parse("aws:kms", Some(&key))),
+            (Some(mode), key) => Some(Sse::parse(&mode, key.as_deref())),
+        }
+        .transpose()
+        .map_err(|e| format!("--s3-sse: {e}"))?;
+        if let Some(file) = &self.tls_ca_chain {
+            crate::tls::trust_file(file, "--s3-tls-ca-chain")?;
+        }
         Store::s3(&S3Settings {
             endpoint,
             bucket,
@@ -88,6 +120,7 @@ impl DestinationArgs {
             uri_style: self.uri_style,
             access_key: Secret::new(access),
             secret_key: Secret::new(secret),
+            sse,
         })
         .map_err(|e| e.to_string())
     }

@@ -75,6 +75,9 @@ pub fn local_path(root: &Path, key: &str) -> Result<PathBuf, String> {
     if key.starts_with('/') {
         return Err("absolute path".into());
     }
+    if key.contains('\0') {
+        return Err("contains NUL".into());
+    }
     let rel = Path::new(key);
     let mut out = root.to_path_buf();
     for part in rel.components() {
@@ -347,6 +350,9 @@ async fn download_mysql(
             .get_stream(&o.key, &mut f)
             .await
             .map_err(|e| e.to_string())?;
+        f.flush()
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
         n += 1;
         b += o.size;
     }

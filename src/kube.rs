@@ -327,6 +327,16 @@ impl Cluster {
             Err(e) => return Err(e),
         };
         if got != size {
+            // More than the size read before: the file grew while it streamed.
+            if got > size {
+                let (_, after) = self.stat(pod, container, path).await?;
+                return Err(KubeError::Changed {
+                    pod: pod.into(),
+                    path: path.into(),
+                    before,
+                    after,
+                });
+            }
             return Err(KubeError::StreamCut {
                 pod: pod.into(),
                 path: path.into(),

@@ -136,8 +136,12 @@ fn hostname() -> String {
 
 /// The current lease, if any.
 pub async fn read(store: &Store) -> Result<Option<LeaseInfo>, LeaseError> {
+    read_trying(store, crate::retry::ATTEMPTS).await
+}
+
+async fn read_trying(store: &Store, attempts: u32) -> Result<Option<LeaseInfo>, LeaseError> {
     let key = catalog::lock_key();
-    match retry(4, &key, || store.get_bytes(&key)).await {
+    match retry(attempts, &key, || store.get_bytes(&key)).await {
         Ok(bytes) => serde_json::from_slice(&bytes)
             .map(Some)
             .map_err(|e| LeaseError::Malformed {
@@ -152,7 +156,10 @@ pub async fn read(store: &Store) -> Result<Option<LeaseInfo>, LeaseError> {
 async fn write(store: &Store, info: &LeaseInfo) -> Result<(), StoreError> {
     let key = catalog::lock_key();
     let body = serde_json::to_vec_pretty(info).expect("lease serializes");
-    retry(4, &key, || store.put_bytes(&key, &body, "application/json")).await
+    retry(crate::retry::ATTEMPTS, &key, || {
+        store.put_bytes(&key, &body, "application/json")
+    })
+    .await
 }
 
 /// Takes the repository lock for `operation`, or says who holds it.
@@ -172,7 +179,10 @@ pub async fn acquire(
 ) -> Result<Lease, LeaseError> {
     let key = catalog::lock_key();
     let now = Utc::now();
-    match read(store).await {
+    // Nothing is changed yet: a store that does not answer is said at once.
+    let current = read_trying(store, crate::retry::PREFLIGHT_ATTEMPTS).await;
+    let vacant = matches!(current, Ok(None));
+    match current {
         Ok(Some(held)) if break_lock => tracing::warn!(
             "breaking the repository lock of {} on host {} (pid {}), started {} (--break-lock)",
             held.operation,
@@ -213,7 +223,31 @@ pub async fn acquire(
         pid_namespace: m.pid_namespace,
         pid_start: process_start(std::process::id()),
     };
-    write(store, &info).await?;
+    if vacant {
+        // Two runs that both saw no lock: the store lets one create it, the other backs off.
+        let body = serde_json::to_vec_pretty(&info).expect("lease serializes");
+        let created = retry(crate::retry::ATTEMPTS, &key, || {
+            store.put_bytes_if_absent(&key, &body, "application/json")
+        })
+        .await?;
+        if !created {
+            match read(store).await? {
+                // A retried create whose first try had landed.
+                Some(mine) if mine.nonce == nonce => {}
+                Some(held) => return Err(LeaseError::Held { key, held }),
+                None => {
+                    return Err(LeaseError::Malformed {
+                        key,
+                        detail: "another run created it and it vanished at once".into(),
+                    })
+                }
+            }
+        }
+    } else {
+        write(store, &info).await?;
+    }
+    // Read back after a moment too: a store that ignores If-None-Match, or a takeover that
+    // raced another, shows here as a foreign nonce.
     tokio::time::sleep(timing.settle).await;
     match read(store).await? {
         Some(got) if got.nonce == nonce => {}
@@ -294,7 +328,7 @@ impl Lease {
         match read(&self.store).await? {
             Some(l) if l.nonce == mine => {
                 let key = catalog::lock_key();
-                retry(4, &key, || self.store.delete(&key)).await?;
+                retry(crate::retry::ATTEMPTS, &key, || self.store.delete(&key)).await?;
             }
             Some(l) => tracing::warn!(
                 "the repository lock is now held by {} on {}: not releasing it",

@@ -32,4 +32,5 @@ pub mod secret;
 pub mod serve;
 pub mod store;
 pub mod terminal;
+pub mod tls;
 pub mod verify;

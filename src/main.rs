@@ -87,6 +87,7 @@ enum Command {
     /// problem is found; the outcome is recorded in the backup's history.
     VerifyBackup {
         /// The backup id, as list-backups shows it.
+        #[arg(value_parser = catalog::parse_backup_id)]
         backup_id: String,
         /// Read every object back and check its content (slower: reads the whole backup).
         #[arg(long)]
@@ -112,6 +113,7 @@ enum Command {
     /// scales it changed and put back, errors, and later verifications and restores.
     DescribeBackup {
         /// The backup id, as list-backups shows it.
+        #[arg(value_parser = catalog::parse_backup_id)]
         backup_id: String,
         #[command(flatten)]
         dest: DestinationArgs,
@@ -228,6 +230,7 @@ struct PruneArgs {
 #[derive(clap::Args)]
 struct DeleteArgs {
     /// The backup id, as list-backups shows it.
+    #[arg(value_parser = catalog::parse_backup_id)]
     backup_id: String,
     /// Do not ask (needed when not on a terminal).
     #[arg(long, short = 'y')]
@@ -242,6 +245,7 @@ struct DeleteArgs {
 #[derive(clap::Args)]
 struct DownloadArgs {
     /// The backup id, as list-backups shows it.
+    #[arg(value_parser = catalog::parse_backup_id)]
     backup_id: String,
     /// A new or empty directory to write it into.
     #[arg(value_name = "DIR")]
@@ -313,6 +317,7 @@ struct CreateBackupArgs {
 #[derive(clap::Args)]
 struct RestoreArgs {
     /// The backup id, as list-backups shows it (never "latest": say which).
+    #[arg(value_parser = catalog::parse_backup_id)]
     backup_id: String,
     /// What to restore, comma-separated [default: everything the backup holds].
     #[arg(long, value_enum, value_delimiter = ',')]

@@ -49,6 +49,17 @@ pub enum MlmdError {
     },
 }
 
+impl crate::retry::Retryable for MlmdError {
+    /// The upload of a checked copy can be tried again from the copy; a corrupt database cannot.
+    fn is_retryable(&self) -> bool {
+        match self {
+            MlmdError::Store(e) => e.is_retryable(),
+            MlmdError::Kube(e) => crate::retry::Retryable::is_retryable(e),
+            _ => false,
+        }
+    }
+}
+
 /// What SQLite says about a database file: `PRAGMA integrity_check` and row counts per table.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Inspection {
@@ -233,19 +244,29 @@ pub async fn capture(
         Some(c) => c.to_string(),
         None => cluster.pick_container(pod, CONTAINERS).await?,
     };
-    let raw = spool.join(format!("{backup_id}-mlmd.db"));
-    let size = retry(3, DB_PATH, || async {
+    // Removed when this ends however it ends: an error, or another part's failure cancelling
+    // this one, must not leave a database copy in the operator's --spool.
+    let path = spool.join(format!("{backup_id}-mlmd.db"));
+    let raw = tempfile::TempPath::try_from_path(&path)
+        .map_err(|source| MlmdError::Spool { path, source })?;
+    let size = retry(crate::retry::ATTEMPTS, DB_PATH, || async {
         let mut f = tokio::fs::File::create(&raw)
             .await
             .map_err(KubeError::Local)?;
-        cluster.copy_out(pod, &container, DB_PATH, &mut f).await
+        let size = cluster.copy_out(pod, &container, DB_PATH, &mut f).await?;
+        use tokio::io::AsyncWriteExt;
+        f.flush().await.map_err(KubeError::Local)?;
+        Ok::<_, KubeError>(size)
     })
     .await?;
     tracing::info!(pod, container = %container, size, "copied {DB_PATH}");
 
     let key = catalog::mlmd_key(backup_id);
-    let packed = pack_and_upload(&raw, store, &key).await;
-    let _ = tokio::fs::remove_file(&raw).await;
+    let packed = retry(crate::retry::ATTEMPTS, &key, || {
+        pack_and_upload(&raw, store, &key)
+    })
+    .await;
+    drop(raw);
     let Packed {
         inspection,
         sha256,
@@ -276,7 +297,13 @@ pub async fn fetch_and_verify(
     store
         .get_stream(&capture.key, &mut f)
         .await
-        .map_err(|e| e.to_string())?;
+        .map_err(|e| format!("downloading into {}: {e}", zst.display()))?;
+    // tokio writes a file from a background thread: without a flush the last chunk may not
+    // be in it yet when the decompression below opens it.
+    use tokio::io::AsyncWriteExt;
+    f.flush()
+        .await
+        .map_err(|e| format!("{}: {e}", zst.display()))?;
     drop(f);
     let (zst2, dest2) = (zst.clone(), dest.to_path_buf());
     let expected = capture.clone();

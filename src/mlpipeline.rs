@@ -137,7 +137,7 @@ impl SyncOptions {
             checkers: 8,
             transfers: 16,
             bwlimit: None,
-            attempts: 4,
+            attempts: crate::retry::ATTEMPTS,
             spool: spool.into(),
             progress: Progress::none(),
         }

@@ -129,6 +129,7 @@ pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, Mysql
         },
         access_key: Secret::new(access),
         secret_key: Secret::new(secret),
+        sse: None,
     })
     .map_err(|e| MysqlError::Store {
         app: app.into(),
@@ -198,7 +199,7 @@ pub fn list_backups(
         app: app.into(),
         source,
     };
-    let listed = retry_blocking(4, "list-backups", || {
+    let listed = retry_blocking(crate::retry::ATTEMPTS, "list-backups", || {
         cli.run_action(unit, "list-backups", &[], wait)
     })
     .map_err(err)?;
@@ -228,7 +229,7 @@ pub fn capture(
     let first = units
         .first()
         .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
-    let cs = retry_blocking(4, "get-cluster-status", || {
+    let cs = retry_blocking(crate::retry::ATTEMPTS, "get-cluster-status", || {
         cli.run_action(first, "get-cluster-status", &[], &waits.status)
     })
     .map_err(err)?;

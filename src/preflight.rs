@@ -40,9 +40,13 @@ pub(crate) async fn model(ctx: &Context) -> Result<(Status, Vec<AppState>), Pref
         format!("juju status of model {}", ctx.juju.model()),
     );
     let juju = ctx.juju.clone();
-    let status = blocking(move || retry_blocking(4, "juju status", || juju.status()))
-        .await
-        .map_err(DiscoveryError::from)?;
+    let status = blocking(move || {
+        retry_blocking(crate::retry::PREFLIGHT_ATTEMPTS, "juju status", || {
+            juju.status()
+        })
+    })
+    .await
+    .map_err(DiscoveryError::from)?;
     let apps = control_plane::find_apps(&status, &ctx.names)?;
     Ok((status, apps))
 }
@@ -68,10 +72,11 @@ pub(crate) async fn running_work(
         "preflight",
         "looking for running Argo Workflows and Katib Experiments",
     );
-    let running = cluster
-        .running_workloads()
-        .await
-        .map_err(|e| PreflightError::Check(format!("cannot tell whether pipelines run: {e}")))?;
+    let running = cluster.running_workloads().await.map_err(|e| {
+        PreflightError::Check(format!(
+            "cannot ask the Kubernetes API whether pipelines run: {e}"
+        ))
+    })?;
     if !running.is_empty() && !force {
         return Err(PreflightError::Check(format!(
             "Kubeflow work is running: {}. {doing}: wait for it to finish, or pass --force",
@@ -138,14 +143,18 @@ pub(crate) async fn minio(
     )
     .await
     .map_err(PreflightError::Check)?;
-    let listed = retry(4, "listing mlpipeline", || store.list(""))
-        .await
-        .map_err(|e| {
-            PreflightError::Check(format!(
-                "MinIO {} (credentials from {}): {e}",
-                access.endpoint, access.from
-            ))
-        })?;
+    let listed = retry(
+        crate::retry::PREFLIGHT_ATTEMPTS,
+        "listing mlpipeline",
+        || store.list(""),
+    )
+    .await
+    .map_err(|e| {
+        PreflightError::Check(format!(
+            "MinIO {} (credentials from {}): {e}",
+            access.endpoint, access.from
+        ))
+    })?;
     Ok(Minio {
         access,
         store,
@@ -211,6 +220,7 @@ async fn open_minio(
         uri_style: UriStyle::Path,
         access_key: Secret::new(access.access_key.expose()),
         secret_key: access.secret_key.clone(),
+        sse: None,
     })
     .map_err(|e| format!("MinIO: {e}"))?;
     Ok((store, forward, how))

@@ -148,7 +148,7 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         if !objs.iter().any(|o| o.key == key) {
             continue;
         }
-        let bytes = retry(4, &key, || store.get_bytes(&key)).await?;
+        let bytes = retry(crate::retry::ATTEMPTS, &key, || store.get_bytes(&key)).await?;
         match Statefile::parse(&key, &bytes) {
             Ok(sf) => backups.push(sf),
             Err(e) => {
@@ -234,7 +234,7 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
     // A manifest a kept backup's statefile names must be read, listed or not: missing or
     // unreadable, no blob is deleted this time.
     let manifest_blobs = |key: String| async move {
-        let bytes = retry(4, &key, || store.get_bytes(&key)).await?;
+        let bytes = retry(crate::retry::ATTEMPTS, &key, || store.get_bytes(&key)).await?;
         Manifest::parse(&key, &bytes)
             .map(|m| {
                 m.entries
@@ -332,7 +332,7 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
     {
         let tomb = tombstone_key(id);
         let mysql = if objs.iter().any(|o| o.key == tomb) {
-            let bytes = retry(4, &tomb, || store.get_bytes(&tomb)).await?;
+            let bytes = retry(crate::retry::ATTEMPTS, &tomb, || store.get_bytes(&tomb)).await?;
             match serde_json::from_slice::<serde_json::Value>(&bytes)
                 .ok()
                 .and_then(|v| serde_json::from_value::<Vec<MysqlCapture>>(v["mysql"].clone()).ok())
@@ -438,7 +438,7 @@ async fn delete_all(
                         reason,
                     });
                 }
-                retry(4, &key, || store.delete(&key)).await?;
+                retry(crate::retry::ATTEMPTS, &key, || store.delete(&key)).await?;
                 bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
                 let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
                 if n % 100 == 0 || n == total {
@@ -468,7 +468,7 @@ async fn delete_mysql(ctx: &Context, m: &MysqlCapture) -> Result<usize, String> 
     // The marker first: without it mysql-k8s no longer calls the backup finished.
     keys.sort_by_key(|k| !k.ends_with(".md5"));
     for k in &keys {
-        retry(4, k, || store.delete(k))
+        retry(crate::retry::ATTEMPTS, k, || store.delete(k))
             .await
             .map_err(|e| e.to_string())?;
     }
@@ -543,18 +543,18 @@ pub async fn apply(
             "mysql": f.mysql,
         }))
         .expect("tombstone serializes");
-        retry(4, &tomb, || {
+        retry(crate::retry::ATTEMPTS, &tomb, || {
             ctx.dest.put_bytes(&tomb, &body, "application/json")
         })
         .await?;
         // Statefile first (f.keys starts with it): from here on the backup is forgotten.
         for key in &f.keys {
-            retry(4, key, || ctx.dest.delete(key)).await?;
+            retry(crate::retry::ATTEMPTS, key, || ctx.dest.delete(key)).await?;
             objects_deleted += 1;
         }
         bytes_freed += f.bytes;
         if forget_mysql(ctx, &f.id, &f.mysql, &mut mysql_deleted, &mut warnings).await {
-            retry(4, &tomb, || ctx.dest.delete(&tomb)).await?;
+            retry(crate::retry::ATTEMPTS, &tomb, || ctx.dest.delete(&tomb)).await?;
         }
         forgotten.push(f.id.clone());
     }
@@ -574,7 +574,7 @@ pub async fn apply(
             continue;
         }
         for (key, size) in &l.keys {
-            retry(4, key, || ctx.dest.delete(key)).await?;
+            retry(crate::retry::ATTEMPTS, key, || ctx.dest.delete(key)).await?;
             objects_deleted += 1;
             bytes_freed += size;
         }

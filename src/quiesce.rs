@@ -62,11 +62,12 @@ pub fn record(app: &str, original: u32, wanted: u32) -> ScaleRecord {
 }
 
 fn status(cli: &JujuCli) -> Result<Status, QuiesceError> {
-    retry_blocking(4, "juju status", || cli.status()).map_err(QuiesceError::Status)
+    retry_blocking(crate::retry::ATTEMPTS, "juju status", || cli.status())
+        .map_err(QuiesceError::Status)
 }
 
 fn scale(cli: &JujuCli, app: &str, n: u32) -> Result<(), QuiesceError> {
-    retry_blocking(4, "juju scale-application", || {
+    retry_blocking(crate::retry::ATTEMPTS, "juju scale-application", || {
         cli.scale_application(app, n)
     })
     .map_err(|source| QuiesceError::Juju {

@@ -192,6 +192,20 @@ pub async fn recover(ctx: &Context, by: &str) -> Result<Recovered, RecoveryError
             });
             out.backups.push(sf.backup_id.clone());
             changed = true;
+        } else if sf.quiesce.iter().any(|r| !r.restored) {
+            // A run that ended but could not put a scale back (juju down at the time): its
+            // record says failed already; the scales are still ours to put back.
+            p.warn(format!(
+                "backup {} ended without putting every scale back: putting them back now",
+                sf.backup_id
+            ));
+            let what = format!("backup {}", sf.backup_id);
+            let journal = std::mem::take(&mut sf.quiesce);
+            let note = "scales put back by a later run";
+            let (journal, _) = repair(ctx, &sf.model, journal, &what, note, &mut out).await?;
+            sf.quiesce = journal;
+            out.backups.push(sf.backup_id.clone());
+            changed = true;
         }
         for entry in sf.history.iter_mut() {
             if entry["event"] != "restore" || entry["phase"] != "running" {

@@ -171,7 +171,7 @@ async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepared, Restor
     let (status, apps) = preflight::model(ctx).await?;
 
     p.step("preflight", format!("verifying backup {id}"));
-    let spool = tempfile::tempdir().map_err(|e| pre(format!("spool: {e}")))?;
+    let spool = spool(ctx).map_err(pre)?;
     let v = verify::verify(
         &ctx.dest,
         Some(&ctx.juju),
@@ -367,12 +367,19 @@ async fn run_locked(
     .await;
     journal = j;
     let ok = outcome.is_ok() && restored.is_ok();
-    // Replace the running entry with the outcome.
-    let final_entry = record(
+    // Replace the running entry with the outcome, and the reason when it failed.
+    let mut final_entry = record(
         "finished",
         &journal,
         Some(if ok { "completed" } else { "failed" }),
     );
+    let mut causes: Vec<String> = outcome.as_ref().err().cloned().unwrap_or_default();
+    if let Err(e) = &restored {
+        causes.push(e.to_string());
+    }
+    if !causes.is_empty() {
+        final_entry["error"] = causes.join("; ").into();
+    }
     let history = async {
         let mut sf = catalog::load(&ctx.dest, &id).await?;
         if let Some(last) = sf
@@ -445,7 +452,8 @@ async fn restore_parts(
     );
     let status = blocking(move || {
         if targets.is_empty() {
-            retry_blocking(4, "juju status", || juju.status()).map_err(|e| e.to_string())
+            retry_blocking(crate::retry::ATTEMPTS, "juju status", || juju.status())
+                .map_err(|e| e.to_string())
         } else {
             quiesce::scale_and_wait(&juju, &targets, wait, &p2, &stop).map_err(|e| e.to_string())
         }
@@ -484,7 +492,7 @@ async fn restore_parts(
                 return Ok(false);
             };
             let work = async {
-                let tmp = tempfile::tempdir().map_err(|e| format!("MLMD: spool: {e}"))?;
+                let tmp = spool(ctx).map_err(|e| format!("MLMD: {e}"))?;
                 let local = tmp.path().join("mlmd.db");
                 p.step("mlmd", format!("fetching and checking {}", cap.key));
                 mlmd::fetch_and_verify(&ctx.dest, cap, &local)
@@ -522,7 +530,7 @@ async fn restore_parts(
                 return Ok(None);
             };
             let work = async {
-                let bytes = retry(4, &cap.manifest_key, || {
+                let bytes = retry(crate::retry::ATTEMPTS, &cap.manifest_key, || {
                     ctx.dest.get_bytes(&cap.manifest_key)
                 })
                 .await
@@ -617,8 +625,8 @@ fn restore_mysql(
         // Not retried: a second restore after a lost answer would run it twice.
         juju.run_action(&unit, "restore", &[("backup-id", backup_id)], wait)
             .map_err(|e| format!("{app}: {e}"))?;
-        let after =
-            retry_blocking(4, "juju status", || juju.status()).map_err(|e| e.to_string())?;
+        let after = retry_blocking(crate::retry::ATTEMPTS, "juju status", || juju.status())
+            .map_err(|e| e.to_string())?;
         let st = after
             .applications
             .get(app)
@@ -737,4 +745,22 @@ pub fn render_report(r: &RestoreReport) -> String {
         let _ = writeln!(o, "  warning: {w}");
     }
     o
+}
+
+/// A private directory for what a restore downloads first (the MLMD database): under
+/// `--spool` when given, else the system's temporary directory. Removed when dropped.
+fn spool(ctx: &Context) -> Result<tempfile::TempDir, String> {
+    let mut b = tempfile::Builder::new();
+    b.prefix("backup-agent-restore-");
+    match &ctx.tuning.spool {
+        Some(dir) => b
+            .tempdir_in(dir)
+            .map_err(|e| format!("spool directory {}: {e}", dir.display())),
+        None => b.tempdir().map_err(|e| {
+            format!(
+                "cannot create a spool directory in {}: {e}; pass --spool DIR",
+                std::env::temp_dir().display()
+            )
+        }),
+    }
 }

@@ -8,6 +8,13 @@ pub trait Retryable: std::fmt::Display {
     fn is_retryable(&self) -> bool;
 }
 
+/// Attempts for a call made while a run changes things: about 23 s of backoff in all, enough
+/// to ride out a restarting S3 server or a controller's blip rather than fail a long backup.
+pub const ATTEMPTS: u32 = 8;
+/// Attempts for the checks before a run changes anything: an endpoint that is down is said at
+/// once, and nothing is lost by stopping.
+pub const PREFLIGHT_ATTEMPTS: u32 = 3;
+
 const FIRST_DELAY: Duration = Duration::from_millis(200);
 const MAX_DELAY: Duration = Duration::from_secs(10);
 

@@ -172,7 +172,7 @@ async fn check_mlmd(dest: &Store, sf: &Statefile, mode: Mode, spool: &Path, v: &
         return;
     };
     v.objects_checked += 1;
-    match retry(4, &m.key, || dest.head(&m.key)).await {
+    match retry(crate::retry::ATTEMPTS, &m.key, || dest.head(&m.key)).await {
         Ok(Some(o)) if o.size == m.compressed_size => {}
         Ok(Some(o)) => {
             v.problems.push(problem(
@@ -228,7 +228,7 @@ async fn check_mlpipeline(
     };
     let key = &p.manifest_key;
     v.objects_checked += 1;
-    let bytes = match retry(4, key, || dest.get_bytes(key)).await {
+    let bytes = match retry(crate::retry::ATTEMPTS, key, || dest.get_bytes(key)).await {
         Ok(b) => b,
         Err(e) => {
             v.problems.push(problem("mlpipeline", key, e.to_string()));
@@ -252,14 +252,15 @@ async fn check_mlpipeline(
     };
     // One listing of the blobs instead of a HEAD per object.
     let prefix = format!("{}/blobs/", catalog::REPO);
-    let blobs: HashMap<String, u64> = match retry(4, &prefix, || dest.list(&prefix)).await {
-        Ok(l) => l.into_iter().map(|o| (o.key, o.size)).collect(),
-        Err(e) => {
-            v.problems
-                .push(problem("mlpipeline", &prefix, e.to_string()));
-            return;
-        }
-    };
+    let blobs: HashMap<String, u64> =
+        match retry(crate::retry::ATTEMPTS, &prefix, || dest.list(&prefix)).await {
+            Ok(l) => l.into_iter().map(|o| (o.key, o.size)).collect(),
+            Err(e) => {
+                v.problems
+                    .push(problem("mlpipeline", &prefix, e.to_string()));
+                return;
+            }
+        };
     let mut unique: HashMap<&str, (u64, &str)> = HashMap::new();
     for e in &manifest.entries {
         unique
@@ -338,7 +339,7 @@ async fn check_mysql(juju: Option<&JujuCli>, sf: &Statefile, mode: Mode, v: &mut
     let (cli, caps) = (juju.clone(), sf.components.mysql.clone());
     let found = tokio::task::spawn_blocking(move || -> Vec<Problem> {
         let mut out = vec![];
-        let status = match retry_blocking(4, "juju status", || cli.status()) {
+        let status = match retry_blocking(crate::retry::ATTEMPTS, "juju status", || cli.status()) {
             Ok(s) => s,
             Err(e) => {
                 return caps

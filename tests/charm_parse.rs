@@ -137,6 +137,12 @@ fn config_is_read_with_defaults_and_bad_values_name_the_fix() {
     assert!(e.contains("not a secret URI"), "{e}");
 }
 
+/// s3-integrator's `tls-ca-chain`: a JSON list of PEM certificates (a real one, made for the
+/// tests).
+fn ca_chain() -> String {
+    serde_json::to_string(&[include_str!("fixtures/tls/ca.pem")]).unwrap()
+}
+
 /// An s3-integrator (track 1) databag as the provider publishes it (interface `s3`, v0).
 fn v0_bag() -> BTreeMap<String, String> {
     bag(&[
@@ -147,10 +153,7 @@ fn v0_bag() -> BTreeMap<String, String> {
         ("path", "/prod/"),
         ("region", "eu-central-1"),
         ("s3-uri-style", "path"),
-        (
-            "tls-ca-chain",
-            r#"["-----BEGIN CERTIFICATE-----\nMIIB\n-----END CERTIFICATE-----"]"#,
-        ),
+        ("tls-ca-chain", ca_chain().as_str()),
         ("data", r#"{"bucket": "relation-4"}"#),
     ])
 }

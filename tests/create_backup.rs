@@ -394,7 +394,7 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
     );
 
     // MinIO refuses the keys in the relation data.
-    let good = set_minio_relation_secret(&sb, "wrong-secret");
+    let good = common::set_minio_relation_secret(&sb, "wrong-secret");
     let (code, _, err) = agent(&sb, &["create-backup"], &[]);
     check(
         "minio keys",
@@ -406,7 +406,7 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
         ],
     );
     assert!(!err.contains("wrong-secret"), "{err}");
-    set_minio_relation_secret(&sb, &good);
+    common::set_minio_relation_secret(&sb, &good);
 
     // Another run holds the lock; an expired lock is taken over.
     let store = repo(&sb);
@@ -456,42 +456,6 @@ fn injected_failures_leave_scales_restored_and_nothing_completed() {
         "{err}"
     );
     assert!(!lock_held(&sb));
-}
-
-/// Edits the `data` YAML string of minio's object-storage databag.
-fn with_minio_data<T>(sb: &Sandbox, f: impl FnOnce(&mut String) -> T) -> T {
-    let mut f = Some(f);
-    sb.model()
-        .update(|m| {
-            let r = m
-                .relations
-                .iter_mut()
-                .find(|r| r.interface == "object-storage")
-                .unwrap();
-            let data = r
-                .app_data
-                .get_mut("minio")
-                .unwrap()
-                .get_mut("data")
-                .unwrap();
-            Ok((f.take().unwrap())(data))
-        })
-        .unwrap()
-}
-
-fn set_minio_relation_secret(sb: &Sandbox, secret: &str) -> String {
-    with_minio_data(sb, |data| {
-        let old = data
-            .lines()
-            .find_map(|l| l.strip_prefix("secret-key: "))
-            .unwrap()
-            .to_string();
-        *data = data.replace(
-            &format!("secret-key: {old}"),
-            &format!("secret-key: {secret}"),
-        );
-        old
-    })
 }
 
 fn wait_for(mut f: impl FnMut() -> bool) {
@@ -614,7 +578,7 @@ fn bad_input_is_named_and_changes_nothing() {
     }
 
     // Relation data that is there but not YAML is an error, not a reason to look elsewhere.
-    let good = with_minio_data(&sb, |d| {
+    let good = common::with_minio_data(&sb, |d| {
         std::mem::replace(d, "access-key: [unclosed".into())
     });
     let (code, _, err) = agent(&sb, &["create-backup"], &[]);
@@ -624,7 +588,7 @@ fn bad_input_is_named_and_changes_nothing() {
         "{err}"
     );
     assert!(err.contains("juju show-unit kfp-ui/0"), "{err}");
-    with_minio_data(&sb, |d| *d = good);
+    common::with_minio_data(&sb, |d| *d = good);
 
     assert_eq!(scales(&sb), before);
     assert_eq!(listing(&dest_bucket(&sb)), dest_before, "nothing written");

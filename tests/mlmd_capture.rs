@@ -223,6 +223,7 @@ fn running_workloads_and_minio_through_a_port_forward() {
             uri_style: UriStyle::Path,
             access_key: Secret::new(sb.info.minio.access_key.clone()),
             secret_key: Secret::new(sb.info.minio.secret_key.clone()),
+            sse: None,
         })
         .unwrap();
         let objects = minio.list("").await.unwrap();

@@ -20,6 +20,7 @@ fn store(endpoint: String, bucket: &str, path: &str, access: &str, secret: &str)
         uri_style: UriStyle::Path,
         access_key: Secret::new(access),
         secret_key: Secret::new(secret),
+        sse: None,
     })
     .unwrap()
 }

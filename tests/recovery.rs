@@ -25,24 +25,31 @@ fn spawn(sb: &Sandbox, args: &[&str]) -> Child {
 }
 
 /// Polls `reached` until it holds (or the run ended by itself), then waits a seeded extra
-/// and kills. Returns whether the kill hit a running process.
-fn kill_at(child: &mut Child, reached: impl Fn() -> bool, extra: Duration) -> bool {
+/// and sends `signal`, and waits for the process to end (promptly). Returns whether the
+/// signal hit a running process.
+fn signal_at(child: &mut Child, reached: impl Fn() -> bool, extra: Duration, signal: i32) -> bool {
     let deadline = Instant::now() + Duration::from_secs(120);
     while !reached() {
         if child.try_wait().unwrap().is_some() {
             return false;
         }
-        assert!(
-            Instant::now() < deadline,
-            "the run never reached the kill point"
-        );
+        assert!(Instant::now() < deadline, "the run never reached the point");
         std::thread::sleep(Duration::from_millis(20));
     }
     std::thread::sleep(extra);
     let alive = child.try_wait().unwrap().is_none();
-    child.kill().unwrap();
+    unsafe { libc::kill(child.id() as i32, signal) };
+    let sent = Instant::now();
     child.wait().unwrap();
+    assert!(
+        sent.elapsed() < Duration::from_secs(60),
+        "the run stops promptly on signal {signal}"
+    );
     alive
+}
+
+fn kill_at(child: &mut Child, reached: impl Fn() -> bool, extra: Duration) -> bool {
+    signal_at(child, reached, extra, libc::SIGKILL)
 }
 
 fn verifies(sb: &Sandbox, id: &str) {
@@ -225,4 +232,83 @@ fn a_prune_killed_anywhere_leaves_every_kept_backup_whole() {
         assert_eq!(plan["bytes-freed"], 0, "seed {seed}: {plan}");
         assert!(!lock_held(&sb));
     }
+}
+
+/// SIGTERM (a pod stopping, a Ctrl-C) at seeded points: the run itself puts everything back —
+/// no `recover` needed — records why, and the next runs work.
+#[test]
+fn sigterm_anywhere_is_cleaned_up_by_the_run_itself() {
+    let sb = common::sandbox(6);
+    let before = scales(&sb);
+    let id = backup(&sb, "to-restore");
+    let mut hit = 0;
+    for seed in 0..3u64 {
+        let mut rng = StdRng::seed_from_u64(200 + seed);
+        let phase = [Phase::Quiescing, Phase::Capturing][rng.random_range(0..2)];
+        let label = format!("term-{seed}");
+        let mut child = spawn(&sb, &["create-backup", "--label", &label]);
+        let reached = || {
+            statefiles(&sb)
+                .iter()
+                .any(|s| s.label == label && s.phase == phase)
+        };
+        let extra = Duration::from_millis(rng.random_range(0..800));
+        if signal_at(&mut child, reached, extra, libc::SIGTERM) {
+            hit += 1;
+        }
+        // A run that ended by itself before its first record (refused at its preflight while
+        // the pod restarts after the previous restore, say) leaves only scales and the lock.
+        if let Some(mine) = statefiles(&sb).into_iter().find(|s| s.label == label) {
+            match mine.phase {
+                Phase::Completed => {}
+                Phase::Failed => assert!(
+                    mine.errors.iter().any(|e| e.message.contains("SIGTERM")),
+                    "seed {seed}: {:?}",
+                    mine.errors
+                ),
+                p => panic!("seed {seed}: left {p:?}"),
+            }
+        }
+        assert_eq!(scales(&sb), before, "seed {seed}: backup's scales are back");
+        assert!(!lock_held(&sb), "seed {seed}: lock released");
+
+        let mut child = spawn(
+            &sb,
+            &[
+                "restore",
+                &id,
+                "--no-safety-backup",
+                "--components",
+                "mlmd,mlpipeline",
+            ],
+        );
+        let reached = || {
+            statefiles(&sb).iter().any(|s| {
+                s.history
+                    .iter()
+                    .any(|h| h["event"] == "restore" && h["phase"] == "running")
+            })
+        };
+        let extra = Duration::from_millis(rng.random_range(0..1500));
+        if signal_at(&mut child, reached, extra, libc::SIGTERM) {
+            hit += 1;
+        }
+        let sf = rt().block_on(catalog::load(&repo(&sb), &id)).unwrap();
+        if let Some(last) = sf.history.iter().rfind(|h| h["event"] == "restore") {
+            assert_eq!(last["phase"], "finished", "seed {seed}: {last}");
+            if last["outcome"] == "failed" {
+                assert!(last.to_string().contains("SIGTERM"), "{last}");
+            }
+        }
+        assert_eq!(
+            scales(&sb),
+            before,
+            "seed {seed}: restore's scales are back"
+        );
+        assert!(!lock_held(&sb), "seed {seed}: lock released");
+    }
+    assert!(hit >= 4, "only {hit} of 6 signals hit a running command");
+    verifies(&sb, &id);
+    let next = backup(&sb, "after");
+    verifies(&sb, &next);
 }

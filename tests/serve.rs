@@ -162,6 +162,29 @@ fn the_daemon_backs_up_on_schedule_prunes_and_serves_what_the_statefiles_say() {
     ]);
     assert_eq!(code, 403, "{body}");
     let auth = format!("Authorization: Bearer {TOKEN}");
+    // Bodies are bounded: a huge one is refused, unread without a token, 413 with one.
+    let huge = tmp.path().join("huge.json");
+    std::fs::write(&huge, format!("{{\"label\": \"{}\"}}", "x".repeat(1 << 20))).unwrap();
+    let at_huge = format!("@{}", huge.display());
+    let (code, body) = curl(&["-X", "POST", "--data-binary", &at_huge, &u("/v1/backups")]);
+    assert_eq!(code, 401, "{body}");
+    let (code, body) = curl(&[
+        "-X",
+        "POST",
+        "-H",
+        &auth,
+        "--data-binary",
+        &at_huge,
+        &u("/v1/backups"),
+    ]);
+    assert_eq!(code, 413, "{body}");
+    assert!(
+        json(&body)["error"]
+            .as_str()
+            .unwrap()
+            .contains("larger than"),
+        "{body}"
+    );
     let (code, body) = curl(&[
         "-X",
         "POST",

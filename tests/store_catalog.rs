@@ -38,6 +38,7 @@ fn settings(s: &Server, bucket: &str, secret: &str) -> S3Settings {
         uri_style: UriStyle::Path,
         access_key: Secret::new(ACCESS),
         secret_key: Secret::new(secret),
+        sse: None,
     }
 }
 
@@ -304,7 +305,7 @@ async fn list_and_describe_checks(srv: &Server) {
 
     // Bad input: a clear message, exit 1.
     let (code, _, err) = agent(&["describe-backup", "../../etc/passwd"], &env);
-    assert_eq!(code, 1);
+    assert_eq!(code, 2, "refused as a usage error, before anything runs");
     assert!(err.contains("is not a backup id"), "{err}");
     let (code, _, err) = agent(&["describe-backup", "20200101T000000Z-000000"], &env);
     assert_eq!(code, 1);

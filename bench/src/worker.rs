@@ -41,6 +41,7 @@ pub fn store(url: &str) -> Result<Store> {
         uri_style: UriStyle::Path,
         access_key: Secret::new(key(ACCESS_ENV)?),
         secret_key: Secret::new(key(SECRET_ENV)?),
+        sse: None,
     })?)
 }
 

@@ -551,6 +551,48 @@ impl Sandbox {
     }
 }
 
+/// One of the sandbox's two S3 servers.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum S3Role {
+    Minio,
+    Dest,
+}
+
+impl Sandbox {
+    fn server(&mut self, role: S3Role) -> (&mut ServerInfo, PathBuf) {
+        match role {
+            S3Role::Minio => (&mut self.info.minio, self.layout.dir.join("s3/minio")),
+            S3Role::Dest => (&mut self.info.dest, self.layout.dir.join("s3/dest")),
+        }
+    }
+
+    /// Kills an S3 server as a crash would (SIGKILL) and waits until it is gone.
+    pub fn kill_s3(&mut self, role: S3Role) {
+        let (info, _) = self.server(role);
+        let pid = info.pid;
+        if crate::process::is_ours(pid, "weed") {
+            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
+        }
+        while crate::process::alive(pid) {
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        // A killed server cleans nothing up: its gRPC sockets in /tmp are ours to remove.
+        crate::s3::remove_sockets(&info.weed());
+    }
+
+    /// Starts a killed S3 server again on its ports, over its data, and records its new PID
+    /// (so `down` stops it).
+    pub fn restart_s3(&mut self, role: S3Role) -> Result<()> {
+        let layout = self.layout.clone();
+        let (info, dir) = self.server(role);
+        let server = crate::s3::restart_weed(&dir, true)?;
+        info.pid = server.pid;
+        info.grpc_ports = server.grpc_ports;
+        std::fs::write(layout.info(), serde_json::to_vec_pretty(&self.info)?)?;
+        Ok(())
+    }
+}
+
 impl Drop for Sandbox {
     fn drop(&mut self) {
         let _ = down(&self.layout, false);

@@ -526,12 +526,16 @@ async fn exec(
         Err(_) => return bad_request("Upgrade request required"),
     };
     let dir = pod_dir(&model, &name);
-    let cut = model.faults.exec_cut_after_bytes;
+    let faults = StreamFaults {
+        cut: model.faults.exec_cut_after_bytes,
+        pause: model.faults.exec_pause_after_bytes,
+        store: ctx.store.clone(),
+    };
     let (stdin, stdout, stderr) = (flag("stdin"), flag("stdout"), flag("stderr"));
     ws.protocols(stream_protocols(&model))
         .max_message_size(64 << 20)
         .on_upgrade(move |socket| async move {
-            if let Err(e) = run_exec(socket, dir, command, stdin, stdout, stderr, cut).await {
+            if let Err(e) = run_exec(socket, dir, command, stdin, stdout, stderr, faults).await {
                 tracing::warn!("exec in {name}: {e:#}");
             }
         })
@@ -559,6 +563,57 @@ fn frame(channel: u8, data: &[u8]) -> Message {
     Message::Binary(Bytes::from(v))
 }
 
+/// What an exec stream's stdout suffers: a cut, or a pause a test ends.
+#[derive(Clone)]
+struct StreamFaults {
+    cut: Option<u64>,
+    pause: Option<u64>,
+    store: ModelStore,
+}
+
+impl StreamFaults {
+    /// Whether the cut still applies, now that this stream reached it: a one-shot cut is taken
+    /// here, under the lock, so only one stream gets it (and a short exec never uses it up).
+    fn take_cut(&self) -> bool {
+        self.store
+            .update(|m| {
+                let f = &mut m.faults;
+                if f.exec_cut_after_bytes.is_none() {
+                    return Ok(false);
+                }
+                if f.exec_cut_once {
+                    f.exec_cut_after_bytes = None;
+                    f.exec_cut_once = false;
+                }
+                Ok(true)
+            })
+            .unwrap_or(true)
+    }
+
+    /// Takes the pause if no other stream has, says so, then waits until a test clears
+    /// `exec_paused`.
+    async fn paused(&self) {
+        let taken = self.store.update(|m| {
+            let f = &mut m.faults;
+            if f.exec_pause_after_bytes.take().is_none() {
+                return Ok(false);
+            }
+            f.exec_paused = true;
+            Ok(true)
+        });
+        if !matches!(taken, Ok(true)) {
+            return;
+        }
+        loop {
+            tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+            match self.store.read() {
+                Ok(m) if m.faults.exec_paused => continue,
+                _ => return,
+            }
+        }
+    }
+}
+
 async fn run_exec(
     socket: WebSocket,
     dir: PathBuf,
@@ -566,8 +621,9 @@ async fn run_exec(
     stdin: bool,
     stdout: bool,
     stderr: bool,
-    cut: Option<u64>,
+    faults: StreamFaults,
 ) -> Result<()> {
+    let cut = faults.cut;
     let (mut sink, mut stream) = socket.split();
     let mut cmd = container_command(&dir, &command);
     cmd.stdin(if stdin { Stdio::piped() } else { Stdio::null() })
@@ -583,16 +639,26 @@ async fn run_exec(
     let pump = |mut r: Box<dyn tokio::io::AsyncRead + Unpin + Send>,
                 ch: u8,
                 forward: bool,
-                tx: mpsc::Sender<Message>| async move {
+                tx: mpsc::Sender<Message>,
+                faults: StreamFaults| async move {
         let mut buf = vec![0u8; 64 * 1024];
         let mut sent = 0u64;
+        let mut pause = faults.pause.filter(|_| ch == STDOUT);
         loop {
-            let n = r.read(&mut buf).await?;
+            if pause.is_some_and(|at| sent >= at) {
+                pause = None;
+                faults.paused().await;
+            }
+            let want = match pause {
+                Some(at) => ((at - sent) as usize).clamp(1, buf.len()),
+                None => buf.len(),
+            };
+            let n = r.read(&mut buf[..want]).await?;
             if n == 0 {
                 return Ok::<bool, std::io::Error>(true);
             }
             if let (Some(limit), STDOUT) = (cut, ch) {
-                if sent + n as u64 > limit {
+                if sent + n as u64 > limit && faults.take_cut() {
                     let keep = (limit - sent) as usize;
                     if keep > 0 {
                         let _ = tx.send(frame(ch, &buf[..keep])).await;
@@ -606,8 +672,14 @@ async fn run_exec(
             }
         }
     };
-    let out_task = tokio::spawn(pump(Box::new(out), STDOUT, stdout, tx.clone()));
-    let err_task = tokio::spawn(pump(Box::new(err), STDERR, stderr, tx.clone()));
+    let out_task = tokio::spawn(pump(
+        Box::new(out),
+        STDOUT,
+        stdout,
+        tx.clone(),
+        faults.clone(),
+    ));
+    let err_task = tokio::spawn(pump(Box::new(err), STDERR, stderr, tx.clone(), faults));
     drop(tx);
 
     let writer = tokio::spawn(async move {

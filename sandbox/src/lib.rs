@@ -10,6 +10,7 @@ pub mod actions;
 pub mod charm;
 pub mod ckf;
 pub mod env;
+pub mod fault_proxy;
 pub mod hook_tools;
 pub mod juju;
 pub mod k8s;
@@ -19,4 +20,4 @@ pub mod process;
 pub mod s3;
 pub mod seed;
 
-pub use env::{Info, Layout, Sandbox, UpOptions};
+pub use env::{Info, Layout, S3Role, Sandbox, UpOptions};

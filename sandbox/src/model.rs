@@ -174,6 +174,15 @@ pub struct Faults {
     /// Exec streams are cut after this many stdout bytes (a dropped connection).
     #[serde(default)]
     pub exec_cut_after_bytes: Option<u64>,
+    /// Only the next exec stream is cut (a blip), not every one.
+    #[serde(default)]
+    pub exec_cut_once: bool,
+    /// The next exec stream stops after this many stdout bytes and sets `exec_paused`; it goes
+    /// on when `exec_paused` is cleared (a test changes a file mid-copy in between).
+    #[serde(default)]
+    pub exec_pause_after_bytes: Option<u64>,
+    #[serde(default)]
+    pub exec_paused: bool,
     /// Applications whose deleted pods never come back (an image that cannot be pulled).
     #[serde(default)]
     pub pods_stuck: BTreeSet<String>,

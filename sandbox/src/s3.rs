@@ -92,9 +92,29 @@ pub fn start_weed(
     buckets: &[&str],
     die_with_parent: bool,
 ) -> Result<WeedServer> {
+    start_weed_with(dir, access_key, secret_key, buckets, die_with_parent, None)
+}
+
+/// A certificate and key for the S3 port, and the CA that signed them (to check readiness).
+#[derive(Debug, Clone, serde::Serialize, serde::Deserialize)]
+pub struct TlsFiles {
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub ca: PathBuf,
+}
+
+/// [`start_weed`], serving S3 over HTTPS only when `tls` is given.
+pub fn start_weed_with(
+    dir: &Path,
+    access_key: &str,
+    secret_key: &str,
+    buckets: &[&str],
+    die_with_parent: bool,
+    tls: Option<&TlsFiles>,
+) -> Result<WeedServer> {
     let mut last = None;
     for _ in 0..3 {
-        match start_weed_once(dir, access_key, secret_key, buckets, die_with_parent) {
+        match start_weed_once(dir, access_key, secret_key, buckets, die_with_parent, tls) {
             Ok(s) => return Ok(s),
             Err(e) => last = Some(e),
         }
@@ -108,8 +128,8 @@ fn start_weed_once(
     secret_key: &str,
     buckets: &[&str],
     die_with_parent: bool,
+    tls: Option<&TlsFiles>,
 ) -> Result<WeedServer> {
-    let weed = weed_binary()?;
     for sub in ["data", "logs", "tmp"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
@@ -118,7 +138,9 @@ fn start_weed_once(
             "name": "sandbox-admin",
             "credentials": [{"accessKey": access_key, "secretKey": secret_key}],
             "actions": ["Admin", "Read", "Write", "List", "Tagging"]
-        }]
+        }],
+        // A local KMS, so that SSE-KMS writes (alias/seaweedfs-default) work as on AWS.
+        "kms": {"default_provider": "local", "providers": {"local": {"type": "local"}}}
     });
     let config_path = dir.join("s3.json");
     std::fs::write(&config_path, serde_json::to_vec_pretty(&config)?)?;
@@ -166,9 +188,96 @@ fn start_weed_once(
     if !buckets.is_empty() {
         args.push(format!("-bucket={}", buckets.join(",")));
     }
-    let log = std::fs::File::create(dir.join("logs/weed.out"))?;
+    if let Some(t) = tls {
+        // The S3 port then speaks HTTPS only.
+        args.push(format!("-s3.cert.file={}", t.cert.display()));
+        args.push(format!("-s3.key.file={}", t.key.display()));
+    }
+    let launch = Launch {
+        tls: tls.cloned(),
+        args,
+        s3_port: s3,
+        grpc_ports: vec![master_g, volume_g, filer_g, s3_g, admin_g],
+        access_key: access_key.into(),
+        secret_key: secret_key.into(),
+        buckets: buckets.iter().map(|b| b.to_string()).collect(),
+    };
+    std::fs::write(dir.join(LAUNCH), serde_json::to_vec_pretty(&launch)?)?;
+    launch_weed(dir, &launch, die_with_parent)
+}
+
+/// How a server in `dir` was started, so that it can be started again the same way.
+#[derive(serde::Serialize, serde::Deserialize)]
+struct Launch {
+    #[serde(default)]
+    tls: Option<TlsFiles>,
+    args: Vec<String>,
+    s3_port: u16,
+    grpc_ports: Vec<u16>,
+    access_key: String,
+    secret_key: String,
+    buckets: Vec<String>,
+}
+
+const LAUNCH: &str = "launch.json";
+
+/// Starts the server that ran in `dir` again, on the same ports and over the same data: a
+/// restart after a crash (a test kills it with SIGKILL first).
+pub fn restart_weed(dir: &Path, die_with_parent: bool) -> Result<WeedServer> {
+    let mut launch: Launch = serde_json::from_slice(
+        &std::fs::read(dir.join(LAUNCH))
+            .with_context(|| format!("{}: no server started there", dir.display()))?,
+    )?;
+    let deadline = Instant::now() + Duration::from_secs(30);
+    // The old process's ports are free once the kernel has closed its sockets.
+    while std::net::TcpListener::bind(("127.0.0.1", launch.s3_port)).is_err() {
+        if Instant::now() > deadline {
+            bail!(
+                "port {} is still taken: is the old server still running?",
+                launch.s3_port
+            );
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // Only the S3 port must stay (clients know it); the others may have been taken by
+    // anything since, so they are picked afresh (the data does not depend on them).
+    let mut taken = vec![launch.s3_port];
+    let mut grpc = vec![];
+    for a in launch.args.iter_mut() {
+        let Some((flag, _)) = a.split_once('=') else {
+            continue;
+        };
+        let flag = flag.to_string();
+        let internal = ["-master.port", "-volume.port", "-filer.port", "-admin.port"]
+            .iter()
+            .any(|p| flag.starts_with(p))
+            || flag == "-s3.port.grpc";
+        if !internal {
+            continue;
+        }
+        let mut p = free_port()?;
+        while taken.contains(&p) {
+            p = free_port()?;
+        }
+        taken.push(p);
+        if flag.ends_with(".grpc") {
+            grpc.push(p);
+        }
+        *a = format!("{flag}={p}");
+    }
+    launch.grpc_ports = grpc;
+    std::fs::write(dir.join(LAUNCH), serde_json::to_vec_pretty(&launch)?)?;
+    launch_weed(dir, &launch, die_with_parent)
+}
+
+fn launch_weed(dir: &Path, launch: &Launch, die_with_parent: bool) -> Result<WeedServer> {
+    let weed = weed_binary()?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(dir.join("logs/weed.out"))?;
     let mut cmd = Command::new(&weed);
-    cmd.args(&args)
+    cmd.args(&launch.args)
         .env("TMPDIR", dir.join("tmp"))
         .current_dir(dir)
         .stdin(Stdio::null())
@@ -180,17 +289,27 @@ fn start_weed_once(
         .with_context(|| format!("starting {}", weed.display()))?;
     let server = WeedServer {
         pid: child.id(),
-        s3_port: s3,
-        grpc_ports: vec![master_g, volume_g, filer_g, s3_g, admin_g],
+        s3_port: launch.s3_port,
+        grpc_ports: launch.grpc_ports.clone(),
     };
+    let s3 = launch.s3_port;
+    let buckets: Vec<&str> = launch.buckets.iter().map(String::as_str).collect();
     let deadline = Instant::now() + Duration::from_secs(60);
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()?;
     loop {
-        if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok()
-            && buckets_ready(&rt, &server, access_key, secret_key, buckets)
-        {
+        let ready = match &launch.tls {
+            Some(t) => rt.block_on(https_answers(s3, &t.ca)),
+            None => buckets_ready(
+                &rt,
+                &server,
+                &launch.access_key,
+                &launch.secret_key,
+                &buckets,
+            ),
+        };
+        if std::net::TcpStream::connect(("127.0.0.1", s3)).is_ok() && ready {
             return Ok(server);
         }
         if !crate::process::alive(server.pid) || Instant::now() > deadline {
@@ -210,6 +329,28 @@ fn start_weed_once(
         }
         std::thread::sleep(Duration::from_millis(100));
     }
+}
+
+/// An HTTPS server on `port` completes a handshake trusting only `ca` and answers (403 to an
+/// unsigned request is an answer).
+async fn https_answers(port: u16, ca: &Path) -> bool {
+    let Ok(pem) = std::fs::read(ca) else {
+        return false;
+    };
+    let Ok(cert) = reqwest::Certificate::from_pem(&pem) else {
+        return false;
+    };
+    let Ok(client) = reqwest::Client::builder()
+        .add_root_certificate(cert)
+        .build()
+    else {
+        return false;
+    };
+    client
+        .get(format!("https://127.0.0.1:{port}/"))
+        .send()
+        .await
+        .is_ok()
 }
 
 fn buckets_ready(

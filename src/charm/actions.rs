@@ -90,7 +90,7 @@ fn ready(env: &DispatchEnv, tools: &HookTools) -> Result<Ready, String> {
 }
 
 fn destination(ready: &Ready) -> Result<Store, String> {
-    Store::s3(&ready.destination.settings).map_err(|e| format!("destination: {e}"))
+    status::destination_store(&ready.destination)
 }
 
 /// `action-log` lines from progress events; byte counts at most every few seconds.
@@ -125,13 +125,6 @@ fn context(env: &DispatchEnv, tools: &HookTools) -> Result<(Context, controller:
         &ready.settings.model,
     )?;
     let minio = relations::minio(tools).map_err(|e| format!("object-storage relation: {e}"))?;
-    if !ready.destination.tls_ca_chain.is_empty() {
-        // Read and carried; trusting a private CA is the TLS work still to come.
-        let _ = tools.action_log(&format!(
-            "warning: s3-integrator sent a tls-ca-chain of {} certificate(s); the endpoint is checked against the public roots only",
-            ready.destination.tls_ca_chain.len()
-        ));
-    }
     let ctx = Context {
         juju: client.juju.clone(),
         names: ready.settings.names.clone(),

@@ -8,7 +8,7 @@ use crate::control_plane::MinioAccess;
 use crate::hook_tools::{Bag, HookToolError, HookTools};
 use crate::juju::ObjectStorage;
 use crate::secret::Secret;
-use crate::store::{S3Settings, UriStyle};
+use crate::store::{S3Settings, Sse, UriStyle, SSE_HEADER, SSE_KMS_KEY_HEADER};
 
 pub const S3_ENDPOINT: &str = "s3-credentials";
 pub const OBJECT_STORAGE_ENDPOINT: &str = "object-storage";
@@ -100,6 +100,12 @@ pub fn s3_destination(
             format!("s3-integrator's tls-ca-chain is not a JSON list of PEM certificates: {e}")
         })?,
     };
+    for pem in &tls_ca_chain {
+        crate::tls::parse_chain(pem, "s3-integrator's tls-ca-chain").map_err(|e| {
+            format!("{e}: `juju config s3-integrator tls-ca-chain=\"$(base64 -w0 ca.pem)\"`")
+        })?;
+    }
+    let sse = sse_from_attributes(get("attributes"))?;
     Ok(S3Destination {
         relation: relation.to_string(),
         settings: S3Settings {
@@ -110,10 +116,41 @@ pub fn s3_destination(
             uri_style,
             access_key: access,
             secret_key,
+            sse,
         },
         tls_ca_chain,
         version,
     })
+}
+
+/// Server-side encryption from s3-integrator's `attributes` (a JSON list of `header:value`, the
+/// HTTP headers it wants on writes). The encryption headers are honoured; a malformed list is
+/// an error; other headers are not sent (none of them changes what is stored).
+fn sse_from_attributes(attributes: Option<&str>) -> Result<Option<Sse>, String> {
+    let Some(raw) = attributes else {
+        return Ok(None);
+    };
+    let bad = |why: String| {
+        format!("s3-integrator's attributes {raw:?}: {why}: `juju config s3-integrator attributes=x-amz-server-side-encryption:aws:kms`")
+    };
+    let list: Vec<String> = serde_json::from_str(raw)
+        .map_err(|e| bad(format!("not a JSON list of header:value strings ({e})")))?;
+    let (mut mode, mut key) = (None, None);
+    for item in &list {
+        let (name, value) = item
+            .split_once(':')
+            .ok_or_else(|| bad(format!("{item:?} has no `:` between header and value")))?;
+        match name.trim().to_ascii_lowercase().as_str() {
+            SSE_HEADER => mode = Some(value.trim().to_string()),
+            SSE_KMS_KEY_HEADER => key = Some(value.trim().to_string()),
+            _ => {}
+        }
+    }
+    match (mode, key) {
+        (None, None) => Ok(None),
+        (None, Some(_)) => Err(bad(format!("{SSE_KMS_KEY_HEADER} without {SSE_HEADER}"))),
+        (Some(m), k) => Sse::parse(&m, k.as_deref()).map(Some).map_err(bad),
+    }
 }
 
 /// The destination, as the relation has it now; `broken` is a relation on its way out (older

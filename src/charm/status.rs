@@ -95,9 +95,9 @@ pub fn assess(app: &str, tools: &HookTools, broken: Option<&str>) -> Assessment 
     if let Err(m) = access {
         return Assessment::new(Status::Blocked, m);
     }
-    let store = match Store::s3(&ready.destination.settings) {
+    let store = match destination_store(&ready.destination) {
         Ok(s) => s,
-        Err(e) => return Assessment::new(Status::Blocked, format!("destination: {e}")),
+        Err(e) => return Assessment::new(Status::Blocked, e),
     };
     let summary = crate::interrupt::runtime()
         .map_err(|e| e.to_string())
@@ -115,6 +115,15 @@ pub fn assess(app: &str, tools: &HookTools, broken: Option<&str>) -> Assessment 
 }
 
 /// `last backup 20261123T080841Z-be2523 2h ago (3 backups)`, and a newer failure if any.
+/// The destination's store, with s3-integrator's CA chain trusted first (the hook or action
+/// has started no thread yet).
+pub fn destination_store(d: &relations::S3Destination) -> Result<Store, String> {
+    if !d.tls_ca_chain.is_empty() {
+        crate::tls::trust_chain(&d.tls_ca_chain, "s3-integrator's tls-ca-chain")?;
+    }
+    Store::s3(&d.settings).map_err(|e| format!("destination: {e}"))
+}
+
 pub fn describe(s: &Summary, destination: &str, now: DateTime<Utc>) -> String {
     let ago = |t: DateTime<Utc>| {
         let secs = (now - t).num_seconds().max(0) as u64;

@@ -73,6 +73,8 @@ pub struct Plan {
     pub env_file: String,
     pub juju_data: Vec<(&'static str, String)>,
     pub token: String,
+    /// s3-integrator's tls-ca-chain as one PEM file (empty: none).
+    pub ca_chain: String,
 }
 
 pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
@@ -126,6 +128,26 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
     };
     // Everything about the destination in the file: the keys are secret, the rest belongs
     // with them.
+    let ca_chain: String = ready
+        .destination
+        .tls_ca_chain
+        .iter()
+        .map(|p| format!("{}\n", p.trim()))
+        .collect();
+    let mut optional = vec![];
+    if !ca_chain.is_empty() {
+        optional.push(("BACKUP_AGENT_S3_TLS_CA_CHAIN", format!("{HOME}/ca.pem")));
+    }
+    match &d.sse {
+        Some(crate::store::Sse::S3) => optional.push(("BACKUP_AGENT_S3_SSE", "AES256".into())),
+        Some(crate::store::Sse::Kms { key_id }) => {
+            optional.push(("BACKUP_AGENT_S3_SSE", "aws:kms".into()));
+            if let Some(k) = key_id {
+                optional.push(("BACKUP_AGENT_S3_SSE_KMS_KEY_ID", k.clone()));
+            }
+        }
+        None => {}
+    }
     let env_file = [
         ("BACKUP_AGENT_S3_ENDPOINT", d.endpoint.clone()),
         ("BACKUP_AGENT_S3_BUCKET", d.bucket.clone()),
@@ -142,6 +164,7 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         ),
     ]
     .iter()
+    .chain(&optional)
     .map(|(k, v)| format!("{k}={v}\n"))
     .collect();
     Plan {
@@ -153,6 +176,7 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         env_file,
         juju_data: access.juju_data_files(),
         token,
+        ca_chain,
     }
 }
 
@@ -213,6 +237,7 @@ pub fn configure(
         config.update(body.as_bytes());
     }
     config.update(plan.token.as_bytes());
+    config.update(plan.ca_chain.as_bytes());
     let binaries = format!("{}\n{}", stamp(&me), stamp(&juju));
     config.update(binaries.as_bytes());
     let config_hash = hex::encode(config.finalize())[..16].to_string();
@@ -251,6 +276,9 @@ pub fn configure(
             ),
             (format!("{HOME}/token"), plan.token.as_bytes().to_vec()),
         ];
+        if !plan.ca_chain.is_empty() {
+            files.push((format!("{HOME}/ca.pem"), plan.ca_chain.as_bytes().to_vec()));
+        }
         for (name, body) in &plan.juju_data {
             files.push((format!("{HOME}/juju-data/{name}"), body.as_bytes().to_vec()));
         }

@@ -89,6 +89,7 @@ pub fn s3_store(
         uri_style: UriStyle::Path,
         access_key: Secret::new(server.access_key.clone()),
         secret_key: Secret::new(server.secret_key.clone()),
+        sse: None,
     })
     .unwrap()
 }
@@ -152,4 +153,126 @@ pub fn backup(sb: &Sandbox, label: &str) -> String {
     assert_eq!(code, 0, "{out}\n{err}");
     let v: serde_json::Value = serde_json::from_str(&out).unwrap();
     v["statefile"]["backup-id"].as_str().unwrap().to_string()
+}
+
+/// Polls `ok` every 20 ms until it holds; fails the test naming `what` after `limit`.
+pub fn wait_for(what: &str, limit: std::time::Duration, mut ok: impl FnMut() -> bool) {
+    let deadline = std::time::Instant::now() + limit;
+    while !ok() {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "{what}: not reached in {limit:?}"
+        );
+        std::thread::sleep(std::time::Duration::from_millis(20));
+    }
+}
+
+/// Starts the `backup-agent` CLI in the background (stdout and stderr piped), with `env` on
+/// top of the sandbox's.
+pub fn spawn_agent(sb: &Sandbox, args: &[&str], env: &[(&str, &str)]) -> std::process::Child {
+    use std::process::Stdio;
+    let mut cmd = sb.command(env!("CARGO_BIN_EXE_backup-agent"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    for (k, v) in env {
+        cmd.env(k, v);
+    }
+    cmd.spawn().expect("starting backup-agent")
+}
+
+/// Waits for a background run: (exit code, stdout, stderr).
+pub fn finish(child: std::process::Child) -> (i32, String, String) {
+    let out = child.wait_with_output().expect("waiting for backup-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
+}
+
+/// Ids of the completed backups, oldest first.
+pub fn completed_ids(sb: &Sandbox) -> Vec<String> {
+    statefiles(sb)
+        .into_iter()
+        .filter(|s| s.phase == backup_agent::catalog::Phase::Completed)
+        .map(|s| s.backup_id)
+        .collect()
+}
+
+/// Every object of a store: key → (sha256 of the bytes, content type).
+pub fn contents(
+    store: &backup_agent::store::Store,
+) -> std::collections::BTreeMap<String, (String, String)> {
+    use sha2::Digest;
+    let rt = rt();
+    let keys = rt.block_on(store.list("")).unwrap();
+    keys.into_iter()
+        .map(|o| {
+            let (bytes, meta) = rt.block_on(store.get_with_meta(&o.key)).unwrap();
+            (
+                o.key,
+                (hex::encode(sha2::Sha256::digest(&bytes)), meta.content_type),
+            )
+        })
+        .collect()
+}
+
+/// Edits the `data` YAML string of minio's object-storage databag.
+pub fn with_minio_data<T>(sb: &Sandbox, f: impl FnOnce(&mut String) -> T) -> T {
+    let mut f = Some(f);
+    sb.model()
+        .update(|m| {
+            let r = m
+                .relations
+                .iter_mut()
+                .find(|r| r.interface == "object-storage")
+                .unwrap();
+            let data = r
+                .app_data
+                .get_mut("minio")
+                .unwrap()
+                .get_mut("data")
+                .unwrap();
+            Ok((f.take().unwrap())(data))
+        })
+        .unwrap()
+}
+
+/// Replaces the secret key in minio's object-storage relation data; returns the old one.
+pub fn set_minio_relation_secret(sb: &Sandbox, secret: &str) -> String {
+    with_minio_data(sb, |data| {
+        let old = data
+            .lines()
+            .find_map(|l| l.strip_prefix("secret-key: "))
+            .unwrap()
+            .to_string();
+        *data = data.replace(
+            &format!("secret-key: {old}"),
+            &format!("secret-key: {secret}"),
+        );
+        old
+    })
+}
+
+/// Runs the `backup-agent` CLI outside any sandbox: no `BACKUP_AGENT_*`, `SSL_CERT_FILE` or
+/// `RUST_LOG` from the test's environment, only `env`; (exit code, stdout, stderr).
+pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
+    let mut cmd = std::process::Command::new(env!("CARGO_BIN_EXE_backup-agent"));
+    cmd.args(args)
+        .env_remove("RUST_LOG")
+        .env_remove("SSL_CERT_FILE");
+    for (k, _) in std::env::vars() {
+        if k.starts_with("BACKUP_AGENT_") {
+            cmd.env_remove(k);
+        }
+    }
+    cmd.envs(env.iter().copied());
+    let out = cmd.output().expect("running backup-agent");
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
+        String::from_utf8_lossy(&out.stderr).into_owned(),
+    )
 }

@@ -1,0 +1,294 @@
+//! A fault-injecting HTTP proxy to put in front of an S3 server: the network between
+//! backup-agent and its S3 endpoints, made slow or broken on demand.
+//!
+//! It forwards every request as it came (the `Host` header included, so SigV4 signatures made
+//! for the proxy's address still verify at the server) and streams bodies both ways. Faults:
+//! latency before each request; requests whose path contains a pattern held until released (to
+//! change the store between a listing and a read, or to act mid-transfer); the next N requests
+//! answered with an S3 error (500 InternalError, 503 SlowDown, 507...); a new upstream (a
+//! server restarted on other ports). It also records each request's method, path and the
+//! headers a test may need to see (server-side encryption), never a signature or a body.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU32, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use anyhow::{Context, Result};
+use axum::body::Body;
+use axum::extract::{Request, State};
+use axum::response::Response;
+
+/// What a test sees of a request that went through.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    /// Path and query, as sent.
+    pub target: String,
+    /// The `x-amz-server-side-encryption*` headers.
+    pub sse: BTreeMap<String, String>,
+}
+
+#[derive(Default)]
+struct Faults {
+    latency_ms: AtomicU64,
+    fail_left: AtomicU32,
+    fail_status: AtomicU32,
+    hold: Mutex<Option<String>>,
+    held: AtomicU32,
+}
+
+struct Shared {
+    upstream: Mutex<String>,
+    faults: Faults,
+    released: tokio::sync::Notify,
+    seen: Mutex<Vec<Seen>>,
+    client: reqwest::Client,
+}
+
+/// A running proxy; it stops when dropped.
+pub struct FaultProxy {
+    pub addr: SocketAddr,
+    shared: Arc<Shared>,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    thread: Option<std::thread::JoinHandle<()>>,
+}
+
+impl FaultProxy {
+    /// Listens on a free port of 127.0.0.1 and forwards to `upstream` (`http://127.0.0.1:P`).
+    pub fn start(upstream: &str) -> Result<FaultProxy> {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").context("binding the proxy")?;
+        listener.set_nonblocking(true)?;
+        let addr = listener.local_addr()?;
+        let shared = Arc::new(Shared {
+            upstream: Mutex::new(upstream.trim_end_matches('/').to_string()),
+            faults: Faults::default(),
+            released: tokio::sync::Notify::new(),
+            seen: Mutex::new(vec![]),
+            // No pooling across a restart of the server behind: a fresh connection per request
+            // is what a restarted server would force anyway.
+            client: reqwest::Client::builder()
+                .pool_max_idle_per_host(0)
+                .build()
+                .context("building the proxy's client")?,
+        });
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let app = axum::Router::new()
+            .fallback(forward)
+            .with_state(shared.clone());
+        let rt = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()?;
+        let thread = std::thread::spawn(move || {
+            rt.block_on(async move {
+                let listener =
+                    tokio::net::TcpListener::from_std(listener).expect("a bound listener");
+                let _ = axum::serve(listener, app)
+                    .with_graceful_shutdown(async {
+                        let _ = stopped.await;
+                    })
+                    .await;
+            });
+            // In-flight requests of a test that is over do not hold the test up.
+            rt.shutdown_timeout(Duration::from_millis(100));
+        });
+        Ok(FaultProxy {
+            addr,
+            shared,
+            stop: Some(stop),
+            thread: Some(thread),
+        })
+    }
+
+    pub fn endpoint(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    /// Forward to another server from now on (one restarted on other ports).
+    pub fn set_upstream(&self, upstream: &str) {
+        *self.shared.upstream.lock().unwrap() = upstream.trim_end_matches('/').to_string();
+    }
+
+    /// Waits this long before forwarding each request.
+    pub fn set_latency(&self, d: Duration) {
+        self.shared
+            .faults
+            .latency_ms
+            .store(d.as_millis() as u64, Ordering::SeqCst);
+    }
+
+    /// Answers the next `n` requests with `status` and the S3 error S3 gives for it, without
+    /// forwarding them.
+    pub fn fail_next(&self, n: u32, status: u16) {
+        self.shared
+            .faults
+            .fail_status
+            .store(status as u32, Ordering::SeqCst);
+        self.shared.faults.fail_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Requests still to be failed.
+    pub fn failures_left(&self) -> u32 {
+        self.shared.faults.fail_left.load(Ordering::SeqCst)
+    }
+
+    /// Holds every request whose path contains `pattern` until [`FaultProxy::release`].
+    pub fn hold(&self, pattern: &str) {
+        *self.shared.faults.hold.lock().unwrap() = Some(pattern.to_string());
+    }
+
+    /// Requests being held now.
+    pub fn held(&self) -> u32 {
+        self.shared.faults.held.load(Ordering::SeqCst)
+    }
+
+    /// Lets held requests (and later ones) through.
+    pub fn release(&self) {
+        *self.shared.faults.hold.lock().unwrap() = None;
+        self.shared.released.notify_waiters();
+    }
+
+    /// Every request forwarded or failed so far.
+    pub fn seen(&self) -> Vec<Seen> {
+        self.shared.seen.lock().unwrap().clone()
+    }
+
+    /// Ends every fault.
+    pub fn clear(&self) {
+        self.set_latency(Duration::ZERO);
+        self.fail_next(0, 500);
+        self.release();
+    }
+}
+
+impl Drop for FaultProxy {
+    fn drop(&mut self) {
+        self.release();
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.thread.take() {
+            let _ = t.join();
+        }
+    }
+}
+
+/// The error code S3 sends with a status.
+fn s3_error(status: u16) -> (&'static str, &'static str) {
+    match status {
+        503 => ("SlowDown", "Please reduce your request rate."),
+        507 => (
+            "InsufficientStorage",
+            "Not enough space on the storage device.",
+        ),
+        _ => (
+            "InternalError",
+            "We encountered an internal error. Please try again.",
+        ),
+    }
+}
+
+// Hop-by-hop headers belong to one connection, not to the request.
+const HOP: [&str; 7] = [
+    "connection",
+    "keep-alive",
+    "proxy-connection",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
+    let method = req.method().clone();
+    let target = req
+        .uri()
+        .path_and_query()
+        .map(|p| p.as_str().to_string())
+        .unwrap_or_else(|| "/".into());
+    shared.seen.lock().unwrap().push(Seen {
+        method: method.to_string(),
+        target: target.clone(),
+        sse: req
+            .headers()
+            .iter()
+            .filter(|(k, _)| k.as_str().starts_with("x-amz-server-side-encryption"))
+            .map(|(k, v)| {
+                (
+                    k.as_str().to_string(),
+                    v.to_str().unwrap_or_default().to_string(),
+                )
+            })
+            .collect(),
+    });
+
+    let latency = shared.faults.latency_ms.load(Ordering::SeqCst);
+    if latency > 0 {
+        tokio::time::sleep(Duration::from_millis(latency)).await;
+    }
+    let held = {
+        let pattern = shared.faults.hold.lock().unwrap().clone();
+        pattern.is_some_and(|p| target.contains(&p))
+    };
+    if held {
+        let released = shared.released.notified();
+        tokio::pin!(released);
+        // Registered before counting, so a release right after the count is not missed.
+        released.as_mut().enable();
+        shared.faults.held.fetch_add(1, Ordering::SeqCst);
+        if shared.faults.hold.lock().unwrap().is_some() {
+            released.await;
+        }
+        shared.faults.held.fetch_sub(1, Ordering::SeqCst);
+    }
+
+    let failing = shared
+        .faults
+        .fail_left
+        .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+        .is_ok();
+    if failing {
+        let status = shared.faults.fail_status.load(Ordering::SeqCst) as u16;
+        let (code, message) = s3_error(status);
+        let body = format!(
+            "<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>{code}</Code><Message>{message}</Message><Resource>{target}</Resource></Error>"
+        );
+        return Response::builder()
+            .status(status)
+            .header("content-type", "application/xml")
+            .header("connection", "close")
+            .body(Body::from(body))
+            .expect("a valid response");
+    }
+    let upstream = shared.upstream.lock().unwrap().clone();
+    let (parts, body) = req.into_parts();
+    let mut out = shared
+        .client
+        .request(parts.method, format!("{upstream}{target}"));
+    for (k, v) in &parts.headers {
+        if !HOP.contains(&k.as_str()) {
+            out = out.header(k, v);
+        }
+    }
+    let out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    match out.send().await {
+        Ok(resp) => {
+            let mut b = Response::builder().status(resp.status().as_u16());
+            for (k, v) in resp.headers() {
+                if !HOP.contains(&k.as_str()) {
+                    b = b.header(k, v);
+                }
+            }
+            b.body(Body::from_stream(resp.bytes_stream()))
+                .expect("a valid response")
+        }
+        // What a load balancer in front of a dead server answers.
+        Err(e) => Response::builder()
+            .status(502)
+            .header("content-type", "text/plain")
+            .body(Body::from(format!("proxy: upstream {upstream}: {e}")))
+            .expect("a valid response"),
+    }
+}
