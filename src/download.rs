@@ -350,9 +350,6 @@ async fn download_mysql(
             .get_stream(&o.key, &mut f)
             .await
             .map_err(|e| e.to_string())?;
-        f.flush()
-            .await
-            .map_err(|e| format!("{}: {e}", path.display()))?;
         n += 1;
         b += o.size;
     }

@@ -298,12 +298,6 @@ pub async fn fetch_and_verify(
         .get_stream(&capture.key, &mut f)
         .await
         .map_err(|e| format!("downloading into {}: {e}", zst.display()))?;
-    // tokio writes a file from a background thread: without a flush the last chunk may not
-    // be in it yet when the decompression below opens it.
-    use tokio::io::AsyncWriteExt;
-    f.flush()
-        .await
-        .map_err(|e| format!("{}: {e}", zst.display()))?;
     drop(f);
     let (zst2, dest2) = (zst.clone(), dest.to_path_buf());
     let expected = capture.clone();

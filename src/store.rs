@@ -388,10 +388,7 @@ impl Store {
         match self {
             Store::S3(s) => {
                 let full = join_root(&s.root, key);
-                s.bucket
-                    .put_object_builder(&full, data)
-                    .with_content_type(content_type)
-                    .with_headers(s.write_headers.clone())
+                s.small_put(&full, data, content_type)
                     .execute()
                     .await
                     .map_err(|e| Self::s3_error(s, "put", key, e))?;
@@ -417,10 +414,7 @@ impl Store {
             Store::S3(s) => {
                 let full = join_root(&s.root, key);
                 let sent = s
-                    .bucket
-                    .put_object_builder(&full, data)
-                    .with_content_type(content_type)
-                    .with_headers(s.write_headers.clone())
+                    .small_put(&full, data, content_type)
                     .with_header("If-None-Match", "*")
                     .map_err(|e| Self::s3_error(s, "put", key, e))?
                     .execute()
@@ -572,6 +566,14 @@ impl Store {
                     .get_object_to_writer(&full, &mut counted)
                     .await
                     .map_err(|e| Self::s3_error(s, "get", key, e))?;
+                // A tokio file writes from a background thread: the last chunk is only in it
+                // once flushed, and callers read what they fetched right after.
+                counted.flush().await.map_err(|e| StoreError::Transient {
+                    op: "get",
+                    key: key.to_string(),
+                    endpoint: s.endpoint.clone(),
+                    detail: format!("writing what was read: {e}"),
+                })?;
                 Ok(n)
             }
             Store::Local(l) => {
@@ -714,6 +716,19 @@ fn meta_from_headers(
 }
 
 impl S3Store {
+    /// One PutObject of `data`, with the headers every new object carries (encryption).
+    fn small_put<'a>(
+        &'a self,
+        full: &'a str,
+        data: &'a [u8],
+        content_type: &str,
+    ) -> s3::PutObjectRequest<'a> {
+        self.bucket
+            .put_object_builder(full, data)
+            .with_content_type(content_type)
+            .with_headers(self.write_headers.clone())
+    }
+
     fn err(&self, op: &'static str, key: &str, e: s3::error::S3Error) -> StoreError {
         Store::s3_error(self, op, key, e)
     }
@@ -757,11 +772,7 @@ impl S3Store {
         let first = read_part(reader, part).await.map_err(io)?;
         if (first.len() as u64) < part {
             verdict.await?;
-            let mut req = self
-                .bucket
-                .put_object_builder(&full, &first)
-                .with_content_type(content_type)
-                .with_headers(self.write_headers.clone());
+            let mut req = self.small_put(&full, &first, content_type);
             for (k, v) in metadata {
                 req = req
                     .with_metadata(k, v)

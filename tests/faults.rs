@@ -119,6 +119,16 @@ fn damage_minio(sb: &Sandbox) {
 
 const MID: Duration = Duration::from_secs(60);
 
+/// Changes the sandbox's injected faults.
+fn set_faults(sb: &Sandbox, f: impl FnOnce(&mut backup_agent_sandbox::model::Faults)) {
+    sb.model()
+        .update(|m| {
+            f(&mut m.faults);
+            Ok(())
+        })
+        .unwrap();
+}
+
 /// After a restore, mysql-k8s takes no backup until it is given a new S3 path (it says
 /// "Move restored cluster to another S3 repository"): the next backup is of the other parts.
 const AFTER_RESTORE: [&str; 2] = ["--components", "mlmd,mlpipeline"];
@@ -478,12 +488,7 @@ fn juju_cli_missing() {
 }
 
 fn set_juju_errors(sb: &Sandbox, n: u32) {
-    sb.model()
-        .update(|m| {
-            m.faults.juju_errors = n;
-            Ok(())
-        })
-        .unwrap();
+    set_faults(sb, |f| f.juju_errors = n);
 }
 
 #[test]
@@ -535,12 +540,9 @@ fn an_action_that_times_out() {
     let sb = sandbox(4, 0);
     let id = backs_up(&sb, &[], &[]);
     let b = before(&sb);
-    sb.model()
-        .update(|m| {
-            m.faults.action_delay_ms = 5000;
-            Ok(())
-        })
-        .unwrap();
+    set_faults(&sb, |f| {
+        f.action_delay_ms = 5000;
+    });
     let run = agent(&sb, &["create-backup", "--action-timeout", "1s"], &[]);
     failed_cleanly(&sb, &b, &run, &["1s", "juju show-task"]);
     newest_failed(&sb);
@@ -557,12 +559,9 @@ fn an_action_that_times_out() {
     );
     failed_cleanly(&sb, &b, &run, &["1s", "juju show-task"]);
     restore_recorded_failed(&sb, &id);
-    sb.model()
-        .update(|m| {
-            m.faults.action_delay_ms = 0;
-            Ok(())
-        })
-        .unwrap();
+    set_faults(&sb, |f| {
+        f.action_delay_ms = 0;
+    });
     // The timed-out restore action finished in the background: kfp-db now waits for a new S3
     // path, as mysql-k8s does after any restore.
     backs_up(&sb, &AFTER_RESTORE, &[]);
@@ -574,16 +573,13 @@ fn a_scale_that_never_settles_is_a_bounded_wait() {
     let id = backs_up(&sb, &[], &[]);
     let b = before(&sb);
     let hang = |on: bool| {
-        sb.model()
-            .update(|m| {
-                if on {
-                    m.faults.hang_scale.insert("kfp-metadata-writer".into());
-                } else {
-                    m.faults.hang_scale.clear();
-                }
-                Ok(())
-            })
-            .unwrap()
+        set_faults(&sb, |f| {
+            if on {
+                f.hang_scale.insert("kfp-metadata-writer".into());
+            } else {
+                f.hang_scale.clear();
+            }
+        })
     };
     hang(true);
     let started = std::time::Instant::now();
@@ -619,12 +615,7 @@ fn a_scale_that_never_settles_is_a_bounded_wait() {
 // ---- Kubernetes ----
 
 fn set_k8s_down(sb: &Sandbox, down: bool) {
-    sb.model()
-        .update(|m| {
-            m.faults.k8s_unavailable = down;
-            Ok(())
-        })
-        .unwrap();
+    set_faults(sb, |f| f.k8s_unavailable = down);
 }
 
 #[test]
@@ -644,13 +635,10 @@ fn kubernetes_api_down() {
 #[test]
 fn an_exec_stream_cut_once_is_detected_and_retried() {
     let sb = sandbox(4, 0);
-    sb.model()
-        .update(|m| {
-            m.faults.exec_cut_after_bytes = Some(4096);
-            m.faults.exec_cut_once = true;
-            Ok(())
-        })
-        .unwrap();
+    set_faults(&sb, |f| {
+        f.exec_cut_after_bytes = Some(4096);
+        f.exec_cut_once = true;
+    });
     let b = before(&sb);
     let (code, out, err) = agent(
         &sb,
@@ -675,12 +663,9 @@ fn an_exec_stream_cut_once_is_detected_and_retried() {
 #[test]
 fn the_mlmd_file_changing_during_the_copy_is_detected() {
     let sb = sandbox(4, 0);
-    sb.model()
-        .update(|m| {
-            m.faults.exec_pause_after_bytes = Some(8192);
-            Ok(())
-        })
-        .unwrap();
+    set_faults(&sb, |f| {
+        f.exec_pause_after_bytes = Some(8192);
+    });
     let child = spawn_agent(
         &sb,
         &["create-backup", "--components", "mlmd", "--output", "json"],
@@ -694,12 +679,9 @@ fn the_mlmd_file_changing_during_the_copy_is_detected() {
     db.execute_batch("CREATE TABLE written_mid_copy(x); INSERT INTO written_mid_copy VALUES (1);")
         .unwrap();
     drop(db);
-    sb.model()
-        .update(|m| {
-            m.faults.exec_paused = false;
-            Ok(())
-        })
-        .unwrap();
+    set_faults(&sb, |f| {
+        f.exec_paused = false;
+    });
     let (code, out, err) = finish(child);
     assert_eq!(code, 0, "{out}\n{err}");
     assert!(err.contains("changed"), "detected: {err}");

@@ -52,6 +52,29 @@ fn kill_at(child: &mut Child, reached: impl Fn() -> bool, extra: Duration) -> bo
     signal_at(child, reached, extra, libc::SIGKILL)
 }
 
+/// A restore of the parts that restore without mysql-k8s (which needs a new S3 path after).
+fn spawn_restore(sb: &Sandbox, id: &str) -> Child {
+    spawn(
+        sb,
+        &[
+            "restore",
+            id,
+            "--no-safety-backup",
+            "--components",
+            "mlmd,mlpipeline",
+        ],
+    )
+}
+
+/// A restore has written its journal: it is under way.
+fn restore_running(sb: &Sandbox) -> bool {
+    statefiles(sb).iter().any(|s| {
+        s.history
+            .iter()
+            .any(|h| h["event"] == "restore" && h["phase"] == "running")
+    })
+}
+
 fn verifies(sb: &Sandbox, id: &str) {
     let (code, out, err) = agent(sb, &["verify-backup", id, "--read-data"], &[]);
     assert_eq!(code, 0, "{id}: {out}\n{err}");
@@ -138,23 +161,8 @@ fn a_restore_killed_anywhere_is_repaired_by_the_next_run() {
     for seed in 0..3u64 {
         let mut rng = StdRng::seed_from_u64(100 + seed);
         let extra = Duration::from_millis(rng.random_range(0..2500));
-        let mut child = spawn(
-            &sb,
-            &[
-                "restore",
-                &id,
-                "--no-safety-backup",
-                "--components",
-                "mlmd,mlpipeline",
-            ],
-        );
-        let reached = || {
-            statefiles(&sb).iter().any(|s| {
-                s.history
-                    .iter()
-                    .any(|h| h["event"] == "restore" && h["phase"] == "running")
-            })
-        };
+        let mut child = spawn_restore(&sb, &id);
+        let reached = || restore_running(&sb);
         if !kill_at(&mut child, reached, extra) {
             continue;
         }
@@ -272,23 +280,8 @@ fn sigterm_anywhere_is_cleaned_up_by_the_run_itself() {
         assert_eq!(scales(&sb), before, "seed {seed}: backup's scales are back");
         assert!(!lock_held(&sb), "seed {seed}: lock released");
 
-        let mut child = spawn(
-            &sb,
-            &[
-                "restore",
-                &id,
-                "--no-safety-backup",
-                "--components",
-                "mlmd,mlpipeline",
-            ],
-        );
-        let reached = || {
-            statefiles(&sb).iter().any(|s| {
-                s.history
-                    .iter()
-                    .any(|h| h["event"] == "restore" && h["phase"] == "running")
-            })
-        };
+        let mut child = spawn_restore(&sb, &id);
+        let reached = || restore_running(&sb);
         let extra = Duration::from_millis(rng.random_range(0..1500));
         if signal_at(&mut child, reached, extra, libc::SIGTERM) {
             hit += 1;
