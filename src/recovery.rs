@@ -84,12 +84,13 @@ async fn put_back(
             Err(e) => return (journal, Err(format!("cannot read the model to put scales back: {e}")), notes),
         };
         let mut ours = vec![];
-        let mut restored_already = vec![];
         for (i, r) in journal.iter().enumerate().filter(|(_, r)| !r.restored) {
             match status.applications.get(&r.app).map(|a| a.scale.unwrap_or(a.units.len() as u32)) {
                 None => notes.push(format!("{} is not in the model any more: not scaled", r.app)),
-                // Killed before it changed this one: nothing to put back.
-                Some(now) if now == r.original => restored_already.push(i),
+                // At its original scale already (never changed, or the dead run's put-back was
+                // under way): scaling to it again is a no-op that lets the wait below see the
+                // units actually there.
+                Some(now) if now == r.original => ours.push(i),
                 Some(now) if now != r.changed_to => notes.push(format!(
                     "{} is at scale {now}, not the {} the dead run set: left as it is (it was {} before that run)",
                     r.app, r.changed_to, r.original
@@ -100,9 +101,6 @@ async fn put_back(
         let mut sub: Vec<ScaleRecord> = ours.iter().map(|i| journal[*i].clone()).collect();
         let r = quiesce::restore(&juju, &mut sub, wait, &p);
         let mut journal = journal;
-        for i in restored_already {
-            journal[i].restored = true;
-        }
         for (i, rec) in ours.into_iter().zip(sub) {
             journal[i] = rec;
         }
