@@ -240,7 +240,21 @@ pub fn restart_weed(dir: &Path, die_with_parent: bool) -> Result<WeedServer> {
         std::thread::sleep(Duration::from_millis(50));
     }
     // Only the S3 port must stay (clients know it); the others may have been taken by
-    // anything since, so they are picked afresh (the data does not depend on them).
+    // anything since, so they are picked afresh (the data does not depend on them), and again
+    // if one is taken between probing and binding, as `start_weed` does.
+    let mut last = None;
+    for _ in 0..3 {
+        fresh_internal_ports(&mut launch)?;
+        std::fs::write(dir.join(LAUNCH), serde_json::to_vec_pretty(&launch)?)?;
+        match launch_weed(dir, &launch, die_with_parent) {
+            Ok(s) => return Ok(s),
+            Err(e) => last = Some(e),
+        }
+    }
+    Err(last.expect("tried at least once"))
+}
+
+fn fresh_internal_ports(launch: &mut Launch) -> Result<()> {
     let mut taken = vec![launch.s3_port];
     let mut grpc = vec![];
     for a in launch.args.iter_mut() {
@@ -266,8 +280,7 @@ pub fn restart_weed(dir: &Path, die_with_parent: bool) -> Result<WeedServer> {
         *a = format!("{flag}={p}");
     }
     launch.grpc_ports = grpc;
-    std::fs::write(dir.join(LAUNCH), serde_json::to_vec_pretty(&launch)?)?;
-    launch_weed(dir, &launch, die_with_parent)
+    Ok(())
 }
 
 fn launch_weed(dir: &Path, launch: &Launch, die_with_parent: bool) -> Result<WeedServer> {
