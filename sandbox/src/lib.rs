@@ -5,19 +5,35 @@
 //! sidecar charm's workload container — over a model kept in a file, next to two real S3
 //! servers (SeaweedFS) standing in for MinIO and the destination. It is test and demo support:
 //! never shipped inside the charm.
+//!
+//! The modules, from the top (uses what is below) to the bottom (uses nothing of ours):
+//!
+//! ```text
+//! env          up/down/status of the whole sandbox; ckf: the Kubeflow model it starts with
+//! juju         the `juju` CLI: one `juju run`, one action-schema validator, status, deploy...
+//! charms       what each charm does: mysql-k8s and s3-integrator simulated, local ones run
+//! hook_tools   the unit agent's side: the hook context, the hook tools, running `dispatch`
+//! k8s pebble   the Kubernetes API server; a workload container's Pebble
+//! s3 seed      SeaweedFS servers and the fault proxy; deterministic test data
+//! model        the model file: state, faults, ids, its store
+//! outcome go_time process   what a command prints; Go's time formats; detached processes
+//! ```
 
-pub mod actions;
-pub mod charm;
-pub mod ckf;
+pub mod charms;
 pub mod env;
-pub mod fault_proxy;
+pub mod go_time;
 pub mod hook_tools;
 pub mod juju;
 pub mod k8s;
 pub mod model;
+pub mod outcome;
 pub mod pebble;
 pub mod process;
 pub mod s3;
 pub mod seed;
 
 pub use env::{Info, Layout, S3Role, Sandbox, UpOptions};
+
+// Old paths, kept while the product's tests and bench move to the new ones (issue 18).
+pub use env::ckf;
+pub use s3::fault_proxy;

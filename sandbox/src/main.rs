@@ -12,7 +12,7 @@ use serde_json::json;
 use backup_agent_sandbox::env::{self, Info, Layout, UpOptions};
 use backup_agent_sandbox::model::{ActionFault, ModelStore};
 use backup_agent_sandbox::seed::{BucketSpec, MlmdSpec};
-use backup_agent_sandbox::{charm, hook_tools, juju, k8s, pebble, seed};
+use backup_agent_sandbox::{charms, hook_tools, juju, k8s, pebble, seed};
 
 #[derive(Parser)]
 #[command(
@@ -217,7 +217,7 @@ fn juju_main(argv0: &str) -> i32 {
         }
     };
     let Some(dir) = dir.filter(|d| d.join("model.json").exists()) else {
-        eprintln!("ERROR {}", charm::NO_CONTROLLERS);
+        eprintln!("ERROR {}", juju::NO_CONTROLLERS);
         return 1;
     };
     let args: Vec<String> = std::env::args().skip(1).collect();
@@ -269,70 +269,10 @@ fn run(cli: Cli) -> Result<()> {
                 objects.len()
             );
         }
-        Cmd::Fault { fault } => {
-            let layout = Layout::new(&cli.dir)?;
-            layout
-                .model()
-                .update(|m| {
-                    match fault {
-                        FaultCmd::FailAction {
-                            unit,
-                            action,
-                            message,
-                        } => {
-                            if m.unit(&unit).is_none() {
-                                bail!("unit \"{unit}\" not found");
-                            }
-                            m.faults.fail_next_action.push(ActionFault {
-                                unit,
-                                action,
-                                message,
-                            });
-                        }
-                        FaultCmd::HangScale { app } => {
-                            if !m.apps.contains_key(&app) {
-                                bail!("application \"{app}\" not found");
-                            }
-                            m.faults.hang_scale.insert(app);
-                        }
-                        FaultCmd::JujuErrors { count } => m.faults.juju_errors = count,
-                        FaultCmd::SlowActions { ms } => m.faults.action_delay_ms = ms,
-                        FaultCmd::K8sDown => m.faults.k8s_unavailable = true,
-                        FaultCmd::ExecCut { bytes } => m.faults.exec_cut_after_bytes = Some(bytes),
-                        FaultCmd::PodStuck { app } => {
-                            m.faults.pods_stuck.insert(app);
-                        }
-                        FaultCmd::Workflow {
-                            name,
-                            namespace,
-                            phase,
-                        } => m
-                            .k8s
-                            .workflows
-                            .push(k8s::workflow(&name, &namespace, &phase)),
-                        FaultCmd::Experiment { name, namespace } => m
-                            .k8s
-                            .experiments
-                            .push(k8s::experiment(&name, &namespace, "Running")),
-                        FaultCmd::Clear => {
-                            m.faults = Default::default();
-                            m.k8s.workflows.clear();
-                            m.k8s.experiments.clear();
-                        }
-                    }
-                    Ok(())
-                })
-                .context("changing the sandbox model")?;
-            println!(
-                "{}",
-                json!({"faults": layout.model().read()?.faults.clone()})
-                    .to_string()
-                    .replace("\"faults\":", "faults: ")
-            );
-        }
+        Cmd::Fault { fault } => inject(&Layout::new(&cli.dir)?, fault)?,
         Cmd::RunTask { id } => {
             let layout = Layout::new(&cli.dir)?;
-            charm::run_task(&layout.model(), id)?;
+            charms::local::run_task(&layout.model(), id)?;
         }
         Cmd::Pebble {
             socket,
@@ -353,5 +293,68 @@ fn run(cli: Cli) -> Result<()> {
             tokio::runtime::Runtime::new()?.block_on(k8s::serve(layout.model(), port))?;
         }
     }
+    Ok(())
+}
+
+/// `fault ...`: changes the model's faults (or its running workloads) and prints them.
+fn inject(layout: &Layout, fault: FaultCmd) -> Result<()> {
+    layout
+        .model()
+        .update(|m| {
+            match fault {
+                FaultCmd::FailAction {
+                    unit,
+                    action,
+                    message,
+                } => {
+                    if m.unit(&unit).is_none() {
+                        bail!("unit \"{unit}\" not found");
+                    }
+                    m.faults.fail_next_action.push(ActionFault {
+                        unit,
+                        action,
+                        message,
+                    });
+                }
+                FaultCmd::HangScale { app } => {
+                    if !m.apps.contains_key(&app) {
+                        bail!("application \"{app}\" not found");
+                    }
+                    m.faults.hang_scale.insert(app);
+                }
+                FaultCmd::JujuErrors { count } => m.faults.juju_errors = count,
+                FaultCmd::SlowActions { ms } => m.faults.action_delay_ms = ms,
+                FaultCmd::K8sDown => m.faults.k8s_unavailable = true,
+                FaultCmd::ExecCut { bytes } => m.faults.exec_cut_after_bytes = Some(bytes),
+                FaultCmd::PodStuck { app } => {
+                    m.faults.pods_stuck.insert(app);
+                }
+                FaultCmd::Workflow {
+                    name,
+                    namespace,
+                    phase,
+                } => m
+                    .k8s
+                    .workflows
+                    .push(k8s::workflow(&name, &namespace, &phase)),
+                FaultCmd::Experiment { name, namespace } => m
+                    .k8s
+                    .experiments
+                    .push(k8s::experiment(&name, &namespace, "Running")),
+                FaultCmd::Clear => {
+                    m.faults = Default::default();
+                    m.k8s.workflows.clear();
+                    m.k8s.experiments.clear();
+                }
+            }
+            Ok(())
+        })
+        .context("changing the sandbox model")?;
+    println!(
+        "{}",
+        json!({"faults": layout.model().read()?.faults.clone()})
+            .to_string()
+            .replace("\"faults\":", "faults: ")
+    );
     Ok(())
 }

@@ -1,4 +1,5 @@
-//! Stopping the processes the sandbox started, by PID and only those.
+//! Starting the sandbox's background processes detached, and stopping them by PID and only
+//! those.
 
 use std::time::{Duration, Instant};
 
@@ -57,5 +58,21 @@ fn reap(pid: u32) {
     unsafe {
         let mut status = 0;
         libc::waitpid(pid as i32, &mut status, libc::WNOHANG);
+    }
+}
+
+/// Runs the child in its own session so that the caller's terminal signals do not reach it and
+/// `down` can stop its whole process group. With `die_with_parent` (sandboxes owned by a test)
+/// the kernel stops it when the spawning thread is gone, so a killed test leaves no servers.
+pub fn detach(cmd: &mut std::process::Command, die_with_parent: bool) {
+    use std::os::unix::process::CommandExt;
+    unsafe {
+        cmd.pre_exec(move || {
+            libc::setsid();
+            if die_with_parent {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL);
+            }
+            Ok(())
+        });
     }
 }

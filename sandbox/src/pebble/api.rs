@@ -15,6 +15,7 @@ use axum::Router;
 use serde::{Deserialize, Serialize};
 use serde_json::{json, Value};
 
+pub use super::error::ApiError;
 use super::files;
 use super::plan;
 use super::services::Daemon;
@@ -70,31 +71,6 @@ fn accepted(change: u64) -> Response {
         Some(change.to_string()),
         None,
     )
-}
-
-/// An error answer: `{"type":"error",...,"result":{"message":...,"kind":...}}`.
-#[derive(Debug, Clone)]
-pub struct ApiError {
-    pub status: StatusCode,
-    pub message: String,
-    pub kind: Option<&'static str>,
-}
-
-impl ApiError {
-    pub fn new(status: StatusCode, message: impl Into<String>) -> Self {
-        ApiError {
-            status,
-            message: message.into(),
-            kind: None,
-        }
-    }
-    pub fn bad_request(message: impl Into<String>) -> Self {
-        Self::new(StatusCode::BAD_REQUEST, message)
-    }
-    pub fn with_kind(mut self, kind: &'static str) -> Self {
-        self.kind = Some(kind);
-        self
-    }
 }
 
 impl IntoResponse for ApiError {
@@ -390,7 +366,7 @@ async fn wait_change(
     let timeout = if raw.is_empty() {
         None
     } else {
-        match crate::juju::parse_go_duration(&raw) {
+        match crate::go_time::parse_go_duration(&raw) {
             Some(t) if t.is_zero() => None,
             Some(t) => Some(t),
             None => {

@@ -32,7 +32,7 @@ impl<'de> Deserialize<'de> for GoDuration {
                 ))
             }
         };
-        crate::juju::parse_go_duration(&s)
+        crate::go_time::parse_go_duration(&s)
             .map(GoDuration)
             .ok_or_else(|| serde::de::Error::custom(format!("invalid duration {s:?}")))
     }
