@@ -1,8 +1,7 @@
 //! The `juju` CLI simulator: the Juju 3.6 client commands backup-agent uses, answering from the
 //! sandbox model with the real output shapes, messages and exit codes.
-
 //!
-//! `run` is the entry point; each command lives with what it owns: the command line ([`args`]),
+//! [`run()`] is the entry point; each command lives with what it owns: the command line (`args`),
 //! printing ([`output`]), status, config and scaling, `run` and its schemas, deploy, relations,
 //! secrets and the controller. What a charm does when asked lives in [`crate::charms`].
 

@@ -118,7 +118,8 @@ fn one_application<'a>(model: &Model, units: &[&'a String]) -> Result<&'a str, O
             return Err(Outcome::error(format!("unit \"{u}\" not found")));
         }
     }
-    first.ok_or_else(|| Outcome::usage(format!("invalid unit or action name \"{}\"", units[0])))
+    // The loop refused a first unit that is not `app/N`.
+    Ok(first.expect("a valid first unit"))
 }
 
 /// The juju client's side of `juju run` once its tasks are queued: the scheduled message with
