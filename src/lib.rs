@@ -3,34 +3,19 @@
 //! database, and the `mlpipeline` MinIO bucket — into S3, as one consistent backup.
 //!
 //! The library owns all logic; the CLI, the charm dispatch and the daemon are thin adapters.
+//! Read docs/ARCHITECTURE.md for the folders and how a backup flows through them.
 
-pub mod allocator;
-pub mod backup;
-pub mod catalog;
 pub mod charm;
-pub mod control_plane;
-pub mod destination;
-pub mod download;
-pub mod hook_tools;
+pub mod commands;
+pub mod components;
+pub mod context;
+pub mod daemon;
 pub mod interrupt;
 pub mod juju;
 pub mod kube;
-pub mod lease;
-pub mod mlmd;
-pub mod mlpipeline;
-pub mod mysql;
-pub mod pebble;
-pub mod preflight;
 pub mod progress;
-pub mod prune;
-pub mod quiesce;
-pub mod recovery;
-pub mod restore;
-pub mod retention;
+pub mod repository;
 pub mod retry;
 pub mod secret;
-pub mod serve;
-pub mod store;
-pub mod terminal;
-pub mod tls;
-pub mod verify;
+pub mod storage;
+pub mod units;

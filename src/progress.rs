@@ -49,8 +49,8 @@ impl Event {
                 };
                 format!(
                     "{component}: {}{} in {done_objects}{} objects",
-                    crate::catalog::human_bytes(*done_bytes),
-                    of(total_bytes, crate::catalog::human_bytes),
+                    crate::units::human_bytes(*done_bytes),
+                    of(total_bytes, crate::units::human_bytes),
                     of(total_objects, |n| n.to_string()),
                 )
             }

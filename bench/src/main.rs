@@ -11,7 +11,7 @@ use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use backup_agent::mlpipeline::Manifest;
+use backup_agent::repository::Manifest;
 use backup_agent_sandbox::seed::{self, BucketSpec, MlmdSpec, SeedObject};
 use clap::Parser;
 use sha2::{Digest, Sha256};
@@ -123,7 +123,7 @@ impl Sizes {
 
 fn main() {
     // As the product's binary does: the measured workers run under the same allocator settings.
-    backup_agent::allocator::return_large_buffers();
+    backup_agent::components::mlpipeline::allocator::return_large_buffers();
     let result = match Cmd::parse() {
         Cmd::Run(a) => run(a),
         Cmd::Capture(a) => worker::capture(a),

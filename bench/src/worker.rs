@@ -5,10 +5,11 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use backup_agent::backup::TuningArgs;
-use backup_agent::mlpipeline::{self, Manifest, SyncOptions};
+use backup_agent::components::mlpipeline::{self, SyncOptions};
+use backup_agent::context;
+use backup_agent::repository::Manifest;
 use backup_agent::secret::Secret;
-use backup_agent::store::{S3Settings, Store, UriStyle};
+use backup_agent::storage::{S3Settings, Store, UriStyle};
 
 /// Keys of both SeaweedFS servers, from the environment so they never sit on a command line.
 pub const ACCESS_ENV: &str = "BENCH_ACCESS_KEY";
@@ -47,10 +48,9 @@ pub fn store(url: &str) -> Result<Store> {
 
 /// The product's copy settings: the CLI's defaults unless the benchmark overrides them.
 fn sync_options(spool: PathBuf, transfers: Option<u16>, checkers: Option<u16>) -> SyncOptions {
-    let defaults = TuningArgs::defaults();
     let mut opts = SyncOptions::new(spool);
-    opts.transfers = transfers.unwrap_or(defaults.transfers).into();
-    opts.checkers = checkers.unwrap_or(defaults.checkers).into();
+    opts.transfers = transfers.unwrap_or(context::TRANSFERS).into();
+    opts.checkers = checkers.unwrap_or(context::CHECKERS).into();
     opts
 }
 
@@ -140,7 +140,9 @@ pub struct MlmdArgs {
 pub fn mlmd(a: MlmdArgs) -> Result<()> {
     let dest = store(&a.dest)?;
     let rt = tokio::runtime::Runtime::new()?;
-    let packed = rt.block_on(backup_agent::mlmd::pack_and_upload(&a.db, &dest, &a.key))?;
+    let packed = rt.block_on(backup_agent::components::mlmd::pack_and_upload(
+        &a.db, &dest, &a.key,
+    ))?;
     println!(
         "{}",
         serde_json::json!({

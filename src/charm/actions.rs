@@ -8,16 +8,20 @@ use std::time::{Duration, Instant};
 
 use serde_json::{Map, Value};
 
-use crate::backup::{self, BackupError, BackupRequest, Component, Context};
-use crate::catalog::{self, human_bytes, Listed, Phase, RequestType};
-use crate::hook_tools::{HookTools, Status};
+use crate::charm::hook_tools::{HookTools, Status};
+use crate::commands::backup::{self, BackupError, BackupRequest};
+use crate::commands::list;
+use crate::commands::prune::{self, Selection};
+use crate::commands::restore;
+use crate::commands::verify;
+use crate::components::Component;
+use crate::context::Context;
 use crate::interrupt::{block_on_interruptible, runtime, Interrupt};
 use crate::progress::{Event, Progress};
-use crate::prune::{self, Selection};
-use crate::restore;
-use crate::retention::Policy;
-use crate::store::Store;
-use crate::verify;
+use crate::repository::retention::Policy;
+use crate::repository::{self, Listed, Phase, RequestType};
+use crate::storage::Store;
+use crate::units::human_bytes;
 
 use super::params;
 use super::status::{self, Ready};
@@ -303,7 +307,7 @@ fn forget(
     Ok(r)
 }
 
-fn statefile_results(sf: &catalog::Statefile) -> Results {
+fn statefile_results(sf: &repository::Statefile) -> Results {
     let mut r = Results::from([
         ("backup-id".into(), sf.backup_id.clone()),
         ("phase".into(), sf.phase.as_str().into()),
@@ -320,7 +324,7 @@ fn statefile_results(sf: &catalog::Statefile) -> Results {
     }
     for m in &sf.components.mysql {
         r.insert(
-            format!("{}-backup-id", crate::hook_tools::result_key(&m.app)),
+            format!("{}-backup-id", crate::charm::hook_tools::result_key(&m.app)),
             m.backup_id.clone(),
         );
     }
@@ -340,7 +344,7 @@ fn restore(
         components: components(p.components, &[]),
         safety_backup: !p.no_safety_backup,
         force: p.force,
-        pod_timeout: Duration::from_secs(600),
+        pod_timeout: restore::POD_TIMEOUT,
     };
     if p.dry_run {
         let plan = block(restore::plan(&ctx, &req)).map_err(plain)?;
@@ -434,7 +438,7 @@ fn verify_backup(
 fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String> {
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
-    let rows = block(catalog::list(&store))?;
+    let rows = block(repository::list(&store))?;
     let latest = rows.iter().rev().find_map(|r| match r {
         Listed::Backup(s) if s.phase == Phase::Completed => Some(s.backup_id.clone()),
         _ => None,
@@ -446,7 +450,7 @@ fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String>
             if rows.is_empty() {
                 format!("no backups in {}", store.describe())
             } else {
-                catalog::render_table(&rows)
+                list::render_table(&rows)
             },
         ),
     ]);
@@ -459,7 +463,7 @@ fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String>
 fn describe_backup(env: &DispatchEnv, tools: &HookTools, id: &str) -> Result<Results, String> {
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
-    let sf = block(catalog::load(&store, id))?;
+    let sf = block(repository::load(&store, id))?;
     let mut r = statefile_results(&sf);
     r.insert(
         "statefile".into(),

@@ -9,7 +9,7 @@ use std::path::{Path, PathBuf};
 
 use serde_json::json;
 
-use crate::hook_tools::HookTools;
+use crate::charm::hook_tools::HookTools;
 use crate::juju::JujuCli;
 use crate::secret::Secret;
 

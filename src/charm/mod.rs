@@ -3,6 +3,9 @@
 //! through hook tools. Hooks keep our side of the relations written and the status true;
 //! actions call the library.
 
+pub mod hook_tools;
+pub mod pebble;
+
 pub mod actions;
 pub mod controller;
 pub mod params;
@@ -13,7 +16,7 @@ pub mod workload;
 
 use std::path::PathBuf;
 
-use crate::hook_tools::{HookTools, Status};
+use crate::charm::hook_tools::{HookTools, Status};
 
 /// What Juju tells the charm in the environment.
 #[derive(Debug, Clone)]

@@ -6,7 +6,7 @@ use serde::de::DeserializeOwned;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use crate::backup::Component;
+use crate::components::Component;
 
 /// The charm's actions.yaml.
 pub const ACTIONS_YAML: &str = include_str!("../../actions/actions.yaml");

@@ -4,11 +4,11 @@
 
 use std::collections::BTreeMap;
 
-use crate::control_plane::MinioAccess;
-use crate::hook_tools::{Bag, HookToolError, HookTools};
+use crate::charm::hook_tools::{Bag, HookToolError, HookTools};
+use crate::juju::discovery::MinioAccess;
 use crate::juju::ObjectStorage;
 use crate::secret::Secret;
-use crate::store::{S3Settings, Sse, UriStyle, SSE_HEADER, SSE_KMS_KEY_HEADER};
+use crate::storage::{S3Settings, Sse, UriStyle, SSE_HEADER, SSE_KMS_KEY_HEADER};
 
 pub const S3_ENDPOINT: &str = "s3-credentials";
 pub const OBJECT_STORAGE_ENDPOINT: &str = "object-storage";
@@ -101,7 +101,7 @@ pub fn s3_destination(
         })?,
     };
     for pem in &tls_ca_chain {
-        crate::tls::parse_chain(pem, "s3-integrator's tls-ca-chain").map_err(|e| {
+        crate::storage::tls::parse_chain(pem, "s3-integrator's tls-ca-chain").map_err(|e| {
             format!("{e}: `juju config s3-integrator tls-ca-chain=\"$(base64 -w0 ca.pem)\"`")
         })?;
     }

@@ -3,10 +3,11 @@
 
 use serde_json::{Map, Value};
 
-use crate::backup::{parse_rate, Tuning, TuningArgs};
-use crate::control_plane::AppNames;
-use crate::retention::Policy;
-use crate::serve::Schedule;
+use crate::context::{self, Tuning};
+use crate::daemon::Schedule;
+use crate::juju::discovery::AppNames;
+use crate::repository::retention::Policy;
+use crate::units::parse_rate;
 
 #[derive(Debug, Clone)]
 pub struct Settings {
@@ -90,9 +91,9 @@ impl Settings {
                 kfp_ui: text("kfp-ui-app", &d.kfp_ui),
             },
             mlmd_container: optional("mlmd-container"),
-            minio_bucket: text("minio-bucket", "mlpipeline"),
-            checkers: count("checkers", 8)?,
-            transfers: count("transfers", 16)?,
+            minio_bucket: text("minio-bucket", context::MINIO_BUCKET),
+            checkers: count("checkers", context::CHECKERS)?,
+            transfers: count("transfers", context::TRANSFERS)?,
             bwlimit,
             schedule,
             retention,
@@ -100,14 +101,15 @@ impl Settings {
         })
     }
 
-    /// The run settings: the CLI's defaults, with what config sets.
+    /// The run settings: the library's defaults, with what config sets.
     pub fn tuning(&self) -> Tuning {
-        let mut args = TuningArgs::defaults();
-        args.mlmd_container = self.mlmd_container.clone();
-        args.minio_bucket = self.minio_bucket.clone();
-        args.checkers = self.checkers;
-        args.transfers = self.transfers;
-        args.bwlimit = self.bwlimit;
-        args.tuning()
+        Tuning {
+            mlmd_container: self.mlmd_container.clone(),
+            minio_bucket: self.minio_bucket.clone(),
+            checkers: self.checkers.into(),
+            transfers: self.transfers.into(),
+            bwlimit: self.bwlimit,
+            ..Tuning::default()
+        }
     }
 }

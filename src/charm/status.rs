@@ -3,9 +3,9 @@
 
 use chrono::{DateTime, Utc};
 
-use crate::catalog::{self, Summary};
-use crate::hook_tools::{HookTools, Status};
-use crate::store::Store;
+use crate::charm::hook_tools::{HookTools, Status};
+use crate::repository::{self, Summary};
+use crate::storage::Store;
 
 use super::controller;
 use super::relations::{self, S3State};
@@ -102,7 +102,7 @@ pub fn assess(app: &str, tools: &HookTools, broken: Option<&str>) -> Assessment 
     let summary = crate::interrupt::runtime()
         .map_err(|e| e.to_string())
         .and_then(|rt| {
-            rt.block_on(catalog::summary(&store))
+            rt.block_on(repository::summary(&store))
                 .map_err(|e| e.to_string())
         });
     match summary {
@@ -119,7 +119,7 @@ pub fn assess(app: &str, tools: &HookTools, broken: Option<&str>) -> Assessment 
 /// has started no thread yet).
 pub fn destination_store(d: &relations::S3Destination) -> Result<Store, String> {
     if !d.tls_ca_chain.is_empty() {
-        crate::tls::trust_chain(&d.tls_ca_chain, "s3-integrator's tls-ca-chain")?;
+        crate::storage::tls::trust_chain(&d.tls_ca_chain, "s3-integrator's tls-ca-chain")?;
     }
     Store::s3(&d.settings).map_err(|e| format!("destination: {e}"))
 }

@@ -8,8 +8,8 @@ use std::time::Duration;
 
 use sha2::Digest;
 
-use crate::hook_tools::HookTools;
-use crate::pebble::{Pebble, Push};
+use crate::charm::hook_tools::HookTools;
+use crate::charm::pebble::{Pebble, Push};
 
 use super::controller::{self, ControllerAccess};
 use super::status::Ready;
@@ -123,7 +123,7 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         args.extend(["--retention".into(), s.retention.to_string()]);
     }
     let uri = match d.uri_style {
-        crate::store::UriStyle::Host => "host",
+        crate::storage::UriStyle::Host => "host",
         _ => "path",
     };
     // Everything about the destination in the file: the keys are secret, the rest belongs
@@ -139,8 +139,8 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         optional.push(("BACKUP_AGENT_S3_TLS_CA_CHAIN", format!("{HOME}/ca.pem")));
     }
     match &d.sse {
-        Some(crate::store::Sse::S3) => optional.push(("BACKUP_AGENT_S3_SSE", "AES256".into())),
-        Some(crate::store::Sse::Kms { key_id }) => {
+        Some(crate::storage::Sse::S3) => optional.push(("BACKUP_AGENT_S3_SSE", "AES256".into())),
+        Some(crate::storage::Sse::Kms { key_id }) => {
             optional.push(("BACKUP_AGENT_S3_SSE", "aws:kms".into()));
             if let Some(k) = key_id {
                 optional.push(("BACKUP_AGENT_S3_SSE_KMS_KEY_ID", k.clone()));

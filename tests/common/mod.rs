@@ -61,16 +61,16 @@ pub fn scales(sb: &Sandbox) -> std::collections::BTreeMap<String, (u32, usize)> 
 }
 
 /// The whole destination bucket (not only the agent's path), for checks across everything.
-pub fn dest_bucket(sb: &Sandbox) -> backup_agent::store::Store {
+pub fn dest_bucket(sb: &Sandbox) -> backup_agent::storage::Store {
     s3_store(&sb.info.dest, &sb.info.dest_bucket, "")
 }
 
 /// The agent's repository in the destination, as the sandbox's env file names it.
-pub fn repo(sb: &Sandbox) -> backup_agent::store::Store {
+pub fn repo(sb: &Sandbox) -> backup_agent::storage::Store {
     s3_store(&sb.info.dest, &sb.info.dest_bucket, &sb.info.agent_path)
 }
 
-pub fn minio(sb: &Sandbox) -> backup_agent::store::Store {
+pub fn minio(sb: &Sandbox) -> backup_agent::storage::Store {
     s3_store(&sb.info.minio, "mlpipeline", "")
 }
 
@@ -78,9 +78,9 @@ pub fn s3_store(
     server: &backup_agent_sandbox::env::ServerInfo,
     bucket: &str,
     path: &str,
-) -> backup_agent::store::Store {
+) -> backup_agent::storage::Store {
     use backup_agent::secret::Secret;
-    use backup_agent::store::{S3Settings, Store, UriStyle};
+    use backup_agent::storage::{S3Settings, Store, UriStyle};
     Store::s3(&S3Settings {
         endpoint: server.endpoint(),
         bucket: bucket.into(),
@@ -95,7 +95,7 @@ pub fn s3_store(
 }
 
 /// Keys and ETags of every object in a store.
-pub fn listing(store: &backup_agent::store::Store) -> Vec<(String, Option<String>)> {
+pub fn listing(store: &backup_agent::storage::Store) -> Vec<(String, Option<String>)> {
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(store.list(""))
         .unwrap()
@@ -125,9 +125,9 @@ pub fn rt() -> tokio::runtime::Runtime {
 }
 
 /// Every readable statefile in the sandbox's repository, oldest first.
-pub fn statefiles(sb: &Sandbox) -> Vec<backup_agent::catalog::Statefile> {
-    use backup_agent::catalog::{self, Listed};
-    rt().block_on(catalog::list(&repo(sb)))
+pub fn statefiles(sb: &Sandbox) -> Vec<backup_agent::repository::Statefile> {
+    use backup_agent::repository::{self, Listed};
+    rt().block_on(repository::list(&repo(sb)))
         .unwrap()
         .into_iter()
         .map(|l| match l {
@@ -138,7 +138,7 @@ pub fn statefiles(sb: &Sandbox) -> Vec<backup_agent::catalog::Statefile> {
 }
 
 pub fn lock_held(sb: &Sandbox) -> bool {
-    rt().block_on(repo(sb).head(&backup_agent::catalog::lock_key()))
+    rt().block_on(repo(sb).head(&backup_agent::repository::lock_key()))
         .unwrap()
         .is_some()
 }
@@ -196,14 +196,14 @@ pub fn finish(child: std::process::Child) -> (i32, String, String) {
 pub fn completed_ids(sb: &Sandbox) -> Vec<String> {
     statefiles(sb)
         .into_iter()
-        .filter(|s| s.phase == backup_agent::catalog::Phase::Completed)
+        .filter(|s| s.phase == backup_agent::repository::Phase::Completed)
         .map(|s| s.backup_id)
         .collect()
 }
 
 /// Every object of a store: key → (sha256 of the bytes, content type).
 pub fn contents(
-    store: &backup_agent::store::Store,
+    store: &backup_agent::storage::Store,
 ) -> std::collections::BTreeMap<String, (String, String)> {
     use sha2::Digest;
     let rt = rt();

@@ -1,0 +1,306 @@
+//! The arguments the subcommands share and each one's own, mapped onto the library's option
+//! structs. Defaults come from the library (`Tuning::default()`, `AppNames::default()`): they
+//! are written once.
+
+use std::path::PathBuf;
+use std::time::Duration;
+
+use backup_agent::commands::restore;
+use backup_agent::components::Component;
+use backup_agent::context::{self, Context, Tuning};
+use backup_agent::daemon::Schedule;
+use backup_agent::juju::discovery::AppNames;
+use backup_agent::juju::scale::ScaleWait;
+use backup_agent::repository::{self, lock::LeaseTiming, retention::Policy};
+use backup_agent::units::parse_rate;
+
+use super::destination::DestinationArgs;
+use super::output::{context, Output};
+
+#[derive(clap::Args)]
+pub struct PolicyArgs {
+    /// Keep the N newest backups.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_last: Option<u32>,
+    /// Keep the newest backup of each of the N newest days that have one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_daily: Option<u32>,
+    /// Keep the newest backup of each of the N newest ISO weeks that have one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_weekly: Option<u32>,
+    /// Keep the newest backup of each of the N newest months that have one.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u32).range(1..))]
+    pub keep_monthly: Option<u32>,
+    /// Keep every backup taken within this long of the newest (e.g. 36h, 14days).
+    #[arg(long, value_name = "DURATION", value_parser = humantime::parse_duration)]
+    pub keep_within: Option<Duration>,
+    /// The whole policy in the charm's format: keep-daily=7,keep-weekly=4 (combines with the
+    /// flags).
+    #[arg(long, value_name = "POLICY", value_parser = Policy::parse)]
+    pub retention: Option<Policy>,
+}
+
+impl PolicyArgs {
+    pub fn policy(&self) -> Policy {
+        let mut p = self.retention.clone().unwrap_or_default();
+        p.keep_last = self.keep_last.or(p.keep_last);
+        p.keep_daily = self.keep_daily.or(p.keep_daily);
+        p.keep_weekly = self.keep_weekly.or(p.keep_weekly);
+        p.keep_monthly = self.keep_monthly.or(p.keep_monthly);
+        p.keep_within = self.keep_within.or(p.keep_within);
+        p
+    }
+}
+
+/// What every repository command runs with: the model's application names, the destination,
+/// the knobs, how to print.
+#[derive(clap::Args)]
+pub struct RunArgs {
+    #[command(flatten)]
+    pub apps: AppNameArgs,
+    #[command(flatten)]
+    pub dest: DestinationArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+impl RunArgs {
+    pub fn context(self, model: &str) -> Result<(Context, Output), Box<dyn std::error::Error>> {
+        let ctx = context(model, self.apps, &self.dest, &self.tuning, self.output)?;
+        Ok((ctx, self.output))
+    }
+}
+
+#[derive(clap::Args)]
+pub struct PruneArgs {
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// List what would be forgotten and how many bytes it frees; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct DeleteArgs {
+    /// The backup id, as list-backups shows it.
+    #[arg(value_parser = repository::parse_backup_id)]
+    pub backup_id: String,
+    /// Do not ask (needed when not on a terminal).
+    #[arg(long, short = 'y')]
+    pub yes: bool,
+    /// Show what would be deleted; delete nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct DownloadArgs {
+    /// The backup id, as list-backups shows it.
+    #[arg(value_parser = repository::parse_backup_id)]
+    pub backup_id: String,
+    /// A new or empty directory to write it into.
+    #[arg(value_name = "DIR")]
+    pub into: PathBuf,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct RecoverArgs {
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+#[derive(clap::Args)]
+pub struct ServeArgs {
+    /// When to back up: a cron expression in UTC (minute hour day-of-month month
+    /// day-of-week; a sixth leading field is seconds). Without it the daemon only serves
+    /// the API.
+    #[arg(long, env = "BACKUP_AGENT_SCHEDULE", value_parser = Schedule::parse)]
+    pub schedule: Option<Schedule>,
+    #[command(flatten)]
+    pub policy: PolicyArgs,
+    /// Address of the HTTP API (loopback unless you mean otherwise).
+    #[arg(long, env = "BACKUP_AGENT_LISTEN", default_value = "127.0.0.1:8940")]
+    pub listen: std::net::SocketAddr,
+    /// KEY=VALUE lines read into the environment first, e.g. BACKUP_AGENT_S3_ACCESS_KEY=...:
+    /// how the keys reach the daemon without its command line or a service definition.
+    #[arg(long, value_name = "FILE")]
+    pub env_file: Option<PathBuf>,
+    /// File holding the bearer token that POST /v1/backups needs; without it that endpoint
+    /// is refused.
+    #[arg(long, env = "BACKUP_AGENT_TOKEN_FILE", value_name = "FILE")]
+    pub token_file: Option<PathBuf>,
+    #[command(flatten)]
+    pub apps: AppNameArgs,
+    #[command(flatten)]
+    pub dest: DestinationArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+}
+
+#[derive(clap::Args)]
+pub struct CreateBackupArgs {
+    /// A note kept with the backup (list-backups shows it).
+    #[arg(long, default_value = "")]
+    pub label: String,
+    /// What to back up, comma-separated.
+    #[arg(long, value_delimiter = ',', value_parser = component(), default_values_t = Component::ALL)]
+    pub components: Vec<Component>,
+    /// Back up even while Argo Workflows or Katib Experiments run (the backup may then not
+    /// be consistent).
+    #[arg(long)]
+    pub force: bool,
+    /// Check everything and print the plan (what is scaled, backed up, how much data);
+    /// change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub apps: AppNameArgs,
+    #[command(flatten)]
+    pub dest: DestinationArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(clap::Args)]
+pub struct RestoreArgs {
+    /// The backup id, as list-backups shows it (never "latest": say which).
+    #[arg(value_parser = repository::parse_backup_id)]
+    pub backup_id: String,
+    /// What to restore, comma-separated [default: everything the backup holds].
+    #[arg(long, value_delimiter = ',', value_parser = component())]
+    pub components: Vec<Component>,
+    /// Do not take a backup of the current state first (it is how a restore is undone).
+    #[arg(long)]
+    pub no_safety_backup: bool,
+    /// Restore even while Argo Workflows or Katib Experiments run.
+    #[arg(long)]
+    pub force: bool,
+    /// Check everything and print the plan; change nothing.
+    #[arg(long)]
+    pub dry_run: bool,
+    /// How long the MLMD pod may take to come back after its restart.
+    #[arg(long, default_value_t = humantime::Duration::from(restore::POD_TIMEOUT))]
+    pub pod_timeout: humantime::Duration,
+    #[command(flatten)]
+    pub apps: AppNameArgs,
+    #[command(flatten)]
+    pub dest: DestinationArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+/// A component name as the library spells it; clap lists the possible values in --help and
+/// in its error.
+fn component() -> impl clap::builder::TypedValueParser<Value = Component> {
+    use clap::builder::TypedValueParser;
+    clap::builder::PossibleValuesParser::new(Component::ALL.map(|c| c.as_str())).map(|s| {
+        s.parse::<Component>()
+            .expect("only possible values reach here")
+    })
+}
+
+/// The tuning knobs as command-line flags.
+#[derive(Debug, Clone, clap::Args)]
+pub struct TuningArgs {
+    /// MLMD container in pod <mlmd-app>-0 [default: mlmd-grpc-server (CKF 1.9+), else mlmd (CKF 1.8)].
+    #[arg(long)]
+    pub mlmd_container: Option<String>,
+    /// MinIO S3 URL to use instead of the in-cluster one from the relation data [default: direct
+    /// when it resolves, else a port-forward the agent opens to the minio service].
+    #[arg(long, value_name = "URL")]
+    pub minio_endpoint: Option<String>,
+    /// Bucket of Kubeflow Pipelines' artifacts in MinIO.
+    #[arg(long, default_value = context::MINIO_BUCKET)]
+    pub minio_bucket: String,
+    /// Concurrent HEAD lookups of large objects while copying the bucket.
+    #[arg(long, default_value_t = context::CHECKERS, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub checkers: u16,
+    /// Concurrent object copies. Memory stays bounded whatever the value: small objects within
+    /// a 32 MiB budget, large ones through the spool in 5 MiB parts.
+    #[arg(long, default_value_t = context::TRANSFERS, value_parser = clap::value_parser!(u16).range(1..=256))]
+    pub transfers: u16,
+    /// Upload bandwidth limit in bytes per second, with an optional K, M or G suffix (binary
+    /// units, as rclone): 50M is 50 MiB/s.
+    #[arg(long, value_name = "RATE", value_parser = parse_rate)]
+    pub bwlimit: Option<u64>,
+    /// Directory for the MLMD copy and large objects in flight [default: a new temporary directory].
+    #[arg(long, value_name = "DIR")]
+    pub spool: Option<PathBuf>,
+    /// How long a scale change may take to settle.
+    #[arg(long, default_value_t = humantime::Duration::from(ScaleWait::default().timeout))]
+    pub scale_timeout: humantime::Duration,
+    /// How long each mysql-k8s create-backup may take.
+    #[arg(long, default_value_t = humantime::Duration::from(context::ACTION_TIMEOUT))]
+    pub action_timeout: humantime::Duration,
+    /// Take over the repository lock even though its holder's lease has not expired. Only
+    /// when you know that run is gone (a lease of a dead run on this machine is taken over
+    /// without it).
+    #[arg(long)]
+    pub break_lock: bool,
+}
+
+impl TuningArgs {
+    pub fn tuning(&self) -> Tuning {
+        Tuning {
+            mlmd_container: self.mlmd_container.clone(),
+            minio_endpoint: self.minio_endpoint.clone(),
+            minio_bucket: self.minio_bucket.clone(),
+            checkers: self.checkers.into(),
+            transfers: self.transfers.into(),
+            bwlimit: self.bwlimit,
+            spool: self.spool.clone(),
+            scale_wait: ScaleWait {
+                timeout: self.scale_timeout.into(),
+                ..ScaleWait::default()
+            },
+            action_wait: self.action_timeout.into(),
+            lease: LeaseTiming::default(),
+            break_lock: self.break_lock,
+        }
+    }
+}
+
+/// Application names, CKF's by default; configurable for renamed deployments.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AppNameArgs {
+    /// mysql-k8s application of Kubeflow Pipelines.
+    #[arg(long = "kfp-db-app", default_value_t = AppNames::default().kfp_db)]
+    pub kfp_db: String,
+    /// mysql-k8s application of Katib.
+    #[arg(long = "katib-db-app", default_value_t = AppNames::default().katib_db)]
+    pub katib_db: String,
+    /// Application that writes ML Metadata (scaled to 0 while MLMD is copied).
+    #[arg(long = "metadata-writer-app", default_value_t = AppNames::default().metadata_writer)]
+    pub metadata_writer: String,
+    #[arg(long = "mlmd-app", default_value_t = AppNames::default().mlmd)]
+    pub mlmd: String,
+    #[arg(long = "minio-app", default_value_t = AppNames::default().minio)]
+    pub minio: String,
+    /// Application whose object-storage relation carries MinIO's keys.
+    #[arg(long = "kfp-ui-app", default_value_t = AppNames::default().kfp_ui)]
+    pub kfp_ui: String,
+}
+
+impl AppNameArgs {
+    pub fn names(&self) -> AppNames {
+        AppNames {
+            kfp_db: self.kfp_db.clone(),
+            katib_db: self.katib_db.clone(),
+            metadata_writer: self.metadata_writer.clone(),
+            mlmd: self.mlmd.clone(),
+            minio: self.minio.clone(),
+            kfp_ui: self.kfp_ui.clone(),
+        }
+    }
+}

@@ -1,0 +1,167 @@
+//! The command line: clap's arguments, one function a subcommand, and the terminal. The
+//! library holds no clap and no terminal code: arguments are mapped here onto its plain
+//! option structs.
+
+mod args;
+mod destination;
+mod output;
+mod run;
+pub mod terminal;
+
+use clap::{Parser, Subcommand};
+
+use args::{
+    AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, PruneArgs, RecoverArgs, RestoreArgs,
+    ServeArgs,
+};
+use backup_agent::repository;
+use destination::DestinationArgs;
+pub use output::env_file_arg;
+use output::Output;
+pub use run::run;
+
+#[derive(Parser)]
+#[command(
+    name = "backup-agent",
+    version,
+    about = "Back up and restore the Charmed Kubeflow control plane (kfp-db, katib-db, ML Metadata, the mlpipeline bucket) into S3",
+    long_about = "Back up and restore the Charmed Kubeflow control plane (kfp-db, katib-db, ML Metadata, the mlpipeline bucket) into S3, as one consistent, verified, point-in-time backup.\n\nIt drives the operator's own `juju` client and kubeconfig. Try it against the bundled sandbox:\n  backup-agent-sandbox up && source .sandbox/env && backup-agent discover"
+)]
+pub struct Cli {
+    /// Juju model that holds Charmed Kubeflow.
+    #[arg(
+        long,
+        short = 'm',
+        global = true,
+        env = "JUJU_MODEL",
+        default_value = "kubeflow"
+    )]
+    pub model: String,
+    /// More log output (-v, -vv); RUST_LOG overrides.
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Subcommand)]
+pub enum Command {
+    /// Back up the control plane: kfp-db and katib-db (mysql-k8s create-backup on a replica),
+    /// ML Metadata (/data/mlmd.db streamed out of mlmd-0) and the mlpipeline bucket
+    /// (incremental, content-addressed), as one backup.
+    ///
+    /// It checks first (destination writable, MinIO reachable, no pipeline or Katib experiment
+    /// running, spool space, no other run), records every scale it will change, scales kfp-db
+    /// and katib-db to 2 and kfp-metadata-writer to 0, captures, and puts the scales back on
+    /// success, failure, SIGINT and SIGTERM. The statefile is written last; only a backup whose
+    /// every part was captured and checked is `completed`.
+    #[command(
+        after_help = "Examples:\n  backup-agent create-backup --dry-run\n  backup-agent create-backup --label before-upgrade\n  backup-agent create-backup --components mlmd,mlpipeline --bwlimit 50M --output json\n\nThe destination comes from --s3-* flags or BACKUP_AGENT_S3_* variables (the keys from the\nenvironment only), or --destination-dir. `source .sandbox/env` after `backup-agent-sandbox up`\nsets them all for the sandbox."
+    )]
+    CreateBackup(Box<CreateBackupArgs>),
+    /// Find the control plane in the model: applications, scales, units, and where MinIO's
+    /// credentials come from (never printed). Changes nothing.
+    Discover {
+        #[command(flatten)]
+        apps: AppNameArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// List the backups in the destination, from their statefiles alone (works from any
+    /// machine that can read the bucket).
+    ListBackups {
+        #[command(flatten)]
+        dest: DestinationArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Check that a backup can be restored. Light (default): the statefile is intact and
+    /// completed, every object it names is there with its size, and the mysql-k8s backups it
+    /// names have their .md5 marker and show finished. --read-data also reads everything back
+    /// and checks every content hash, and opens the MLMD dump with SQLite. Exits 1 when a
+    /// problem is found; the outcome is recorded in the backup's history.
+    VerifyBackup {
+        /// The backup id, as list-backups shows it.
+        #[arg(value_parser = repository::parse_backup_id)]
+        backup_id: String,
+        /// Read every object back and check its content (slower: reads the whole backup).
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        dest: DestinationArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Put the control plane back from one backup: the mysql-k8s backups of kfp-db and
+    /// katib-db, the MLMD database (swapped in, pod restarted) and the mlpipeline bucket (made
+    /// equal to the backup's manifest).
+    ///
+    /// The backup must be completed and pass a light verification. A safety backup of the
+    /// current state (label pre-restore) is taken first unless --no-safety-backup. Databases go
+    /// to exactly 1 unit (mysql-k8s refuses more) and kfp-metadata-writer to 0 while restoring;
+    /// scales are put back on success, failure, SIGINT and SIGTERM.
+    #[command(
+        after_help = "Examples:\n  backup-agent restore 20261123T080841Z-be2523 --dry-run\n  backup-agent restore 20261123T080841Z-be2523\n  backup-agent restore 20261123T080841Z-be2523 --components mlmd,mlpipeline"
+    )]
+    Restore(Box<RestoreArgs>),
+    /// Show one backup's statefile: what was captured, sizes, hashes, mysql backup ids, the
+    /// scales it changed and put back, errors, and later verifications and restores.
+    DescribeBackup {
+        /// The backup id, as list-backups shows it.
+        #[arg(value_parser = repository::parse_backup_id)]
+        backup_id: String,
+        #[command(flatten)]
+        dest: DestinationArgs,
+        #[arg(long, value_enum, default_value = "text")]
+        output: Output,
+    },
+    /// Forget backups a retention policy does not keep, and delete what only they used: their
+    /// statefiles, manifests and MLMD dumps, the blobs no kept backup names, and their
+    /// mysql-k8s backups. Never forgets the newest completed backup or one whose run has not
+    /// ended; takes the repository lock.
+    ///
+    /// Rules as restic's `forget`: keep-daily 7 keeps the newest backup of each of the 7 newest
+    /// days that have one (UTC); keep-within 2d keeps every backup up to 2 days older than
+    /// the newest. A backup is kept if any rule keeps it. Failed backups go once a newer
+    /// completed one exists.
+    #[command(
+        after_help = "Examples:\n  backup-agent prune --keep-daily 7 --keep-weekly 4 --dry-run\n  backup-agent prune --keep-last 3\n  backup-agent prune --retention keep-daily=7,keep-monthly=12"
+    )]
+    Prune(Box<PruneArgs>),
+    /// Delete one backup and what only it used (blobs, its mysql-k8s backups). Asks first on
+    /// a terminal; scripts pass --yes.
+    DeleteBackup(Box<DeleteArgs>),
+    /// Write a backup to a local directory: statefile.json, mlmd.db (decompressed, checked),
+    /// mlpipeline/<key> for every object (hash-checked), mysql/<app>/ with the mysql-k8s
+    /// backup objects. To move a backup to another site, or to look inside it.
+    #[command(
+        after_help = "Example:\n  backup-agent download 20261123T080841Z-be2523 ./backup-20261123"
+    )]
+    Download(Box<DownloadArgs>),
+    /// Repair what a killed run left: put back the scales its journal records, mark its
+    /// backup (or restore) failed, take over its lock. Every mutating command does this
+    /// first; this does only that.
+    Recover(Box<RecoverArgs>),
+    /// Run as a daemon: backups on a cron schedule (each followed by a prune when a retention
+    /// policy is set), and an HTTP API on loopback: GET /v1/backups, GET /v1/backups/{id},
+    /// POST /v1/backups (bearer token), GET /healthz, GET /metrics (Prometheus).
+    ///
+    /// A run missed while the daemon was down (the newest completed backup is older than the
+    /// schedule's period) happens at start. SIGTERM stops it cleanly: a backup in its last
+    /// step finishes, any other is interrupted with its scales put back.
+    #[command(
+        after_help = "Example:\n  backup-agent serve --schedule '0 2 * * *' --retention keep-daily=7,keep-weekly=4 --token-file /etc/backup-agent/token\n  curl -s 127.0.0.1:8940/v1/backups\n  curl -s -X POST -H \"Authorization: Bearer $(cat /etc/backup-agent/token)\" 127.0.0.1:8940/v1/backups"
+    )]
+    Serve(Box<ServeArgs>),
+}
+
+#[cfg(test)]
+mod tests {
+    use clap::CommandFactory;
+
+    /// Clap checks a command's definition only when that command is parsed: check them all.
+    #[test]
+    fn every_command_is_well_formed() {
+        super::Cli::command().debug_assert();
+    }
+}

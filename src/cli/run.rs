@@ -1,0 +1,395 @@
+//! One function a subcommand: map the arguments, call the library, print the result.
+
+use std::error::Error;
+
+use backup_agent::commands::backup::{self, BackupError, BackupRequest};
+use backup_agent::commands::list;
+use backup_agent::commands::prune::{self as prune_cmd, Selection};
+use backup_agent::commands::{
+    download as download_cmd, recover as recover_cmd, restore as restore_cmd, verify,
+};
+use backup_agent::context::Context;
+use backup_agent::daemon;
+use backup_agent::interrupt::Interrupt;
+use backup_agent::juju::{discovery, JujuCli};
+use backup_agent::repository::{self, Listed, RequestType};
+use backup_agent::secret::Secret;
+
+use super::args::{
+    AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, PruneArgs, RecoverArgs, RestoreArgs,
+    ServeArgs,
+};
+use super::destination::DestinationArgs;
+use super::output::{confirm_delete, context, interruptible, runtime, show, Output};
+use super::{Cli, Command};
+
+/// Runs one subcommand.
+pub fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
+    let model = cli.model.as_str();
+    match cli.command {
+        Command::CreateBackup(args) => create_backup(model, *args),
+        Command::Discover { apps, output } => discover(model, apps, output),
+        Command::ListBackups { dest, output } => list_backups(dest, output),
+        Command::Restore(args) => restore(model, *args),
+        Command::VerifyBackup {
+            backup_id,
+            read_data,
+            dest,
+            output,
+        } => verify_backup(model, backup_id, read_data, dest, output),
+        Command::Prune(args) => prune(model, *args),
+        Command::DeleteBackup(args) => delete_backup(model, *args),
+        Command::Download(args) => download(model, *args),
+        Command::Recover(args) => recover(model, *args),
+        Command::Serve(args) => serve(model, *args),
+        Command::DescribeBackup {
+            backup_id,
+            dest,
+            output,
+        } => describe_backup(backup_id, dest, output),
+    }
+}
+
+fn create_backup(model: &str, args: CreateBackupArgs) -> Result<(), Box<dyn Error>> {
+    let CreateBackupArgs {
+        label,
+        components,
+        force,
+        dry_run,
+        apps,
+        dest,
+        tuning,
+        output,
+    } = args;
+    let mut components = components;
+    components.sort();
+    components.dedup();
+    let req = BackupRequest {
+        label,
+        components,
+        force,
+        request: RequestType::Manual,
+    };
+    let ctx = context(model, apps, &dest, &tuning, output)?;
+    if dry_run {
+        let plan = runtime()?.block_on(backup::plan(&ctx, &req))?;
+        return show(output, &plan, backup::render_plan);
+    }
+    let result = interruptible(&ctx, backup::run(&ctx, &req))?;
+    match (result, output) {
+        (Ok(report), _) => show(output, &report, backup::render_report)?,
+        (Err(e), Output::Json) => {
+            let sf = match &e {
+                BackupError::Failed { statefile, .. }
+                | BackupError::NotRestored { statefile, .. } => {
+                    Some(serde_json::to_value(statefile)?)
+                }
+                _ => None,
+            };
+            println!(
+                "{}",
+                serde_json::to_string_pretty(
+                    &serde_json::json!({"error": e.to_string(), "statefile": sf})
+                )?
+            );
+            return Err(e.into());
+        }
+        (Err(e), Output::Text) => return Err(e.into()),
+    }
+    Ok(())
+}
+
+fn discover(model: &str, apps: AppNameArgs, output: Output) -> Result<(), Box<dyn Error>> {
+    let juju = JujuCli::locate(model)?;
+    let (plane, _minio) = discovery::discover(&juju, &apps.names())?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&plane)?),
+        Output::Text => {
+            println!("model {} (juju {})", plane.model, plane.juju_version);
+            for a in &plane.apps {
+                let charm = match a.charm_rev {
+                    Some(r) => format!("{} r{r}", a.charm),
+                    None => a.charm.clone(),
+                };
+                println!(
+                    "  {:<16} {:<22} {:<26} scale {:<3} {:<12} {}",
+                    a.role,
+                    a.name,
+                    charm,
+                    a.scale,
+                    a.status,
+                    a.units.join(",")
+                );
+            }
+            println!(
+                "  MinIO endpoint {} (credentials from {})",
+                plane.minio_endpoint, plane.minio_credentials_from
+            );
+        }
+    }
+    Ok(())
+}
+
+fn list_backups(dest: DestinationArgs, output: Output) -> Result<(), Box<dyn Error>> {
+    let store = dest.store()?;
+    let rows = runtime()?.block_on(repository::list(&store))?;
+    match output {
+        Output::Json => {
+            let v: Vec<serde_json::Value> = rows
+                .iter()
+                .map(|r| match r {
+                    Listed::Backup(s) => serde_json::to_value(s).expect("statefile serializes"),
+                    Listed::Unreadable { id, error } => serde_json::json!({"backup-id": id, "phase": "unreadable", "error": error.to_string()}),
+                })
+                .collect();
+            println!("{}", serde_json::to_string_pretty(&v)?);
+        }
+        Output::Text if rows.is_empty() => println!("no backups in {}", store.describe()),
+        Output::Text => {
+            print!("{}", list::render_table(&rows));
+            for r in &rows {
+                if let Listed::Unreadable { id, error } = r {
+                    eprintln!("warning: {id}: {error}");
+                }
+            }
+        }
+    }
+    Ok(())
+}
+
+fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
+    let RestoreArgs {
+        backup_id,
+        mut components,
+        no_safety_backup,
+        force,
+        dry_run,
+        pod_timeout,
+        apps,
+        dest,
+        tuning,
+        output,
+    } = args;
+    components.sort();
+    components.dedup();
+    let req = restore_cmd::RestoreRequest {
+        backup_id,
+        components,
+        safety_backup: !no_safety_backup,
+        force,
+        pod_timeout: pod_timeout.into(),
+    };
+    let ctx = context(model, apps, &dest, &tuning, output)?;
+    if dry_run {
+        let plan = runtime()?.block_on(restore_cmd::plan(&ctx, &req))?;
+        return show(output, &plan, restore_cmd::render_plan);
+    }
+    let report = interruptible(&ctx, restore_cmd::run(&ctx, &req))??;
+    show(output, &report, restore_cmd::render_report)?;
+    Ok(())
+}
+
+fn verify_backup(
+    model: &str,
+    backup_id: String,
+    read_data: bool,
+    dest: DestinationArgs,
+    output: Output,
+) -> Result<(), Box<dyn Error>> {
+    let store = dest.store()?;
+    let juju = JujuCli::locate(model).ok();
+    let mode = if read_data {
+        verify::Mode::ReadData
+    } else {
+        verify::Mode::Light
+    };
+    let spool = tempfile::tempdir()?;
+    let progress = super::terminal::stderr_progress(matches!(output, Output::Json));
+    let v = runtime()?.block_on(verify::verify(
+        &store,
+        juju.as_ref(),
+        &backup_id,
+        mode,
+        spool.path(),
+        &progress,
+    ))?;
+    show(output, &v, verify::render)?;
+    if !v.passed {
+        return Err(format!(
+            "backup {backup_id} failed verification: {} problem(s)",
+            v.problems.len()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn prune(model: &str, args: PruneArgs) -> Result<(), Box<dyn Error>> {
+    let PruneArgs {
+        policy,
+        dry_run,
+        run,
+    } = args;
+    let selection = Selection::Policy(policy.policy());
+    let (ctx, output) = run.context(model)?;
+    if dry_run {
+        let plan = runtime()?.block_on(prune_cmd::plan(&ctx, &selection))?;
+        return show(output, &plan, prune_cmd::render_plan);
+    }
+    let report = interruptible(&ctx, prune_cmd::run(&ctx, &selection))??;
+    show(output, &report, prune_cmd::render_report)?;
+    Ok(())
+}
+
+fn delete_backup(model: &str, args: DeleteArgs) -> Result<(), Box<dyn Error>> {
+    let DeleteArgs {
+        backup_id,
+        yes,
+        dry_run,
+        run,
+    } = args;
+    let selection = Selection::One(backup_id.clone());
+    let (ctx, output) = run.context(model)?;
+    let plan = runtime()?.block_on(prune_cmd::plan(&ctx, &selection))?;
+    if dry_run {
+        return show(output, &plan, prune_cmd::render_plan);
+    }
+    if !yes {
+        confirm_delete(&backup_id, &plan)?;
+    }
+    let report = interruptible(&ctx, prune_cmd::run(&ctx, &selection))??;
+    show(output, &report, prune_cmd::render_report)?;
+    Ok(())
+}
+
+fn download(model: &str, args: DownloadArgs) -> Result<(), Box<dyn Error>> {
+    let DownloadArgs {
+        backup_id,
+        into: dir,
+        run,
+    } = args;
+    let (ctx, output) = run.context(model)?;
+    let report = interruptible(&ctx, download_cmd::run(&ctx, &backup_id, &dir))??;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
+        Output::Text => {
+            println!(
+                "backup {} written to {}: {} files, {}",
+                report.backup_id,
+                report.dir.display(),
+                report.files,
+                backup_agent::units::human_bytes(report.bytes)
+            );
+            for r in &report.refused {
+                println!("refused: {:?}: {}", r.key, r.why);
+            }
+            for w in &report.warnings {
+                println!("warning: {w}");
+            }
+        }
+    }
+    if !report.refused.is_empty() {
+        return Err(format!(
+            "{} name(s) in the backup would have been written outside {} or are malformed: refused (listed above); everything else was written",
+            report.refused.len(),
+            report.dir.display()
+        )
+        .into());
+    }
+    Ok(())
+}
+
+fn recover(model: &str, args: RecoverArgs) -> Result<(), Box<dyn Error>> {
+    let RecoverArgs { run } = args;
+    let (ctx, output) = run.context(model)?;
+    let recovered = interruptible(&ctx, async {
+        let (lock, r) = recover_cmd::lock_and_recover(&ctx, "recover").await?;
+        lock.release()
+            .await
+            .map_err(|e| recover_cmd::RecoveryError::Lock(Box::new(e)))?;
+        Ok::<_, recover_cmd::RecoveryError>(r)
+    })??;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&recovered)?),
+        Output::Text if recovered.is_empty() => {
+            println!("nothing to recover: no run was left unfinished")
+        }
+        Output::Text => {
+            for id in &recovered.backups {
+                println!("backup {id}: its run had died; scales put back, marked failed");
+            }
+            for id in &recovered.restores {
+                println!(
+                    "restore of backup {id}: its run had died; scales put back, recorded as failed"
+                );
+            }
+        }
+    }
+    Ok(())
+}
+
+fn serve(model: &str, args: ServeArgs) -> Result<(), Box<dyn Error>> {
+    let ServeArgs {
+        env_file: _,
+        schedule,
+        policy,
+        listen,
+        token_file,
+        apps,
+        dest,
+        tuning,
+    } = args;
+    let token = match token_file {
+        None => None,
+        Some(f) => {
+            let t = std::fs::read_to_string(&f)
+                .map_err(|e| format!("--token-file {}: {e}", f.display()))?;
+            if t.trim().is_empty() {
+                return Err(format!("--token-file {} is empty: put a long random token in it (e.g. `openssl rand -hex 32 > {}`)", f.display(), f.display()).into());
+            }
+            Some(Secret::new(t.trim().to_string()))
+        }
+    };
+    if tuning.break_lock {
+        return Err("--break-lock is not for the daemon: it would break every lock, each run. Run `backup-agent recover --break-lock` once instead".into());
+    }
+    let juju = JujuCli::locate(model)?;
+    let store = dest.store()?;
+    let settings = daemon::ServeSettings {
+        schedule,
+        retention: policy.policy(),
+        listen,
+        token,
+    };
+    let (store2, tuning, names) = (store.clone(), tuning.tuning(), apps.names());
+    let make: daemon::MakeContext = std::sync::Arc::new(move |progress, interrupt| Context {
+        juju: juju.clone(),
+        names: names.clone(),
+        dest: store2.clone(),
+        kubeconfig: None,
+        tuning: tuning.clone(),
+        minio: None,
+        progress,
+        interrupt,
+    });
+    let shutdown = Interrupt::new();
+    backup_agent::interrupt::block_on_interruptible(
+        &shutdown,
+        daemon::serve(settings, make, store, shutdown.clone()),
+    )??;
+    Ok(())
+}
+
+fn describe_backup(
+    backup_id: String,
+    dest: DestinationArgs,
+    output: Output,
+) -> Result<(), Box<dyn Error>> {
+    let store = dest.store()?;
+    let s = runtime()?.block_on(repository::load(&store, &backup_id))?;
+    match output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
+        Output::Text => print!("{}", serde_yaml::to_string(&s)?),
+    }
+    Ok(())
+}

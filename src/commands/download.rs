@@ -1,0 +1,392 @@
+//! Materialising a backup on local disk: to carry it to another site, or to look inside.
+//!
+//! `DIR/statefile.json`, `DIR/mlmd.db` (decompressed and checked as a restore checks it),
+//! `DIR/mlpipeline/<key>` for every object of the manifest (content hash checked), and
+//! `DIR/mysql/<app>/<files>` with the mysql-k8s backup objects. A manifest key that would land
+//! outside `DIR/mlpipeline` is refused and reported, never written.
+
+use std::path::{Component as PathPart, Path, PathBuf};
+
+use futures::StreamExt;
+use serde::Serialize;
+use sha2::Digest;
+use tokio::io::AsyncWriteExt;
+
+use crate::components::{mlmd, mysql};
+use crate::context::Context;
+use crate::progress::Event;
+use crate::repository::{self, CatalogError, Entry, Phase};
+use crate::storage::StoreError;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Refused {
+    pub key: String,
+    pub why: String,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct DownloadReport {
+    pub backup_id: String,
+    pub dir: PathBuf,
+    pub files: u64,
+    pub bytes: u64,
+    pub mlmd: Option<PathBuf>,
+    pub mlpipeline_objects: u64,
+    pub mysql: Vec<String>,
+    pub refused: Vec<Refused>,
+    pub warnings: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum DownloadError {
+    #[error("{0}")]
+    Catalog(#[from] CatalogError),
+    #[error("{0}")]
+    Store(#[from] StoreError),
+    #[error("{path}: {detail}")]
+    Local { path: PathBuf, detail: String },
+    #[error("{dir} is not empty: download into a new or empty directory, so that nothing of yours is overwritten")]
+    NotEmpty { dir: PathBuf },
+    #[error("backup {id} is {phase}, not completed: only a completed backup holds every part; see `backup-agent describe-backup {id}`")]
+    NotCompleted { id: String, phase: String },
+    #[error("{what}: {detail}")]
+    Corrupt { what: String, detail: String },
+    #[error("download interrupted: {0}. The directory holds what was written so far")]
+    Interrupted(String),
+}
+
+fn local(path: &Path) -> impl Fn(std::io::Error) -> DownloadError + '_ {
+    move |e| DownloadError::Local {
+        path: path.to_path_buf(),
+        detail: e.to_string(),
+    }
+}
+
+/// Where a bucket key may be written under `root`, or why it may not: only plain relative
+/// segments, so nothing escapes the directory whatever the key says.
+pub fn local_path(root: &Path, key: &str) -> Result<PathBuf, String> {
+    if key.is_empty() {
+        return Err("empty key".into());
+    }
+    if key.starts_with('/') {
+        return Err("absolute path".into());
+    }
+    if key.contains('\0') {
+        return Err("contains NUL".into());
+    }
+    let rel = Path::new(key);
+    let mut out = root.to_path_buf();
+    for part in rel.components() {
+        match part {
+            PathPart::Normal(p) => out.push(p),
+            PathPart::ParentDir => return Err("contains `..`".into()),
+            PathPart::CurDir => return Err("contains `.`".into()),
+            _ => return Err("absolute path".into()),
+        }
+    }
+    if key.ends_with('/') {
+        return Err("ends with `/` (a directory, not an object)".into());
+    }
+    Ok(out)
+}
+
+/// Parses the manifest line by line, keeping entries whose key is unsafe aside instead of
+/// failing the whole download on them.
+fn manifest_entries(key: &str, bytes: &[u8]) -> Result<Vec<Entry>, DownloadError> {
+    let corrupt = |detail: String| DownloadError::Corrupt {
+        what: key.to_string(),
+        detail,
+    };
+    let text = zstd::decode_all(bytes).map_err(|e| corrupt(format!("not a zstd stream: {e}")))?;
+    text.split(|b| *b == b'\n')
+        .filter(|l| !l.is_empty())
+        .enumerate()
+        .map(|(i, line)| {
+            serde_json::from_slice(line).map_err(|e| corrupt(format!("line {}: {e}", i + 1)))
+        })
+        .collect()
+}
+
+async fn empty_dir(dir: &Path) -> Result<(), DownloadError> {
+    match tokio::fs::read_dir(dir).await {
+        Ok(mut rd) => {
+            if rd.next_entry().await.map_err(local(dir))?.is_some() {
+                return Err(DownloadError::NotEmpty { dir: dir.into() });
+            }
+            Ok(())
+        }
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+            tokio::fs::create_dir_all(dir).await.map_err(local(dir))
+        }
+        Err(e) => Err(local(dir)(e)),
+    }
+}
+
+pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, DownloadError> {
+    let p = &ctx.progress;
+    let sf = repository::load(&ctx.dest, id).await?;
+    if sf.phase != Phase::Completed {
+        return Err(DownloadError::NotCompleted {
+            id: id.into(),
+            phase: sf.phase.as_str().into(),
+        });
+    }
+    empty_dir(dir).await?;
+    let mut report = DownloadReport {
+        backup_id: id.into(),
+        dir: dir.into(),
+        files: 0,
+        bytes: 0,
+        mlmd: None,
+        mlpipeline_objects: 0,
+        mysql: vec![],
+        refused: vec![],
+        warnings: vec![],
+    };
+    let statefile = dir.join("statefile.json");
+    tokio::fs::write(&statefile, sf.to_json())
+        .await
+        .map_err(local(&statefile))?;
+    report.files += 1;
+
+    if let Some(m) = &sf.components.mlmd {
+        download_mlmd(ctx, m, dir, &mut report).await?;
+    }
+    if let Some(cap) = &sf.components.mlpipeline {
+        download_mlpipeline(ctx, cap, dir, &mut report).await?;
+    }
+    for m in &sf.components.mysql {
+        download_mysql(ctx, m, dir, &mut report).await;
+    }
+    p.step(
+        "done",
+        format!(
+            "backup {id} downloaded to {}: {} files, {}",
+            dir.display(),
+            report.files,
+            crate::units::human_bytes(report.bytes)
+        ),
+    );
+    Ok(report)
+}
+
+/// The MLMD database, decompressed and checked.
+async fn download_mlmd(
+    ctx: &Context,
+    m: &repository::MlmdCapture,
+    dir: &Path,
+    report: &mut DownloadReport,
+) -> Result<(), DownloadError> {
+    let p = &ctx.progress;
+    p.step(
+        "download",
+        format!("mlmd: {}", crate::units::human_bytes(m.size)),
+    );
+    let path = dir.join("mlmd.db");
+    mlmd::fetch_and_verify(&ctx.dest, m, &path)
+        .await
+        .map_err(|detail| DownloadError::Corrupt {
+            what: "mlmd".into(),
+            detail,
+        })?;
+    report.files += 1;
+    report.bytes += m.size;
+    report.mlmd = Some(path);
+    p.done(
+        "mlmd",
+        "mlmd.db written, hash, integrity and row counts match",
+    );
+    Ok(())
+}
+
+/// Every object of the manifest, each checked against its hash; keys that would land outside
+/// the directory are refused and listed.
+async fn download_mlpipeline(
+    ctx: &Context,
+    cap: &repository::MlpipelineCapture,
+    dir: &Path,
+    report: &mut DownloadReport,
+) -> Result<(), DownloadError> {
+    let p = &ctx.progress;
+    let bytes = ctx.dest.get_bytes(&cap.manifest_key).await?;
+    let sha = hex::encode(sha2::Sha256::digest(&bytes));
+    if sha != cap.manifest_sha256 {
+        return Err(DownloadError::Corrupt {
+            what: cap.manifest_key.clone(),
+            detail: format!(
+                "content hash {sha} differs from the statefile's {}",
+                cap.manifest_sha256
+            ),
+        });
+    }
+    let entries = manifest_entries(&cap.manifest_key, &bytes)?;
+    let root = dir.join("mlpipeline");
+    let mut safe = vec![];
+    for e in entries {
+        let checked = if crate::repository::is_sha256(&e.sha256) {
+            local_path(&root, &e.key)
+        } else {
+            Err(format!("its sha256 {:?} is not a content hash", e.sha256))
+        };
+        match checked {
+            Ok(path) => safe.push((e, path)),
+            Err(why) => {
+                p.warn(format!("mlpipeline key {:?} refused: {why}", e.key));
+                report.refused.push(Refused { key: e.key, why });
+            }
+        }
+    }
+    let total_bytes: u64 = safe.iter().map(|(e, _)| e.size).sum();
+    let total = safe.len() as u64;
+    p.step(
+        "download",
+        format!(
+            "mlpipeline: {total} objects, {}",
+            crate::units::human_bytes(total_bytes)
+        ),
+    );
+    let done = std::sync::atomic::AtomicU64::new(0);
+    let done_bytes = std::sync::atomic::AtomicU64::new(0);
+    let results: Vec<Result<(), DownloadError>> = futures::stream::iter(safe)
+        .map(|(e, path)| {
+            let (done, done_bytes) = (&done, &done_bytes);
+            async move {
+                if let Some(r) = ctx.interrupt.reason() {
+                    return Err(DownloadError::Interrupted(r));
+                }
+                fetch_blob(ctx, &e, &path).await?;
+                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                let b = done_bytes.fetch_add(e.size, std::sync::atomic::Ordering::Relaxed) + e.size;
+                p.emit(Event::Transfer {
+                    component: "mlpipeline".into(),
+                    done_bytes: b,
+                    total_bytes: Some(total_bytes),
+                    done_objects: n,
+                    total_objects: Some(total),
+                });
+                Ok(())
+            }
+        })
+        .buffer_unordered(ctx.tuning.transfers.max(1))
+        .collect()
+        .await;
+    for r in results {
+        r?;
+    }
+    report.mlpipeline_objects = total;
+    report.files += total;
+    report.bytes += total_bytes;
+    p.done(
+        "mlpipeline",
+        format!("{total} objects written, every hash matches"),
+    );
+    Ok(())
+}
+
+/// One database's mysql-k8s backup objects; a failure is a warning (they live in another
+/// bucket, which may be gone).
+async fn download_mysql(
+    ctx: &Context,
+    m: &repository::MysqlCapture,
+    dir: &Path,
+    report: &mut DownloadReport,
+) {
+    let p = &ctx.progress;
+    let app_dir = match local_path(&dir.join("mysql"), &m.app) {
+        Ok(d) if !m.app.contains('/') => d,
+        _ => {
+            p.warn(format!(
+                "mysql app name {:?} refused: not a plain name",
+                m.app
+            ));
+            report.refused.push(Refused {
+                key: format!("mysql/{}", m.app),
+                why: "the application name is not a plain name".into(),
+            });
+            return;
+        }
+    };
+    match mysql_objects(ctx, m, &app_dir).await {
+        Ok((n, b)) => {
+            report.files += n;
+            report.bytes += b;
+            report.mysql.push(format!("{} {}", m.app, m.backup_id));
+            p.done(
+                &m.app,
+                format!("mysql-k8s backup {}: {n} files", m.backup_id),
+            );
+        }
+        Err(e) => {
+            let w = format!(
+                "mysql-k8s backup {} of {} not downloaded: {e}",
+                m.backup_id, m.app
+            );
+            p.warn(w.clone());
+            report.warnings.push(w);
+        }
+    }
+}
+
+async fn fetch_blob(ctx: &Context, e: &Entry, path: &Path) -> Result<(), DownloadError> {
+    if let Some(parent) = path.parent() {
+        tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(local(parent))?;
+    }
+    let key = repository::blob_key(&e.sha256);
+    // Unique per entry: keys `x` and `x.json` must not share a temporary file.
+    let partial = path.with_file_name(format!(
+        ".{}.{:016x}.partial",
+        path.file_name()
+            .map(|n| n.to_string_lossy())
+            .unwrap_or_default(),
+        rand::random::<u64>()
+    ));
+    let mut f = tokio::fs::File::create(&partial)
+        .await
+        .map_err(local(&partial))?;
+    let mut hasher = sha2::Sha256::new();
+    let mut tap = crate::storage::TapWriter::new(&mut f, |b: &[u8]| hasher.update(b));
+    ctx.dest.get_stream(&key, &mut tap).await?;
+    f.flush().await.map_err(local(&partial))?;
+    drop(f);
+    let got = hex::encode(hasher.finalize());
+    if got != e.sha256 {
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(DownloadError::Corrupt {
+            what: format!("mlpipeline {} (blob {key})", e.key),
+            detail: format!("content hash {got}, the manifest says {}", e.sha256),
+        });
+    }
+    tokio::fs::rename(&partial, path).await.map_err(local(path))
+}
+
+async fn mysql_objects(
+    ctx: &Context,
+    m: &repository::MysqlCapture,
+    dir: &Path,
+) -> Result<(u64, u64), String> {
+    let (store, objects) = mysql::capture_objects(&ctx.juju, m).await?;
+    tokio::fs::create_dir_all(dir)
+        .await
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (mut n, mut b) = (0, 0);
+    for o in objects {
+        let path = local_path(dir, &o.key).map_err(|why| format!("{}: {why}", o.key))?;
+        let mut f = tokio::fs::File::create(&path)
+            .await
+            .map_err(|e| format!("{}: {e}", path.display()))?;
+        store
+            .get_stream(&o.key, &mut f)
+            .await
+            .map_err(|e| e.to_string())?;
+        n += 1;
+        b += o.size;
+    }
+    if n == 0 {
+        return Err(format!("no object named {} in its bucket", m.backup_id));
+    }
+    Ok((n, b))
+}

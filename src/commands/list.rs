@@ -1,0 +1,104 @@
+//! `list-backups`: the table of every backup in a repository, as people read it (the CLI
+//! prints it; the charm's action returns the same rows).
+
+use chrono::SecondsFormat;
+
+use crate::repository::Listed;
+use crate::units::{human_bytes, human_duration};
+
+/// The `list-backups` table.
+pub fn render_table(rows: &[Listed]) -> String {
+    let mut lines = vec![[
+        "ID".to_string(),
+        "STARTED".into(),
+        "DURATION".into(),
+        "PHASE".into(),
+        "SIZE".into(),
+        "NEW".into(),
+        "COMPONENTS".into(),
+        "LABEL".into(),
+    ]];
+    for r in rows {
+        lines.push(match r {
+            Listed::Backup(s) => [
+                s.backup_id.clone(),
+                s.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
+                s.finished_at
+                    .map(|f| human_duration((f - s.started_at).num_seconds()))
+                    .unwrap_or_else(|| "-".into()),
+                s.phase.as_str().into(),
+                human_bytes(s.size()),
+                human_bytes(s.new_bytes()),
+                s.captured().join(","),
+                s.label.clone(),
+            ],
+            Listed::Unreadable { id, .. } => [
+                id.clone(),
+                "-".into(),
+                "-".into(),
+                "unreadable".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+                "-".into(),
+            ],
+        });
+    }
+    let widths: Vec<usize> = (0..8)
+        .map(|c| {
+            lines
+                .iter()
+                .map(|l| l[c].chars().count())
+                .max()
+                .unwrap_or(0)
+        })
+        .collect();
+    let mut out = String::new();
+    for l in &lines {
+        let cells: Vec<String> = l
+            .iter()
+            .zip(&widths)
+            .map(|(c, w)| format!("{c:<w$}"))
+            .collect();
+        out.push_str(cells.join("  ").trim_end());
+        out.push('\n');
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::repository::statefile::tests::sample;
+    use crate::repository::CatalogError;
+
+    #[test]
+    fn the_table_shows_one_line_per_backup() {
+        let rows = vec![
+            Listed::Backup(Box::new(sample())),
+            Listed::Unreadable {
+                id: "20261124T000000Z-ffffff".into(),
+                error: CatalogError::BadId { id: "x".into() },
+            },
+        ];
+        let table = render_table(&rows);
+        let lines: Vec<&str> = table.lines().collect();
+        assert!(lines[0].starts_with("ID"));
+        for cell in [
+            "20261123T060000Z-0a1b2c",
+            "2026-11-23T06:00:00Z",
+            "1m35s",
+            "completed",
+            "3.0 MiB",
+            "1.0 MiB",
+            "kfp-db,mlpipeline",
+            "before-upgrade",
+        ] {
+            assert!(lines[1].contains(cell), "{cell} in {table}");
+        }
+        // Columns line up under their headers.
+        let col = lines[0].find("PHASE").unwrap();
+        assert_eq!(lines[1].find("completed"), Some(col));
+        assert_eq!(lines[2].find("unreadable"), Some(col));
+    }
+}

@@ -1,0 +1,12 @@
+//! What an operator asks for, one module a command. Commands orchestrate: they take the
+//! repository lock, call the components and the adapters below, and say what happened; they
+//! own no format and talk to no external system themselves.
+
+pub mod backup;
+pub mod download;
+pub mod list;
+pub mod preflight;
+pub mod prune;
+pub mod recover;
+pub mod restore;
+pub mod verify;

@@ -1,0 +1,99 @@
+//! A restore's plan and report as people read them.
+
+use super::{RestorePlan, RestoreReport};
+use crate::components::{mlmd, Component};
+
+/// The restore plan as `--dry-run` prints it.
+pub fn render_plan(p: &RestorePlan) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(
+        o,
+        "Plan to restore backup {} into model {}",
+        p.backup_id, p.model
+    );
+    let names: Vec<&str> = p.components.iter().map(|c| c.as_str()).collect();
+    let _ = writeln!(o, "  components: {}", names.join(", "));
+    let _ = writeln!(
+        o,
+        "  safety backup first: {}",
+        if p.safety_backup {
+            "yes (label pre-restore)"
+        } else {
+            "NO (--no-safety-backup)"
+        }
+    );
+    let _ = writeln!(o, "  scales (recorded first, put back afterwards):");
+    for r in &p.scales {
+        let _ = writeln!(
+            o,
+            "    {:<22} {} -> {} -> {}",
+            r.app, r.original, r.changed_to, r.original
+        );
+    }
+    for (app, id) in &p.mysql {
+        let _ = writeln!(o, "  {app}: mysql-k8s restore backup-id={id} (the app is blocked afterwards, as mysql-k8s always leaves it)");
+    }
+    if let Some(pod) = &p.mlmd_pod {
+        let _ = writeln!(
+            o,
+            "  mlmd: {} swapped in {pod} (previous file kept beside it), pod restarted",
+            mlmd::DB_PATH
+        );
+    }
+    if p.components.contains(&Component::Mlpipeline) {
+        let _ = writeln!(
+            o,
+            "  mlpipeline: the bucket made equal to {} objects ({}); objects the backup lacks are removed",
+            p.mlpipeline_objects,
+            crate::units::human_bytes(p.mlpipeline_bytes)
+        );
+    }
+    for w in &p.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
+    let _ = writeln!(o, "Nothing was changed (--dry-run).");
+    o
+}
+
+/// The summary of a finished restore.
+pub fn render_report(r: &RestoreReport) -> String {
+    use std::fmt::Write;
+    let mut o = String::new();
+    let _ = writeln!(o, "backup {} restored", r.backup_id);
+    if let Some(s) = &r.safety_backup {
+        let _ = writeln!(o, "  safety backup of the state before: {s}");
+    }
+    for m in &r.mysql {
+        let _ = writeln!(
+            o,
+            "  {:<10} mysql-k8s restore of {}: {} {}",
+            m.app, m.backup_id, m.status, m.message
+        );
+        if !m.next.is_empty() {
+            let _ = writeln!(o, "             next: {}", m.next);
+        }
+    }
+    if r.mlmd {
+        let _ = writeln!(
+            o,
+            "  {:<10} database swapped in, pod restarted and ready",
+            "mlmd"
+        );
+    }
+    if let Some(s) = &r.mlpipeline {
+        let _ = writeln!(
+            o,
+            "  {:<10} {} copied back ({}), {} unchanged, {} removed",
+            "mlpipeline",
+            s.copied,
+            crate::units::human_bytes(s.copied_bytes),
+            s.unchanged,
+            s.deleted
+        );
+    }
+    for w in &r.warnings {
+        let _ = writeln!(o, "  warning: {w}");
+    }
+    o
+}

@@ -1,0 +1,131 @@
+//! The `mlpipeline` bucket, copied into content-addressed blobs plus a per-backup manifest.
+//!
+//! Point in time: each backup's manifest names the blobs it needs, so an old backup keeps its
+//! artifacts after they change or go. Incremental: an object whose key, size and ETag match the
+//! previous backup's manifest is not read again, and a blob already stored is not uploaded
+//! again. A same-size change has a new ETag, so it is caught (the manual procedure's
+//! `--size-only` misses it).
+//!
+//! Fast where the time goes: a small object costs one GET (bytes and headers together) and one
+//! PUT, with no HEAD on either side, because the repository's blobs are listed once up front.
+//! Memory stays bounded whatever the data: small objects in memory within a byte budget, large
+//! ones streamed through a spool file a few at a time, uploaded in parts from a fixed budget.
+
+pub mod allocator;
+mod capture;
+mod pace;
+mod plan;
+mod restore;
+mod verify;
+
+use std::path::PathBuf;
+
+use serde::Serialize;
+
+pub use capture::{capture, capture_planned};
+pub use plan::SyncPlan;
+pub use restore::{restore, RestoreStats};
+
+use crate::progress::Progress;
+use crate::retry::Retryable;
+use crate::storage::StoreError;
+
+/// Objects up to this size are read into memory; larger ones go through a spool file.
+const IN_MEMORY_MAX: u64 = 8 << 20;
+/// Bytes of small objects in memory at once, across all transfers.
+const MEMORY_BUDGET: u64 = 32 << 20;
+/// Large objects spooled at once (each needs spool space the size of the object), of which
+/// [`LARGE_READING`] are being read while the others upload: reading the next while uploading
+/// the last keeps both the source and the destination busy.
+pub const LARGE_IN_FLIGHT: usize = 4;
+const LARGE_READING: usize = 2;
+
+/// Room in the memory budget for one object, in KiB permits.
+fn kib_permits(size: u64) -> u32 {
+    size.div_ceil(1024).clamp(1, MEMORY_BUDGET >> 10) as u32
+}
+
+#[derive(Debug, Clone)]
+pub struct SyncOptions {
+    /// Concurrent metadata lookups (HEADs of large objects before they stream).
+    pub checkers: usize,
+    /// Concurrent object reads and uploads.
+    pub transfers: usize,
+    /// Upload bandwidth limit, bytes per second.
+    pub bwlimit: Option<u64>,
+    /// Attempts per object on transient errors.
+    pub attempts: u32,
+    pub spool: PathBuf,
+    pub progress: Progress,
+}
+
+impl SyncOptions {
+    pub fn new(spool: impl Into<PathBuf>) -> Self {
+        SyncOptions {
+            checkers: crate::context::CHECKERS.into(),
+            transfers: crate::context::TRANSFERS.into(),
+            bwlimit: None,
+            attempts: crate::retry::ATTEMPTS,
+            spool: spool.into(),
+            progress: Progress::none(),
+        }
+    }
+}
+
+/// What a capture did.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct SyncStats {
+    pub objects: u64,
+    pub bytes: u64,
+    /// Objects read from the source (new or changed since the previous backup).
+    pub read_objects: u64,
+    pub read_bytes: u64,
+    /// Blobs uploaded (content the repository did not have).
+    pub new_objects: u64,
+    pub new_bytes: u64,
+    /// Objects listed but gone when read (deleted meanwhile): not in the manifest.
+    pub vanished: Vec<String>,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum SyncError {
+    #[error("mlpipeline: listing the source bucket: {0}")]
+    List(StoreError),
+    #[error("mlpipeline: {key}: {source}")]
+    Object { key: String, source: StoreError },
+    #[error("mlpipeline: local spool {path}: {source}")]
+    Spool {
+        path: PathBuf,
+        source: std::io::Error,
+    },
+}
+
+impl Retryable for SyncError {
+    fn is_retryable(&self) -> bool {
+        matches!(self, SyncError::Object { source, .. } if source.is_retryable())
+    }
+}
+
+/// The mlpipeline bucket as a [`Part`](crate::components::Part).
+pub struct Mlpipeline;
+
+#[async_trait::async_trait(?Send)]
+impl crate::components::Part for Mlpipeline {
+    fn name(&self) -> &'static str {
+        "mlpipeline"
+    }
+
+    fn held(&self, sf: &crate::repository::Statefile) -> bool {
+        sf.components.mlpipeline.is_some()
+    }
+
+    async fn check(
+        &self,
+        cx: &crate::components::check::CheckContext<'_>,
+        sf: &crate::repository::Statefile,
+        v: &mut crate::components::check::Verification,
+    ) {
+        verify::check(cx.dest, sf, cx.mode, cx.progress, v).await
+    }
+}

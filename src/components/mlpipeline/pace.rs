@@ -1,0 +1,117 @@
+//! Pacing shared by every transfer of a copy: a bandwidth limit, and progress a few times a
+//! second however many objects move.
+
+use std::time::{Duration, Instant};
+
+use crate::progress::{Event, Progress};
+
+/// A shared token bucket: uploads wait so the average stays under the rate.
+pub(super) struct Limiter {
+    rate: f64,
+    next_free: tokio::sync::Mutex<Instant>,
+}
+
+impl Limiter {
+    pub(super) fn new(rate: u64, now: Instant) -> Self {
+        Limiter {
+            rate: rate.max(1) as f64,
+            next_free: tokio::sync::Mutex::new(now),
+        }
+    }
+
+    /// When a transfer of `bytes` may start, booking the line after it.
+    fn reserve(next_free: &mut Instant, rate: f64, bytes: u64, now: Instant) -> Instant {
+        let start = (*next_free).max(now);
+        *next_free = start + Duration::from_secs_f64(bytes as f64 / rate);
+        start
+    }
+
+    pub(super) async fn take(&self, bytes: u64) {
+        let start = {
+            let mut next = self.next_free.lock().await;
+            Self::reserve(&mut next, self.rate, bytes, Instant::now())
+        };
+        tokio::time::sleep_until(start.into()).await;
+    }
+}
+
+/// Transfer events, at most a few a second however many objects move.
+pub(super) struct Ticker<'a> {
+    progress: &'a Progress,
+    total_objects: u64,
+    total_bytes: u64,
+    done: std::sync::Mutex<(u64, u64, Instant)>,
+}
+
+impl<'a> Ticker<'a> {
+    const EVERY: Duration = Duration::from_millis(500);
+
+    pub(super) fn new(progress: &'a Progress, total_objects: u64, total_bytes: u64) -> Self {
+        Ticker {
+            progress,
+            total_objects,
+            total_bytes,
+            done: std::sync::Mutex::new((0, 0, Instant::now())),
+        }
+    }
+
+    pub(super) fn add(&self, bytes: u64) {
+        let due = {
+            let mut d = self.done.lock().expect("ticker");
+            d.0 += 1;
+            d.1 += bytes;
+            let due = d.2.elapsed() >= Self::EVERY;
+            if due {
+                d.2 = Instant::now();
+            }
+            due.then_some((d.0, d.1))
+        };
+        if let Some((objects, bytes)) = due {
+            self.emit(objects, bytes);
+        }
+    }
+
+    fn emit(&self, objects: u64, bytes: u64) {
+        self.progress.emit(Event::Transfer {
+            component: "mlpipeline".into(),
+            done_bytes: bytes,
+            total_bytes: Some(self.total_bytes),
+            done_objects: objects,
+            total_objects: Some(self.total_objects),
+        });
+    }
+
+    pub(super) fn finish(&self) {
+        let (objects, bytes, _) = *self.done.lock().expect("ticker");
+        if self.total_objects > 0 {
+            self.emit(objects, bytes);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_limiter_spaces_transfers_at_the_rate() {
+        let t0 = Instant::now();
+        let mut next = t0;
+        let starts: Vec<Duration> = [1000u64, 1000, 500, 0]
+            .iter()
+            .map(|b| Limiter::reserve(&mut next, 1000.0, *b, t0) - t0)
+            .collect();
+        assert_eq!(
+            starts,
+            [
+                Duration::ZERO,
+                Duration::from_secs(1),
+                Duration::from_secs(2),
+                Duration::from_millis(2500)
+            ]
+        );
+        // Idle time is not saved up: a late transfer starts when it comes.
+        let late = t0 + Duration::from_secs(10);
+        assert_eq!(Limiter::reserve(&mut next, 1000.0, 1000, late), late);
+    }
+}

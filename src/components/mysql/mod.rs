@@ -1,0 +1,383 @@
+//! The kfp-db and katib-db databases, captured by the mysql-k8s charm's own `create-backup`
+//! action on a replica, into the S3 bucket of its s3-integrator relation. We record which unit
+//! made which backup, and where, and check the charm lists it as finished.
+
+mod forget;
+mod restore;
+mod verify;
+
+pub use forget::forget_many;
+pub use restore::{restore_many, MysqlRestored};
+
+use crate::juju::{self, JujuCli, JujuError, Status};
+use crate::repository::MysqlCapture;
+use crate::retry::retry_blocking;
+use crate::secret::Secret;
+use crate::storage::{S3Settings, Store, StoreError, UriStyle};
+
+#[derive(Debug, thiserror::Error)]
+pub enum MysqlError {
+    #[error("{app}: {source}")]
+    Juju {
+        app: String,
+        #[source]
+        source: JujuError,
+    },
+    #[error("{app} has no unit that is active")]
+    NoUnit { app: String },
+    #[error("{app}: get-cluster-status names no primary")]
+    NoPrimary { app: String },
+    #[error("{app} has no replica to back up from (only the primary {primary}): scale it to 2 units first, as create-backup does")]
+    NoReplica { app: String, primary: String },
+    #[error("{app}: the charm lists backup {id} as {status:?}, not finished")]
+    NotFinished {
+        app: String,
+        id: String,
+        status: String,
+    },
+    #[error("{app} has no s3-parameters relation to s3-integrator: its backups would have nowhere to go (`juju integrate {app} s3-integrator`)")]
+    NoS3 { app: String },
+    #[error("{app}: its s3-parameters relation carries no S3 keys (s3-integrator 2 keeps them in a Juju secret), so its backups cannot be checked from here")]
+    NoS3Keys { app: String },
+    #[error("{app}: the backups' bucket: {source}")]
+    Store {
+        app: String,
+        #[source]
+        source: StoreError,
+    },
+    #[error("{app}: its backup {id} has the same id as {other}'s in the same place ({location}), so one overwrote the other; give each database its own s3-integrator path")]
+    Collided {
+        app: String,
+        other: String,
+        id: String,
+        location: String,
+    },
+}
+
+/// How long each action may take before we stop waiting (the task goes on in Juju).
+#[derive(Debug, Clone)]
+pub struct Waits {
+    pub status: String,
+    pub backup: String,
+}
+
+impl Default for Waits {
+    fn default() -> Self {
+        Waits {
+            status: "5m".into(),
+            backup: "60m".into(),
+        }
+    }
+}
+
+pub fn active_units(status: &Status, app: &str) -> Vec<String> {
+    status
+        .applications
+        .get(app)
+        .map(|a| {
+            a.units
+                .iter()
+                .filter(|(_, u)| u.workload_status.current == "active")
+                .map(|(n, _)| n.clone())
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// The s3-integrator databag of the app's s3-parameters relation, read from a unit.
+fn s3_parameters(
+    cli: &JujuCli,
+    app: &str,
+    unit: &str,
+) -> Result<std::collections::BTreeMap<String, String>, MysqlError> {
+    let shown = cli.show_unit(unit).map_err(|source| MysqlError::Juju {
+        app: app.into(),
+        source,
+    })?;
+    juju::relation_app_data(&shown, unit, "s3-parameters")
+        .ok_or_else(|| MysqlError::NoS3 { app: app.into() })
+}
+
+fn trimmed_path(bag: &std::collections::BTreeMap<String, String>) -> String {
+    bag.get("path")
+        .map(|p| p.trim_matches('/').to_string())
+        .unwrap_or_default()
+}
+
+/// `<bucket>/<path>` of the app's s3-parameters relation, read from a unit's relation data.
+/// Only those two keys are taken for the record: the databag also holds the S3 keys.
+pub fn backup_location(cli: &JujuCli, app: &str, unit: &str) -> Result<String, MysqlError> {
+    let bag = s3_parameters(cli, app, unit)?;
+    let bucket = bag.get("bucket").cloned().unwrap_or_default();
+    let path = trimmed_path(&bag);
+    Ok(if path.is_empty() {
+        bucket
+    } else {
+        format!("{bucket}/{path}")
+    })
+}
+
+/// Where the app's backups are, as a store rooted at the relation's path, to check the
+/// `<id>.md5` markers mysql-k8s writes. The keys stay inside the store.
+pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, MysqlError> {
+    let bag = s3_parameters(cli, app, unit)?;
+    let get = |k: &str| bag.get(k).filter(|v| !v.is_empty()).cloned();
+    let (Some(access), Some(secret)) = (get("access-key"), get("secret-key")) else {
+        return Err(MysqlError::NoS3Keys { app: app.into() });
+    };
+    Store::s3(&S3Settings {
+        endpoint: get("endpoint").unwrap_or_else(|| "https://s3.amazonaws.com".into()),
+        bucket: get("bucket").unwrap_or_default(),
+        path: trimmed_path(&bag),
+        region: get("region").unwrap_or_else(|| "us-east-1".into()),
+        uri_style: match get("s3-uri-style").as_deref() {
+            Some("host") => UriStyle::Host,
+            _ => UriStyle::Path,
+        },
+        access_key: Secret::new(access),
+        secret_key: Secret::new(secret),
+        sse: None,
+    })
+    .map_err(|e| MysqlError::Store {
+        app: app.into(),
+        source: e,
+    })
+}
+
+/// The store holding a captured mysql-k8s backup: asked of the unit that made it, else of any
+/// active unit (the one that made it may be gone since). Runs `juju`: call from blocking code.
+pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
+    let mut units = vec![m.unit.clone()];
+    // Any unit carries the relation data, whatever its status (after a restore mysql-k8s is
+    // blocked until it gets a new location).
+    if let Ok(status) = cli.status() {
+        if let Some(a) = status.applications.get(&m.app) {
+            units.extend(a.units.keys().filter(|u| **u != m.unit).cloned());
+        }
+    }
+    let mut last = String::from("no unit of it to ask");
+    for unit in units {
+        match backup_store(cli, &m.app, &unit) {
+            Ok(store) => {
+                // The relation may point elsewhere since (a new path after a restore): the
+                // keys there are not this backup's.
+                if let Ok(now) = backup_location(cli, &m.app, &unit) {
+                    if now != m.location {
+                        return Err(format!(
+                            "it was written to {}, but {} now backs up to {now}: remove {}* from {} with your S3 tools",
+                            m.location, m.app, m.backup_id, m.location
+                        ));
+                    }
+                }
+                return Ok(store);
+            }
+            Err(e) => last = e.to_string(),
+        }
+    }
+    Err(last)
+}
+
+/// A captured mysql-k8s backup's store and its objects (`<id>`, `<id>.md5`,
+/// `<id>.metadata`, ...), looked up through juju off the async threads.
+pub async fn capture_objects(
+    cli: &JujuCli,
+    m: &MysqlCapture,
+) -> Result<(Store, Vec<crate::storage::ObjectInfo>), String> {
+    let (cli, m2) = (cli.clone(), m.clone());
+    let store = tokio::task::spawn_blocking(move || capture_store(&cli, &m2))
+        .await
+        .map_err(|e| e.to_string())??;
+    let listed = store.list(&m.backup_id).await.map_err(|e| e.to_string())?;
+    let own = listed
+        .into_iter()
+        .filter(|o| o.key == m.backup_id || o.key.starts_with(&format!("{}.", m.backup_id)))
+        .collect();
+    Ok((store, own))
+}
+
+/// mysql-k8s's `list-backups` on `unit`, parsed.
+pub fn list_backups(
+    cli: &JujuCli,
+    app: &str,
+    unit: &str,
+    wait: &str,
+) -> Result<Vec<juju::MysqlBackup>, MysqlError> {
+    let err = |source| MysqlError::Juju {
+        app: app.into(),
+        source,
+    };
+    let listed = retry_blocking(crate::retry::ATTEMPTS, "list-backups", || {
+        cli.run_action(unit, "list-backups", &[], wait)
+    })
+    .map_err(err)?;
+    let table = listed.result_str("backups").unwrap_or_default();
+    juju::parse_backups_table(table).map_err(|detail| {
+        err(JujuError::Parse {
+            command: format!("juju run {unit} list-backups"),
+            what: "backups table".into(),
+            detail,
+        })
+    })
+}
+
+/// Asks the cluster which unit is primary, backs up on another one, and checks the charm
+/// lists the backup as finished.
+pub fn capture(
+    cli: &JujuCli,
+    status: &Status,
+    app: &str,
+    waits: &Waits,
+) -> Result<MysqlCapture, MysqlError> {
+    let err = |source| MysqlError::Juju {
+        app: app.into(),
+        source,
+    };
+    let units = active_units(status, app);
+    let first = units
+        .first()
+        .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
+    let cs = retry_blocking(crate::retry::ATTEMPTS, "get-cluster-status", || {
+        cli.run_action(first, "get-cluster-status", &[], &waits.status)
+    })
+    .map_err(err)?;
+    let primary = juju::cluster_primary(&cs.results)
+        .ok_or_else(|| MysqlError::NoPrimary { app: app.into() })?;
+    let replica = units
+        .iter()
+        .find(|u| **u != primary)
+        .ok_or_else(|| MysqlError::NoReplica {
+            app: app.into(),
+            primary: primary.clone(),
+        })?;
+    let location = backup_location(cli, app, replica)?;
+    tracing::info!(app, unit = %replica, "mysql-k8s create-backup");
+    // Not retried: a retry after a lost answer could make a second backup.
+    let task = cli
+        .run_action(replica, "create-backup", &[], &waits.backup)
+        .map_err(err)?;
+    let id = task
+        .result_str("backup-id")
+        .ok_or_else(|| {
+            err(JujuError::Parse {
+                command: format!("juju run {replica} create-backup"),
+                what: "backup-id".into(),
+                detail: "no backup-id in the results".into(),
+            })
+        })?
+        .to_string();
+    let rows = list_backups(cli, app, replica, &waits.status)?;
+    let status = rows
+        .iter()
+        .find(|r| r.id == id)
+        .map(|r| r.status.clone())
+        .unwrap_or_else(|| "missing".into());
+    if status != "finished" {
+        return Err(MysqlError::NotFinished {
+            app: app.into(),
+            id,
+            status,
+        });
+    }
+    Ok(MysqlCapture {
+        app: app.into(),
+        unit: replica.clone(),
+        backup_id: id,
+        location,
+    })
+}
+
+/// mysql-k8s names a backup by the second it started and puts it at `<path>/<id>`: two apps
+/// that share an s3-integrator path and back up in the same second overwrite each other. So
+/// apps sharing a location go one after another, the next starting two seconds (a margin for
+/// clock skew) after the previous backup's id; apps with their own locations go in parallel.
+pub fn capture_many(
+    cli: &JujuCli,
+    status: &Status,
+    apps: &[String],
+    waits: &Waits,
+    on_start: &(dyn Fn(&str) + Sync),
+) -> Vec<(String, Result<MysqlCapture, MysqlError>)> {
+    let mut groups: Vec<(Option<String>, Vec<String>)> = vec![];
+    for app in apps {
+        let location = active_units(status, app)
+            .first()
+            .and_then(|u| backup_location(cli, app, u).ok());
+        match groups
+            .iter_mut()
+            .find(|(l, _)| l.is_some() && *l == location)
+        {
+            Some((_, g)) => g.push(app.clone()),
+            None => groups.push((location, vec![app.clone()])),
+        }
+    }
+    let mut out: Vec<(String, Result<MysqlCapture, MysqlError>)> = std::thread::scope(|scope| {
+        let handles: Vec<_> = groups
+            .iter()
+            .map(|(_, group)| {
+                scope.spawn(move || {
+                    let mut done: Vec<(String, Result<MysqlCapture, MysqlError>)> = vec![];
+                    for app in group {
+                        let last = done.iter().rev().find_map(|(_, r)| r.as_ref().ok());
+                        if let Some(prev) = last {
+                            wait_past(&prev.backup_id);
+                        }
+                        on_start(app);
+                        let mut r = capture(cli, status, app, waits);
+                        if let (Ok(cap), Some(prev)) = (&r, last) {
+                            if cap.backup_id == prev.backup_id && cap.location == prev.location {
+                                r = Err(MysqlError::Collided {
+                                    app: app.clone(),
+                                    other: prev.app.clone(),
+                                    id: cap.backup_id.clone(),
+                                    location: cap.location.clone(),
+                                });
+                            }
+                        }
+                        done.push((app.clone(), r));
+                    }
+                    done
+                })
+            })
+            .collect();
+        handles
+            .into_iter()
+            .flat_map(|h| h.join().expect("mysql capture thread"))
+            .collect()
+    });
+    out.sort_by_key(|(a, _)| apps.iter().position(|x| x == a));
+    out
+}
+
+/// Sleeps until the UTC clock is two seconds past a mysql-k8s backup id.
+fn wait_past(backup_id: &str) {
+    let Ok(t) = chrono::NaiveDateTime::parse_from_str(backup_id, "%Y-%m-%dT%H:%M:%SZ") else {
+        return;
+    };
+    let until = t.and_utc() + chrono::Duration::seconds(2);
+    if let Ok(d) = (until - chrono::Utc::now()).to_std() {
+        std::thread::sleep(d);
+    }
+}
+
+/// The kfp-db and katib-db databases as a [`Part`](crate::components::Part).
+pub struct Mysql;
+
+#[async_trait::async_trait(?Send)]
+impl crate::components::Part for Mysql {
+    fn name(&self) -> &'static str {
+        "mysql"
+    }
+
+    fn held(&self, sf: &crate::repository::Statefile) -> bool {
+        !sf.components.mysql.is_empty()
+    }
+
+    async fn check(
+        &self,
+        cx: &crate::components::check::CheckContext<'_>,
+        sf: &crate::repository::Statefile,
+        v: &mut crate::components::check::Verification,
+    ) {
+        verify::check(cx.juju, sf, cx.mode, v).await
+    }
+}

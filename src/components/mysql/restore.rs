@@ -1,0 +1,68 @@
+//! A database put back: mysql-k8s's own `restore` action on the one unit it allows.
+
+use serde::Serialize;
+
+use crate::juju::{JujuCli, Status};
+use crate::progress::Progress;
+use crate::retry::retry_blocking;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct MysqlRestored {
+    pub app: String,
+    pub backup_id: String,
+    pub status: String,
+    pub message: String,
+    /// What the operator does next.
+    pub next: String,
+}
+
+/// Restores each (application, mysql-k8s backup id), one after the other: mysql-k8s `restore`
+/// on each app's one unit, then what the app says about it.
+pub fn restore_many(
+    juju: &JujuCli,
+    status: &Status,
+    pairs: &[(String, String)],
+    wait: &str,
+    p: &Progress,
+) -> Result<Vec<MysqlRestored>, String> {
+    let mut out = vec![];
+    for (app, backup_id) in pairs {
+        let unit = status
+            .applications
+            .get(app)
+            .and_then(|a| a.units.keys().next().cloned())
+            .ok_or_else(|| format!("{app} has no unit to restore into"))?;
+        p.step(
+            "mysql",
+            format!("{app}: restore backup-id={backup_id} on {unit}"),
+        );
+        // Not retried: a second restore after a lost answer would run it twice.
+        juju.run_action(&unit, "restore", &[("backup-id", backup_id)], wait)
+            .map_err(|e| format!("{app}: {e}"))?;
+        let after = retry_blocking(crate::retry::ATTEMPTS, "juju status", || juju.status())
+            .map_err(|e| e.to_string())?;
+        let st = after
+            .applications
+            .get(app)
+            .and_then(|a| a.application_status.clone());
+        let (status, message) = st.map(|s| (s.current, s.message)).unwrap_or_default();
+        let next = if status == "blocked" {
+            format!("{app} is blocked (\"{message}\"): mysql-k8s does this after every restore so the restored cluster cannot write over the backups it came from. Give {app} a new backup location (another s3-integrator, or a new `path` on it) and its status clears; backups work again from then on")
+        } else {
+            String::new()
+        };
+        p.done(
+            "mysql",
+            format!("{app}: restored {backup_id}; now {status}"),
+        );
+        out.push(MysqlRestored {
+            app: app.clone(),
+            backup_id: backup_id.clone(),
+            status,
+            message,
+            next,
+        });
+    }
+    Ok(out)
+}

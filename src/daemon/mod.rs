@@ -1,0 +1,197 @@
+//! The daemon, `backup-agent serve`: backups on a cron schedule followed by a prune, and an
+//! HTTP API on loopback (backups, health, Prometheus metrics).
+//!
+//! The repository stays the only state: the API and the metrics read the statefiles, so a
+//! restarted daemon (or another machine) tells the same story. In memory there is only what
+//! a statefile cannot say: whether a run is going, and when the next one is due.
+
+mod http;
+mod metrics;
+mod runs;
+mod schedule;
+
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+
+use chrono::{DateTime, Utc};
+use serde::Serialize;
+
+pub use http::MAX_BODY;
+pub use schedule::Schedule;
+
+use crate::context::Context;
+use crate::interrupt::Interrupt;
+use crate::progress::Progress;
+use crate::repository::retention::Policy;
+use crate::secret::Secret;
+use crate::storage::Store;
+
+/// `KEY=VALUE` lines (blank lines and `#` comments allowed); the message names the line.
+pub fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, String> {
+    let text =
+        std::fs::read_to_string(path).map_err(|e| format!("--env-file {}: {e}", path.display()))?;
+    let mut out = vec![];
+    for (i, line) in text.lines().enumerate() {
+        let l = line.trim();
+        if l.is_empty() || l.starts_with('#') {
+            continue;
+        }
+        match l.split_once('=') {
+            Some((k, v))
+                if !k.is_empty() && k.bytes().all(|b| b.is_ascii_alphanumeric() || b == b'_') =>
+            {
+                out.push((k.to_string(), v.to_string()))
+            }
+            // The line may hold a key: say where, not what.
+            _ => {
+                return Err(format!(
+                    "--env-file {} line {}: not KEY=VALUE",
+                    path.display(),
+                    i + 1
+                ))
+            }
+        }
+    }
+    Ok(out)
+}
+
+/// What the daemon was told.
+#[derive(Debug, Clone)]
+pub struct ServeSettings {
+    pub schedule: Option<Schedule>,
+    pub retention: Policy,
+    pub listen: SocketAddr,
+    /// Bearer token of the mutating endpoints; without one they are refused.
+    pub token: Option<Secret>,
+}
+
+/// A context for one run: the daemon's clients with this run's progress and interrupt.
+pub type MakeContext = Arc<dyn Fn(Progress, Interrupt) -> Context + Send + Sync>;
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunInfo {
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub step: String,
+    /// Everything is captured and being checked: a shutdown lets it end.
+    pub finishing: bool,
+    #[serde(skip)]
+    interrupt: Interrupt,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RunOutcome {
+    pub trigger: String,
+    pub started_at: DateTime<Utc>,
+    pub finished_at: DateTime<Utc>,
+    pub outcome: String,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub backup_id: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub error: Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub pruned: Option<usize>,
+}
+
+pub(crate) struct Daemon {
+    settings: ServeSettings,
+    make: MakeContext,
+    dest: Store,
+    running: Mutex<Option<RunInfo>>,
+    last: Mutex<Option<RunOutcome>>,
+    next: Mutex<Option<DateTime<Utc>>>,
+    done: tokio::sync::Notify,
+    /// Set at shutdown (under `running`'s lock): no run starts after it.
+    stopping: std::sync::atomic::AtomicBool,
+}
+
+#[derive(Debug, thiserror::Error)]
+pub enum ServeError {
+    #[error("cannot listen on {addr}: {detail}. Choose another address with --listen (another process may be using this port)")]
+    Bind { addr: SocketAddr, detail: String },
+    #[error("HTTP server: {0}")]
+    Http(String),
+}
+
+/// Runs the daemon until `shutdown`: binds first (so a port in use fails before anything
+/// happens), then schedules and serves. On shutdown a backup in its last step finishes; any
+/// other is interrupted (scales put back, statefile `failed: interrupted`).
+pub async fn serve(
+    settings: ServeSettings,
+    make: MakeContext,
+    dest: Store,
+    shutdown: Interrupt,
+) -> Result<(), ServeError> {
+    let listener = tokio::net::TcpListener::bind(settings.listen)
+        .await
+        .map_err(|e| ServeError::Bind {
+            addr: settings.listen,
+            detail: e.to_string(),
+        })?;
+    let addr = listener
+        .local_addr()
+        .map_err(|e| ServeError::Http(e.to_string()))?;
+    let daemon = Arc::new(Daemon {
+        settings: settings.clone(),
+        make,
+        dest,
+        running: Mutex::new(None),
+        last: Mutex::new(None),
+        next: Mutex::new(None),
+        done: tokio::sync::Notify::new(),
+        stopping: std::sync::atomic::AtomicBool::new(false),
+    });
+    tracing::info!(
+        "serving on http://{addr}; schedule {}; retention {}",
+        settings
+            .schedule
+            .as_ref()
+            .map(|s| s.text.as_str())
+            .unwrap_or("(none)"),
+        settings.retention
+    );
+    if let Some(s) = settings.schedule.clone() {
+        tokio::spawn(daemon.clone().scheduler(s, shutdown.clone()));
+    }
+    let app = http::router(daemon.clone());
+    let stop = shutdown.clone();
+    axum::serve(listener, app)
+        .with_graceful_shutdown(async move { stop.triggered().await })
+        .await
+        .map_err(|e| ServeError::Http(e.to_string()))?;
+    let running = {
+        let guard = daemon.running.lock().expect("daemon state");
+        daemon
+            .stopping
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        guard.clone()
+    };
+    if let Some(r) = running {
+        if r.finishing {
+            tracing::info!(
+                "shutting down: letting the backup in its last step ({}) finish",
+                r.step
+            );
+        } else {
+            tracing::info!(
+                "shutting down: interrupting the running backup (step {})",
+                r.step
+            );
+            r.interrupt.trigger(
+                shutdown
+                    .reason()
+                    .unwrap_or_else(|| "the daemon is stopping".into()),
+            );
+        }
+        daemon.wait_idle().await;
+    }
+    Ok(())
+}
+
+/// An API error: its status and `{"error": message}`.
+fn error(status: axum::http::StatusCode, message: impl Into<String>) -> axum::response::Response {
+    let body = axum::Json(serde_json::json!({ "error": message.into() }));
+    axum::response::IntoResponse::into_response((status, body))
+}

@@ -1,0 +1,55 @@
+//! Where everything lives in the repository: every key backup-agent reads or writes is made
+//! here, so the layout has one definition.
+
+/// Everything backup-agent writes lives under this prefix of the store's root.
+pub const REPO: &str = "backup-agent";
+
+/// The statefile schema this agent writes and reads.
+pub const SCHEMA_VERSION: u32 = 1;
+
+pub fn backups_prefix() -> String {
+    format!("{REPO}/backups/")
+}
+
+pub fn statefile_key(id: &str) -> String {
+    format!("{REPO}/backups/{id}/statefile.json")
+}
+
+pub fn mlmd_key(id: &str) -> String {
+    format!("{REPO}/backups/{id}/mlmd.db.zst")
+}
+
+pub fn manifest_key(id: &str) -> String {
+    format!("{REPO}/backups/{id}/mlpipeline.manifest")
+}
+
+/// Everything backup-agent keeps: what prune walks.
+pub fn repo_prefix() -> String {
+    format!("{REPO}/")
+}
+
+/// Where every blob lives.
+pub fn blobs_prefix() -> String {
+    format!("{REPO}/blobs/")
+}
+
+/// Content-addressed blobs, shared by every backup: `blobs/ab/abcdef...`.
+pub fn blob_key(sha256_hex: &str) -> String {
+    format!("{REPO}/blobs/{}/{sha256_hex}", &sha256_hex[..2])
+}
+
+pub fn lock_key() -> String {
+    format!("{REPO}/lock.json")
+}
+
+/// Written before a backup's statefile is deleted, deleted last: names what is still to go
+/// (its mysql-k8s backups live in another bucket), so an interrupted forget is finished by
+/// the next prune rather than leaked.
+pub fn tombstone_key(id: &str) -> String {
+    format!("{REPO}/backups/{id}/forgetting.json")
+}
+
+/// The object a backup writes, reads back and deletes to prove the destination takes writes.
+pub fn probe_key(id: &str) -> String {
+    format!("{REPO}/probe-{id}")
+}

@@ -1,0 +1,20 @@
+//! The agent against the simulated Charmed Kubeflow model (juju, Kubernetes, Pebble and
+//! hook-tool simulators, SeaweedFS for MinIO and the destination): every command, the charm,
+//! the daemon, faults and bad input.
+//!
+//! One test binary (ripgrep's way): one link for all of them.
+
+#[path = "../common/mod.rs"]
+mod common;
+
+mod bad_input;
+mod charm;
+mod create_backup;
+mod faults;
+mod mlmd_capture;
+mod mlpipeline_capture;
+mod mysql_capture;
+mod prune;
+mod recovery;
+mod restore;
+mod serve;

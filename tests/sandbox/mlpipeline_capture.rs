@@ -1,0 +1,163 @@
+//! mlpipeline capture against the sandbox's two S3 servers: content-addressed, incremental,
+//! point in time.
+
+use backup_agent::components::mlpipeline::{self, SyncOptions};
+use backup_agent::repository;
+use backup_agent::secret::Secret;
+use backup_agent::storage::{S3Settings, Store, UriStyle};
+use backup_agent_sandbox::seed::{bucket_objects, BucketSpec, ContentReader};
+use backup_agent_sandbox::Sandbox;
+use sha2::{Digest, Sha256};
+
+fn store(endpoint: String, bucket: &str, path: &str, access: &str, secret: &str) -> Store {
+    Store::s3(&S3Settings {
+        endpoint,
+        bucket: bucket.into(),
+        path: path.into(),
+        region: "us-east-1".into(),
+        uri_style: UriStyle::Path,
+        access_key: Secret::new(access),
+        secret_key: Secret::new(secret),
+        sse: None,
+    })
+    .unwrap()
+}
+
+fn stores(sb: &Sandbox) -> (Store, Store) {
+    let m = &sb.info.minio;
+    let d = &sb.info.dest;
+    (
+        store(m.endpoint(), "mlpipeline", "", &m.access_key, &m.secret_key),
+        store(
+            d.endpoint(),
+            &sb.info.dest_bucket,
+            "ckf",
+            &d.access_key,
+            &d.secret_key,
+        ),
+    )
+}
+
+#[test]
+fn first_copy_then_nothing_then_only_what_changed() {
+    let mut opts = backup_agent_sandbox::UpOptions::new(crate::common::sandbox_exe());
+    opts.bucket = BucketSpec {
+        small: 30,
+        large: 1,
+        large_size: 12 << 20,
+        ..BucketSpec::default()
+    };
+    let spec = opts.bucket;
+    let sb = Sandbox::up(&opts).unwrap();
+    let (minio, dest) = stores(&sb);
+    let spool = tempfile::tempdir().unwrap();
+    let mut sync = SyncOptions::new(spool.path());
+    sync.bwlimit = Some(200 << 20);
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let seeded = bucket_objects(&spec);
+        let total: u64 = seeded.iter().map(|o| o.size).sum();
+
+        let (m1, s1) = mlpipeline::capture(&minio, &dest, None, &sync)
+            .await
+            .unwrap();
+        assert_eq!(s1.objects as usize, seeded.len());
+        assert_eq!(
+            (s1.read_objects as usize, s1.read_bytes),
+            (seeded.len(), total)
+        );
+        for o in &seeded {
+            let e = m1
+                .entries
+                .iter()
+                .find(|e| e.key == o.key)
+                .unwrap_or_else(|| panic!("{} missing", o.key));
+            let want = hex::encode(Sha256::digest(
+                ContentReader::new(spec.seed, &o.key, o.size).to_vec(),
+            ));
+            assert_eq!(e.sha256, want, "{}", o.key);
+            assert_eq!(e.content_type, o.content_type, "{}", o.key);
+            for (k, v) in &o.metadata {
+                assert_eq!(e.metadata.get(k), Some(v), "{} metadata {k}", o.key);
+            }
+            assert!(dest
+                .head(&repository::blob_key(&e.sha256))
+                .await
+                .unwrap()
+                .is_some());
+        }
+        // Zero-byte objects share one blob: fewer blobs than objects.
+        assert!(s1.new_objects < s1.objects, "{s1:?}");
+
+        // Nothing changed: nothing read, nothing uploaded.
+        let (m2, s2) = mlpipeline::capture(&minio, &dest, Some(&m1), &sync)
+            .await
+            .unwrap();
+        assert_eq!(
+            (s2.read_objects, s2.read_bytes, s2.new_objects, s2.new_bytes),
+            (0, 0, 0, 0)
+        );
+        assert_eq!(m2, m1);
+
+        // A same-size change and a deletion.
+        let src = sb.info.minio.target("mlpipeline").open().unwrap();
+        let changed = seeded
+            .iter()
+            .find(|o| o.size == spec.small_size as u64)
+            .unwrap();
+        let mut body = ContentReader::new(spec.seed, &changed.key, changed.size).to_vec();
+        body[0] ^= 0xff;
+        src.put_object(&changed.key, &body).await.unwrap();
+        let gone = seeded
+            .iter()
+            .rev()
+            .find(|o| o.size > 0 && o.key != changed.key)
+            .unwrap();
+        src.delete_object(&gone.key).await.unwrap();
+
+        let (m3, s3) = mlpipeline::capture(&minio, &dest, Some(&m2), &sync)
+            .await
+            .unwrap();
+        assert_eq!(
+            (s3.read_objects, s3.read_bytes),
+            (1, changed.size),
+            "only the changed object moves"
+        );
+        assert_eq!((s3.new_objects, s3.new_bytes), (1, changed.size));
+        let new_entry = m3.entries.iter().find(|e| e.key == changed.key).unwrap();
+        assert_eq!(new_entry.sha256, hex::encode(Sha256::digest(&body)));
+        assert!(
+            m3.entries.iter().all(|e| e.key != gone.key),
+            "a deleted object leaves the manifest"
+        );
+
+        // The old backup still has both: its blobs are untouched.
+        for key in [&changed.key, &gone.key] {
+            let old = m1.entries.iter().find(|e| &e.key == key).unwrap();
+            let mut bytes = vec![];
+            dest.get_stream(&repository::blob_key(&old.sha256), &mut bytes)
+                .await
+                .unwrap();
+            assert_eq!(hex::encode(Sha256::digest(&bytes)), old.sha256);
+        }
+
+        // The manifest survives the trip through the store.
+        dest.put_bytes(
+            &repository::manifest_key("20261123T060000Z-0a1b2c"),
+            &m3.to_bytes(),
+            "application/zstd",
+        )
+        .await
+        .unwrap();
+        let back = dest
+            .get_bytes(&repository::manifest_key("20261123T060000Z-0a1b2c"))
+            .await
+            .unwrap();
+        assert_eq!(repository::Manifest::parse("m", &back).unwrap(), m3);
+    });
+    assert_eq!(
+        std::fs::read_dir(spool.path()).unwrap().count(),
+        0,
+        "the spool is cleaned up"
+    );
+}
