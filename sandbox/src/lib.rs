@@ -33,7 +33,3 @@ pub mod s3;
 pub mod seed;
 
 pub use env::{Info, Layout, S3Role, Sandbox, UpOptions};
-
-// Old paths, kept while the product's tests and bench move to the new ones (issue 18).
-pub use env::ckf;
-pub use s3::fault_proxy;

@@ -189,8 +189,8 @@ pub struct RestoreArgs {
     #[arg(long)]
     pub dry_run: bool,
     /// How long the MLMD pod may take to come back after its restart.
-    #[arg(long, default_value_t = humantime::Duration::from(restore::POD_TIMEOUT))]
-    pub pod_timeout: humantime::Duration,
+    #[arg(long, default_value_t = Minutes(restore::POD_TIMEOUT))]
+    pub pod_timeout: Minutes,
     #[command(flatten)]
     pub apps: AppNameArgs,
     #[command(flatten)]
@@ -238,11 +238,11 @@ pub struct TuningArgs {
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
     /// How long a scale change may take to settle.
-    #[arg(long, default_value_t = humantime::Duration::from(ScaleWait::default().timeout))]
-    pub scale_timeout: humantime::Duration,
+    #[arg(long, default_value_t = Minutes(ScaleWait::default().timeout))]
+    pub scale_timeout: Minutes,
     /// How long each mysql-k8s create-backup may take.
-    #[arg(long, default_value_t = humantime::Duration::from(context::ACTION_TIMEOUT))]
-    pub action_timeout: humantime::Duration,
+    #[arg(long, default_value_t = Minutes(context::ACTION_TIMEOUT))]
+    pub action_timeout: Minutes,
     /// Take over the repository lock even though its holder's lease has not expired. Only
     /// when you know that run is gone (a lease of a dead run on this machine is taken over
     /// without it).
@@ -261,10 +261,10 @@ impl TuningArgs {
             bwlimit: self.bwlimit,
             spool: self.spool.clone(),
             scale_wait: ScaleWait {
-                timeout: self.scale_timeout.into(),
+                timeout: self.scale_timeout.0,
                 ..ScaleWait::default()
             },
-            action_wait: self.action_timeout.into(),
+            action_wait: self.action_timeout.0,
             lease: LeaseTiming::default(),
             break_lock: self.break_lock,
         }
@@ -302,5 +302,29 @@ impl AppNameArgs {
             minio: self.minio.clone(),
             kfp_ui: self.kfp_ui.clone(),
         }
+    }
+}
+
+/// A duration given as people write them (`90s`, `15m`, `2h`), shown in --help in minutes
+/// when whole (`60m`, as the flags have always read).
+#[derive(Debug, Clone, Copy)]
+pub struct Minutes(pub Duration);
+
+impl std::fmt::Display for Minutes {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let secs = self.0.as_secs();
+        if secs > 0 && secs.is_multiple_of(60) && self.0.subsec_nanos() == 0 {
+            write!(f, "{}m", secs / 60)
+        } else {
+            write!(f, "{}", humantime::format_duration(self.0))
+        }
+    }
+}
+
+impl std::str::FromStr for Minutes {
+    type Err = humantime::DurationError;
+
+    fn from_str(s: &str) -> Result<Self, Self::Err> {
+        humantime::parse_duration(s).map(Minutes)
     }
 }

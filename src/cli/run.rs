@@ -177,7 +177,7 @@ fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
         components,
         safety_backup: !no_safety_backup,
         force,
-        pod_timeout: pod_timeout.into(),
+        pod_timeout: pod_timeout.0,
     };
     let ctx = context(model, apps, &dest, &tuning, output)?;
     if dry_run {

@@ -619,7 +619,7 @@ fn minio_keys_fall_back_to_s3_credentials_then_juju_config() {
                 ("minio", "s3-credentials"),
                 "s3",
             );
-            backup_agent_sandbox::ckf::set_app_data(
+            backup_agent_sandbox::env::ckf::set_app_data(
                 m,
                 id,
                 "minio",

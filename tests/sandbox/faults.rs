@@ -13,7 +13,7 @@ use crate::common::{
 };
 use backup_agent::repository::{self, Phase};
 use backup_agent::storage::Store;
-use backup_agent_sandbox::fault_proxy::FaultProxy;
+use backup_agent_sandbox::s3::fault_proxy::FaultProxy;
 use backup_agent_sandbox::seed::BucketSpec;
 use backup_agent_sandbox::{S3Role, Sandbox, UpOptions};
 

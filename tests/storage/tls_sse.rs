@@ -6,7 +6,7 @@ use std::path::Path;
 use std::process::Command;
 
 use crate::common::{agent, cli, completed_ids, rt};
-use backup_agent_sandbox::fault_proxy::FaultProxy;
+use backup_agent_sandbox::s3::fault_proxy::FaultProxy;
 use backup_agent_sandbox::s3::{start_weed_with, stop_weed, TlsFiles};
 use backup_agent_sandbox::seed::BucketSpec;
 use backup_agent_sandbox::{Sandbox, UpOptions};
