@@ -57,45 +57,6 @@ impl LocalStore {
         }
     }
 
-    /// Writes through a temporary file and a rename: a reader never sees half an object, nor
-    /// one whose `verdict` failed.
-    async fn put_stream(
-        &self,
-        key: &str,
-        reader: &mut (dyn AsyncRead + Unpin + Send),
-        verdict: Verdict<'_>,
-    ) -> Result<(), StoreError> {
-        let path = self.path(key)?;
-        if let Some(dir) = path.parent() {
-            tokio::fs::create_dir_all(dir)
-                .await
-                .map_err(|e| self.io_error("put", key, e))?;
-        }
-        let tmp = path.with_file_name(format!(
-            ".{}.partial",
-            path.file_name()
-                .map(|n| n.to_string_lossy().into_owned())
-                .unwrap_or_default()
-        ));
-        let mut f = tokio::fs::File::create(&tmp)
-            .await
-            .map_err(|e| self.io_error("put", key, e))?;
-        tokio::io::copy(reader, &mut f)
-            .await
-            .map_err(|e| self.io_error("put", key, e))?;
-        f.sync_all()
-            .await
-            .map_err(|e| self.io_error("put", key, e))?;
-        drop(f);
-        if let Err(e) = verdict.await {
-            let _ = tokio::fs::remove_file(&tmp).await;
-            return Err(e);
-        }
-        tokio::fs::rename(&tmp, &path)
-            .await
-            .map_err(|e| self.io_error("put", key, e))
-    }
-
     fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         let mut out = vec![];
         let mut stack = vec![self.root.clone()];
@@ -151,9 +112,9 @@ impl ObjectStore for LocalStore {
         data: &[u8],
         content_type: &str,
     ) -> Result<(), StoreError> {
-        let _ = content_type;
         let mut r = data;
-        self.put_stream(key, &mut r, Box::pin(async { Ok(()) }))
+        let ok = Box::pin(async { Ok(()) });
+        self.put_verified(key, &mut r, None, content_type, &BTreeMap::new(), ok)
             .await
     }
 
@@ -183,6 +144,8 @@ impl ObjectStore for LocalStore {
         }
     }
 
+    /// Writes through a temporary file and a rename: a reader never sees half an object, nor
+    /// one whose `verdict` failed.
     async fn put_verified(
         &self,
         key: &str,
@@ -192,7 +155,35 @@ impl ObjectStore for LocalStore {
         _metadata: &BTreeMap<String, String>,
         verdict: Verdict<'_>,
     ) -> Result<(), StoreError> {
-        self.put_stream(key, reader, verdict).await
+        let path = self.path(key)?;
+        if let Some(dir) = path.parent() {
+            tokio::fs::create_dir_all(dir)
+                .await
+                .map_err(|e| self.io_error("put", key, e))?;
+        }
+        let tmp = path.with_file_name(format!(
+            ".{}.partial",
+            path.file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default()
+        ));
+        let mut f = tokio::fs::File::create(&tmp)
+            .await
+            .map_err(|e| self.io_error("put", key, e))?;
+        tokio::io::copy(reader, &mut f)
+            .await
+            .map_err(|e| self.io_error("put", key, e))?;
+        f.sync_all()
+            .await
+            .map_err(|e| self.io_error("put", key, e))?;
+        drop(f);
+        if let Err(e) = verdict.await {
+            let _ = tokio::fs::remove_file(&tmp).await;
+            return Err(e);
+        }
+        tokio::fs::rename(&tmp, &path)
+            .await
+            .map_err(|e| self.io_error("put", key, e))
     }
 
     async fn get_with_meta(&self, key: &str) -> Result<(Vec<u8>, ObjectMeta), StoreError> {

@@ -238,10 +238,56 @@ impl S3Store {
         }
         Ok(headers)
     }
+}
+
+#[async_trait::async_trait]
+impl ObjectStore for S3Store {
+    fn describe(&self) -> String {
+        format!(
+            "s3://{}/{} at {}",
+            self.bucket.name(),
+            self.root,
+            self.endpoint
+        )
+    }
+
+    async fn put_bytes(
+        &self,
+        key: &str,
+        data: &[u8],
+        content_type: &str,
+    ) -> Result<(), StoreError> {
+        let full = self.full(key)?;
+        self.small_put(&full, data, content_type)
+            .execute()
+            .await
+            .map_err(|e| self.err("put", key, e))?;
+        Ok(())
+    }
+
+    async fn put_bytes_if_absent(
+        &self,
+        key: &str,
+        data: &[u8],
+        content_type: &str,
+    ) -> Result<bool, StoreError> {
+        let full = self.full(key)?;
+        let sent = self
+            .small_put(&full, data, content_type)
+            .with_header("If-None-Match", "*")
+            .map_err(|e| self.err("put", key, e))?
+            .execute()
+            .await;
+        match sent {
+            Ok(_) => Ok(true),
+            Err(S3Error::HttpFailWithBody(412, _)) => Ok(false),
+            Err(e) => Err(self.err("put", key, e)),
+        }
+    }
 
     /// One PUT when the object fits a part, else a multipart upload whose parts wait for room
     /// in the store's budget before they are read.
-    async fn put(
+    async fn put_verified(
         &self,
         key: &str,
         reader: &mut (dyn AsyncRead + Unpin + Send),
@@ -351,65 +397,6 @@ impl S3Store {
             let _ = self.bucket.abort_upload(&full, &upload_id).await;
         }
         uploaded
-    }
-}
-
-#[async_trait::async_trait]
-impl ObjectStore for S3Store {
-    fn describe(&self) -> String {
-        format!(
-            "s3://{}/{} at {}",
-            self.bucket.name(),
-            self.root,
-            self.endpoint
-        )
-    }
-
-    async fn put_bytes(
-        &self,
-        key: &str,
-        data: &[u8],
-        content_type: &str,
-    ) -> Result<(), StoreError> {
-        let full = self.full(key)?;
-        self.small_put(&full, data, content_type)
-            .execute()
-            .await
-            .map_err(|e| self.err("put", key, e))?;
-        Ok(())
-    }
-
-    async fn put_bytes_if_absent(
-        &self,
-        key: &str,
-        data: &[u8],
-        content_type: &str,
-    ) -> Result<bool, StoreError> {
-        let full = self.full(key)?;
-        let sent = self
-            .small_put(&full, data, content_type)
-            .with_header("If-None-Match", "*")
-            .map_err(|e| self.err("put", key, e))?
-            .execute()
-            .await;
-        match sent {
-            Ok(_) => Ok(true),
-            Err(S3Error::HttpFailWithBody(412, _)) => Ok(false),
-            Err(e) => Err(self.err("put", key, e)),
-        }
-    }
-
-    async fn put_verified(
-        &self,
-        key: &str,
-        reader: &mut (dyn AsyncRead + Unpin + Send),
-        size_hint: Option<u64>,
-        content_type: &str,
-        metadata: &BTreeMap<String, String>,
-        verdict: Verdict<'_>,
-    ) -> Result<(), StoreError> {
-        self.put(key, reader, size_hint, content_type, metadata, verdict)
-            .await
     }
 
     async fn get_with_meta(&self, key: &str) -> Result<(Vec<u8>, ObjectMeta), StoreError> {
