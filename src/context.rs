@@ -55,6 +55,13 @@ pub struct Tuning {
     pub break_lock: bool,
 }
 
+impl Tuning {
+    /// `--wait` of each mysql-k8s action, as juju reads it.
+    pub fn action_wait_arg(&self) -> String {
+        format!("{}s", self.action_wait.as_secs().max(1))
+    }
+}
+
 impl Default for Tuning {
     fn default() -> Self {
         Tuning {

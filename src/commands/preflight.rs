@@ -27,6 +27,18 @@ pub(crate) async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + '
         .expect("blocking task panicked")
 }
 
+/// Runs `work` unless `halt` fires first (`None`: halted), so the first part of a run to fail
+/// stops the others.
+pub(crate) async fn until<T>(
+    halt: &tokio_util::sync::CancellationToken,
+    work: impl std::future::Future<Output = T>,
+) -> Option<T> {
+    tokio::select! {
+        r = work => Some(r),
+        _ = halt.cancelled() => None,
+    }
+}
+
 pub(crate) fn app<'a>(apps: &'a [AppState], role: &str) -> &'a AppState {
     apps.iter()
         .find(|a| a.role == role)

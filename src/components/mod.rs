@@ -24,9 +24,6 @@ use check::{CheckContext, Verification};
 /// thread.
 #[async_trait::async_trait(?Send)]
 pub trait Part: Sync {
-    /// Its name in messages.
-    fn name(&self) -> &'static str;
-
     /// Whether backup `sf` holds this part.
     fn held(&self, sf: &Statefile) -> bool;
 

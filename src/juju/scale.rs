@@ -61,6 +61,15 @@ pub fn record(app: &str, original: u32, wanted: u32) -> ScaleRecord {
     }
 }
 
+/// The applications a journal changes, and the scale each goes to while the run works.
+pub fn targets(journal: &[ScaleRecord]) -> Vec<(String, u32)> {
+    journal
+        .iter()
+        .filter(|r| r.changed_to != r.original)
+        .map(|r| (r.app.clone(), r.changed_to))
+        .collect()
+}
+
 fn status(cli: &JujuCli) -> Result<Status, QuiesceError> {
     retry_blocking(crate::retry::ATTEMPTS, "juju status", || cli.status())
         .map_err(QuiesceError::Status)

@@ -3,7 +3,7 @@
 use tokio_util::sync::CancellationToken;
 
 use super::{error, Prepared};
-use crate::commands::preflight::blocking;
+use crate::commands::preflight::{blocking, until};
 use crate::components::mlmd::{self, MlmdError};
 use crate::components::mlpipeline::{self, SyncError, SyncOptions, SyncPlan, SyncStats};
 use crate::components::mysql::{self, MysqlError, Waits};
@@ -111,29 +111,13 @@ async fn save(dest: &Store, sf: &Statefile) -> Result<(), Vec<ErrorRecord>> {
         .map_err(|e: StoreError| vec![error("destination", format!("writing the statefile: {e}"))])
 }
 
-/// Runs `work` unless `halt` fires first (`None`: halted).
-async fn until<T>(
-    halt: &CancellationToken,
-    work: impl std::future::Future<Output = T>,
-) -> Option<T> {
-    tokio::select! {
-        r = work => Some(r),
-        _ = halt.cancelled() => None,
-    }
-}
-
 /// Scales what the journal changes and waits until it settles; the status afterwards.
 async fn quiesce(
     ctx: &Context,
     prep: &Prepared,
     sf: &Statefile,
 ) -> Result<Status, Vec<ErrorRecord>> {
-    let targets: Vec<(String, u32)> = sf
-        .quiesce
-        .iter()
-        .filter(|r| r.changed_to != r.original)
-        .map(|r| (r.app.clone(), r.changed_to))
-        .collect();
+    let targets = scale::targets(&sf.quiesce);
     if targets.is_empty() {
         return Ok(prep.status.clone());
     }
@@ -154,7 +138,7 @@ async fn capture_mysql(ctx: &Context, apps: Vec<String>, status: Status) -> Mysq
     }
     let waits = Waits {
         status: "5m".into(),
-        backup: format!("{}s", ctx.tuning.action_wait.as_secs().max(1)),
+        backup: ctx.tuning.action_wait_arg(),
     };
     let (juju, p) = (ctx.juju.clone(), ctx.progress.clone());
     blocking(move || {
@@ -188,11 +172,7 @@ async fn capture_mlpipeline(
     let (Some(plan), Some(minio)) = (plan, &prep.minio) else {
         return Ok(None);
     };
-    let mut opts = SyncOptions::new(prep.spool.path.join("mlpipeline"));
-    opts.checkers = ctx.tuning.checkers;
-    opts.transfers = ctx.tuning.transfers;
-    opts.bwlimit = ctx.tuning.bwlimit;
-    opts.progress = ctx.progress.clone();
+    let opts = SyncOptions::for_run(ctx, prep.spool.path.join("mlpipeline"));
     mlpipeline::capture_planned(&minio.store, &ctx.dest, plan, &opts)
         .await
         .map(Some)

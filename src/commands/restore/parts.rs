@@ -5,7 +5,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::prepare::Prepared;
 use super::{spool, MysqlRestored, RestoreRequest, RestoreStats};
-use crate::commands::preflight::blocking;
+use crate::commands::preflight::{blocking, until};
 use crate::components::{mlmd, mlpipeline, mysql};
 use crate::context::Context;
 use crate::juju::scale;
@@ -30,17 +30,17 @@ pub(super) async fn restore_parts(
     };
     let (m, l, s) = tokio::join!(
         async {
-            let r = until(&halt, restore_mysql(ctx, prep, status)).await;
+            let r = or_stopped(&halt, restore_mysql(ctx, prep, status)).await;
             stop_on_err(r.is_err());
             r
         },
         async {
-            let r = until(&halt, restore_mlmd(ctx, req, prep)).await;
+            let r = or_stopped(&halt, restore_mlmd(ctx, req, prep)).await;
             stop_on_err(r.is_err());
             r
         },
         async {
-            let r = until(&halt, restore_mlpipeline(ctx, prep)).await;
+            let r = or_stopped(&halt, restore_mlpipeline(ctx, prep)).await;
             stop_on_err(r.is_err());
             r
         }
@@ -57,24 +57,19 @@ pub(super) async fn restore_parts(
     Ok((m.unwrap(), l.unwrap(), s.unwrap()))
 }
 
-/// Runs `work` unless `halt` fires first: then it is "stopped" (the part that failed says why).
-async fn until<T>(
+/// A part that `halt` stopped is "stopped": the part that failed says why.
+async fn or_stopped<T>(
     halt: &CancellationToken,
     work: impl std::future::Future<Output = Result<T, String>>,
 ) -> Result<T, String> {
-    tokio::select! {
-        r = work => r,
-        _ = halt.cancelled() => Err("stopped".into()),
-    }
+    until(halt, work)
+        .await
+        .unwrap_or_else(|| Err("stopped".into()))
 }
 
 /// Scales what the journal changes and waits for it; the model's status afterwards.
 async fn quiesce(ctx: &Context, journal: &[ScaleRecord]) -> Result<crate::juju::Status, String> {
-    let targets: Vec<(String, u32)> = journal
-        .iter()
-        .filter(|r| r.changed_to != r.original)
-        .map(|r| (r.app.clone(), r.changed_to))
-        .collect();
+    let targets = scale::targets(journal);
     let (juju, wait, p, stop) = (
         ctx.juju.clone(),
         ctx.tuning.scale_wait,
@@ -102,7 +97,7 @@ async fn restore_mysql(
         return Ok(vec![]);
     }
     let (juju, p) = (ctx.juju.clone(), ctx.progress.clone());
-    let wait = format!("{}s", ctx.tuning.action_wait.as_secs().max(1));
+    let wait = ctx.tuning.action_wait_arg();
     blocking(move || mysql::restore_many(&juju, &status, &pairs, &wait, &p)).await
 }
 
@@ -161,11 +156,7 @@ async fn restore_mlpipeline(
     .await
     .map_err(|e| format!("mlpipeline: {e}"))?;
     let manifest = Manifest::parse(&cap.manifest_key, &bytes)?;
-    let mut opts = SyncOptions::new(std::env::temp_dir());
-    opts.checkers = ctx.tuning.checkers;
-    opts.transfers = ctx.tuning.transfers;
-    opts.bwlimit = ctx.tuning.bwlimit;
-    opts.progress = p.clone();
+    let opts = SyncOptions::for_run(ctx, std::env::temp_dir());
     p.step(
         "mlpipeline",
         format!(

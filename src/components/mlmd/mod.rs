@@ -372,10 +372,6 @@ pub struct Mlmd;
 
 #[async_trait::async_trait(?Send)]
 impl crate::components::Part for Mlmd {
-    fn name(&self) -> &'static str {
-        "mlmd"
-    }
-
     fn held(&self, sf: &crate::repository::Statefile) -> bool {
         sf.components.mlmd.is_some()
     }

@@ -70,6 +70,17 @@ impl SyncOptions {
             progress: Progress::none(),
         }
     }
+
+    /// A run's copy settings: its knobs and its progress.
+    pub fn for_run(ctx: &crate::context::Context, spool: impl Into<PathBuf>) -> Self {
+        SyncOptions {
+            checkers: ctx.tuning.checkers,
+            transfers: ctx.tuning.transfers,
+            bwlimit: ctx.tuning.bwlimit,
+            progress: ctx.progress.clone(),
+            ..SyncOptions::new(spool)
+        }
+    }
 }
 
 /// What a capture did.
@@ -112,10 +123,6 @@ pub struct Mlpipeline;
 
 #[async_trait::async_trait(?Send)]
 impl crate::components::Part for Mlpipeline {
-    fn name(&self) -> &'static str {
-        "mlpipeline"
-    }
-
     fn held(&self, sf: &crate::repository::Statefile) -> bool {
         sf.components.mlpipeline.is_some()
     }

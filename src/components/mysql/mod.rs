@@ -364,10 +364,6 @@ pub struct Mysql;
 
 #[async_trait::async_trait(?Send)]
 impl crate::components::Part for Mysql {
-    fn name(&self) -> &'static str {
-        "mysql"
-    }
-
     fn held(&self, sf: &crate::repository::Statefile) -> bool {
         !sf.components.mysql.is_empty()
     }
