@@ -17,5 +17,6 @@ pub mod progress;
 pub mod repository;
 pub mod retry;
 pub mod secret;
+pub mod sorted;
 pub mod storage;
 pub mod units;

@@ -25,12 +25,21 @@ pub fn human_duration(secs: i64) -> String {
 
 /// `50M` → 52428800: a byte rate with an optional binary suffix.
 pub fn parse_rate(s: &str) -> Result<u64, String> {
+    parse_bytes(s, "rate", "bytes per second like 50M or 1G")
+}
+
+/// A size in bytes with an optional K, M or G suffix (binary units): 16M is 16 MiB.
+pub fn parse_size(s: &str) -> Result<u64, String> {
+    parse_bytes(s, "size", "bytes like 16M or 512K")
+}
+
+fn parse_bytes(s: &str, what: &str, like: &str) -> Result<u64, String> {
     let t = s.trim();
     let split = t.find(|c: char| c.is_ascii_alphabetic()).unwrap_or(t.len());
     let (num, unit) = t.split_at(split);
     let n: f64 = num
         .parse()
-        .map_err(|_| format!("{s:?} is not a rate; give bytes per second like 50M or 1G"))?;
+        .map_err(|_| format!("{s:?} is not a {what}; give {like}"))?;
     let mult: u64 = match unit.to_ascii_uppercase().as_str() {
         "" | "B" => 1,
         "K" => 1 << 10,
@@ -44,7 +53,7 @@ pub fn parse_rate(s: &str) -> Result<u64, String> {
     };
     let rate = (n * mult as f64) as u64;
     if !n.is_finite() || rate == 0 {
-        return Err(format!("{s:?}: the rate must be above zero"));
+        return Err(format!("{s:?}: the {what} must be above zero"));
     }
     Ok(rate)
 }

@@ -5,15 +5,17 @@
 
 mod lab;
 mod report;
+mod scale;
+mod synthetic;
 mod worker;
 
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
 
 use anyhow::{bail, ensure, Context, Result};
-use backup_agent::repository::Manifest;
 use backup_agent_sandbox::seed::{self, BucketSpec, MlmdSpec, SeedObject};
 use clap::Parser;
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
 use lab::{Lab, Sample};
@@ -28,8 +30,16 @@ use report::{Results, Tool};
 enum Cmd {
     /// Runs every case and prints the table.
     Run(RunArgs),
+    /// Memory and time against object count (100 k and 1 M objects; 10 M synthetic).
+    Scale(scale::ScaleArgs),
     #[command(hide = true)]
     Capture(worker::CaptureArgs),
+    #[command(hide = true)]
+    Verify(scale::VerifyArgs),
+    #[command(hide = true)]
+    Prune(scale::PruneArgs),
+    #[command(hide = true)]
+    Synthetic(synthetic::SyntheticArgs),
     #[command(hide = true)]
     Restore(worker::RestoreArgs),
     #[command(hide = true)]
@@ -112,6 +122,7 @@ impl Sizes {
             awkward: false,
             seed,
             concurrency: 16,
+            small_spread: 0,
         }
     }
     fn bytes(&self) -> u64 {
@@ -126,7 +137,11 @@ fn main() {
     backup_agent::components::mlpipeline::allocator::return_large_buffers();
     let result = match Cmd::parse() {
         Cmd::Run(a) => run(a),
+        Cmd::Scale(a) => scale::run(a),
         Cmd::Capture(a) => worker::capture(a),
+        Cmd::Verify(a) => scale::verify(a),
+        Cmd::Prune(a) => scale::prune(a),
+        Cmd::Synthetic(a) => synthetic::run(a),
         Cmd::Restore(a) => worker::restore(a),
         Cmd::Mlmd(a) => worker::mlmd(a),
         Cmd::GenMlmd { path, mib } => seed::write_mlmd(&path, &MlmdSpec::sized(mib * MIB, 1)),
@@ -147,11 +162,19 @@ fn say(msg: impl AsRef<str>) {
 
 const OURS: &str = "backup-agent";
 
+/// A manifest read whole: the check of a benchmark copy only, never the product.
+struct Manifest {
+    entries: Vec<backup_agent::repository::Entry>,
+}
+
 struct Bench<'a> {
     lab: &'a Lab,
     results: Results,
     /// rclone's SHA-256 of each source bucket, recomputed after the bucket changes.
     source_sums: HashMap<String, BTreeMap<String, String>>,
+    /// The newest manifest of each repository root: its key in the repository and its hash.
+    manifests: HashMap<String, (String, String)>,
+    captures: u32,
 }
 
 fn run(a: RunArgs) -> Result<()> {
@@ -184,6 +207,8 @@ fn run(a: RunArgs) -> Result<()> {
         lab: &lab,
         results: Results::new(a.quick, reps, machine),
         source_sums: HashMap::new(),
+        manifests: HashMap::new(),
+        captures: 0,
     };
 
     say(format!(
@@ -309,10 +334,8 @@ impl Bench<'_> {
             };
             for tool in order {
                 let sample = if tool == Tool::Ours {
-                    let previous = self.manifest_path(&root);
-                    let kept = self.lab.path(&format!("{root}.previous"));
-                    std::fs::copy(&previous, &kept)?;
-                    let s = self.ours_capture("set-m", &root, Some(&kept))?;
+                    let previous = self.manifests.get(&root).cloned();
+                    let s = self.ours_capture("set-m", &root, previous)?;
                     let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
                     let read = stats["read-bytes"].as_u64().unwrap_or(u64::MAX);
                     let expected: u64 = if change {
@@ -355,8 +378,10 @@ impl Bench<'_> {
                     self.lab.url(&self.lab.dst, "repo", &root),
                     "--target".into(),
                     self.lab.url(&self.lab.src, &target, ""),
-                    "--manifest".into(),
-                    self.manifest_path(&root).display().to_string(),
+                    "--manifest-key".into(),
+                    self.manifests[&root].0.clone(),
+                    "--manifest-sha".into(),
+                    self.manifests[&root].1.clone(),
                     "--spool".into(),
                     self.lab.path("spool").display().to_string(),
                 ];
@@ -443,28 +468,42 @@ impl Bench<'_> {
         Ok(())
     }
 
-    fn manifest_path(&self, root: &str) -> PathBuf {
-        self.lab.path(&format!("{root}.manifest"))
-    }
-
-    fn ours_capture(&self, set: &str, root: &str, previous: Option<&Path>) -> Result<Sample> {
+    /// A capture into `root`, after `previous` (its manifest's key and hash) if given; the new
+    /// manifest's key and hash are kept for the next one.
+    fn ours_capture(
+        &mut self,
+        set: &str,
+        root: &str,
+        previous: Option<(String, String)>,
+    ) -> Result<Sample> {
         std::fs::create_dir_all(self.lab.path("spool"))?;
+        self.captures += 1;
+        let key = format!("manifests/{root}-{}", self.captures);
         let mut args = vec![
             "capture".to_string(),
             "--source".into(),
             self.lab.url(&self.lab.src, set, ""),
             "--dest".into(),
             self.lab.url(&self.lab.dst, "repo", root),
-            "--manifest-out".into(),
-            self.manifest_path(root).display().to_string(),
+            "--manifest-key".into(),
+            key.clone(),
             "--spool".into(),
             self.lab.path("spool").display().to_string(),
         ];
-        if let Some(p) = previous {
-            args.extend(["--previous".into(), p.display().to_string()]);
+        if let Some((k, sha)) = previous {
+            args.extend(["--previous".into(), k, "--previous-sha".into(), sha]);
         }
-        self.lab
-            .measure("backup-agent capture", self.lab.worker(&args))
+        let s = self
+            .lab
+            .measure("backup-agent capture", self.lab.worker(&args))?;
+        let out: serde_json::Value = serde_json::from_str(&s.stdout)
+            .with_context(|| format!("capture printed {:?}", s.stdout))?;
+        let sha = out["manifest-sha256"]
+            .as_str()
+            .unwrap_or_default()
+            .to_string();
+        self.manifests.insert(root.to_string(), (key, sha));
+        Ok(s)
     }
 
     fn rclone_sync(&self, from: &str, to: &str, tool: Tool) -> Result<Sample> {
@@ -484,9 +523,13 @@ impl Bench<'_> {
             self.source_sums.insert(set.to_string(), sums);
         }
         let source = &self.source_sums[set];
-        let path = self.manifest_path(root);
-        let manifest = Manifest::parse(&path.display().to_string(), &std::fs::read(&path)?)
-            .map_err(anyhow::Error::msg)?;
+        let (key, sha) = self.manifests[root].clone();
+        let repo = worker::store(&self.lab.url(&self.lab.dst, "repo", root))?;
+        let entries: Vec<backup_agent::repository::Entry> = tokio::runtime::Runtime::new()?
+            .block_on(
+                backup_agent::repository::manifest::read(&repo, &key, Some(&sha)).try_collect(),
+            )?;
+        let manifest = Manifest { entries };
         let blobs = self
             .lab
             .sha256s(&format!("dst:repo/{root}/backup-agent/blobs"))?;

@@ -5,9 +5,9 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context, Result};
-use backup_agent::components::mlpipeline::{self, SyncOptions};
+use backup_agent::components::mlpipeline::{self, PreviousManifest, SyncOptions};
 use backup_agent::context;
-use backup_agent::repository::Manifest;
+use backup_agent::repository::MlpipelineCapture;
 use backup_agent::secret::Secret;
 use backup_agent::storage::{S3Settings, Store, UriStyle};
 
@@ -60,11 +60,17 @@ pub struct CaptureArgs {
     source: String,
     #[arg(long)]
     dest: String,
-    /// The previous backup's manifest (an incremental capture).
+    /// The previous capture's manifest in `dest` (an incremental capture), and its hash.
+    #[arg(long, requires = "previous_sha")]
+    previous: Option<String>,
     #[arg(long)]
-    previous: Option<PathBuf>,
+    previous_sha: Option<String>,
+    /// Where in `dest` the new manifest goes.
     #[arg(long)]
-    manifest_out: PathBuf,
+    manifest_key: String,
+    /// Also record the capture as a completed backup with this id (for prune).
+    #[arg(long)]
+    statefile: Option<String>,
     #[arg(long)]
     spool: PathBuf,
     #[arg(long)]
@@ -73,26 +79,38 @@ pub struct CaptureArgs {
     checkers: Option<u16>,
 }
 
-/// Copies a bucket into a repository's blobs; prints the capture's statistics as JSON.
+/// Copies a bucket into a repository's blobs, as create-backup does (the counting pass, then
+/// the capture); prints the capture's statistics and the manifest's hash as JSON.
 pub fn capture(a: CaptureArgs) -> Result<()> {
     let (source, dest) = (store(&a.source)?, store(&a.dest)?);
-    let previous = match &a.previous {
-        Some(p) => Some(
-            Manifest::parse(&p.display().to_string(), &std::fs::read(p)?)
-                .map_err(anyhow::Error::msg)?,
-        ),
-        None => None,
-    };
+    let previous = a.previous.map(|key| PreviousManifest {
+        backup_id: "previous".into(),
+        key,
+        sha256: a.previous_sha.unwrap_or_default(),
+    });
     let opts = sync_options(a.spool, a.transfers, a.checkers);
     let rt = tokio::runtime::Runtime::new()?;
-    let (manifest, stats) = rt.block_on(mlpipeline::capture(
-        &source,
-        &dest,
-        previous.as_ref(),
-        &opts,
-    ))?;
-    std::fs::write(&a.manifest_out, manifest.to_bytes())?;
-    println!("{}", serde_json::to_string(&stats)?);
+    let captured = rt.block_on(async {
+        let plan = mlpipeline::plan(&source, &dest, previous.as_ref(), &opts).await?;
+        let captured = mlpipeline::capture(
+            &source,
+            &dest,
+            previous.as_ref(),
+            &a.manifest_key,
+            Some(&plan),
+            &opts,
+        )
+        .await?;
+        if let Some(id) = &a.statefile {
+            let (m, st) = (&captured.manifest, &captured.stats);
+            let sf = crate::scale::statefile(id, &a.manifest_key, &m.sha256, st.objects, st.bytes);
+            backup_agent::repository::save(&dest, &sf).await?;
+        }
+        Ok::<_, anyhow::Error>(captured)
+    })?;
+    let mut out = serde_json::to_value(&captured.stats)?;
+    out["manifest-sha256"] = captured.manifest.sha256.into();
+    println!("{out}");
     Ok(())
 }
 
@@ -102,8 +120,11 @@ pub struct RestoreArgs {
     repo: String,
     #[arg(long)]
     target: String,
+    /// The manifest in `repo`, and its hash.
     #[arg(long)]
-    manifest: PathBuf,
+    manifest_key: String,
+    #[arg(long)]
+    manifest_sha: String,
     #[arg(long)]
     spool: PathBuf,
     #[arg(long)]
@@ -113,14 +134,21 @@ pub struct RestoreArgs {
 /// Makes a bucket equal to a captured manifest; prints the restore's statistics as JSON.
 pub fn restore(a: RestoreArgs) -> Result<()> {
     let (repo, target) = (store(&a.repo)?, store(&a.target)?);
-    let manifest = Manifest::parse(
-        &a.manifest.display().to_string(),
-        &std::fs::read(&a.manifest)?,
-    )
-    .map_err(anyhow::Error::msg)?;
+    let cap = MlpipelineCapture {
+        manifest_key: a.manifest_key,
+        manifest_sha256: a.manifest_sha,
+        objects: 0,
+        bytes: 0,
+        new_bytes: 0,
+        new_objects: 0,
+    };
     let opts = sync_options(a.spool, a.transfers, None);
     let rt = tokio::runtime::Runtime::new()?;
-    let stats = rt.block_on(mlpipeline::restore(&repo, &target, &manifest, &opts))?;
+    // As restore does: the counting pass (its dry-run plan), then the restore.
+    let stats = rt.block_on(async {
+        let plan = mlpipeline::restore_plan(&repo, &target, &cap, &opts).await?;
+        mlpipeline::restore(&repo, &target, &cap, Some(&plan), &opts).await
+    })?;
     println!("{}", serde_json::to_string(&stats)?);
     Ok(())
 }

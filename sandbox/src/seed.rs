@@ -308,6 +308,9 @@ pub struct BucketSpec {
     pub awkward: bool,
     pub seed: u64,
     pub concurrency: usize,
+    /// Small objects are `small_size` plus up to this many more bytes (a hash of the key
+    /// picks how many), so sizes vary like real artifacts'.
+    pub small_spread: usize,
 }
 
 impl Default for BucketSpec {
@@ -321,6 +324,7 @@ impl Default for BucketSpec {
             awkward: true,
             seed: 1,
             concurrency: 16,
+            small_spread: 0,
         }
     }
 }
@@ -369,9 +373,16 @@ pub fn bucket_objects(spec: &BucketSpec) -> Vec<SeedObject> {
             2 => ("text/plain", vec![]),
             _ => ("text/csv", vec![]),
         };
+        let extra = match spec.small_spread {
+            0 => 0,
+            n => {
+                u64::from_le_bytes(Sha256::digest(key.as_bytes())[..8].try_into().unwrap())
+                    % (n as u64 + 1)
+            }
+        };
         out.push(SeedObject {
             key,
-            size: spec.small_size as u64,
+            size: spec.small_size as u64 + extra,
             content_type: ct,
             metadata: md,
         });

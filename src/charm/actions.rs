@@ -415,6 +415,7 @@ fn verify_backup(
         &p.backup_id,
         mode,
         spool.path(),
+        Default::default(),
         &action_log(tools),
     ))?;
     let report = verify::render(&v);

@@ -12,7 +12,7 @@ use backup_agent::daemon::Schedule;
 use backup_agent::juju::discovery::AppNames;
 use backup_agent::juju::scale::ScaleWait;
 use backup_agent::repository::{self, lock::LeaseTiming, retention::Policy};
-use backup_agent::units::parse_rate;
+use backup_agent::units::{parse_rate, parse_size};
 
 use super::destination::DestinationArgs;
 use super::output::{context, Output};
@@ -248,6 +248,8 @@ pub struct TuningArgs {
     /// without it).
     #[arg(long)]
     pub break_lock: bool,
+    #[command(flatten)]
+    pub scale: ScaleArgs,
 }
 
 impl TuningArgs {
@@ -267,6 +269,39 @@ impl TuningArgs {
             action_wait: self.action_timeout.0,
             lease: LeaseTiming::default(),
             break_lock: self.break_lock,
+            streaming: self.scale.streaming(),
+        }
+    }
+}
+
+/// The streamed engine's stage sizes: memory stays flat in the bucket's size whatever they are;
+/// tests set them small so that many pages, runs and batches happen on little data.
+#[derive(Debug, Clone, clap::Args)]
+pub struct ScaleArgs {
+    /// Keys asked for in one listing request (1 to 1000).
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_LIST_PAGE_SIZE", default_value_t = context::LIST_PAGE, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub list_page_size: u16,
+    /// Objects a copy may start ahead of the oldest unfinished one (the manifest is written in
+    /// key order, so this window bounds what waits in memory).
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_QUEUE_DEPTH", default_value_t = context::QUEUE_DEPTH, value_parser = clap::value_parser!(u32).range(1..))]
+    pub queue_depth: u32,
+    /// Memory an external sort may hold before it writes a sorted run to disk (in --spool,
+    /// else the temporary directory): content hashes in verify-backup and prune, and the
+    /// listing of a server that does not list in byte order. K, M or G suffixes.
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_SORT_MEMORY", value_name = "BYTES", default_value = "16M", value_parser = parse_size)]
+    pub sort_memory: u64,
+    /// Keys deleted in one request (1 to 1000; S3's DeleteObjects).
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_DELETE_BATCH", default_value_t = context::DELETE_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
+    pub delete_batch: u16,
+}
+
+impl ScaleArgs {
+    pub fn streaming(&self) -> context::Streaming {
+        context::Streaming {
+            page_size: self.list_page_size.into(),
+            queue_depth: self.queue_depth as usize,
+            sort_memory: self.sort_memory as usize,
+            delete_batch: self.delete_batch.into(),
         }
     }
 }

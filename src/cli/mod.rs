@@ -89,6 +89,8 @@ pub enum Command {
         read_data: bool,
         #[command(flatten)]
         dest: DestinationArgs,
+        #[command(flatten)]
+        scale: args::ScaleArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },

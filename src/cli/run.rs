@@ -35,8 +35,9 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             backup_id,
             read_data,
             dest,
+            scale,
             output,
-        } => verify_backup(model, backup_id, read_data, dest, output),
+        } => verify_backup(model, backup_id, read_data, dest, scale.streaming(), output),
         Command::Prune(args) => prune(model, *args),
         Command::DeleteBackup(args) => delete_backup(model, *args),
         Command::Download(args) => download(model, *args),
@@ -194,6 +195,7 @@ fn verify_backup(
     backup_id: String,
     read_data: bool,
     dest: DestinationArgs,
+    streaming: backup_agent::context::Streaming,
     output: Output,
 ) -> Result<(), Box<dyn Error>> {
     let store = dest.store()?;
@@ -211,6 +213,7 @@ fn verify_backup(
         &backup_id,
         mode,
         spool.path(),
+        streaming,
         &progress,
     ))?;
     show(output, &v, verify::render)?;

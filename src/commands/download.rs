@@ -7,7 +7,7 @@
 
 use std::path::{Component as PathPart, Path, PathBuf};
 
-use futures::StreamExt;
+use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
@@ -90,23 +90,6 @@ pub fn local_path(root: &Path, key: &str) -> Result<PathBuf, String> {
         return Err("ends with `/` (a directory, not an object)".into());
     }
     Ok(out)
-}
-
-/// Parses the manifest line by line, keeping entries whose key is unsafe aside instead of
-/// failing the whole download on them.
-fn manifest_entries(key: &str, bytes: &[u8]) -> Result<Vec<Entry>, DownloadError> {
-    let corrupt = |detail: String| DownloadError::Corrupt {
-        what: key.to_string(),
-        detail,
-    };
-    let text = zstd::decode_all(bytes).map_err(|e| corrupt(format!("not a zstd stream: {e}")))?;
-    text.split(|b| *b == b'\n')
-        .filter(|l| !l.is_empty())
-        .enumerate()
-        .map(|(i, line)| {
-            serde_json::from_slice(line).map_err(|e| corrupt(format!("line {}: {e}", i + 1)))
-        })
-        .collect()
 }
 
 async fn empty_dir(dir: &Path) -> Result<(), DownloadError> {
@@ -210,36 +193,8 @@ async fn download_mlpipeline(
     report: &mut DownloadReport,
 ) -> Result<(), DownloadError> {
     let p = &ctx.progress;
-    let bytes = ctx.dest.get_bytes(&cap.manifest_key).await?;
-    let sha = hex::encode(sha2::Sha256::digest(&bytes));
-    if sha != cap.manifest_sha256 {
-        return Err(DownloadError::Corrupt {
-            what: cap.manifest_key.clone(),
-            detail: format!(
-                "content hash {sha} differs from the statefile's {}",
-                cap.manifest_sha256
-            ),
-        });
-    }
-    let entries = manifest_entries(&cap.manifest_key, &bytes)?;
     let root = dir.join("mlpipeline");
-    let mut safe = vec![];
-    for e in entries {
-        let checked = if crate::repository::is_sha256(&e.sha256) {
-            local_path(&root, &e.key)
-        } else {
-            Err(format!("its sha256 {:?} is not a content hash", e.sha256))
-        };
-        match checked {
-            Ok(path) => safe.push((e, path)),
-            Err(why) => {
-                p.warn(format!("mlpipeline key {:?} refused: {why}", e.key));
-                report.refused.push(Refused { key: e.key, why });
-            }
-        }
-    }
-    let total_bytes: u64 = safe.iter().map(|(e, _)| e.size).sum();
-    let total = safe.len() as u64;
+    let (total, total_bytes) = (cap.objects, cap.bytes);
     p.step(
         "download",
         format!(
@@ -249,8 +204,38 @@ async fn download_mlpipeline(
     );
     let done = std::sync::atomic::AtomicU64::new(0);
     let done_bytes = std::sync::atomic::AtomicU64::new(0);
-    let results: Vec<Result<(), DownloadError>> = futures::stream::iter(safe)
-        .map(|(e, path)| {
+    let mut refused = vec![];
+    // The manifest as a stream (its hash checked at its end); unsafe keys set aside, the rest
+    // fetched `transfers` at a time.
+    let entries = repository::manifest::read_unchecked(
+        &ctx.dest,
+        &cap.manifest_key,
+        Some(&cap.manifest_sha256),
+    )
+    .map_err(|e| match e {
+        repository::ManifestError::Store(e) => DownloadError::from(e),
+        repository::ManifestError::Corrupt { key, detail } => {
+            DownloadError::Corrupt { what: key, detail }
+        }
+    })
+    .try_filter_map(|e| {
+        let checked = if repository::is_sha256(&e.sha256) {
+            local_path(&root, &e.key)
+        } else {
+            Err(format!("its sha256 {:?} is not a content hash", e.sha256))
+        };
+        let r = match checked {
+            Ok(path) => Some((e, path)),
+            Err(why) => {
+                p.warn(format!("mlpipeline key {:?} refused: {why}", e.key));
+                refused.push(Refused { key: e.key, why });
+                None
+            }
+        };
+        futures::future::ready(Ok(r))
+    });
+    let written = entries
+        .map_ok(|(e, path)| {
             let (done, done_bytes) = (&done, &done_bytes);
             async move {
                 if let Some(r) = ctx.interrupt.reason() {
@@ -269,12 +254,12 @@ async fn download_mlpipeline(
                 Ok(())
             }
         })
-        .buffer_unordered(ctx.tuning.transfers.max(1))
-        .collect()
+        .try_buffer_unordered(ctx.tuning.transfers.max(1))
+        .try_fold((), |(), ()| futures::future::ready(Ok(())))
         .await;
-    for r in results {
-        r?;
-    }
+    report.refused.extend(refused);
+    written?;
+    let (total, total_bytes) = (done.into_inner(), done_bytes.into_inner());
     report.mlpipeline_objects = total;
     report.files += total;
     report.bytes += total_bytes;

@@ -10,7 +10,7 @@ use crate::juju::Status;
 use crate::kube::{Cluster, Forward};
 use crate::retry::{retry, retry_blocking};
 use crate::secret::Secret;
-use crate::storage::{ObjectInfo, S3Settings, Store, UriStyle};
+use crate::storage::{S3Settings, Store, UriStyle};
 
 /// A failed check: what discovery could not find, or what a check found wrong.
 #[derive(Debug, thiserror::Error)]
@@ -124,10 +124,10 @@ pub(crate) struct Minio {
     pub _forward: Option<Forward>,
     /// How it is reached, for the plan.
     pub how: String,
-    pub listed: Vec<ObjectInfo>,
 }
 
-/// MinIO's keys from the model, a route to it, and a listing of its bucket (which proves both).
+/// MinIO's keys from the model, a route to it, and one key of its bucket listed (which proves
+/// both; the whole bucket is walked later, as a stream).
 pub(crate) async fn minio(
     ctx: &Context,
     apps: &[AppState],
@@ -155,10 +155,10 @@ pub(crate) async fn minio(
     )
     .await
     .map_err(PreflightError::Check)?;
-    let listed = retry(
+    retry(
         crate::retry::PREFLIGHT_ATTEMPTS,
         "listing mlpipeline",
-        || store.list(""),
+        || store.list_page("", None, 1),
     )
     .await
     .map_err(|e| {
@@ -172,7 +172,6 @@ pub(crate) async fn minio(
         store,
         _forward: forward,
         how,
-        listed,
     })
 }
 

@@ -13,6 +13,7 @@ use chrono::Utc;
 use crate::components::check::{problem, CheckContext};
 pub use crate::components::check::{Mode, Problem, Verification};
 use crate::components::PARTS;
+use crate::context::Streaming;
 use crate::juju::JujuCli;
 use crate::progress::Progress;
 use crate::repository::{self, CatalogError, Phase};
@@ -32,9 +33,10 @@ pub async fn verify(
     id: &str,
     mode: Mode,
     spool: &Path,
+    streaming: Streaming,
     progress: &Progress,
 ) -> Result<Verification, VerifyError> {
-    let (v, recordable) = check(dest, juju, id, mode, spool, progress).await?;
+    let (v, recordable) = check(dest, juju, id, mode, spool, streaming, progress).await?;
     if recordable {
         let entry = serde_json::json!({
             "event": "verify",
@@ -57,6 +59,7 @@ async fn check(
     id: &str,
     mode: Mode,
     spool: &Path,
+    streaming: Streaming,
     progress: &Progress,
 ) -> Result<(Verification, bool), VerifyError> {
     if !repository::is_backup_id(id) {
@@ -108,6 +111,7 @@ async fn check(
         juju,
         mode,
         spool,
+        streaming,
         progress,
     };
     for part in PARTS {

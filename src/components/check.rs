@@ -68,7 +68,9 @@ pub struct CheckContext<'a> {
     /// mysql-k8s is asked through juju; without a client its parts are reported unchecked.
     pub juju: Option<&'a JujuCli>,
     pub mode: Mode,
-    /// Where a part may be read back to (MLMD is opened by SQLite from a file).
+    /// Where a part may be read back to (MLMD is opened by SQLite from a file), and where
+    /// sorted runs spill.
     pub spool: &'a Path,
+    pub streaming: crate::context::Streaming,
     pub progress: &'a Progress,
 }

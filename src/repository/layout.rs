@@ -38,6 +38,13 @@ pub fn blob_key(sha256_hex: &str) -> String {
     format!("{REPO}/blobs/{}/{sha256_hex}", &sha256_hex[..2])
 }
 
+/// The content hash a blob key names, if `key` is exactly where that blob lives (anything
+/// else under `blobs/` is not a blob: never taken for one, never deleted as one).
+pub fn blob_of(key: &str) -> Option<&str> {
+    let sha = key.rsplit('/').next()?;
+    (super::is_sha256(sha) && key == blob_key(sha)).then_some(sha)
+}
+
 pub fn lock_key() -> String {
     format!("{REPO}/lock.json")
 }

@@ -15,10 +15,10 @@ pub use backup_id::{is_backup_id, new_backup_id, parse_backup_id};
 pub use catalog::{list, summary, Listed, Summary};
 pub use error::CatalogError;
 pub use layout::{
-    backups_prefix, blob_key, blobs_prefix, lock_key, manifest_key, mlmd_key, probe_key,
+    backups_prefix, blob_key, blob_of, blobs_prefix, lock_key, manifest_key, mlmd_key, probe_key,
     repo_prefix, statefile_key, tombstone_key, REPO, SCHEMA_VERSION,
 };
-pub use manifest::{is_sha256, Entry, Manifest};
+pub use manifest::{is_sha256, Entry, ManifestError, ManifestWriter, Written};
 pub use statefile::{
     append_history, load, save, Components, ErrorRecord, MlmdCapture, MlpipelineCapture,
     MysqlCapture, Phase, RequestType, ScaleRecord, Statefile,

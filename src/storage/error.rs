@@ -28,6 +28,10 @@ pub enum StoreError {
     },
     #[error("invalid object key {key:?}: {why}")]
     BadKey { key: String, why: &'static str },
+    /// The server listed `key` after `after`, which sorts later in byte order (SeaweedFS
+    /// lists a folder's keys before its siblings like `a.txt`): the listing must be sorted.
+    #[error("list {key}: listed after {after:?}, not in byte order")]
+    Unsorted { key: String, after: String },
 }
 
 impl StoreError {

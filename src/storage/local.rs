@@ -6,7 +6,7 @@ use std::path::{Component, Path, PathBuf};
 
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
-use super::{check_key, ObjectInfo, ObjectMeta, ObjectStore, StoreError, Verdict};
+use super::{check_key, ListPage, ObjectInfo, ObjectMeta, ObjectStore, StoreError, Verdict};
 
 #[derive(Debug, Clone)]
 pub struct LocalStore {
@@ -57,46 +57,77 @@ impl LocalStore {
         }
     }
 
-    fn walk(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+    /// Up to `max` files under `prefix` after `after`, in byte order of their keys: each
+    /// directory is read sorted, and one whose keys all sort at or before `after` is skipped
+    /// unread, so a page costs the directories on its path, not the whole tree.
+    fn page(
+        &self,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+    ) -> Result<Vec<ObjectInfo>, StoreError> {
         let mut out = vec![];
-        let mut stack = vec![self.root.clone()];
-        while let Some(dir) = stack.pop() {
-            let rd = match std::fs::read_dir(&dir) {
-                Ok(rd) => rd,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                Err(e) => return Err(self.io_error("list", prefix, e)),
-            };
-            for entry in rd {
-                let entry = entry.map_err(|e| self.io_error("list", prefix, e))?;
-                let p = entry.path();
-                let ft = entry
-                    .file_type()
-                    .map_err(|e| self.io_error("list", prefix, e))?;
-                if ft.is_dir() {
-                    stack.push(p);
-                } else if ft.is_file() {
-                    let name = entry.file_name().to_string_lossy().into_owned();
-                    if name.starts_with('.') && name.ends_with(".partial") {
-                        continue;
-                    }
-                    let key = p
-                        .strip_prefix(&self.root)
-                        .unwrap_or(&p)
-                        .to_string_lossy()
-                        .into_owned();
-                    if key.starts_with(prefix) {
-                        let size = entry.metadata().map(|m| m.len()).unwrap_or(0);
-                        out.push(ObjectInfo {
-                            key,
-                            size,
-                            etag: None,
-                        });
-                    }
+        self.visit(&self.root.clone(), "", prefix, after, max, &mut out)?;
+        Ok(out)
+    }
+
+    /// Whether the page filled up.
+    fn visit(
+        &self,
+        dir: &Path,
+        rel: &str,
+        prefix: &str,
+        after: Option<&str>,
+        max: usize,
+        out: &mut Vec<ObjectInfo>,
+    ) -> Result<bool, StoreError> {
+        let rd = match std::fs::read_dir(dir) {
+            Ok(rd) => rd,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(false),
+            Err(e) => return Err(self.io_error("list", prefix, e)),
+        };
+        let mut entries = vec![];
+        for entry in rd {
+            let entry = entry.map_err(|e| self.io_error("list", prefix, e))?;
+            let ft = entry
+                .file_type()
+                .map_err(|e| self.io_error("list", prefix, e))?;
+            let name = entry.file_name().to_string_lossy().into_owned();
+            // A directory sorts as its name and a slash: where its keys sort among the files.
+            if ft.is_dir() {
+                entries.push((format!("{rel}{name}/"), true, entry.path()));
+            } else if ft.is_file() && !(name.starts_with('.') && name.ends_with(".partial")) {
+                entries.push((format!("{rel}{name}"), false, entry.path()));
+            }
+        }
+        entries.sort_by(|a, b| a.0.as_bytes().cmp(b.0.as_bytes()));
+        for (key, is_dir, path) in entries {
+            if is_dir {
+                if !(key.starts_with(prefix) || prefix.starts_with(&key)) {
+                    continue;
+                }
+                if after.is_some_and(|a| a > key.as_str() && !a.starts_with(&key)) {
+                    continue;
+                }
+                if self.visit(&path, &key, prefix, after, max, out)? {
+                    return Ok(true);
+                }
+            } else {
+                if !key.starts_with(prefix) || after.is_some_and(|a| key.as_str() <= a) {
+                    continue;
+                }
+                let size = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                out.push(ObjectInfo {
+                    key,
+                    size,
+                    etag: None,
+                });
+                if out.len() >= max {
+                    return Ok(true);
                 }
             }
         }
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        Ok(false)
     }
 }
 
@@ -236,8 +267,21 @@ impl ObjectStore for LocalStore {
         self.stat(key).await
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
-        self.walk(prefix)
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<ListPage, StoreError> {
+        let (me, prefix) = (self.clone(), prefix.to_string());
+        let objects =
+            tokio::task::spawn_blocking(move || me.page(&prefix, token.as_deref(), max.max(1)))
+                .await
+                .expect("listing task")?;
+        let next = (objects.len() >= max.max(1))
+            .then(|| objects.last().map(|o| o.key.clone()))
+            .flatten();
+        Ok(ListPage { objects, next })
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

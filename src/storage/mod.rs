@@ -6,6 +6,7 @@
 //! every command holds, cheap to clone, with the generic conveniences on top.
 
 mod error;
+mod listing;
 pub mod local;
 pub mod s3;
 mod settings;
@@ -22,6 +23,7 @@ use serde::Serialize;
 use tokio::io::{AsyncRead, AsyncWrite};
 
 pub use error::StoreError;
+pub use listing::{DeleteFailure, Deleter, ListingOrder};
 pub use s3::{part_size, PARTS_IN_FLIGHT, PART_SIZE};
 pub use settings::{S3Settings, Sse, UriStyle, SSE_HEADER, SSE_KMS_KEY_HEADER};
 pub use tap::TapWriter;
@@ -102,36 +104,76 @@ pub trait ObjectStore: std::fmt::Debug + Send + Sync {
         Ok(self.head_meta(key).await?.map(|m| m.info))
     }
 
-    /// Every object under `prefix`, in key order.
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError>;
+    /// One page of at most `max` objects under `prefix`, in byte order of their keys, starting
+    /// after the page that `token` (the previous page's [`ListPage::next`]) ended.
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<ListPage, StoreError>;
 
     /// Deletes an object; one that is not there is no error.
     async fn delete(&self, key: &str) -> Result<(), StoreError>;
+
+    /// Deletes up to [`DELETE_BATCH_MAX`] objects, in one request where the backend has one
+    /// (S3's DeleteObjects). `Err` when the request as a whole failed; otherwise the keys that
+    /// were not deleted, each with why (the others are gone, or were never there).
+    async fn delete_batch(&self, keys: &[String]) -> Result<Vec<(String, StoreError)>, StoreError> {
+        let mut failed = vec![];
+        for k in keys {
+            if let Err(e) = self.delete(k).await {
+                failed.push((k.clone(), e));
+            }
+        }
+        Ok(failed)
+    }
+}
+
+/// S3 deletes at most this many keys in one DeleteObjects request.
+pub const DELETE_BATCH_MAX: usize = 1000;
+
+/// One page of a listing.
+#[derive(Debug, Clone, Default)]
+pub struct ListPage {
+    pub objects: Vec<ObjectInfo>,
+    /// Where the next page starts; `None` after the last page.
+    pub next: Option<String>,
 }
 
 /// Where backups go: a handle on one backend, shared by every task of a run.
 #[derive(Debug, Clone)]
-pub struct Store(Arc<dyn ObjectStore>);
+pub struct Store {
+    backend: Arc<dyn ObjectStore>,
+    /// Whether the server lists in byte order, once a listing has shown it.
+    order: Arc<std::sync::atomic::AtomicU8>,
+}
 
 impl std::ops::Deref for Store {
     type Target = dyn ObjectStore;
 
     fn deref(&self) -> &Self::Target {
-        &*self.0
+        &*self.backend
     }
 }
 
 impl Store {
     pub fn new(backend: impl ObjectStore + 'static) -> Store {
-        Store(Arc::new(backend))
+        Store {
+            backend: Arc::new(backend),
+            order: Default::default(),
+        }
     }
 
     pub fn s3(s: &S3Settings) -> Result<Store, StoreError> {
         Ok(Store::new(s3::S3Store::new(s)?))
     }
 
+    /// A local directory lists in byte order (each directory is read sorted).
     pub fn local(root: impl Into<PathBuf>) -> Store {
-        Store::new(local::LocalStore::new(root))
+        let s = Store::new(local::LocalStore::new(root));
+        s.set_order(ListingOrder::Bytes);
+        s
     }
 
     /// Writes an object from a stream (multipart on S3), with bounded memory.
@@ -171,7 +213,7 @@ impl Store {
         R: AsyncRead + Unpin + Send,
         V: Future<Output = Result<(), StoreError>> + Send,
     {
-        self.0
+        self.backend
             .put_verified(
                 key,
                 reader,
@@ -183,13 +225,22 @@ impl Store {
             .await
     }
 
+    /// Every object under a prefix known to be small (one backup's directory, a mysql-k8s
+    /// backup): collected. A bucket or `blobs/` goes through [`Store::list_stream`] instead.
+    pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+        use futures::TryStreamExt;
+        self.list_stream(prefix, DELETE_BATCH_MAX)
+            .try_collect()
+            .await
+    }
+
     /// Streams an object into `writer` (flushed when this returns); the bytes written.
     pub async fn get_stream<W: AsyncWrite + Unpin + Send>(
         &self,
         key: &str,
         writer: &mut W,
     ) -> Result<u64, StoreError> {
-        self.0.get_into(key, writer).await
+        self.backend.get_into(key, writer).await
     }
 }
 

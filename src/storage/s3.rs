@@ -11,8 +11,8 @@ use s3::{Bucket, Region};
 use tokio::io::{AsyncRead, AsyncWrite, AsyncWriteExt};
 
 use super::{
-    check_key, ObjectInfo, ObjectMeta, ObjectStore, S3Settings, Sse, StoreError, TapWriter,
-    UriStyle, Verdict,
+    check_key, ListPage, ObjectInfo, ObjectMeta, ObjectStore, S3Settings, Sse, StoreError,
+    TapWriter, UriStyle, Verdict,
 };
 
 #[derive(Debug, Clone)]
@@ -473,25 +473,85 @@ impl ObjectStore for S3Store {
         }))
     }
 
-    async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
+    async fn list_page(
+        &self,
+        prefix: &str,
+        token: Option<String>,
+        max: usize,
+    ) -> Result<ListPage, StoreError> {
         let full = join_root(&self.root, prefix);
         let strip = join_root(&self.root, "");
-        let pages = self
+        let (page, _) = self
             .bucket
-            .list(full, None)
+            .list_page(full, None, token, None, Some(max))
             .await
             .map_err(|e| self.err("list", prefix, e))?;
-        let mut out: Vec<ObjectInfo> = pages
+        let objects = page
+            .contents
             .into_iter()
-            .flat_map(|p| p.contents)
             .map(|o| ObjectInfo {
                 key: o.key.strip_prefix(&strip).unwrap_or(&o.key).to_string(),
                 size: o.size,
                 etag: o.e_tag.map(|e| e.trim_matches('"').to_string()),
             })
             .collect();
-        out.sort_by(|a, b| a.key.cmp(&b.key));
-        Ok(out)
+        let next = page.next_continuation_token.filter(|_| page.is_truncated);
+        Ok(ListPage { objects, next })
+    }
+
+    async fn delete_batch(&self, keys: &[String]) -> Result<Vec<(String, StoreError)>, StoreError> {
+        if keys.is_empty() {
+            return Ok(vec![]);
+        }
+        let mut ids = Vec::with_capacity(keys.len());
+        for k in keys {
+            ids.push(s3::serde_types::ObjectIdentifier::new(self.full(k)?));
+        }
+        let strip = join_root(&self.root, "");
+        let result = match self.bucket.delete_objects(ids).await {
+            Ok(r) => r,
+            // A server without DeleteObjects: one request a key.
+            Err(S3Error::HttpFailWithBody(501, _)) => {
+                let mut failed = vec![];
+                for k in keys {
+                    if let Err(e) = self.delete(k).await {
+                        failed.push((k.clone(), e));
+                    }
+                }
+                return Ok(failed);
+            }
+            Err(e) => return Err(self.err("delete", &keys[0], e)),
+        };
+        Ok(result
+            .errors
+            .into_iter()
+            .map(|e| {
+                let key = e.key.strip_prefix(&strip).unwrap_or(&e.key).to_string();
+                let detail = format!("{}: {}", e.code, e.message);
+                let err = match e.code.as_str() {
+                    "InternalError" | "SlowDown" | "ServiceUnavailable" | "RequestTimeout" => {
+                        StoreError::Transient {
+                            op: "delete",
+                            key: key.clone(),
+                            endpoint: self.endpoint.clone(),
+                            detail,
+                        }
+                    }
+                    "AccessDenied" => StoreError::Denied {
+                        op: "delete",
+                        key: key.clone(),
+                        endpoint: self.endpoint.clone(),
+                        detail,
+                    },
+                    _ => StoreError::Fatal {
+                        op: "delete",
+                        key: key.clone(),
+                        detail,
+                    },
+                };
+                (key, err)
+            })
+            .collect())
     }
 
     async fn delete(&self, key: &str) -> Result<(), StoreError> {

@@ -276,3 +276,33 @@ pub fn cli(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
         String::from_utf8_lossy(&out.stderr).into_owned(),
     )
 }
+
+/// A manifest's entries, read whole (tests only: the product reads it as a stream).
+pub async fn read_manifest(
+    store: &backup_agent::storage::Store,
+    key: &str,
+) -> Result<Vec<backup_agent::repository::Entry>, backup_agent::repository::ManifestError> {
+    use futures::TryStreamExt;
+    backup_agent::repository::manifest::read(store, key, None)
+        .try_collect()
+        .await
+}
+
+/// The entries of the manifest a backup's statefile names.
+pub fn manifest_of(
+    store: &backup_agent::storage::Store,
+    sf: &backup_agent::repository::Statefile,
+) -> Vec<backup_agent::repository::Entry> {
+    let key = &sf.components.mlpipeline.as_ref().unwrap().manifest_key;
+    rt().block_on(read_manifest(store, key)).unwrap()
+}
+
+/// Entries in the manifest format (zstd JSON lines), as a test forges a manifest.
+pub fn manifest_bytes(entries: &[backup_agent::repository::Entry]) -> Vec<u8> {
+    let mut text = Vec::new();
+    for e in entries {
+        serde_json::to_writer(&mut text, e).unwrap();
+        text.push(b'\n');
+    }
+    zstd::encode_all(&text[..], 3).unwrap()
+}

@@ -14,7 +14,7 @@ const ID: &str = "20261123T060000Z-0a1b2c";
 /// A local repository holding one completed backup (statefile, manifest, MLMD dump).
 fn repo() -> tempfile::TempDir {
     let dir = tempfile::tempdir().unwrap();
-    let manifest = backup_agent::repository::Manifest::default().to_bytes();
+    let manifest = crate::common::manifest_bytes(&[]);
     let text = format!(
         r#"{{"schema-version": 1, "backup-id": "{ID}", "label": "fixture", "request": "manual", "phase": "completed",
             "started-at": "2026-11-23T06:00:00Z", "finished-at": "2026-11-23T06:01:35Z", "agent-version": "0.1.0",
@@ -204,7 +204,18 @@ fn manifest_naming_keys_that_escape() {
         let line = serde_json::json!({"key": key, "size": 1, "etag": null,
             "sha256": "00".repeat(32), "content-type": "text/plain"});
         let bytes = zstd::encode_all(format!("{line}\n").as_bytes(), 3).unwrap();
-        let e = backup_agent::repository::Manifest::parse("m", &bytes).expect_err(key);
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let e = rt()
+            .block_on(async {
+                store
+                    .put_bytes("m", &bytes, "application/zstd")
+                    .await
+                    .unwrap();
+                crate::common::read_manifest(&store, "m").await
+            })
+            .expect_err(key)
+            .to_string();
         assert!(
             e.contains(&format!("{key:?}")) || e.contains(key),
             "{key:?}: {e}"

@@ -4,7 +4,6 @@
 use std::time::{Duration, Instant};
 
 use crate::common::{agent, dest_bucket, listing, lock_held, minio, repo, rt, scales, statefiles};
-use backup_agent::repository::Manifest;
 use backup_agent::repository::{self, Phase, Statefile};
 use backup_agent::storage::Store;
 use backup_agent_sandbox::seed::{bucket_objects, mlmd_counts, BucketSpec};
@@ -50,9 +49,8 @@ fn completed(sb: &Sandbox) -> usize {
         .count()
 }
 
-fn manifest(store: &Store, sf: &Statefile) -> Manifest {
-    let key = &sf.components.mlpipeline.as_ref().unwrap().manifest_key;
-    Manifest::parse(key, &rt().block_on(store.get_bytes(key)).unwrap()).unwrap()
+fn manifest(store: &Store, sf: &Statefile) -> Vec<backup_agent::repository::Entry> {
+    crate::common::manifest_of(store, sf)
 }
 
 fn report(stdout: &str) -> serde_json::Value {
@@ -145,8 +143,8 @@ fn full_backup_then_incremental_then_only_what_changed() {
     };
     let seeded = bucket_objects(&spec);
     let m1 = manifest(&store, sf);
-    assert_eq!(m1.entries.len(), seeded.len());
-    for e in &m1.entries {
+    assert_eq!(m1.len(), seeded.len());
+    for e in &m1 {
         let blob = rt()
             .block_on(store.get_bytes(&repository::blob_key(&e.sha256)))
             .unwrap();
@@ -204,18 +202,18 @@ fn full_backup_then_incremental_then_only_what_changed() {
     assert_eq!(r["mlpipeline"]["new-objects"], 1);
     let third: Statefile = serde_json::from_value(r["statefile"].clone()).unwrap();
     let m3 = manifest(&store, &third);
-    assert!(m3.entries.iter().all(|e| e.key != gone.key));
-    let e3 = m3.entries.iter().find(|e| e.key == changed.key).unwrap();
+    assert!(m3.iter().all(|e| e.key != gone.key));
+    let e3 = m3.iter().find(|e| e.key == changed.key).unwrap();
     assert_eq!(e3.sha256, hex::encode(Sha256::digest(&new)));
     // The first backup still has both, byte for byte.
     for key in [&changed.key, &gone.key] {
-        let e1 = m1.entries.iter().find(|e| &e.key == key).unwrap();
+        let e1 = m1.iter().find(|e| &e.key == key).unwrap();
         let blob = rt()
             .block_on(store.get_bytes(&repository::blob_key(&e1.sha256)))
             .unwrap();
         assert_eq!(hex::encode(Sha256::digest(&blob)), e1.sha256);
     }
-    let e1 = m1.entries.iter().find(|e| e.key == changed.key).unwrap();
+    let e1 = m1.iter().find(|e| e.key == changed.key).unwrap();
     assert_eq!(e1.sha256, hex::encode(Sha256::digest(&old)));
 
     let (code, out, _) = agent(&sb, &["list-backups"], &[]);

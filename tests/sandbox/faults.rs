@@ -459,11 +459,8 @@ fn an_object_changed_between_listing_and_reading_is_recorded_as_read() {
 fn manifest_of(sb: &Sandbox, id: &str) -> BTreeMap<String, backup_agent::repository::Entry> {
     let store = repo(sb);
     let sf = rt().block_on(repository::load(&store, id)).unwrap();
-    let cap = sf.components.mlpipeline.expect("an mlpipeline capture");
-    let bytes = rt().block_on(store.get_bytes(&cap.manifest_key)).unwrap();
-    backup_agent::repository::Manifest::parse(&cap.manifest_key, &bytes)
-        .unwrap()
-        .entries
+    assert!(sf.components.mlpipeline.is_some(), "an mlpipeline capture");
+    crate::common::manifest_of(&store, &sf)
         .into_iter()
         .map(|e| (e.key.clone(), e))
         .collect()

@@ -4,16 +4,12 @@
 use std::collections::BTreeSet;
 
 use crate::common::{agent, backup, dest_bucket, listing, minio, repo, rt, statefiles};
-use backup_agent::repository::Manifest;
 use backup_agent::repository::{self, Statefile};
 use backup_agent::storage::Store;
 use backup_agent_sandbox::Sandbox;
 
 fn blobs_of(store: &Store, sf: &Statefile) -> BTreeSet<String> {
-    let key = &sf.components.mlpipeline.as_ref().unwrap().manifest_key;
-    Manifest::parse(key, &rt().block_on(store.get_bytes(key)).unwrap())
-        .unwrap()
-        .entries
+    crate::common::manifest_of(store, sf)
         .iter()
         .map(|e| repository::blob_key(&e.sha256))
         .collect()
@@ -255,21 +251,11 @@ fn download_writes_every_part_checked_and_refuses_escaping_keys() {
     let store = repo(&sb);
     let mut sf = rt().block_on(repository::load(&store, &id)).unwrap();
     let cap = sf.components.mlpipeline.clone().unwrap();
-    let mut manifest = Manifest::parse(
-        &cap.manifest_key,
-        &rt().block_on(store.get_bytes(&cap.manifest_key)).unwrap(),
-    )
-    .unwrap();
-    let mut evil = manifest.entries[0].clone();
+    let mut entries = crate::common::manifest_of(&store, &sf);
+    let mut evil = entries[0].clone();
     evil.key = "../../escaped".into();
-    let text = manifest
-        .entries
-        .iter()
-        .chain([&evil])
-        .map(|e| serde_json::to_string(e).unwrap() + "\n")
-        .collect::<String>();
-    let bytes = zstd::encode_all(text.as_bytes(), 3).unwrap();
-    manifest.entries.clear();
+    entries.push(evil);
+    let bytes = crate::common::manifest_bytes(&entries);
     rt().block_on(store.put_bytes(&cap.manifest_key, &bytes, "application/zstd"))
         .unwrap();
     use sha2::Digest;

@@ -189,22 +189,10 @@ fn verify_catches_each_corruption_and_passes_a_good_backup() {
     assert!(out.contains("PASSED"), "{out}");
 
     let sf = rt.block_on(repository::load(&store, &id)).unwrap();
-    let manifest_key = sf
-        .components
-        .mlpipeline
-        .as_ref()
-        .unwrap()
-        .manifest_key
-        .clone();
-    let manifest = backup_agent::repository::Manifest::parse(
-        &manifest_key,
-        &rt.block_on(store.get_bytes(&manifest_key)).unwrap(),
-    )
-    .unwrap();
-    let big = manifest.entries.iter().max_by_key(|e| e.size).unwrap();
+    let manifest = crate::common::manifest_of(&store, &sf);
+    let big = manifest.iter().max_by_key(|e| e.size).unwrap();
     let blob = repository::blob_key(&big.sha256);
     let small = manifest
-        .entries
         .iter()
         .find(|e| e.size > 0 && e.sha256 != big.sha256)
         .unwrap();

@@ -8,4 +8,5 @@ mod common;
 
 mod round_trip;
 mod store_catalog;
+mod streaming;
 mod tls_sse;

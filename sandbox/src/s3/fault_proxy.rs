@@ -5,7 +5,8 @@
 //! for the proxy's address still verify at the server) and streams bodies both ways. Faults:
 //! latency before each request; requests whose path contains a pattern held until released (to
 //! change the store between a listing and a read, or to act mid-transfer); the next N requests
-//! answered with an S3 error (500 InternalError, 503 SlowDown, 507...); a new upstream (a
+//! answered with an S3 error (500 InternalError, 503 SlowDown, 507...); DeleteObjects answers
+//! that report some keys failed (S3's per-key `<Error>` in a 200 answer); a new upstream (a
 //! server restarted on other ports). It also records each request's method, path and the
 //! headers a test may need to see (server-side encryption), never a signature or a body.
 
@@ -37,6 +38,8 @@ struct Faults {
     fail_status: AtomicU32,
     hold: Mutex<Option<String>>,
     held: AtomicU32,
+    /// Keys containing the pattern, reported failed by the next N DeleteObjects answers.
+    refuse_deletes: Mutex<Option<(String, u32)>>,
 }
 
 struct Shared {
@@ -148,6 +151,13 @@ impl FaultProxy {
     pub fn release(&self) {
         *self.shared.faults.hold.lock().unwrap() = None;
         self.shared.released.notify_waiters();
+    }
+
+    /// The next `n` DeleteObjects answers that hold a key containing `pattern` report it failed
+    /// (`InternalError`), as S3 does under load. The server has deleted them all the same: what
+    /// is tested is that the client believes the answer and tries those keys again.
+    pub fn refuse_deletes(&self, pattern: &str, n: u32) {
+        *self.shared.faults.refuse_deletes.lock().unwrap() = Some((pattern.to_string(), n));
     }
 
     /// Every request forwarded or failed so far.
@@ -273,7 +283,30 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
         }
     }
     let out = out.body(reqwest::Body::wrap_stream(body.into_data_stream()));
+    let refusing = is_delete_objects(&target, &method).then(|| {
+        match shared.faults.refuse_deletes.lock().unwrap().as_ref() {
+            Some((pattern, n)) if *n > 0 => Some(pattern.clone()),
+            _ => None,
+        }
+    });
     match out.send().await {
+        Ok(resp) if refusing.as_ref().is_some_and(|p| p.is_some()) => {
+            let pattern = refusing.flatten().expect("checked");
+            let status = resp.status().as_u16();
+            let body = resp.text().await.unwrap_or_default();
+            let refused = refuse_keys(&body, &pattern);
+            // Only an answer that refused a key counts as one of the N.
+            if refused != body {
+                if let Some((_, n)) = shared.faults.refuse_deletes.lock().unwrap().as_mut() {
+                    *n = n.saturating_sub(1);
+                }
+            }
+            Response::builder()
+                .status(status)
+                .header("content-type", "application/xml")
+                .body(Body::from(refused))
+                .expect("a valid response")
+        }
         Ok(resp) => {
             let mut b = Response::builder().status(resp.status().as_u16());
             for (k, v) in resp.headers() {
@@ -290,5 +323,54 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
             .header("content-type", "text/plain")
             .body(Body::from(format!("proxy: upstream {upstream}: {e}")))
             .expect("a valid response"),
+    }
+}
+
+/// A DeleteObjects request: `POST /bucket?delete`.
+fn is_delete_objects(target: &str, method: &axum::http::Method) -> bool {
+    method == axum::http::Method::POST
+        && target
+            .split_once('?')
+            .is_some_and(|(_, q)| q.split('&').any(|p| p == "delete" || p == "delete="))
+}
+
+/// Turns each `<Deleted>` entry whose key contains `pattern` into an `<Error>` entry.
+fn refuse_keys(body: &str, pattern: &str) -> String {
+    let mut out = String::with_capacity(body.len());
+    let mut rest = body;
+    while let Some(start) = rest.find("<Deleted>") {
+        out.push_str(&rest[..start]);
+        let Some(len) = rest[start..].find("</Deleted>") else {
+            break;
+        };
+        let entry = &rest[start..start + len + "</Deleted>".len()];
+        let key = entry
+            .split_once("<Key>")
+            .and_then(|(_, k)| k.split_once("</Key>"))
+            .map(|(k, _)| k)
+            .unwrap_or_default();
+        if key.contains(pattern) {
+            out.push_str(&format!(
+                "<Error><Key>{key}</Key><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error>"
+            ));
+        } else {
+            out.push_str(entry);
+        }
+        rest = &rest[start + len + "</Deleted>".len()..];
+    }
+    out.push_str(rest);
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn refused_keys_become_errors_and_others_stay_deleted() {
+        let body = "<DeleteResult><Deleted><Key>a/keep</Key></Deleted><Deleted><Key>a/bad-1</Key></Deleted></DeleteResult>";
+        let out = super::refuse_keys(body, "bad");
+        assert_eq!(
+            out,
+            "<DeleteResult><Deleted><Key>a/keep</Key></Deleted><Error><Key>a/bad-1</Key><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error></DeleteResult>"
+        );
     }
 }

@@ -5,12 +5,11 @@ use tokio_util::sync::CancellationToken;
 use super::{error, Prepared};
 use crate::commands::preflight::{blocking, until};
 use crate::components::mlmd::{self, MlmdError};
-use crate::components::mlpipeline::{self, SyncError, SyncOptions, SyncPlan, SyncStats};
+use crate::components::mlpipeline::{self, Captured, SyncError, SyncOptions, SyncPlan, SyncStats};
 use crate::components::mysql::{self, MysqlError, Waits};
 use crate::context::Context;
 use crate::juju::scale;
 use crate::juju::Status;
-use crate::repository::Manifest;
 use crate::repository::{self, ErrorRecord, MlmdCapture, MysqlCapture, Phase, Statefile};
 use crate::retry::retry;
 use crate::storage::{Store, StoreError};
@@ -54,7 +53,11 @@ pub(super) async fn capture_all(
             r
         },
         async {
-            let r = until(&halt, capture_mlpipeline(ctx, prep, sync_plan)).await;
+            let r = until(
+                &halt,
+                capture_mlpipeline(ctx, prep, sync_plan, &sf.backup_id),
+            )
+            .await;
             stop_on(matches!(r, Some(Err(_))));
             r
         }
@@ -78,13 +81,10 @@ pub(super) async fn capture_all(
         _ => {}
     }
     let stats = match sync_r {
-        Some(Ok(Some((manifest, s)))) => match record_mlpipeline(ctx, sf, &manifest, &s).await {
-            Ok(()) => Some(s),
-            Err(e) => {
-                errors.push(e);
-                None
-            }
-        },
+        Some(Ok(Some(captured))) => {
+            record_mlpipeline(ctx, sf, &captured);
+            Some(captured.stats)
+        }
         Some(Err(e)) => {
             errors.push(error("mlpipeline", e.to_string()));
             None
@@ -168,12 +168,15 @@ async fn capture_mlpipeline(
     ctx: &Context,
     prep: &Prepared,
     plan: Option<SyncPlan>,
-) -> Result<Option<(Manifest, SyncStats)>, SyncError> {
+    id: &str,
+) -> Result<Option<Captured>, SyncError> {
     let (Some(plan), Some(minio)) = (plan, &prep.minio) else {
         return Ok(None);
     };
     let opts = SyncOptions::for_run(ctx, prep.spool.path.join("mlpipeline"));
-    mlpipeline::capture_planned(&minio.store, &ctx.dest, plan, &opts)
+    let key = repository::manifest_key(id);
+    let previous = prep.previous.as_ref();
+    mlpipeline::capture(&minio.store, &ctx.dest, previous, &key, Some(&plan), &opts)
         .await
         .map(Some)
 }
@@ -198,21 +201,9 @@ fn record_mysql(
     }
 }
 
-/// Uploads the manifest and records the bucket's part in the statefile.
-async fn record_mlpipeline(
-    ctx: &Context,
-    sf: &mut Statefile,
-    manifest: &Manifest,
-    s: &SyncStats,
-) -> Result<(), ErrorRecord> {
-    let key = repository::manifest_key(&sf.backup_id);
-    let bytes = manifest.to_bytes();
-    let sha = hex::encode(<sha2::Sha256 as sha2::Digest>::digest(&bytes));
-    retry(crate::retry::ATTEMPTS, &key, || {
-        ctx.dest.put_bytes(&key, &bytes, "application/zstd")
-    })
-    .await
-    .map_err(|e| error("mlpipeline", format!("writing the manifest: {e}")))?;
+/// Records the bucket's part (its manifest is written already) in the statefile.
+fn record_mlpipeline(ctx: &Context, sf: &mut Statefile, captured: &Captured) {
+    let s = &captured.stats;
     ctx.progress.done(
         "mlpipeline",
         format!(
@@ -228,15 +219,20 @@ async fn record_mlpipeline(
             "mlpipeline: {k} was deleted while the backup ran; not in this backup"
         ));
     }
+    if s.vanished_objects > s.vanished.len() as u64 {
+        ctx.progress.warn(format!(
+            "mlpipeline: {} more objects were deleted while the backup ran",
+            s.vanished_objects - s.vanished.len() as u64
+        ));
+    }
     sf.components.mlpipeline = Some(repository::MlpipelineCapture {
-        manifest_key: key,
-        manifest_sha256: sha,
+        manifest_key: repository::manifest_key(&sf.backup_id),
+        manifest_sha256: captured.manifest.sha256.clone(),
         objects: s.objects,
         bytes: s.bytes,
         new_bytes: s.new_bytes,
         new_objects: s.new_objects,
     });
-    Ok(())
 }
 
 /// Every object this backup wrote is there with the size recorded.

@@ -4,13 +4,12 @@ use std::path::PathBuf;
 
 use super::{BackupError, BackupRequest, Plan};
 use crate::commands::preflight::{self, app};
-use crate::components::mlpipeline::{self, SyncPlan};
+use crate::components::mlpipeline::{self, PreviousManifest, SyncError, SyncOptions, SyncPlan};
 use crate::components::{mlmd, Component};
 use crate::context::Context;
 use crate::juju::scale;
 use crate::juju::{discovery::AppState, Status};
 use crate::kube::Cluster;
-use crate::repository::Manifest;
 use crate::repository::{self, Listed, Phase};
 use crate::retry::retry;
 use crate::storage::{Store, StoreError};
@@ -24,6 +23,8 @@ pub(super) struct Prepared {
     /// MinIO, and the port-forward to it that must live as long as the run.
     pub(super) minio: Option<preflight::Minio>,
     pub(super) sync_plan: Option<SyncPlan>,
+    /// The manifest the capture merges with the listing.
+    pub(super) previous: Option<PreviousManifest>,
     pub(super) spool: Spool,
     pub(super) warnings: Vec<String>,
 }
@@ -74,42 +75,42 @@ async fn probe_destination(dest: &Store, id: &str) -> Result<(), String> {
     Ok(())
 }
 
-/// The newest completed backup's manifest, if any; an unreadable one means a full copy.
-async fn previous_manifest(
-    dest: &Store,
-    rows: &[Listed],
-    warnings: &mut Vec<String>,
-) -> Option<(String, Manifest)> {
-    let newest = rows.iter().rev().find_map(|r| match r {
-        Listed::Backup(s) if s.phase == Phase::Completed => s
-            .components
-            .mlpipeline
-            .as_ref()
-            .map(|m| (s.backup_id.clone(), m.clone())),
+/// The newest completed backup's manifest, if any, to merge with the listing.
+fn previous_manifest(rows: &[Listed]) -> Option<PreviousManifest> {
+    rows.iter().rev().find_map(|r| match r {
+        Listed::Backup(s) if s.phase == Phase::Completed => {
+            s.components.mlpipeline.as_ref().map(|m| PreviousManifest {
+                backup_id: s.backup_id.clone(),
+                key: m.manifest_key.clone(),
+                sha256: m.manifest_sha256.clone(),
+            })
+        }
         _ => None,
-    });
-    let (id, cap) = newest?;
-    let bytes = match retry(crate::retry::ATTEMPTS, &cap.manifest_key, || {
-        dest.get_bytes(&cap.manifest_key)
     })
-    .await
-    {
-        Ok(b) => b,
-        Err(e) => {
+}
+
+/// The capture's plan, counted by one pass over the listing merged with the previous manifest;
+/// a previous manifest that cannot be read means a full copy, said in a warning.
+async fn plan_capture(
+    ctx: &Context,
+    source: &Store,
+    previous: Option<PreviousManifest>,
+    warnings: &mut Vec<String>,
+) -> Result<(SyncPlan, Option<PreviousManifest>), String> {
+    let opts = SyncOptions::for_run(ctx, ctx.tuning.scratch());
+    match mlpipeline::plan(source, &ctx.dest, previous.as_ref(), &opts).await {
+        Ok(plan) => Ok((plan, previous)),
+        Err(SyncError::Manifest(e)) => {
+            let id = previous.map(|p| p.backup_id).unwrap_or_default();
             warnings.push(format!(
                 "the manifest of the previous backup {id} cannot be read ({e}): every object is read again"
             ));
-            return None;
+            let plan = mlpipeline::plan(source, &ctx.dest, None, &opts)
+                .await
+                .map_err(|e| e.to_string())?;
+            Ok((plan, None))
         }
-    };
-    match Manifest::parse(&cap.manifest_key, &bytes) {
-        Ok(m) => Some((id, m)),
-        Err(e) => {
-            warnings.push(format!(
-                "the manifest of the previous backup {id} is unreadable ({e}): every object is read again"
-            ));
-            None
-        }
+        Err(e) => Err(e.to_string()),
     }
 }
 
@@ -170,12 +171,15 @@ pub(super) async fn prepare(
     let (mut minio, mut sync_plan, mut previous) = (None, None, None);
     if wants(Component::Mlpipeline) {
         let m = preflight::minio(ctx, &apps, cluster.as_ref()).await?;
-        let prev = previous_manifest(&ctx.dest, &existing, &mut warnings).await;
-        sync_plan = Some(SyncPlan::new(
-            m.listed.clone(),
-            prev.as_ref().map(|(_, m)| m),
-        ));
-        previous = prev.map(|(id, _)| id);
+        ctx.progress.step(
+            "preflight",
+            "counting what changed in mlpipeline since the last backup",
+        );
+        let (plan, prev) = plan_capture(ctx, &m.store, previous_manifest(&existing), &mut warnings)
+            .await
+            .map_err(|e| pre(format!("MinIO: {e}")))?;
+        sync_plan = Some(plan);
+        previous = prev;
         minio = Some(m);
     }
 
@@ -203,11 +207,11 @@ pub(super) async fn prepare(
             .as_ref()
             .map(|m| m.access.from.clone())
             .unwrap_or_default(),
-        mlpipeline_objects: sync_plan.as_ref().map_or(0, |s| s.listed.len() as u64),
-        mlpipeline_bytes: sync_plan.as_ref().map_or(0, |s| s.bytes()),
-        mlpipeline_to_read: sync_plan.as_ref().map_or(0, |s| s.to_read.len() as u64),
-        mlpipeline_to_read_bytes: sync_plan.as_ref().map_or(0, |s| s.read_bytes()),
-        previous_backup: previous,
+        mlpipeline_objects: sync_plan.as_ref().map_or(0, |s| s.objects),
+        mlpipeline_bytes: sync_plan.as_ref().map_or(0, |s| s.bytes),
+        mlpipeline_to_read: sync_plan.as_ref().map_or(0, |s| s.to_read),
+        mlpipeline_to_read_bytes: sync_plan.as_ref().map_or(0, |s| s.read_bytes),
+        previous_backup: previous.as_ref().map(|p| p.backup_id.clone()),
         running_workloads: running,
         spool: spool.path.display().to_string(),
         spool_needed,
@@ -220,6 +224,7 @@ pub(super) async fn prepare(
         cluster,
         minio,
         sync_plan,
+        previous,
         spool,
         warnings,
     })
@@ -261,7 +266,7 @@ impl Spool {
         // LARGE_IN_FLIGHT large objects on disk at once.
         let spool_needed = mlmd_size
             + sync_plan.map_or(0, |s| {
-                s.largest_spooled() * mlpipeline::LARGE_IN_FLIGHT.min(s.to_read.len()).max(1) as u64
+                s.largest_spooled * (mlpipeline::LARGE_IN_FLIGHT as u64).min(s.to_read).max(1)
             })
             + (16 << 20);
         let spool_free = free_space(&self.path)

@@ -1,6 +1,6 @@
 //! Carrying out a prune plan in the order that keeps every kept backup whole at every moment.
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 
 use super::{PruneError, PrunePlan, PruneReport};
 use crate::commands::recover::{self, RecoveryError};
@@ -8,46 +8,45 @@ use crate::components::mysql;
 use crate::context::Context;
 use crate::repository::tombstone_key;
 use crate::retry::retry;
+use crate::sorted::KeyLog;
+use crate::storage::{Deleter, StoreError};
 
-async fn delete_all(
-    ctx: &Context,
-    keys: Vec<(String, u64)>,
-    what: &str,
-) -> Result<(u64, u64), PruneError> {
-    let store = &ctx.dest;
-    let total = keys.len() as u64;
-    let done = std::sync::atomic::AtomicU64::new(0);
-    let bytes = std::sync::atomic::AtomicU64::new(0);
-    let stop = ctx.interrupt.clone();
-    futures::stream::iter(keys)
-        .map(|(key, size)| {
-            let (done, bytes, stop) = (&done, &bytes, &stop);
-            async move {
-                if let Some(reason) = stop.reason() {
-                    return Err(PruneError::Interrupted {
-                        what: format!("deleting {what}"),
-                        reason,
-                    });
-                }
-                retry(crate::retry::ATTEMPTS, &key, || store.delete(&key)).await?;
-                bytes.fetch_add(size, std::sync::atomic::Ordering::Relaxed);
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                if n % 100 == 0 || n == total {
-                    ctx.progress.emit(crate::progress::Event::Transfer {
-                        component: what.to_string(),
-                        done_bytes: bytes.load(std::sync::atomic::Ordering::Relaxed),
-                        total_bytes: None,
-                        done_objects: n,
-                        total_objects: Some(total),
-                    });
-                }
-                Ok::<(), PruneError>(())
-            }
-        })
-        .buffer_unordered(ctx.tuning.transfers.max(1))
-        .try_collect::<Vec<()>>()
-        .await?;
-    Ok((done.into_inner(), bytes.into_inner()))
+/// Deletes the keys of `log` in batches, with progress; stops between batches when asked.
+async fn delete_all(ctx: &Context, log: &KeyLog, what: &str) -> Result<(u64, u64), PruneError> {
+    let total = log.len();
+    let mut deleter = Deleter::new(&ctx.dest, ctx.tuning.streaming.delete_batch);
+    let mut keys = log.read().map_err(|e| StoreError::Fatal {
+        op: "prune",
+        key: "scratch".into(),
+        detail: e.to_string(),
+    })?;
+    let (mut queued, mut bytes) = (0u64, 0u64);
+    while let Some((key, size)) = keys.try_next().await.map_err(|e| StoreError::Fatal {
+        op: "prune",
+        key: "scratch".into(),
+        detail: e.to_string(),
+    })? {
+        if let Some(reason) = ctx.interrupt.reason() {
+            return Err(PruneError::Interrupted {
+                what: format!("deleting {what}"),
+                reason,
+            });
+        }
+        deleter.push(key).await.map_err(PruneError::Delete)?;
+        queued += 1;
+        bytes += size;
+        if queued % 1000 == 0 || queued == total {
+            ctx.progress.emit(crate::progress::Event::Transfer {
+                component: what.to_string(),
+                done_bytes: bytes,
+                total_bytes: None,
+                done_objects: deleter.deleted(),
+                total_objects: Some(total),
+            });
+        }
+    }
+    let n = deleter.finish().await.map_err(PruneError::Delete)?;
+    Ok((n, bytes))
 }
 
 /// Deletes what the plan names, in the safe order; `lock` is checked before the blobs.
@@ -118,7 +117,7 @@ pub async fn apply(
             bytes_freed += size;
         }
     }
-    if !plan.blob_keys.is_empty() {
+    if let Some(garbage) = plan.garbage.clone().filter(|g| !g.is_empty()) {
         // Never beside another holder: a backup running under a lock we lost could be relying
         // on a blob we are about to delete.
         lock.still_held()
@@ -128,11 +127,11 @@ pub async fn apply(
             "forget",
             format!(
                 "deleting {} blobs ({}) that no kept backup uses",
-                plan.blob_keys.len(),
-                crate::units::human_bytes(plan.blob_keys.iter().map(|b| b.1).sum())
+                garbage.len(),
+                crate::units::human_bytes(garbage.bytes())
             ),
         );
-        let (n, b) = delete_all(ctx, plan.blob_keys.clone(), "blobs").await?;
+        let (n, b) = delete_all(ctx, &garbage, "blobs").await?;
         objects_deleted += n;
         bytes_freed += b;
     }

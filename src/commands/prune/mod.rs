@@ -87,8 +87,9 @@ pub struct PrunePlan {
     pub warnings: Vec<String>,
     #[serde(skip)]
     pub(super) leftovers: Vec<Leftover>,
+    /// The unused blobs' keys, on disk.
     #[serde(skip)]
-    pub(super) blob_keys: Vec<(String, u64)>,
+    pub(super) garbage: Option<std::sync::Arc<crate::sorted::KeyLog>>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -112,6 +113,8 @@ pub enum PruneError {
     Catalog(#[from] CatalogError),
     #[error("{0}")]
     Store(#[from] StoreError),
+    #[error("{0}. What was deleted is consistent: every kept backup is whole, and running prune again finishes the job")]
+    Delete(crate::storage::DeleteFailure),
     #[error("{0}")]
     Lock(Box<RecoveryError>),
     #[error("backup {id} is {phase}: its run has not ended. If that run is gone, `backup-agent recover` marks it failed")]

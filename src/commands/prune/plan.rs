@@ -1,19 +1,29 @@
 //! The prune plan: every statefile read, what the selection forgets, what the kept backups
 //! still reference (blobs through their manifests, mysql-k8s backups), what dead runs left.
+//!
+//! Blobs by mark and sweep over sorted streams: the mark is every hash the kept manifests
+//! name, sorted and made unique with bounded memory (sorted runs spill to disk); the sweep
+//! merges it with the listing of `blobs/`, and what no mark matches goes to a key list on
+//! disk that `apply` deletes in batches.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
+
+use futures::TryStreamExt;
 
 use super::{dir_of, Forget, Leftover, PruneError, PrunePlan, Selection};
 use crate::context::Context;
 use crate::repository::retention::{self, Candidate, Decision};
-use crate::repository::{self, CatalogError, Manifest, MysqlCapture, Phase, Statefile};
+use crate::repository::{self, CatalogError, MysqlCapture, Phase, Statefile};
 use crate::retry::retry;
+use crate::sorted::{join, Hash, HashSorter, Joined, KeyLog};
 use crate::storage::{ObjectInfo, StoreError};
 
 /// Makes the plan: reads every statefile and the manifests of what stays.
 pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, PruneError> {
     let store = &ctx.dest;
-    let objects = store.list(&repository::repo_prefix()).await?;
+    // Backup directories only (a few objects each): blobs are swept as a stream below.
+    let objects = store.list(&repository::backups_prefix()).await?;
     let mut by_dir: BTreeMap<String, Vec<&ObjectInfo>> = BTreeMap::new();
     for o in &objects {
         if let Some(id) = dir_of(&o.key) {
@@ -28,22 +38,20 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         .filter(|d| !d.keep)
         .map(|d| d.id.as_str())
         .collect();
-    let kept = references(ctx, &backups, &forgotten, &unreadable, &objects).await;
+    let kept = references(ctx, &backups, &forgotten, &unreadable, &objects).await?;
     let forget = forgets(&backups, &forgotten, &by_dir, &kept.mysql);
     let leftovers = leftovers(ctx, &by_dir, &mut warnings).await?;
 
-    let blob_prefix = repository::blobs_prefix();
-    let blob_keys: Vec<(String, u64)> = if let Some(why) = &kept.gc_blocked {
-        warnings.push(format!("no blob is deleted this time: {why}"));
-        vec![]
-    } else {
-        objects
-            .iter()
-            .filter(|o| o.key.starts_with(&blob_prefix) && !kept.blobs.contains(&o.key))
-            .map(|o| (o.key.clone(), o.size))
-            .collect()
+    let garbage = match (&kept.gc_blocked, kept.marks) {
+        (Some(why), _) => {
+            warnings.push(format!("no blob is deleted this time: {why}"));
+            None
+        }
+        (None, marks) => Some(sweep(ctx, marks, &mut warnings).await?),
     };
-    let blob_bytes = blob_keys.iter().map(|b| b.1).sum();
+    let (blobs, blob_bytes) = garbage
+        .as_ref()
+        .map_or((0, 0), |g| (g.len() as usize, g.bytes()));
     let leftover_bytes = leftovers
         .iter()
         .flat_map(|l| l.keys.iter().map(|k| k.1))
@@ -58,13 +66,70 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         forget,
         leftover_objects: leftovers.iter().map(|l| l.keys.len()).sum(),
         leftover_bytes,
-        blobs: blob_keys.len(),
+        blobs,
         blob_bytes,
         bytes_freed,
         warnings,
         leftovers,
-        blob_keys,
+        garbage: garbage.map(Arc::new),
     })
+}
+
+fn scratch_err(e: std::io::Error) -> PruneError {
+    PruneError::Store(StoreError::Fatal {
+        op: "prune",
+        key: "scratch".into(),
+        detail: format!("sorting on local disk: {e} (pass --spool DIR on a disk with room)"),
+    })
+}
+
+/// The blobs no kept backup names: the listing of `blobs/` merged with the sorted marks.
+async fn sweep(
+    ctx: &Context,
+    marks: HashSorter,
+    warnings: &mut Vec<String>,
+) -> Result<KeyLog, PruneError> {
+    ctx.progress.step(
+        "plan",
+        format!(
+            "sorting the kept backups' hashes ({} runs on disk)",
+            marks.runs()
+        ),
+    );
+    let marks = marks
+        .finish()
+        .await
+        .map_err(scratch_err)?
+        .map_err(scratch_err);
+    let blobs = ctx
+        .dest
+        .list_stream(&repository::blobs_prefix(), ctx.tuning.streaming.page_size)
+        .map_err(PruneError::from)
+        .try_filter_map(|o| {
+            futures::future::ready(Ok(
+                repository::blob_of(&o.key).and_then(|sha| Hash::parse(sha, o.size))
+            ))
+        });
+    let mut garbage = KeyLog::new(&ctx.tuning.scratch()).map_err(scratch_err)?;
+    let mut merged = join(marks, blobs);
+    let mut lost = 0u64;
+    ctx.progress.step("plan", "listing blobs/ against them");
+    while let Some(j) = merged.try_next().await? {
+        match j {
+            Joined::Right(unused) => garbage
+                .push(&repository::blob_key(&unused.hex()), unused.size)
+                .map_err(scratch_err)?,
+            Joined::Left(_) => lost += 1,
+            Joined::Both(..) => {}
+        }
+    }
+    garbage.seal().map_err(scratch_err)?;
+    if lost > 0 {
+        warnings.push(format!(
+            "{lost} blob(s) that kept backups name are missing: run verify-backup on them"
+        ));
+    }
+    Ok(garbage)
 }
 
 /// Every readable statefile, and the ids of those that cannot be read (kept, with a warning).
@@ -167,12 +232,30 @@ fn decide(
 
 /// What the backups that stay still reference.
 struct Kept {
-    /// Blob keys their manifests name.
-    blobs: BTreeSet<String>,
+    /// The hashes their manifests name, being sorted.
+    marks: HashSorter,
     /// (application, mysql-k8s backup id) they name.
     mysql: BTreeSet<(String, String)>,
     /// Why no blob may be deleted this time, if one may not.
     gc_blocked: Option<String>,
+}
+
+/// Marks every hash of one manifest; an error means it could not be read whole.
+async fn mark(
+    ctx: &Context,
+    key: &str,
+    sha: Option<&str>,
+    marks: &mut HashSorter,
+) -> Result<(), String> {
+    let mut entries = repository::manifest::read(&ctx.dest, key, sha);
+    while let Some(e) = entries.try_next().await.map_err(|e| e.to_string())? {
+        let h = Hash::parse(&e.sha256, e.size).expect("the manifest reader checks hashes");
+        marks
+            .push(h)
+            .await
+            .map_err(|e| format!("sorting hashes: {e}"))?;
+    }
+    Ok(())
 }
 
 /// Reads the manifest of every backup that stays (and of unreadable ones: they stay too).
@@ -182,29 +265,10 @@ async fn references(
     forgotten: &BTreeSet<&str>,
     unreadable: &[String],
     objects: &[ObjectInfo],
-) -> Kept {
-    let store = &ctx.dest;
-    // What stays references blobs and mysql backups; every manifest of what stays is read.
-    let mut referenced: BTreeSet<String> = BTreeSet::new();
+) -> Result<Kept, PruneError> {
+    let mut marks = HashSorter::new(&ctx.tuning.scratch(), ctx.tuning.streaming.sort_memory);
     let mut kept_mysql: BTreeSet<(String, String)> = BTreeSet::new();
     let mut gc_blocked: Option<String> = None;
-    // A manifest a kept backup's statefile names must be read, listed or not: missing or
-    // unreadable, no blob is deleted this time.
-    let manifest_blobs = |key: String| async move {
-        let bytes = retry(crate::retry::ATTEMPTS, &key, || store.get_bytes(&key)).await?;
-        Manifest::parse(&key, &bytes)
-            .map(|m| {
-                m.entries
-                    .iter()
-                    .map(|e| repository::blob_key(&e.sha256))
-                    .collect::<BTreeSet<_>>()
-            })
-            .map_err(|detail| StoreError::Fatal {
-                op: "read",
-                key: key.clone(),
-                detail,
-            })
-    };
     for b in backups
         .iter()
         .filter(|b| !forgotten.contains(b.backup_id.as_str()))
@@ -222,29 +286,36 @@ async fn references(
         for m in &b.components.mysql {
             kept_mysql.insert((m.app.clone(), m.backup_id.clone()));
         }
+        // A manifest a kept backup's statefile names must be read, listed or not: missing or
+        // unreadable, no blob is deleted this time.
         if let Some(cap) = &b.components.mlpipeline {
-            match manifest_blobs(cap.manifest_key.clone()).await {
-                Ok(set) => referenced.extend(set),
-                Err(e) => {
-                    gc_blocked = Some(format!("the manifest of kept backup {}: {e}", b.backup_id))
-                }
+            ctx.progress
+                .step("plan", format!("marking what backup {} uses", b.backup_id));
+            if let Err(e) = mark(
+                ctx,
+                &cap.manifest_key,
+                Some(&cap.manifest_sha256),
+                &mut marks,
+            )
+            .await
+            {
+                gc_blocked = Some(format!("the manifest of kept backup {}: {e}", b.backup_id))
             }
         }
     }
     for id in unreadable {
         let key = repository::manifest_key(id);
         if objects.iter().any(|o| o.key == key) {
-            match manifest_blobs(key).await {
-                Ok(set) => referenced.extend(set),
-                Err(e) => gc_blocked = Some(format!("the manifest of backup {id}: {e}")),
+            if let Err(e) = mark(ctx, &key, None, &mut marks).await {
+                gc_blocked = Some(format!("the manifest of backup {id}: {e}"));
             }
         }
     }
-    Kept {
-        blobs: referenced,
+    Ok(Kept {
+        marks,
         mysql: kept_mysql,
         gc_blocked,
-    }
+    })
 }
 
 /// The backups to forget, each with its own objects (statefile first) and the mysql-k8s

@@ -20,7 +20,7 @@ pub use render::{render_plan, render_report};
 use crate::commands::backup::BackupError;
 use crate::commands::preflight::PreflightError;
 use crate::commands::recover;
-use crate::components::mlpipeline::RestoreStats;
+use crate::components::mlpipeline::{self, RestoreStats};
 use crate::components::Component;
 use crate::context::Context;
 use crate::juju::discovery;
@@ -85,6 +85,8 @@ pub struct RestorePlan {
     pub mlmd_pod: Option<String>,
     pub mlpipeline_objects: u64,
     pub mlpipeline_bytes: u64,
+    /// What the bucket restore will copy and delete, counted against the bucket as it is now.
+    pub mlpipeline_changes: Option<mlpipeline::RestorePlan>,
     pub safety_backup: bool,
     pub warnings: Vec<String>,
 }

@@ -9,8 +9,8 @@ use crate::commands::preflight::{blocking, until};
 use crate::components::{mlmd, mlpipeline, mysql};
 use crate::context::Context;
 use crate::juju::scale;
-use crate::repository::{Manifest, ScaleRecord};
-use crate::retry::{retry, retry_blocking};
+use crate::repository::ScaleRecord;
+use crate::retry::retry_blocking;
 use mlpipeline::SyncOptions;
 
 type Parts = (Vec<MysqlRestored>, bool, Option<RestoreStats>);
@@ -150,21 +150,16 @@ async fn restore_mlpipeline(
     ) else {
         return Ok(None);
     };
-    let bytes = retry(crate::retry::ATTEMPTS, &cap.manifest_key, || {
-        ctx.dest.get_bytes(&cap.manifest_key)
-    })
-    .await
-    .map_err(|e| format!("mlpipeline: {e}"))?;
-    let manifest = Manifest::parse(&cap.manifest_key, &bytes)?;
     let opts = SyncOptions::for_run(ctx, std::env::temp_dir());
     p.step(
         "mlpipeline",
         format!(
             "making the bucket equal to the backup's {} objects",
-            manifest.entries.len()
+            cap.objects
         ),
     );
-    let stats = mlpipeline::restore(&ctx.dest, minio, &manifest, &opts)
+    let totals = prep.plan.mlpipeline_changes.as_ref();
+    let stats = mlpipeline::restore(&ctx.dest, minio, cap, totals, &opts)
         .await
         .map_err(|e| e.to_string())?;
     p.done(

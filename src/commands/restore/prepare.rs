@@ -5,6 +5,7 @@
 use super::{spool, RestoreError, RestorePlan, RestoreRequest};
 use crate::commands::preflight::{self, app};
 use crate::commands::verify;
+use crate::components::mlpipeline::{self, SyncOptions};
 use crate::components::Component;
 use crate::context::Context;
 use crate::juju::discovery::{AppNames, AppState};
@@ -63,6 +64,7 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
         id,
         verify::Mode::Light,
         spool.path(),
+        ctx.tuning.streaming,
         p,
     )
     .await
@@ -101,6 +103,21 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
     };
 
     let (scales, mysql_pairs) = scales(&sf, &components, &apps)?;
+    let mlpipeline_changes = match (&minio, &sf.components.mlpipeline) {
+        (Some(m), Some(cap)) => {
+            ctx.progress.step(
+                "preflight",
+                "comparing mlpipeline with the backup's manifest",
+            );
+            let opts = SyncOptions::for_run(ctx, ctx.tuning.scratch());
+            Some(
+                mlpipeline::restore_plan(&ctx.dest, &m.store, cap, &opts)
+                    .await
+                    .map_err(|e| RestoreError::Preflight(e.to_string()))?,
+            )
+        }
+        _ => None,
+    };
     let plan = RestorePlan {
         backup_id: id.clone(),
         model: status.model.name.clone(),
@@ -110,6 +127,7 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
         mlmd_pod,
         mlpipeline_objects: sf.components.mlpipeline.as_ref().map_or(0, |m| m.objects),
         mlpipeline_bytes: sf.components.mlpipeline.as_ref().map_or(0, |m| m.bytes),
+        mlpipeline_changes,
         safety_backup: req.safety_backup,
         warnings,
     };

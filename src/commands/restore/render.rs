@@ -48,6 +48,17 @@ pub fn render_plan(p: &RestorePlan) -> String {
             p.mlpipeline_objects,
             crate::units::human_bytes(p.mlpipeline_bytes)
         );
+        if let Some(c) = &p.mlpipeline_changes {
+            let _ = writeln!(
+                o,
+                "    against the bucket now: {} to copy back ({}), {} to delete ({}), {} unchanged",
+                c.to_copy,
+                crate::units::human_bytes(c.to_copy_bytes),
+                c.to_delete,
+                crate::units::human_bytes(c.to_delete_bytes),
+                c.unchanged
+            );
+        }
     }
     for w in &p.warnings {
         let _ = writeln!(o, "  warning: {w}");

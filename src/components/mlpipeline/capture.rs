@@ -1,24 +1,32 @@
-//! The bucket into the repository: small objects through memory within a byte budget, large
-//! ones through spool files a few at a time, each content uploaded once.
+//! The bucket into the repository: the listing merged with the previous manifest, each object
+//! kept, read or dropped as the merge decides, the new manifest written in key order as the
+//! copies finish. Small objects go through memory within a byte budget, large ones through
+//! spool files a few at a time; each content is uploaded once.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::pace::{Limiter, Ticker};
+use super::plan::{joined, unchanged};
 use super::{
-    kib_permits, SyncError, SyncOptions, SyncPlan, SyncStats, IN_MEMORY_MAX, LARGE_IN_FLIGHT,
-    LARGE_READING, MEMORY_BUDGET,
+    kib_permits, PreviousManifest, SyncError, SyncOptions, SyncPlan, SyncStats, IN_MEMORY_MAX,
+    LARGE_IN_FLIGHT, LARGE_READING, MEMORY_BUDGET, VANISHED_SHOWN,
 };
-use crate::repository::{self, is_sha256, Entry, Manifest};
+use crate::repository::{self, Entry, ManifestWriter, Written};
 use crate::retry::retry;
-use crate::storage::{ObjectInfo, Store, StoreError, TapWriter};
+use crate::sorted::Joined;
+use crate::storage::{Store, StoreError, TapWriter};
+
+/// Hashes of blobs stored or found during this run, remembered to spare a request for content
+/// seen again soon (the many empty `_SUCCESS` markers); forgotten all at once when full.
+const RECENT: usize = 16_384;
 
 /// Streams one large object into a spool file, hashing as it goes.
 async fn spool_object(
@@ -55,39 +63,16 @@ async fn spool_object(
     Ok((path, len, hex::encode(hasher.finalize())))
 }
 
-/// Copies the bucket into the repository's blobs and returns the new manifest.
-pub async fn capture(
-    source: &Store,
-    dest: &Store,
-    previous: Option<&Manifest>,
-    opts: &SyncOptions,
-) -> Result<(Manifest, SyncStats), SyncError> {
-    let listed: Vec<ObjectInfo> = source.list("").await.map_err(SyncError::List)?;
-    capture_planned(source, dest, SyncPlan::new(listed, previous), opts).await
-}
-
-/// The repository's blobs (hash -> size), listed once so that no upload needs a HEAD first.
-async fn known_blobs(dest: &Store) -> Result<HashMap<String, u64>, SyncError> {
-    let prefix = repository::blobs_prefix();
-    let listed = dest.list(&prefix).await.map_err(SyncError::List)?;
-    Ok(listed
-        .into_iter()
-        .filter_map(|o| {
-            let sha = o.key.rsplit('/').next()?;
-            is_sha256(sha).then(|| (sha.to_string(), o.size))
-        })
-        .collect())
-}
-
 /// What the transfers of one capture share.
 struct Shared<'a> {
     source: &'a Store,
     dest: &'a Store,
     opts: &'a SyncOptions,
-    known: std::sync::Mutex<HashMap<String, u64>>,
+    recent: std::sync::Mutex<HashSet<String>>,
     /// Blobs being uploaded now: one upload per content, the others wait for it (S3 servers
     /// may fail concurrent PUTs of one key; SeaweedFS answers one of them 404).
     uploading: std::sync::Mutex<HashMap<String, Arc<tokio::sync::Mutex<()>>>>,
+    transfers: tokio::sync::Semaphore,
     memory: tokio::sync::Semaphore,
     large: tokio::sync::Semaphore,
     reading: tokio::sync::Semaphore,
@@ -101,17 +86,27 @@ struct Shared<'a> {
 }
 
 impl Shared<'_> {
-    fn have(&self, sha: &str, len: u64) -> bool {
-        self.known.lock().expect("known blobs").get(sha) == Some(&len)
+    fn seen(&self, sha: &str) -> bool {
+        self.recent.lock().expect("recent blobs").contains(sha)
     }
 
-    /// Uploads a blob through `put` unless the repository has it or gets it meanwhile.
+    fn remember(&self, sha: &str) {
+        let mut r = self.recent.lock().expect("recent blobs");
+        if r.len() >= RECENT {
+            r.clear();
+        }
+        r.insert(sha.to_string());
+    }
+
+    /// Stores a blob through `put` (which says whether it wrote it, or found it there) unless
+    /// this run stored it already. One upload per content at a time; the others wait for it
+    /// (S3 servers may fail concurrent PUTs of one key; SeaweedFS answers one of them 404).
     async fn store_blob<F, Fut>(&self, sha: &str, len: u64, put: F) -> Result<(), SyncError>
     where
         F: FnOnce() -> Fut,
-        Fut: std::future::Future<Output = Result<(), SyncError>>,
+        Fut: std::future::Future<Output = Result<bool, SyncError>>,
     {
-        if self.have(sha, len) {
+        if self.seen(sha) {
             return Ok(());
         }
         let turn = self
@@ -122,20 +117,19 @@ impl Shared<'_> {
             .or_default()
             .clone();
         let _turn = turn.lock().await;
-        if self.have(sha, len) {
+        if self.seen(sha) {
             return Ok(());
         }
         if let Some(l) = &self.limiter {
             l.take(len).await;
         }
-        put().await?;
-        self.known
-            .lock()
-            .expect("known blobs")
-            .insert(sha.to_string(), len);
+        let written = put().await;
         self.uploading.lock().expect("uploading").remove(sha);
-        self.new_objects.fetch_add(1, Ordering::Relaxed);
-        self.new_bytes.fetch_add(len, Ordering::Relaxed);
+        if written? {
+            self.new_objects.fetch_add(1, Ordering::Relaxed);
+            self.new_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        self.remember(sha);
         Ok(())
     }
 
@@ -163,10 +157,12 @@ impl Shared<'_> {
         self.read_bytes.fetch_add(len, Ordering::Relaxed);
         self.ticker.add(len);
         let blob = repository::blob_key(&sha);
+        // A blob already there (an earlier backup's, or one a killed run left) is refused by
+        // the conditional PUT: one request either way, no listing of what the repository has.
         self.store_blob(&sha, len, || async {
             retry(self.opts.attempts, &blob, || {
                 self.dest
-                    .put_bytes(&blob, &data, "application/octet-stream")
+                    .put_bytes_if_absent(&blob, &data, "application/octet-stream")
             })
             .await
             .map_err(Self::object_err(&blob))
@@ -215,6 +211,13 @@ impl Shared<'_> {
         let blob = repository::blob_key(&sha);
         let uploaded = self
             .store_blob(&sha, len, || async {
+                // A large blob already there is found by a HEAD (cheap beside its upload).
+                let there = retry(self.opts.attempts, &blob, || self.dest.head(&blob))
+                    .await
+                    .map_err(Self::object_err(&blob))?;
+                if there.is_some_and(|o| o.size == len) {
+                    return Ok(false);
+                }
                 retry(self.opts.attempts, &blob, || async {
                     let mut f =
                         tokio::fs::File::open(&path)
@@ -233,6 +236,7 @@ impl Shared<'_> {
                 })
                 .await
                 .map_err(Self::object_err(&blob))
+                .map(|()| true)
             })
             .await;
         let _ = tokio::fs::remove_file(&path).await;
@@ -255,82 +259,139 @@ impl Shared<'_> {
     }
 }
 
-/// Carries out a plan made from an earlier listing (the point in time of the backup).
-pub async fn capture_planned(
+/// What one object of the merge becomes.
+enum Outcome {
+    /// Unchanged since the previous backup: its entry, not read.
+    Kept(Entry),
+    Read(Entry),
+    /// Listed, then gone when read.
+    Vanished(String),
+}
+
+/// What a capture wrote.
+#[derive(Debug, Clone)]
+pub struct Captured {
+    pub manifest: Written,
+    pub stats: SyncStats,
+}
+
+/// Copies the bucket into the repository's blobs and writes the manifest under
+/// `manifest_key`, merging the live listing with `previous` so unchanged objects are not read.
+/// `totals` (from [`super::plan`]) feeds progress. Nothing is left under `manifest_key` when
+/// this fails.
+pub async fn capture(
     source: &Store,
     dest: &Store,
-    plan: SyncPlan,
+    previous: Option<&PreviousManifest>,
+    manifest_key: &str,
+    totals: Option<&SyncPlan>,
     opts: &SyncOptions,
-) -> Result<(Manifest, SyncStats), SyncError> {
-    let (total_objects, total_bytes) = (plan.to_read.len() as u64, plan.read_bytes());
-    let SyncPlan {
-        listed,
-        unchanged: mut entries,
-        to_read,
-    } = plan;
+) -> Result<Captured, SyncError> {
     tokio::fs::create_dir_all(&opts.spool)
         .await
         .map_err(|e| SyncError::Spool {
             path: opts.spool.clone(),
             source: e,
         })?;
-    let known = if to_read.is_empty() {
-        HashMap::new()
-    } else {
-        known_blobs(dest).await?
-    };
+    // Once the copy has begun it cannot start over: the listing's order is settled first.
+    source
+        .learn_order("", opts.streaming.page_size)
+        .await
+        .map_err(SyncError::List)?;
+    let totals = totals.cloned().unwrap_or_default();
     let shared = Shared {
         source,
         dest,
         opts,
-        known: std::sync::Mutex::new(known),
+        recent: Default::default(),
         uploading: Default::default(),
+        transfers: tokio::sync::Semaphore::new(opts.transfers.max(1)),
         memory: tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize),
         large: tokio::sync::Semaphore::new(LARGE_IN_FLIGHT),
         reading: tokio::sync::Semaphore::new(LARGE_READING),
         heads: tokio::sync::Semaphore::new(opts.checkers.max(1)),
         limiter: opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now())),
-        ticker: Ticker::new(&opts.progress, total_objects, total_bytes),
+        ticker: Ticker::new(&opts.progress, totals.to_read, totals.read_bytes),
         spooled: AtomicU64::new(0),
         read_bytes: AtomicU64::new(0),
         new_objects: AtomicU64::new(0),
         new_bytes: AtomicU64::new(0),
     };
-    let results: Vec<Option<Entry>> = futures::stream::iter(to_read)
-        .map(|o| {
-            let shared = &shared;
-            async move {
-                if o.size <= IN_MEMORY_MAX {
-                    shared.small(o.key, o.size).await
-                } else {
-                    shared.large(o.key).await
-                }
-            }
-        })
-        .buffer_unordered(opts.transfers.max(1))
-        .try_collect()
-        .await?;
-
+    let mut manifest = ManifestWriter::start(dest, manifest_key);
+    let copied = copy_all(&shared, source, previous, &mut manifest).await;
     shared.ticker.finish();
-    let read: Vec<Entry> = results.into_iter().flatten().collect();
-    let read_objects = read.len() as u64;
-    entries.extend(read);
-    let kept: std::collections::HashSet<&str> = entries.iter().map(|e| e.key.as_str()).collect();
-    let vanished: Vec<String> = listed
-        .iter()
-        .filter(|o| !kept.contains(o.key.as_str()))
-        .map(|o| o.key.clone())
-        .collect();
-    entries.sort_by(|a, b| a.key.cmp(&b.key));
-    let manifest = Manifest { entries };
+    let (read_objects, vanished_objects, vanished) = match copied {
+        Ok(c) => c,
+        Err(e) => {
+            manifest.abort(&e.to_string()).await;
+            return Err(e);
+        }
+    };
+    let written = manifest.finish().await?;
     let stats = SyncStats {
-        objects: manifest.entries.len() as u64,
-        bytes: manifest.bytes(),
+        objects: written.entries,
+        bytes: written.bytes,
         read_objects,
         read_bytes: shared.read_bytes.into_inner(),
         new_objects: shared.new_objects.into_inner(),
         new_bytes: shared.new_bytes.into_inner(),
+        vanished_objects,
         vanished,
     };
-    Ok((manifest, stats))
+    Ok(Captured {
+        manifest: written,
+        stats,
+    })
+}
+
+/// The merge, the copies (up to `queue_depth` objects started ahead of the oldest unfinished
+/// one, `transfers` at once), and the manifest written in key order as results come back:
+/// (objects read, vanished, the first vanished keys).
+async fn copy_all(
+    shared: &Shared<'_>,
+    source: &Store,
+    previous: Option<&PreviousManifest>,
+    manifest: &mut ManifestWriter,
+) -> Result<(u64, u64, Vec<String>), SyncError> {
+    let opts = shared.opts;
+    let results = joined(source, shared.dest, previous, opts)
+        .try_filter_map(|j| async move {
+            Ok(match j {
+                Joined::Right(_) => None,
+                Joined::Both(o, p) if unchanged(&o, &p) => Some((o, Some(p))),
+                Joined::Both(o, _) | Joined::Left(o) => Some((o, None)),
+            })
+        })
+        .map_ok(|(o, kept)| async move {
+            if let Some(p) = kept {
+                return Ok(Outcome::Kept(p));
+            }
+            let _turn = shared.transfers.acquire().await.expect("never closed");
+            let key = o.key.clone();
+            let got = if o.size <= IN_MEMORY_MAX {
+                shared.small(o.key, o.size).await?
+            } else {
+                shared.large(o.key).await?
+            };
+            Ok(got.map_or(Outcome::Vanished(key), Outcome::Read))
+        })
+        .try_buffered(opts.streaming.queue_depth.max(1));
+    let mut results = std::pin::pin!(results);
+    let (mut read, mut vanished_objects, mut vanished) = (0u64, 0u64, vec![]);
+    while let Some(outcome) = results.try_next().await? {
+        match outcome {
+            Outcome::Kept(e) => manifest.push(&e).await?,
+            Outcome::Read(e) => {
+                read += 1;
+                manifest.push(&e).await?;
+            }
+            Outcome::Vanished(key) => {
+                vanished_objects += 1;
+                if vanished.len() < VANISHED_SHOWN {
+                    vanished.push(key);
+                }
+            }
+        }
+    }
+    Ok((read, vanished_objects, vanished))
 }

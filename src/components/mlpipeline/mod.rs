@@ -7,9 +7,14 @@
 //! `--size-only` misses it).
 //!
 //! Fast where the time goes: a small object costs one GET (bytes and headers together) and one
-//! PUT, with no HEAD on either side, because the repository's blobs are listed once up front.
-//! Memory stays bounded whatever the data: small objects in memory within a byte budget, large
-//! ones streamed through a spool file a few at a time, uploaded in parts from a fixed budget.
+//! conditional PUT (`If-None-Match: *`: a blob the repository already has is refused, not
+//! written twice), with no HEAD and no listing of the repository's blobs.
+//!
+//! Memory stays flat in the number of objects: the listing and the previous manifest are
+//! streams merged by key ([`crate::sorted::join`]), the new manifest is written as the copy
+//! proceeds, and the bytes in flight are bounded: small objects in memory within a byte budget,
+//! large ones streamed through a spool file a few at a time, uploaded in parts from a fixed
+//! budget.
 
 pub mod allocator;
 mod capture;
@@ -22,10 +27,11 @@ use std::path::PathBuf;
 
 use serde::Serialize;
 
-pub use capture::{capture, capture_planned};
-pub use plan::SyncPlan;
-pub use restore::{restore, RestoreStats};
+pub use capture::{capture, Captured};
+pub use plan::{plan, SyncPlan};
+pub use restore::{restore, restore_plan, RestorePlan, RestoreStats};
 
+use crate::context::Streaming;
 use crate::progress::Progress;
 use crate::retry::Retryable;
 use crate::storage::StoreError;
@@ -56,7 +62,18 @@ pub struct SyncOptions {
     /// Attempts per object on transient errors.
     pub attempts: u32,
     pub spool: PathBuf,
+    /// Where sorted runs and key lists go.
+    pub scratch: PathBuf,
+    pub streaming: Streaming,
     pub progress: Progress,
+}
+
+/// The previous backup's manifest, which a capture merges with the listing.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct PreviousManifest {
+    pub backup_id: String,
+    pub key: String,
+    pub sha256: String,
 }
 
 impl SyncOptions {
@@ -67,6 +84,8 @@ impl SyncOptions {
             bwlimit: None,
             attempts: crate::retry::ATTEMPTS,
             spool: spool.into(),
+            scratch: std::env::temp_dir(),
+            streaming: Streaming::default(),
             progress: Progress::none(),
         }
     }
@@ -78,6 +97,8 @@ impl SyncOptions {
             transfers: ctx.tuning.transfers,
             bwlimit: ctx.tuning.bwlimit,
             progress: ctx.progress.clone(),
+            scratch: ctx.tuning.scratch(),
+            streaming: ctx.tuning.streaming,
             ..SyncOptions::new(spool)
         }
     }
@@ -96,13 +117,22 @@ pub struct SyncStats {
     pub new_objects: u64,
     pub new_bytes: u64,
     /// Objects listed but gone when read (deleted meanwhile): not in the manifest.
+    pub vanished_objects: u64,
+    /// The first [`VANISHED_SHOWN`] of them, to name in warnings.
     pub vanished: Vec<String>,
 }
+
+/// Vanished keys named in a capture's result; the rest are counted.
+pub const VANISHED_SHOWN: usize = 100;
 
 #[derive(Debug, thiserror::Error)]
 pub enum SyncError {
     #[error("mlpipeline: listing the source bucket: {0}")]
     List(StoreError),
+    #[error("mlpipeline: the manifest: {0}")]
+    Manifest(#[from] crate::repository::ManifestError),
+    #[error("mlpipeline: deleting: {0}")]
+    Delete(#[from] crate::storage::DeleteFailure),
     #[error("mlpipeline: {key}: {source}")]
     Object { key: String, source: StoreError },
     #[error("mlpipeline: local spool {path}: {source}")]
@@ -133,6 +163,6 @@ impl crate::components::Part for Mlpipeline {
         sf: &crate::repository::Statefile,
         v: &mut crate::components::check::Verification,
     ) {
-        verify::check(cx.dest, sf, cx.mode, cx.progress, v).await
+        verify::check(cx, sf, v).await
     }
 }

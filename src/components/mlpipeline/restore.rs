@@ -1,20 +1,24 @@
 //! The bucket back from the repository: made equal to a manifest, every blob checked against
 //! its hash before it replaces anything, deletes last.
+//!
+//! The manifest and the target bucket's listing are merged by key: an object equal to the
+//! backup's is left alone, one missing or different is copied back, one the backup did not
+//! have is set aside in a key list on disk and deleted (in batches) once every copy is done.
 
-use std::collections::HashMap;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use futures::{StreamExt, TryStreamExt};
+use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::pace::{Limiter, Ticker};
 use super::{kib_permits, SyncError, SyncOptions, IN_MEMORY_MAX, LARGE_IN_FLIGHT, MEMORY_BUDGET};
-use crate::repository::{self, Entry, Manifest};
+use crate::repository::{self, Entry, MlpipelineCapture};
 use crate::retry::retry;
-use crate::storage::{ObjectInfo, Store, StoreError, TapWriter};
+use crate::sorted::{join, Joined, KeyLog};
+use crate::storage::{Deleter, ObjectInfo, Store, StoreError, TapWriter};
 
 /// What a restore of the bucket did.
 #[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
@@ -28,45 +32,123 @@ pub struct RestoreStats {
     pub deleted: u64,
 }
 
-/// Makes `target` equal to `manifest`: copies back from the repository's blobs what is missing
-/// or different (bytes, content type, user metadata), checking each blob's content hash on the
-/// way, then removes what the backup did not have. Deletes come last, so a restore that fails
-/// midway has removed nothing.
+/// What a restore of the bucket will do, counted by the same merge without changing anything.
+#[derive(Debug, Clone, Default, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct RestorePlan {
+    pub unchanged: u64,
+    pub to_copy: u64,
+    pub to_copy_bytes: u64,
+    pub to_delete: u64,
+    pub to_delete_bytes: u64,
+}
+
+/// Left alone by a restore: same size and the ETag recorded when it was read.
+fn same(e: &Entry, o: &ObjectInfo) -> bool {
+    o.size == e.size && e.etag.is_some() && o.etag == e.etag
+}
+
+/// The manifest merged with the target's listing.
+fn merged(
+    repo: &Store,
+    target: &Store,
+    cap: &MlpipelineCapture,
+    opts: &SyncOptions,
+) -> impl futures::Stream<Item = Result<Joined<Entry, ObjectInfo>, SyncError>> + Unpin {
+    let manifest = repository::manifest::read(repo, &cap.manifest_key, Some(&cap.manifest_sha256))
+        .map_err(SyncError::from);
+    let listing = target
+        .sorted_listing("", &opts.streaming, &opts.scratch)
+        .map_err(SyncError::List);
+    join(manifest, listing)
+}
+
+/// Counts what [`restore`] would copy and delete (a second pass when the target's listing
+/// turns out not to be in byte order).
+pub async fn restore_plan(
+    repo: &Store,
+    target: &Store,
+    cap: &MlpipelineCapture,
+    opts: &SyncOptions,
+) -> Result<RestorePlan, SyncError> {
+    match count(repo, target, cap, opts).await {
+        Err(e) if super::plan::unsorted(&e) => count(repo, target, cap, opts).await,
+        other => other,
+    }
+}
+
+async fn count(
+    repo: &Store,
+    target: &Store,
+    cap: &MlpipelineCapture,
+    opts: &SyncOptions,
+) -> Result<RestorePlan, SyncError> {
+    let mut plan = RestorePlan::default();
+    let mut all = merged(repo, target, cap, opts);
+    while let Some(j) = all.try_next().await? {
+        match j {
+            Joined::Both(e, o) if same(&e, &o) => plan.unchanged += 1,
+            Joined::Both(e, _) | Joined::Left(e) => {
+                plan.to_copy += 1;
+                plan.to_copy_bytes += e.size;
+            }
+            Joined::Right(o) => {
+                plan.to_delete += 1;
+                plan.to_delete_bytes += o.size;
+            }
+        }
+    }
+    Ok(plan)
+}
+
+fn scratch_err(opts: &SyncOptions) -> impl Fn(std::io::Error) -> SyncError + '_ {
+    move |source| SyncError::Spool {
+        path: opts.scratch.clone(),
+        source,
+    }
+}
+
+/// Makes `target` equal to the backup's manifest: copies back from the repository's blobs
+/// what is missing or different (bytes, content type, user metadata), checking each blob's
+/// content hash on the way, then removes what the backup did not have. Deletes come last, so
+/// a restore that fails midway has removed nothing. `totals` (from [`restore_plan`]) feeds
+/// progress.
 pub async fn restore(
     repo: &Store,
     target: &Store,
-    manifest: &Manifest,
+    cap: &MlpipelineCapture,
+    totals: Option<&RestorePlan>,
     opts: &SyncOptions,
 ) -> Result<RestoreStats, SyncError> {
-    let current: HashMap<String, ObjectInfo> = target
-        .list("")
+    // Copies cannot be taken back: the listing's order is settled before the first one.
+    target
+        .learn_order("", opts.streaming.page_size)
         .await
-        .map_err(SyncError::List)?
-        .into_iter()
-        .map(|o| (o.key.clone(), o))
-        .collect();
-    let (mut unchanged, mut to_copy) = (0u64, vec![]);
-    for e in &manifest.entries {
-        match current.get(&e.key) {
-            Some(o) if o.size == e.size && e.etag.is_some() && o.etag == e.etag => unchanged += 1,
-            _ => to_copy.push(e),
-        }
-    }
-    let wanted: std::collections::HashSet<&str> =
-        manifest.entries.iter().map(|e| e.key.as_str()).collect();
-    let mut extra: Vec<&String> = current
-        .keys()
-        .filter(|k| !wanted.contains(k.as_str()))
-        .collect();
-    extra.sort();
+        .map_err(SyncError::List)?;
+    let mut extras = KeyLog::new(&opts.scratch).map_err(scratch_err(opts))?;
+    let unchanged = AtomicU64::new(0);
     let limiter = opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now()));
-    let total_bytes = to_copy.iter().map(|e| e.size).sum();
-    let ticker = Ticker::new(&opts.progress, to_copy.len() as u64, total_bytes);
+    let totals = totals.cloned().unwrap_or_default();
+    let ticker = Ticker::new(&opts.progress, totals.to_copy, totals.to_copy_bytes);
     let copied_bytes = AtomicU64::new(0);
     let memory = tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize);
     let large = tokio::sync::Semaphore::new(LARGE_IN_FLIGHT);
-    let copies: Vec<u64> = futures::stream::iter(to_copy)
-        .map(|e| {
+    let to_copy = merged(repo, target, cap, opts).try_filter_map(|j| {
+        let r = match j {
+            Joined::Both(e, o) if same(&e, &o) => {
+                unchanged.fetch_add(1, Ordering::Relaxed);
+                Ok(None)
+            }
+            Joined::Both(e, _) | Joined::Left(e) => Ok(Some(e)),
+            Joined::Right(o) => extras
+                .push(&o.key, o.size)
+                .map(|()| None)
+                .map_err(scratch_err(opts)),
+        };
+        futures::future::ready(r)
+    });
+    let copied: u64 = to_copy
+        .map_ok(|e| {
             let (limiter, ticker, copied_bytes) = (&limiter, &ticker, &copied_bytes);
             let (memory, large) = (&memory, &large);
             async move {
@@ -78,36 +160,35 @@ pub async fn restore(
                     if let Some(l) = limiter {
                         l.take(e.size).await;
                     }
-                    retry(opts.attempts, &e.key, || copy_small(repo, target, e)).await?;
+                    retry(opts.attempts, &e.key, || copy_small(repo, target, &e)).await?;
                 } else {
                     let _slot = large.acquire().await.expect("never closed");
                     if let Some(l) = limiter {
                         l.take(e.size).await;
                     }
-                    retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
+                    retry(opts.attempts, &e.key, || copy_back(repo, target, &e)).await?;
                 }
                 copied_bytes.fetch_add(e.size, Ordering::Relaxed);
                 ticker.add(e.size);
                 Ok::<u64, SyncError>(1)
             }
         })
-        .buffer_unordered(opts.transfers.max(1))
-        .try_collect()
+        .try_buffer_unordered(opts.transfers.max(1))
+        .try_fold(0u64, |n, one| futures::future::ready(Ok(n + one)))
         .await?;
     ticker.finish();
-    for key in &extra {
-        retry(opts.attempts, key, || target.delete(key))
-            .await
-            .map_err(|source| SyncError::Object {
-                key: key.to_string(),
-                source,
-            })?;
+    extras.seal().map_err(scratch_err(opts))?;
+    let mut deleter = Deleter::new(target, opts.streaming.delete_batch);
+    let mut keys = extras.read().map_err(scratch_err(opts))?;
+    while let Some((key, _)) = keys.try_next().await.map_err(scratch_err(opts))? {
+        deleter.push(key).await?;
     }
+    let deleted = deleter.finish().await?;
     Ok(RestoreStats {
-        unchanged,
-        copied: copies.len() as u64,
+        unchanged: unchanged.into_inner(),
+        copied,
         copied_bytes: copied_bytes.into_inner(),
-        deleted: extra.len() as u64,
+        deleted,
     })
 }
 

@@ -1,0 +1,665 @@
+//! `bench scale`: memory and time against the number of objects. For each object count, a
+//! bucket of small objects (1–4 KiB) is made, then each command runs once as the product runs
+//! it, alone in its own process: a full backup, a no-change backup, two backups with 1% of the
+//! objects changed, verify, a restore into an empty bucket, and a prune that forgets half of
+//! the backups. rclone sync (default, and --fast-list) copies the same bucket in the same run,
+//! for reference. The synthetic planner case then takes tens of millions of manifest entries
+//! through the merge-join and the prune mark with no S3 at all.
+
+use std::fmt::Write as _;
+use std::path::PathBuf;
+
+use anyhow::{ensure, Context, Result};
+use backup_agent::commands::prune::{self, Selection};
+use backup_agent::components::check::{CheckContext, Mode, Verification};
+use backup_agent::components::mlpipeline;
+use backup_agent::components::Part;
+use backup_agent::context::{Context as RunContext, Tuning};
+use backup_agent::repository::{
+    self, retention::Policy, Components, MlpipelineCapture, Phase, RequestType, Statefile,
+};
+use backup_agent_sandbox::seed::BucketSpec;
+use serde::Serialize;
+
+use crate::lab::{Lab, Sample};
+use crate::{say, worker};
+
+#[derive(Debug, clap::Args)]
+pub struct ScaleArgs {
+    /// Object counts of the real-S3 cases.
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000")]
+    objects: Vec<usize>,
+    /// Manifest entries of the synthetic planner cases (no S3).
+    #[arg(long, value_delimiter = ',', default_value = "100000,1000000,10000000")]
+    synthetic: Vec<u64>,
+    /// A smoke run: 2,000 objects and 50,000 synthetic entries.
+    #[arg(long)]
+    quick: bool,
+    #[arg(long, default_value = "bench/results")]
+    out: PathBuf,
+}
+
+/// One measured run of one command.
+#[derive(Debug, Clone, Serialize)]
+pub struct Row {
+    pub case: String,
+    pub objects: u64,
+    pub tool: String,
+    pub secs: f64,
+    pub max_rss_mib: f64,
+    /// Requests or bytes that matter for this case (object bytes read, keys deleted...).
+    pub note: String,
+}
+
+#[derive(Debug, Default, Serialize)]
+pub struct ScaleResults {
+    pub rows: Vec<Row>,
+    pub checks: Vec<(String, bool)>,
+    pub machine: Vec<(String, String)>,
+}
+
+impl ScaleResults {
+    fn add(&mut self, case: &str, objects: u64, tool: &str, s: &Sample, note: String) {
+        let rss = s.max_rss_kib as f64 / 1024.0;
+        say(format!(
+            "  {case:<22} {objects:>9} {tool:<22} {:>9.2} s {rss:>8.1} MiB  {note}",
+            s.secs
+        ));
+        self.rows.push(Row {
+            case: case.into(),
+            objects,
+            tool: tool.into(),
+            secs: s.secs,
+            max_rss_mib: rss,
+            note,
+        });
+    }
+
+    fn check(&mut self, what: String, ok: bool) {
+        if !ok {
+            say(format!("  CHECK FAILED: {what}"));
+        }
+        self.checks.push((what, ok));
+    }
+
+    fn get(&self, case: &str, objects: u64, tool: &str) -> Option<&Row> {
+        self.rows
+            .iter()
+            .find(|r| r.case == case && r.objects == objects && r.tool == tool)
+    }
+
+    /// The markdown table, with the targets of the flat-memory issue.
+    pub fn table(&self) -> String {
+        let mut o = String::new();
+        let _ = writeln!(
+            o,
+            "| case | objects | tool | time s | µs per object | peak RSS MiB | note |"
+        );
+        let _ = writeln!(o, "|---|---:|---|---:|---:|---:|---|");
+        for r in &self.rows {
+            let per = if r.objects > 0 {
+                format!("{:.0}", r.secs * 1e6 / r.objects as f64)
+            } else {
+                "–".into()
+            };
+            let _ = writeln!(
+                o,
+                "| {} | {} | {} | {:.2} | {per} | {:.1} | {} |",
+                r.case, r.objects, r.tool, r.secs, r.max_rss_mib, r.note
+            );
+        }
+        o
+    }
+
+    /// The targets, as far as this run measured them.
+    pub fn targets(&self) -> String {
+        let mut o = String::new();
+        let counts: Vec<u64> = {
+            let mut c: Vec<u64> = self
+                .rows
+                .iter()
+                .filter(|r| !r.case.starts_with("synthetic"))
+                .map(|r| r.objects)
+                .collect();
+            c.sort();
+            c.dedup();
+            c
+        };
+        let ours: Vec<&Row> = self.rows.iter().filter(|r| r.tool == OURS).collect();
+        if let Some(max) = counts.last() {
+            let worst = ours
+                .iter()
+                .filter(|r| r.objects == *max && !r.case.starts_with("synthetic"))
+                .map(|r| r.max_rss_mib)
+                .fold(0.0, f64::max);
+            let _ = writeln!(
+                o,
+                "- peak RSS of every command at {max} objects: {worst:.1} MiB (target ≤ 128)"
+            );
+        }
+        if let [small, .., big] = counts[..] {
+            for case in CASES {
+                if let (Some(a), Some(b)) = (self.get(case, small, OURS), self.get(case, big, OURS))
+                {
+                    let _ = writeln!(
+                        o,
+                        "- {case}: RSS({big}) / RSS({small}) = {:.2} (target ≤ 1.3); time per object {:.2}× (target ≤ 1.2)",
+                        b.max_rss_mib / a.max_rss_mib,
+                        (b.secs / b.objects as f64) / (a.secs / a.objects as f64)
+                    );
+                }
+            }
+        }
+        for n in &counts {
+            if let (Some(a), Some(b)) = (
+                self.get("no-change backup", *n, OURS),
+                self.get("no-change backup", *n, "rclone sync"),
+            ) {
+                let _ = writeln!(
+                    o,
+                    "- no-change backup at {n}: {:.3}× rclone's no-change sync (target ≤ 0.1)",
+                    a.secs / b.secs
+                );
+            }
+        }
+        if let Some(r) = self
+            .rows
+            .iter()
+            .filter(|r| r.case == "synthetic plan")
+            .max_by_key(|r| r.objects)
+        {
+            let _ = writeln!(
+                o,
+                "- synthetic plan of {} entries: {:.1} MiB (target ≤ 64)",
+                r.objects, r.max_rss_mib
+            );
+        }
+        o
+    }
+}
+
+const OURS: &str = "backup-agent";
+const CASES: [&str; 6] = [
+    "full backup",
+    "no-change backup",
+    "verify",
+    "restore",
+    "prune",
+    "1% changed backup",
+];
+
+/// The repository root, manifests and statefiles of one object count's backups.
+struct Backups {
+    root: String,
+    ids: Vec<(String, String, String)>,
+}
+
+pub fn run(a: ScaleArgs) -> Result<()> {
+    let (objects, synthetic) = if a.quick {
+        (vec![2_000], vec![50_000])
+    } else {
+        (a.objects.clone(), a.synthetic.clone())
+    };
+    let src: Vec<String> = objects
+        .iter()
+        .flat_map(|n| {
+            [
+                format!("scale-{n}"),
+                format!("restore-{n}"),
+                format!("rclone-restore-{n}"),
+            ]
+        })
+        .collect();
+    let src_refs: Vec<&str> = src.iter().map(String::as_str).collect();
+    let lab = Lab::start(&src_refs, &["repo", "rclone"])?;
+    let mut res = ScaleResults {
+        machine: crate::lab::machine(&crate::lab::rclone_binary()?),
+        ..Default::default()
+    };
+    for n in &objects {
+        one_count(&lab, *n, &mut res)?;
+    }
+    for n in &synthetic {
+        synthetic_case(&lab, *n, &mut res)?;
+    }
+    let table = res.table();
+    let targets = res.targets();
+    println!("{table}\n{targets}");
+    std::fs::create_dir_all(&a.out)?;
+    let json = a.out.join(if a.quick {
+        "scale-quick.json"
+    } else {
+        "scale.json"
+    });
+    std::fs::write(&json, serde_json::to_vec_pretty(&res)?)?;
+    say(format!("wrote {}", json.display()));
+    chart(&json, &json.with_extension("png"));
+    let failed: Vec<&String> = res.checks.iter().filter(|c| !c.1).map(|c| &c.0).collect();
+    ensure!(failed.is_empty(), "correctness checks failed: {failed:?}");
+    Ok(())
+}
+
+fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
+    let bucket = format!("scale-{n}");
+    say(format!("{n} objects of 1–4 KiB into {bucket}"));
+    let t0 = std::time::Instant::now();
+    let spec = BucketSpec {
+        small: n,
+        small_size: 1024,
+        small_spread: 3 * 1024,
+        large: 0,
+        zero: 0,
+        awkward: false,
+        seed: 7,
+        concurrency: 64,
+        ..BucketSpec::default()
+    };
+    let made = lab.fill(&bucket, &spec)?;
+    say(format!(
+        "  made in {:.0} s ({:.0} objects/s)",
+        t0.elapsed().as_secs_f64(),
+        n as f64 / t0.elapsed().as_secs_f64()
+    ));
+    let count = n as u64;
+    let mut b = Backups {
+        root: format!("scale-{n}"),
+        ids: vec![],
+    };
+
+    // A full backup, and rclone's full syncs beside it.
+    let s = capture(lab, &bucket, &mut b, None)?;
+    let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
+    res.check(
+        format!(
+            "full backup of {n}: {} objects in the manifest",
+            stats["objects"]
+        ),
+        stats["objects"].as_u64() == Some(count),
+    );
+    res.add(
+        "full backup",
+        count,
+        OURS,
+        &s,
+        format!("{} object bytes read", stats["read-bytes"]),
+    );
+    rclone_syncs(lab, &bucket, n, "full backup", res)?;
+
+    // Nothing changed: no object read; rclone's syncs again.
+    let prev = b.ids.last().cloned();
+    let s = capture(lab, &bucket, &mut b, prev)?;
+    let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
+    res.check(
+        format!(
+            "no-change backup of {n} read {} object bytes",
+            stats["read-bytes"]
+        ),
+        stats["read-bytes"].as_u64() == Some(0),
+    );
+    res.add(
+        "no-change backup",
+        count,
+        OURS,
+        &s,
+        "0 object bytes read".into(),
+    );
+    rclone_syncs(lab, &bucket, n, "no-change backup", res)?;
+
+    // Two days with 1% of the objects rewritten: the backups a prune will forget half of.
+    for day in 0..2u64 {
+        let changed: Vec<_> = made
+            .iter()
+            .skip(day as usize)
+            .step_by(100)
+            .cloned()
+            .collect();
+        lab.rewrite(&bucket, &changed, 100 + day)?;
+        let prev = b.ids.last().cloned();
+        let s = capture(lab, &bucket, &mut b, prev)?;
+        let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
+        res.check(
+            format!(
+                "1% changed backup of {n} read {} objects, {} changed",
+                stats["read-objects"],
+                changed.len()
+            ),
+            stats["read-objects"].as_u64() == Some(changed.len() as u64),
+        );
+        if day == 0 {
+            res.add(
+                "1% changed backup",
+                count,
+                OURS,
+                &s,
+                format!("{} objects read", changed.len()),
+            );
+        }
+    }
+
+    // Verify the newest (light: every blob it names is there, from one listing of blobs/).
+    let (id, key, sha) = b.ids.last().cloned().expect("backups were made");
+    let repo = lab.url(&lab.dst, "repo", &b.root);
+    let s = lab.measure(
+        "verify",
+        lab.worker(&[
+            "verify".into(),
+            "--repo".into(),
+            repo.clone(),
+            "--id".into(),
+            id.clone(),
+            "--manifest-key".into(),
+            key.clone(),
+            "--manifest-sha".into(),
+            sha.clone(),
+            "--objects".into(),
+            count.to_string(),
+        ]),
+    )?;
+    res.check(
+        format!("verify of {n}: {}", s.stdout.trim()),
+        s.stdout.contains("\"passed\":true"),
+    );
+    res.add("verify", count, OURS, &s, String::new());
+
+    // Restore into an empty bucket; rclone syncs its copy back into another.
+    let target = lab.url(&lab.src, &format!("restore-{n}"), "");
+    let spool = lab.path("spool");
+    std::fs::create_dir_all(&spool)?;
+    let s = lab.measure(
+        "restore",
+        lab.worker(&[
+            "restore".into(),
+            "--repo".into(),
+            repo.clone(),
+            "--target".into(),
+            target,
+            "--manifest-key".into(),
+            key,
+            "--manifest-sha".into(),
+            sha,
+            "--spool".into(),
+            spool.display().to_string(),
+        ]),
+    )?;
+    let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
+    res.check(
+        format!("restore of {n}: {} copied", stats["copied"]),
+        stats["copied"].as_u64() == Some(count),
+    );
+    res.add("restore", count, OURS, &s, String::new());
+    let s = lab.measure(
+        "rclone restore",
+        lab.rclone(&[
+            "sync",
+            &format!("dst:rclone/{n}-default"),
+            &format!("src:rclone-restore-{n}"),
+        ]),
+    )?;
+    res.add("restore", count, "rclone sync", &s, String::new());
+
+    // Prune: keep the newest two of four; the blobs only the older two used go.
+    let s = lab.measure(
+        "prune",
+        lab.worker(&[
+            "prune".into(),
+            "--repo".into(),
+            repo,
+            "--keep-last".into(),
+            "2".into(),
+        ]),
+    )?;
+    let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
+    res.check(
+        format!(
+            "prune of {n}: forgot {} backups, deleted {} objects",
+            stats["forgotten"], stats["objects-deleted"]
+        ),
+        stats["forgotten"].as_u64() == Some(2)
+            && stats["objects-deleted"].as_u64().unwrap_or(0) > 0,
+    );
+    res.add(
+        "prune",
+        count,
+        OURS,
+        &s,
+        format!("{} objects deleted", stats["objects-deleted"]),
+    );
+    Ok(())
+}
+
+/// rclone sync of the bucket to its own copy, by default and with --fast-list.
+fn rclone_syncs(
+    lab: &Lab,
+    bucket: &str,
+    n: usize,
+    case: &str,
+    res: &mut ScaleResults,
+) -> Result<()> {
+    let src = format!("src:{bucket}");
+    for (tool, slug, extra) in [
+        ("rclone sync", "default", None),
+        ("rclone sync --fast-list", "fast", Some("--fast-list")),
+    ] {
+        let dest = format!("dst:rclone/{n}-{slug}");
+        let mut args = vec!["sync", src.as_str(), dest.as_str()];
+        args.extend(extra);
+        let s = lab.measure(&format!("{tool} {n}"), lab.rclone(&args))?;
+        res.add(case, n as u64, tool, &s, String::new());
+    }
+    Ok(())
+}
+
+/// A backup as create-backup makes it (the counting pass, the capture, a completed statefile).
+fn capture(
+    lab: &Lab,
+    bucket: &str,
+    b: &mut Backups,
+    previous: Option<(String, String, String)>,
+) -> Result<Sample> {
+    std::fs::create_dir_all(lab.path("spool"))?;
+    let id = format!("2026120{}T000000Z-00000{}", b.ids.len() + 1, b.ids.len());
+    let key = repository::manifest_key(&id);
+    let mut args = vec![
+        "capture".to_string(),
+        "--source".into(),
+        lab.url(&lab.src, bucket, ""),
+        "--dest".into(),
+        lab.url(&lab.dst, "repo", &b.root),
+        "--manifest-key".into(),
+        key.clone(),
+        "--statefile".into(),
+        id.clone(),
+        "--spool".into(),
+        lab.path("spool").display().to_string(),
+    ];
+    if let Some((_, k, sha)) = previous {
+        args.extend(["--previous".into(), k, "--previous-sha".into(), sha]);
+    }
+    let s = lab.measure("backup-agent capture", lab.worker(&args))?;
+    let out: serde_json::Value = serde_json::from_str(&s.stdout)
+        .with_context(|| format!("capture printed {:?}", s.stdout))?;
+    let sha = out["manifest-sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string();
+    b.ids.push((id, key, sha));
+    Ok(s)
+}
+
+/// The three steps of the synthetic case, each its own measured process.
+fn synthetic_case(lab: &Lab, n: u64, res: &mut ScaleResults) -> Result<()> {
+    say(format!("synthetic: {n} manifest entries, no S3"));
+    let dir = lab.path(&format!("synthetic-{n}"));
+    std::fs::create_dir_all(&dir)?;
+    for step in ["write", "plan", "mark"] {
+        let s = lab.measure(
+            &format!("synthetic {step}"),
+            lab.worker(&[
+                "synthetic".into(),
+                step.into(),
+                "--entries".into(),
+                n.to_string(),
+                "--dir".into(),
+                dir.display().to_string(),
+            ]),
+        )?;
+        let out: serde_json::Value = serde_json::from_str(&s.stdout)?;
+        if step == "plan" {
+            res.check(
+                format!("synthetic plan of {n}: {out}"),
+                out["objects"].as_u64() == Some(n)
+                    && out["to-read"].as_u64() == Some(n.div_ceil(100)),
+            );
+        }
+        res.add(&format!("synthetic {step}"), n, OURS, &s, out.to_string());
+    }
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(())
+}
+
+/// RSS against object count, ours and rclone's, by matplotlib (optional: skipped without it).
+fn chart(json: &std::path::Path, png: &std::path::Path) {
+    let script = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("scale_chart.py");
+    let python = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../.venv/bin/python");
+    let ok = std::process::Command::new(&python)
+        .arg(&script)
+        .arg(json)
+        .arg(png)
+        .status()
+        .map(|s| s.success())
+        .unwrap_or(false);
+    if ok {
+        say(format!("wrote {}", png.display()));
+    } else {
+        say("no chart (matplotlib missing?)");
+    }
+}
+
+// ---- workers ----
+
+#[derive(Debug, clap::Args)]
+pub struct VerifyArgs {
+    #[arg(long)]
+    repo: String,
+    #[arg(long)]
+    id: String,
+    #[arg(long)]
+    manifest_key: String,
+    #[arg(long)]
+    manifest_sha: String,
+    #[arg(long)]
+    objects: u64,
+}
+
+/// A completed backup's statefile with only its bucket part, as the bench's backups are.
+pub fn statefile(id: &str, key: &str, sha: &str, objects: u64, bytes: u64) -> Statefile {
+    let at = chrono::DateTime::parse_from_rfc3339(&format!(
+        "{}-{}-{}T00:00:00Z",
+        &id[..4],
+        &id[4..6],
+        &id[6..8]
+    ))
+    .map(|t| t.with_timezone(&chrono::Utc))
+    .unwrap_or_else(|_| chrono::Utc::now());
+    Statefile {
+        schema_version: repository::SCHEMA_VERSION,
+        backup_id: id.into(),
+        label: "bench".into(),
+        request: RequestType::Manual,
+        phase: Phase::Completed,
+        started_at: at,
+        finished_at: Some(at),
+        agent_version: env!("CARGO_PKG_VERSION").into(),
+        model: "bench".into(),
+        charms: Default::default(),
+        requested: vec!["mlpipeline".into()],
+        components: Components {
+            mlpipeline: Some(MlpipelineCapture {
+                manifest_key: key.into(),
+                manifest_sha256: sha.into(),
+                objects,
+                bytes,
+                new_bytes: 0,
+                new_objects: 0,
+            }),
+            ..Default::default()
+        },
+        quiesce: vec![],
+        errors: vec![],
+        history: vec![],
+        checksum: None,
+    }
+}
+
+/// verify-backup's bucket part (light), as the product runs it.
+pub fn verify(a: VerifyArgs) -> Result<()> {
+    let repo = worker::store(&a.repo)?;
+    let sf = statefile(&a.id, &a.manifest_key, &a.manifest_sha, a.objects, 0);
+    let spool = tempfile::tempdir()?;
+    let progress = backup_agent::progress::Progress::none();
+    let rt = tokio::runtime::Runtime::new()?;
+    let v = rt.block_on(async {
+        let cx = CheckContext {
+            dest: &repo,
+            juju: None,
+            mode: Mode::Light,
+            spool: spool.path(),
+            streaming: Default::default(),
+            progress: &progress,
+        };
+        let mut v = Verification {
+            backup_id: a.id.clone(),
+            mode: Mode::Light,
+            at: chrono::Utc::now(),
+            passed: false,
+            problems: vec![],
+            objects_checked: 0,
+            bytes_read: 0,
+        };
+        mlpipeline::Mlpipeline.check(&cx, &sf, &mut v).await;
+        v.passed = v.problems.is_empty();
+        v
+    });
+    println!(
+        "{}",
+        serde_json::json!({"passed": v.passed, "checked": v.objects_checked, "problems": v.problems.len()})
+    );
+    Ok(())
+}
+
+#[derive(Debug, clap::Args)]
+pub struct PruneArgs {
+    #[arg(long)]
+    repo: String,
+    #[arg(long)]
+    keep_last: u32,
+}
+
+/// prune with a keep-last policy, as the product runs it.
+pub fn prune(a: PruneArgs) -> Result<()> {
+    let ctx = RunContext {
+        juju: backup_agent::juju::JujuCli::with_binary("juju-is-not-needed-here", "bench"),
+        names: Default::default(),
+        dest: worker::store(&a.repo)?,
+        kubeconfig: None,
+        tuning: Tuning::default(),
+        minio: None,
+        progress: backup_agent::progress::Progress::none(),
+        interrupt: backup_agent::interrupt::Interrupt::new(),
+    };
+    let policy = Policy {
+        keep_last: Some(a.keep_last),
+        ..Policy::default()
+    };
+    let rt = tokio::runtime::Runtime::new()?;
+    let report = rt.block_on(prune::run(&ctx, &Selection::Policy(policy)))?;
+    println!(
+        "{}",
+        serde_json::json!({
+            "forgotten": report.forgotten.len(),
+            "objects-deleted": report.objects_deleted,
+            "bytes-freed": report.bytes_freed,
+        })
+    );
+    Ok(())
+}
