@@ -95,6 +95,27 @@ impl Lab {
         }
     }
 
+    /// The product's store for `bucket/root` on one of the servers (for checks in the harness).
+    pub fn store(
+        &self,
+        server: &WeedServer,
+        bucket: &str,
+        root: &str,
+    ) -> Result<backup_agent::storage::Store> {
+        use backup_agent::secret::Secret;
+        use backup_agent::storage::{S3Settings, Store, UriStyle};
+        Ok(Store::s3(&S3Settings {
+            endpoint: format!("http://127.0.0.1:{}", server.s3_port),
+            bucket: bucket.into(),
+            path: root.into(),
+            region: "us-east-1".into(),
+            uri_style: UriStyle::Path,
+            access_key: Secret::new(self.access.clone()),
+            secret_key: Secret::new(self.secret.clone()),
+            sse: None,
+        })?)
+    }
+
     pub fn target(&self, server: &WeedServer, bucket: &str) -> S3Target {
         S3Target {
             endpoint: format!("http://127.0.0.1:{}", server.s3_port),

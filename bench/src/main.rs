@@ -496,12 +496,7 @@ impl Bench<'_> {
         let s = self
             .lab
             .measure("backup-agent capture", self.lab.worker(&args))?;
-        let out: serde_json::Value = serde_json::from_str(&s.stdout)
-            .with_context(|| format!("capture printed {:?}", s.stdout))?;
-        let sha = out["manifest-sha256"]
-            .as_str()
-            .unwrap_or_default()
-            .to_string();
+        let sha = worker::manifest_sha(&s)?;
         self.manifests.insert(root.to_string(), (key, sha));
         Ok(s)
     }
@@ -524,11 +519,13 @@ impl Bench<'_> {
         }
         let source = &self.source_sums[set];
         let (key, sha) = self.manifests[root].clone();
-        let repo = worker::store(&self.lab.url(&self.lab.dst, "repo", root))?;
+        let repo = self.lab.store(&self.lab.dst, "repo", root)?;
         let entries: Vec<backup_agent::repository::Entry> = tokio::runtime::Runtime::new()?
-            .block_on(
-                backup_agent::repository::manifest::read(&repo, &key, Some(&sha)).try_collect(),
-            )?;
+            .block_on(async {
+                backup_agent::repository::manifest::read(&repo, &key, Some(&sha))
+                    .try_collect()
+                    .await
+            })?;
         let manifest = Manifest { entries };
         let blobs = self
             .lab

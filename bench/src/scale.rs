@@ -9,7 +9,7 @@
 use std::fmt::Write as _;
 use std::path::PathBuf;
 
-use anyhow::{ensure, Context, Result};
+use anyhow::{ensure, Result};
 use backup_agent::commands::prune::{self, Selection};
 use backup_agent::components::check::{CheckContext, Mode, Verification};
 use backup_agent::components::mlpipeline;
@@ -35,6 +35,11 @@ pub struct ScaleArgs {
     /// A smoke run: 2,000 objects and 50,000 synthetic entries.
     #[arg(long)]
     quick: bool,
+    /// Above this many objects rclone copies the bucket once (with --fast-list, whose memory
+    /// is the comparison that matters) and does not restore: each of its full copies of a
+    /// million objects takes longer than all of backup-agent's commands together here.
+    #[arg(long, default_value_t = 200_000)]
+    lean_above: usize,
     #[arg(long, default_value = "bench/results")]
     out: PathBuf,
 }
@@ -216,22 +221,25 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         machine: crate::lab::machine(&crate::lab::rclone_binary()?),
         ..Default::default()
     };
-    for n in &objects {
-        one_count(&lab, *n, &mut res)?;
-    }
-    for n in &synthetic {
-        synthetic_case(&lab, *n, &mut res)?;
-    }
-    let table = res.table();
-    let targets = res.targets();
-    println!("{table}\n{targets}");
     std::fs::create_dir_all(&a.out)?;
     let json = a.out.join(if a.quick {
         "scale-quick.json"
     } else {
         "scale.json"
     });
-    std::fs::write(&json, serde_json::to_vec_pretty(&res)?)?;
+    // Synthetic first (minutes), then the buckets (hours at a million): the results are
+    // written after each, so a long run that stops keeps what it measured.
+    for n in &synthetic {
+        synthetic_case(&lab, *n, &mut res)?;
+        std::fs::write(&json, serde_json::to_vec_pretty(&res)?)?;
+    }
+    for n in &objects {
+        one_count(&lab, *n, *n > a.lean_above, &mut res)?;
+        std::fs::write(&json, serde_json::to_vec_pretty(&res)?)?;
+    }
+    let table = res.table();
+    let targets = res.targets();
+    println!("{table}\n{targets}");
     say(format!("wrote {}", json.display()));
     chart(&json, &json.with_extension("png"));
     let failed: Vec<&String> = res.checks.iter().filter(|c| !c.1).map(|c| &c.0).collect();
@@ -239,7 +247,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     Ok(())
 }
 
-fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
+fn one_count(lab: &Lab, n: usize, lean: bool, res: &mut ScaleResults) -> Result<()> {
     let bucket = format!("scale-{n}");
     say(format!("{n} objects of 1–4 KiB into {bucket}"));
     let t0 = std::time::Instant::now();
@@ -266,6 +274,15 @@ fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
         ids: vec![],
     };
 
+    // A first backup SIGKILLed at a random moment, then the full backup run again: the blobs
+    // the dead run left are found by the conditional PUT, not sent again.
+    if n >= 10_000 {
+        let killed = kill_a_capture(lab, &bucket, &b, n)?;
+        res.check(
+            format!("a capture of {n} killed after {killed:.1} s"),
+            killed > 0.0,
+        );
+    }
     // A full backup, and rclone's full syncs beside it.
     let s = capture(lab, &bucket, &mut b, None)?;
     let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
@@ -283,7 +300,7 @@ fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
         &s,
         format!("{} object bytes read", stats["read-bytes"]),
     );
-    rclone_syncs(lab, &bucket, n, "full backup", res)?;
+    rclone_syncs(lab, &bucket, n, "full backup", (true, lean), res)?;
 
     // Nothing changed: no object read; rclone's syncs again.
     let prev = b.ids.last().cloned();
@@ -303,7 +320,7 @@ fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
         &s,
         "0 object bytes read".into(),
     );
-    rclone_syncs(lab, &bucket, n, "no-change backup", res)?;
+    rclone_syncs(lab, &bucket, n, "no-change backup", (false, lean), res)?;
 
     // Two days with 1% of the objects rewritten: the backups a prune will forget half of.
     for day in 0..2u64 {
@@ -387,15 +404,17 @@ fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
         stats["copied"].as_u64() == Some(count),
     );
     res.add("restore", count, OURS, &s, String::new());
-    let s = lab.measure(
-        "rclone restore",
-        lab.rclone(&[
-            "sync",
-            &format!("dst:rclone/{n}-default"),
-            &format!("src:rclone-restore-{n}"),
-        ]),
-    )?;
-    res.add("restore", count, "rclone sync", &s, String::new());
+    if !lean {
+        let s = lab.measure(
+            "rclone restore",
+            lab.rclone(&[
+                "sync",
+                &format!("dst:rclone/{n}-default"),
+                &format!("src:rclone-restore-{n}"),
+            ]),
+        )?;
+        res.add("restore", count, "rclone sync", &s, String::new());
+    }
 
     // Prune: keep the newest two of four; the blobs only the older two used go.
     let s = lab.measure(
@@ -424,15 +443,79 @@ fn one_count(lab: &Lab, n: usize, res: &mut ScaleResults) -> Result<()> {
         &s,
         format!("{} objects deleted", stats["objects-deleted"]),
     );
+    // Nothing a kept backup names was deleted: the newest still verifies.
+    let (id, key, sha) = b.ids.last().cloned().expect("backups were made");
+    let s = lab.measure(
+        "verify after prune",
+        lab.worker(&[
+            "verify".into(),
+            "--repo".into(),
+            lab.url(&lab.dst, "repo", &b.root),
+            "--id".into(),
+            id,
+            "--manifest-key".into(),
+            key,
+            "--manifest-sha".into(),
+            sha,
+            "--objects".into(),
+            count.to_string(),
+        ]),
+    )?;
+    res.check(
+        format!(
+            "the newest of {n} verifies after the prune: {}",
+            s.stdout.trim()
+        ),
+        s.stdout.contains("\"passed\":true"),
+    );
     Ok(())
 }
 
-/// rclone sync of the bucket to its own copy, by default and with --fast-list.
+/// Starts a full capture and SIGKILLs it at a random moment of its first half (a rough
+/// expectation of its time from the object count); the seconds it ran.
+fn kill_a_capture(lab: &Lab, bucket: &str, b: &Backups, n: usize) -> Result<f64> {
+    use rand::Rng;
+    let expected = n as f64 * 0.001;
+    let after = rand::rng().random_range(0.1..0.5) * expected;
+    let args = [
+        "capture".to_string(),
+        "--source".into(),
+        lab.url(&lab.src, bucket, ""),
+        "--dest".into(),
+        lab.url(&lab.dst, "repo", &b.root),
+        "--manifest-key".into(),
+        "backup-agent/backups/killed/mlpipeline.manifest".into(),
+        "--spool".into(),
+        lab.path("spool").display().to_string(),
+    ];
+    std::fs::create_dir_all(lab.path("spool"))?;
+    let t0 = std::time::Instant::now();
+    let mut child = lab
+        .worker(&args)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .spawn()?;
+    while t0.elapsed().as_secs_f64() < after {
+        if child.try_wait()?.is_some() {
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    child.kill()?;
+    child.wait()?;
+    let ran = t0.elapsed().as_secs_f64();
+    say(format!("  a capture of {n} SIGKILLed after {ran:.1} s"));
+    Ok(ran)
+}
+
+/// rclone sync of the bucket to its own copy, by default and with --fast-list. `lean`: only
+/// the --fast-list copy is made (`full`), and both no-change syncs run onto it.
 fn rclone_syncs(
     lab: &Lab,
     bucket: &str,
     n: usize,
     case: &str,
+    (full, lean): (bool, bool),
     res: &mut ScaleResults,
 ) -> Result<()> {
     let src = format!("src:{bucket}");
@@ -440,6 +523,10 @@ fn rclone_syncs(
         ("rclone sync", "default", None),
         ("rclone sync --fast-list", "fast", Some("--fast-list")),
     ] {
+        if lean && full && extra.is_none() {
+            continue;
+        }
+        let slug = if lean { "fast" } else { slug };
         let dest = format!("dst:rclone/{n}-{slug}");
         let mut args = vec!["sync", src.as_str(), dest.as_str()];
         args.extend(extra);
@@ -476,12 +563,7 @@ fn capture(
         args.extend(["--previous".into(), k, "--previous-sha".into(), sha]);
     }
     let s = lab.measure("backup-agent capture", lab.worker(&args))?;
-    let out: serde_json::Value = serde_json::from_str(&s.stdout)
-        .with_context(|| format!("capture printed {:?}", s.stdout))?;
-    let sha = out["manifest-sha256"]
-        .as_str()
-        .unwrap_or_default()
-        .to_string();
+    let sha = worker::manifest_sha(&s)?;
     b.ids.push((id, key, sha));
     Ok(s)
 }

@@ -181,3 +181,13 @@ pub fn mlmd(a: MlmdArgs) -> Result<()> {
     );
     Ok(())
 }
+
+/// The manifest hash a capture worker printed.
+pub fn manifest_sha(s: &crate::lab::Sample) -> Result<String> {
+    let out: serde_json::Value = serde_json::from_str(&s.stdout)
+        .with_context(|| format!("capture printed {:?}", s.stdout))?;
+    Ok(out["manifest-sha256"]
+        .as_str()
+        .unwrap_or_default()
+        .to_string())
+}

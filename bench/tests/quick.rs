@@ -56,3 +56,49 @@ fn quick_bench_runs_every_case_and_every_copy_checks_out() {
         }
     }
 }
+
+/// The scale benchmark's smoke run: every command at 2,000 objects and the synthetic planner,
+/// each checked (the no-change backup read nothing, the restore copied every object, the prune
+/// forgot two backups and deleted their blobs), with peak memory measured for each.
+#[test]
+fn quick_scale_bench_runs_every_command_and_every_check_passes() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin");
+    let path = format!("{venv}:{}", std::env::var("PATH").unwrap_or_default());
+    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
+        .args(["scale", "--quick", "--out"])
+        .arg(out_dir.path())
+        .env("PATH", path)
+        .output()
+        .unwrap();
+    let (stdout, stderr) = (
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr),
+    );
+    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let results: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(out_dir.path().join("scale-quick.json")).unwrap())
+            .unwrap();
+    let rows = results["rows"].as_array().unwrap();
+    for case in [
+        "full backup",
+        "no-change backup",
+        "1% changed backup",
+        "verify",
+        "restore",
+        "prune",
+        "synthetic plan",
+        "synthetic mark",
+    ] {
+        let row = rows
+            .iter()
+            .find(|r| r["case"] == case && r["tool"] == "backup-agent")
+            .unwrap_or_else(|| panic!("no {case} row in {stdout}"));
+        let rss = row["max_rss_mib"].as_f64().unwrap();
+        assert!(rss > 1.0 && rss < 1024.0, "{case}: {rss} MiB");
+    }
+    assert!(rows.iter().any(|r| r["tool"] == "rclone sync --fast-list"));
+    let checks = results["checks"].as_array().unwrap();
+    assert!(checks.len() >= 6, "{checks:?}");
+    assert!(checks.iter().all(|c| c[1] == true), "{checks:?}");
+}

@@ -31,6 +31,13 @@ pub struct Entry {
     pub metadata: BTreeMap<String, String>,
 }
 
+impl crate::sorted::Keyed for Entry {
+    type Key = [u8];
+    fn key(&self) -> &[u8] {
+        self.key.as_bytes()
+    }
+}
+
 #[derive(Debug, thiserror::Error)]
 pub enum ManifestError {
     #[error("{0}")]
@@ -136,9 +143,9 @@ fn read_entries(
         let decoded = (|| {
             let dec = zstd::stream::read::Decoder::new(bridge)
                 .map_err(|e| format!("not a zstd stream: {e}"))?;
-            let mut lines = std::io::BufReader::with_capacity(64 << 10, dec).split(b'\n');
+            let lines = std::io::BufReader::with_capacity(64 << 10, dec).split(b'\n');
             let (mut n, mut last, mut batch) = (0, None::<String>, Vec::with_capacity(BATCH));
-            while let Some(line) = lines.next() {
+            for line in lines {
                 n += 1;
                 let line = line.map_err(|e| format!("not a zstd stream: {e}"))?;
                 if line.is_empty() {

@@ -10,8 +10,6 @@ use std::path::{Path, PathBuf};
 
 use futures::stream::{self, Stream, StreamExt};
 
-use crate::storage::ObjectInfo;
-
 /// What an external sort can sort: ordered, written to and read back from a run file.
 pub trait Record: Ord + Clone + Send + Sized + 'static {
     fn write_to(&self, w: &mut impl Write) -> std::io::Result<()>;
@@ -35,9 +33,10 @@ pub struct Hash {
 impl Hash {
     const LEN: usize = 40;
 
-    /// From 64 lowercase hex digits.
+    /// From 64 lowercase hex digits (nothing else: hashes become object keys).
     pub fn parse(hex_sha: &str, size: u64) -> Option<Hash> {
-        if !crate::repository::is_sha256(hex_sha) {
+        let lower_hex = |b: u8| b.is_ascii_digit() || (b'a'..=b'f').contains(&b);
+        if hex_sha.len() != 64 || !hex_sha.bytes().all(lower_hex) {
             return None;
         }
         let mut sha256 = [0u8; 32];
@@ -79,73 +78,8 @@ impl Record for Hash {
     }
 }
 
-/// Listed objects, sorted by key: `len key | size | len etag` (a length of `u32::MAX` for no
-/// ETag).
-impl Record for ObjectInfo {
-    fn write_to(&self, w: &mut impl Write) -> std::io::Result<()> {
-        w.write_all(&(self.key.len() as u32).to_le_bytes())?;
-        w.write_all(self.key.as_bytes())?;
-        w.write_all(&self.size.to_le_bytes())?;
-        match &self.etag {
-            Some(e) => {
-                w.write_all(&(e.len() as u32).to_le_bytes())?;
-                w.write_all(e.as_bytes())
-            }
-            None => w.write_all(&u32::MAX.to_le_bytes()),
-        }
-    }
-
-    fn read_from(r: &mut impl Read) -> std::io::Result<Option<Self>> {
-        let mut n = [0u8; 4];
-        if !read_or_end(r, &mut n)? {
-            return Ok(None);
-        }
-        let text = |r: &mut dyn Read, len: u32| -> std::io::Result<String> {
-            let mut b = vec![0u8; len as usize];
-            r.read_exact(&mut b)?;
-            String::from_utf8(b).map_err(std::io::Error::other)
-        };
-        let key = text(r, u32::from_le_bytes(n))?;
-        let mut size = [0u8; 8];
-        r.read_exact(&mut size)?;
-        r.read_exact(&mut n)?;
-        let etag = match u32::from_le_bytes(n) {
-            u32::MAX => None,
-            len => Some(text(r, len)?),
-        };
-        Ok(Some(ObjectInfo {
-            key,
-            size: u64::from_le_bytes(size),
-            etag,
-        }))
-    }
-
-    fn footprint(&self) -> usize {
-        std::mem::size_of::<ObjectInfo>()
-            + self.key.len()
-            + self.etag.as_ref().map_or(0, String::len)
-    }
-}
-
-impl PartialOrd for ObjectInfo {
-    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
-        Some(self.cmp(other))
-    }
-}
-
-/// By key, in byte order: how S3 lists, and how manifests are sorted.
-impl Ord for ObjectInfo {
-    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
-        self.key
-            .as_bytes()
-            .cmp(other.key.as_bytes())
-            .then(self.size.cmp(&other.size))
-            .then(self.etag.cmp(&other.etag))
-    }
-}
-
 /// Fills `buf`, or says the run ended cleanly before its first byte.
-fn read_or_end(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
+pub fn read_or_end(r: &mut impl Read, buf: &mut [u8]) -> std::io::Result<bool> {
     let mut got = 0;
     while got < buf.len() {
         match r.read(&mut buf[got..])? {
@@ -427,34 +361,6 @@ mod tests {
             assert_eq!(got, want, "limit {limit}");
         }
         assert!(sorted(3, &[]).await.0.is_empty());
-    }
-
-    #[tokio::test]
-    async fn sorts_listed_objects_by_key_bytes_through_runs() {
-        let parent = tempfile::tempdir().unwrap();
-        let mut s: Sorter<ObjectInfo> = Sorter::with(parent.path(), 300, false);
-        // SeaweedFS's order: a folder's keys before its siblings that sort before a slash.
-        let keys = [
-            "A", "a", "a/b", "a/b/c", "a/b.d", "a b", "a-c", "a-c/z", "a.txt", "a0", "ü",
-        ];
-        for (i, k) in keys.iter().enumerate() {
-            let etag = (i % 2 == 0).then(|| format!("etag-{i}"));
-            s.push(ObjectInfo {
-                key: k.to_string(),
-                size: i as u64,
-                etag,
-            })
-            .await
-            .unwrap();
-        }
-        assert!(s.runs() >= 2, "{} runs", s.runs());
-        let out: Vec<ObjectInfo> = s.finish().await.unwrap().try_collect().await.unwrap();
-        let mut want: Vec<&str> = keys.to_vec();
-        want.sort_by(|a, b| a.as_bytes().cmp(b.as_bytes()));
-        assert_eq!(out.iter().map(|o| o.key.as_str()).collect::<Vec<_>>(), want);
-        let a_txt = out.iter().find(|o| o.key == "a.txt").unwrap();
-        assert_eq!((a_txt.size, a_txt.etag.as_deref()), (8, Some("etag-8")));
-        assert_eq!(std::fs::read_dir(parent.path()).unwrap().count(), 0);
     }
 
     #[test]

@@ -8,20 +8,6 @@ pub trait Keyed {
     fn key(&self) -> &Self::Key;
 }
 
-impl Keyed for crate::storage::ObjectInfo {
-    type Key = [u8];
-    fn key(&self) -> &[u8] {
-        self.key.as_bytes()
-    }
-}
-
-impl Keyed for crate::repository::Entry {
-    type Key = [u8];
-    fn key(&self) -> &[u8] {
-        self.key.as_bytes()
-    }
-}
-
 /// One key of a merge-join.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub enum Joined<A, B> {

@@ -17,4 +17,5 @@ mod mysql_capture;
 mod prune;
 mod recovery;
 mod restore;
+mod scale;
 mod serve;

@@ -5,7 +5,6 @@
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::process::Command;
 
 use backup_agent::components::mlpipeline::{self, PreviousManifest, SyncOptions};
 use backup_agent::context::Streaming;
@@ -200,20 +199,7 @@ fn deletes_go_in_batches_and_keys_reported_failed_are_tried_again() {
 }
 
 fn agent(args: &[&str], env: &[(&str, &str)]) -> (i32, String, String) {
-    let mut cmd = Command::new(env!("CARGO_BIN_EXE_backup-agent"));
-    cmd.args(args);
-    for (k, _) in std::env::vars().filter(|(k, _)| k.starts_with("BACKUP_AGENT_")) {
-        cmd.env_remove(k);
-    }
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    let out = cmd.output().unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into_owned(),
-        String::from_utf8_lossy(&out.stderr).into_owned(),
-    )
+    crate::common::cli(args, env)
 }
 
 fn fixture() -> PathBuf {

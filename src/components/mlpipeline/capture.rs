@@ -368,10 +368,12 @@ async fn copy_all(
             }
             let _turn = shared.transfers.acquire().await.expect("never closed");
             let key = o.key.clone();
+            // Boxed once started: a future waiting in the window is a few hundred bytes, not
+            // the size of a whole GET-and-PUT state machine (tens of KiB, times the window).
             let got = if o.size <= IN_MEMORY_MAX {
-                shared.small(o.key, o.size).await?
+                Box::pin(shared.small(o.key, o.size)).await?
             } else {
-                shared.large(o.key).await?
+                Box::pin(shared.large(o.key)).await?
             };
             Ok(got.map_or(Outcome::Vanished(key), Outcome::Read))
         })

@@ -125,10 +125,11 @@ async fn check_blobs(
                     let r = retry(crate::retry::ATTEMPTS, &blob, || async {
                         // Each attempt hashes from the first byte.
                         let mut hasher = Sha256::new();
-                        let mut sink =
-                            TapWriter::new(tokio::io::sink(), |b: &[u8]| hasher.update(b));
-                        let n = dest.get_stream(&blob, &mut sink).await?;
-                        drop(sink);
+                        let n = {
+                            let mut sink =
+                                TapWriter::new(tokio::io::sink(), |b: &[u8]| hasher.update(b));
+                            dest.get_stream(&blob, &mut sink).await?
+                        };
                         Ok::<_, StoreError>((n, hex::encode(hasher.finalize())))
                     })
                     .await;
