@@ -160,7 +160,7 @@ impl Store {
     }
 
     /// The raw listing, pages fetched one ahead of the reader, in the server's order.
-    fn pages(
+    pub(super) fn pages(
         &self,
         prefix: &str,
         page_size: usize,

@@ -229,9 +229,10 @@ impl Store {
     /// backup): collected. A bucket or `blobs/` goes through [`Store::list_stream`] instead.
     pub async fn list(&self, prefix: &str) -> Result<Vec<ObjectInfo>, StoreError> {
         use futures::TryStreamExt;
-        self.list_stream(prefix, DELETE_BATCH_MAX)
-            .try_collect()
-            .await
+        // Small by contract, so sorted here whatever order the server lists in.
+        let mut all: Vec<ObjectInfo> = self.pages(prefix, DELETE_BATCH_MAX).try_collect().await?;
+        all.sort_by(|a, b| a.key.as_bytes().cmp(b.key.as_bytes()));
+        Ok(all)
     }
 
     /// Streams an object into `writer` (flushed when this returns); the bytes written.
