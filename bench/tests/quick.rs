@@ -5,22 +5,30 @@
 
 use std::process::Command;
 
-#[test]
-fn quick_bench_runs_every_case_and_every_copy_checks_out() {
-    let out_dir = tempfile::tempdir().unwrap();
+/// Runs `bench ARGS --out DIR` with the repository's .venv first on PATH; its stdout, once it
+/// has succeeded.
+fn bench(args: &[&str], out_dir: &std::path::Path) -> String {
     let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin");
     let path = format!("{venv}:{}", std::env::var("PATH").unwrap_or_default());
     let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["run", "--quick", "--out"])
-        .arg(out_dir.path())
+        .args(args)
+        .arg("--out")
+        .arg(out_dir)
         .env("PATH", path)
         .output()
         .unwrap();
     let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stdout).into_owned(),
         String::from_utf8_lossy(&out.stderr),
     );
     assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    stdout
+}
+
+#[test]
+fn quick_bench_runs_every_case_and_every_copy_checks_out() {
+    let out_dir = tempfile::tempdir().unwrap();
+    let stdout = bench(&["run", "--quick"], out_dir.path());
     for case in [
         "| S full copy |",
         "| L full copy |",
@@ -63,19 +71,7 @@ fn quick_bench_runs_every_case_and_every_copy_checks_out() {
 #[test]
 fn quick_scale_bench_runs_every_command_and_every_check_passes() {
     let out_dir = tempfile::tempdir().unwrap();
-    let venv = concat!(env!("CARGO_MANIFEST_DIR"), "/../.venv/bin");
-    let path = format!("{venv}:{}", std::env::var("PATH").unwrap_or_default());
-    let out = Command::new(env!("CARGO_BIN_EXE_bench"))
-        .args(["scale", "--quick", "--out"])
-        .arg(out_dir.path())
-        .env("PATH", path)
-        .output()
-        .unwrap();
-    let (stdout, stderr) = (
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr),
-    );
-    assert!(out.status.success(), "bench failed:\n{stdout}\n{stderr}");
+    let stdout = bench(&["scale", "--quick"], out_dir.path());
     let results: serde_json::Value =
         serde_json::from_slice(&std::fs::read(out_dir.path().join("scale-quick.json")).unwrap())
             .unwrap();
