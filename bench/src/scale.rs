@@ -369,24 +369,9 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
     }
 
     // Verify the newest (light: every blob it names is there, from one listing of blobs/).
-    let (id, key, sha) = b.ids.last().cloned().expect("backups were made");
     let repo = lab.url(&lab.dst, "repo", &b.root);
-    let s = lab.measure(
-        "verify",
-        lab.worker(&[
-            "verify".into(),
-            "--repo".into(),
-            repo.clone(),
-            "--id".into(),
-            id.clone(),
-            "--manifest-key".into(),
-            key.clone(),
-            "--manifest-sha".into(),
-            sha.clone(),
-            "--objects".into(),
-            count.to_string(),
-        ]),
-    )?;
+    let s = verify_newest(lab, &b, count, "verify")?;
+    let (_, key, sha) = b.ids.last().cloned().expect("backups were made");
     res.check(
         format!("verify of {n}: {}", s.stdout.trim()),
         s.stdout.contains("\"passed\":true"),
@@ -459,9 +444,22 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         format!("{} objects deleted", stats["objects-deleted"]),
     );
     // Nothing a kept backup names was deleted: the newest still verifies.
+    let s = verify_newest(lab, &b, count, "verify after prune")?;
+    res.check(
+        format!(
+            "the newest of {n} verifies after the prune: {}",
+            s.stdout.trim()
+        ),
+        s.stdout.contains("\"passed\":true"),
+    );
+    Ok(())
+}
+
+/// The light verify of the newest backup, as its own measured process.
+fn verify_newest(lab: &Lab, b: &Backups, count: u64, what: &str) -> Result<Sample> {
     let (id, key, sha) = b.ids.last().cloned().expect("backups were made");
-    let s = lab.measure(
-        "verify after prune",
+    lab.measure(
+        what,
         lab.worker(&[
             "verify".into(),
             "--repo".into(),
@@ -475,15 +473,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
             "--objects".into(),
             count.to_string(),
         ]),
-    )?;
-    res.check(
-        format!(
-            "the newest of {n} verifies after the prune: {}",
-            s.stdout.trim()
-        ),
-        s.stdout.contains("\"passed\":true"),
-    );
-    Ok(())
+    )
 }
 
 /// Starts a full capture and SIGKILLs it at a random moment of its first half (a rough

@@ -184,8 +184,8 @@ fn read_entries(
         expect,
     };
     let batches = stream::unfold(state, |mut s| async move {
-        let got = s.get.as_ref()?;
-        let _ = got;
+        // The download's result was taken at the end: the stream is over.
+        s.get.as_ref()?;
         let corrupt = |key: &str, detail: String| ManifestError::Corrupt {
             key: key.to_string(),
             detail,

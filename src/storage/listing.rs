@@ -141,21 +141,17 @@ impl Store {
                         seen_error.store(false, Ordering::Relaxed);
                     }
                 })
-                .chain(stream::poll_fn({
-                    let store = store.clone();
-                    let mut done = false;
-                    move |_| {
-                        if !done {
-                            done = true;
-                            if ended_well.load(Ordering::Relaxed)
-                                && store.listing_order() == ListingOrder::Unknown
-                            {
-                                store.set_order(ListingOrder::Bytes);
-                            }
+                // Reached only once the listing ended: an unbroken one proves the order.
+                .chain(
+                    stream::once(async move {
+                        if ended_well.load(Ordering::Relaxed)
+                            && store.listing_order() == ListingOrder::Unknown
+                        {
+                            store.set_order(ListingOrder::Bytes);
                         }
-                        std::task::Poll::Ready(None)
-                    }
-                })),
+                    })
+                    .filter_map(|()| futures::future::ready(None)),
+                ),
         )
     }
 

@@ -2,6 +2,7 @@
 
 use futures::TryStreamExt;
 
+use super::plan::scratch_err;
 use super::{PruneError, PrunePlan, PruneReport};
 use crate::commands::recover::{self, RecoveryError};
 use crate::components::mysql;
@@ -9,23 +10,15 @@ use crate::context::Context;
 use crate::repository::tombstone_key;
 use crate::retry::retry;
 use crate::sorted::KeyLog;
-use crate::storage::{Deleter, StoreError};
+use crate::storage::Deleter;
 
 /// Deletes the keys of `log` in batches, with progress; stops between batches when asked.
 async fn delete_all(ctx: &Context, log: &KeyLog, what: &str) -> Result<(u64, u64), PruneError> {
     let total = log.len();
     let mut deleter = Deleter::new(&ctx.dest, ctx.tuning.streaming.delete_batch);
-    let mut keys = log.read().map_err(|e| StoreError::Fatal {
-        op: "prune",
-        key: "scratch".into(),
-        detail: e.to_string(),
-    })?;
+    let mut keys = log.read().map_err(scratch_err)?;
     let (mut queued, mut bytes) = (0u64, 0u64);
-    while let Some((key, size)) = keys.try_next().await.map_err(|e| StoreError::Fatal {
-        op: "prune",
-        key: "scratch".into(),
-        detail: e.to_string(),
-    })? {
+    while let Some((key, size)) = keys.try_next().await.map_err(scratch_err)? {
         if let Some(reason) = ctx.interrupt.reason() {
             return Err(PruneError::Interrupted {
                 what: format!("deleting {what}"),

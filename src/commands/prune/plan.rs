@@ -75,7 +75,7 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
     })
 }
 
-fn scratch_err(e: std::io::Error) -> PruneError {
+pub(super) fn scratch_err(e: std::io::Error) -> PruneError {
     PruneError::Store(StoreError::Fatal {
         op: "prune",
         key: "scratch".into(),
