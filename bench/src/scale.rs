@@ -190,10 +190,11 @@ impl ScaleResults {
 }
 
 const OURS: &str = "backup-agent";
-const CASES: [&str; 6] = [
+const CASES: [&str; 7] = [
     "full backup",
     "no-change backup",
     "verify",
+    "verify --read-data, 1% sample",
     "restore",
     "prune",
     "1% changed backup",
@@ -314,6 +315,22 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
     if with_rclone {
         rclone_syncs(lab, &bucket, n, "full backup", res)?;
     }
+    // The backup after the killed one reads back right: a 1% sample of its blobs re-hashed.
+    let s = verify_newest(lab, &b, count, "verify --read-data --sample 1%", Some("1%"))?;
+    res.check(
+        format!(
+            "the full backup of {n} after the kill verifies with --read-data --sample 1%: {}",
+            s.stdout.trim()
+        ),
+        passed_reading(&s.stdout),
+    );
+    res.add(
+        "verify --read-data, 1% sample",
+        count,
+        OURS,
+        &s,
+        String::new(),
+    );
 
     // Nothing changed: no object read; rclone's syncs again.
     let prev = b.ids.last().cloned();
@@ -331,7 +348,11 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         count,
         OURS,
         &s,
-        "0 object bytes read".into(),
+        format!(
+            "0 object bytes read; counting pass {:.1} s, capture {:.1} s",
+            stats["plan-seconds"].as_f64().unwrap_or(0.0),
+            stats["capture-seconds"].as_f64().unwrap_or(0.0)
+        ),
     );
     if with_rclone {
         rclone_syncs(lab, &bucket, n, "no-change backup", res)?;
@@ -370,7 +391,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
 
     // Verify the newest (light: every blob it names is there, from one listing of blobs/).
     let repo = lab.url(&lab.dst, "repo", &b.root);
-    let s = verify_newest(lab, &b, count, "verify")?;
+    let s = verify_newest(lab, &b, count, "verify", None)?;
     let (_, key, sha) = b.ids.last().cloned().expect("backups were made");
     res.check(
         format!("verify of {n}: {}", s.stdout.trim()),
@@ -443,37 +464,72 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         &s,
         format!("{} objects deleted", stats["objects-deleted"]),
     );
-    // Nothing a kept backup names was deleted: the newest still verifies.
-    let s = verify_newest(lab, &b, count, "verify after prune")?;
+    // Nothing a kept backup names was deleted: both kept backups still verify, the newest
+    // with a sample of its blobs read back.
+    let kept = b.ids[b.ids.len() - 2].clone();
+    let s = verify_one(lab, &b, kept, count, "verify after prune", None)?;
     res.check(
         format!(
-            "the newest of {n} verifies after the prune: {}",
+            "the older kept backup of {n} verifies after the prune: {}",
             s.stdout.trim()
         ),
         s.stdout.contains("\"passed\":true"),
     );
+    let s = verify_newest(lab, &b, count, "verify after prune", Some("1%"))?;
+    res.check(
+        format!(
+            "the newest of {n} verifies after the prune (--read-data --sample 1%): {}",
+            s.stdout.trim()
+        ),
+        passed_reading(&s.stdout),
+    );
     Ok(())
 }
 
-/// The light verify of the newest backup, as its own measured process.
-fn verify_newest(lab: &Lab, b: &Backups, count: u64, what: &str) -> Result<Sample> {
+/// The newest backup verified, as its own measured process: light, or `--read-data` on a
+/// sample of its blobs.
+fn verify_newest(
+    lab: &Lab,
+    b: &Backups,
+    count: u64,
+    what: &str,
+    sample: Option<&str>,
+) -> Result<Sample> {
     let (id, key, sha) = b.ids.last().cloned().expect("backups were made");
-    lab.measure(
-        what,
-        lab.worker(&[
-            "verify".into(),
-            "--repo".into(),
-            lab.url(&lab.dst, "repo", &b.root),
-            "--id".into(),
-            id,
-            "--manifest-key".into(),
-            key,
-            "--manifest-sha".into(),
-            sha,
-            "--objects".into(),
-            count.to_string(),
-        ]),
-    )
+    verify_one(lab, b, (id, key, sha), count, what, sample)
+}
+
+/// A verify worker's answer: passed, having read at least one blob back.
+fn passed_reading(stdout: &str) -> bool {
+    let v: serde_json::Value = serde_json::from_str(stdout.trim()).unwrap_or_default();
+    v["passed"] == true && v["blobs-read"].as_u64().unwrap_or(0) > 0
+}
+
+fn verify_one(
+    lab: &Lab,
+    b: &Backups,
+    (id, key, sha): (String, String, String),
+    count: u64,
+    what: &str,
+    sample: Option<&str>,
+) -> Result<Sample> {
+    let mut args = vec![
+        "verify".into(),
+        "--repo".into(),
+        lab.url(&lab.dst, "repo", &b.root),
+        "--id".into(),
+        id,
+        "--manifest-key".into(),
+        key,
+        "--manifest-sha".into(),
+        sha,
+        "--objects".into(),
+        count.to_string(),
+    ];
+    if let Some(s) = sample {
+        args.extend(["--sample".into(), s.into()]);
+    }
+    lab.measure(what, lab.worker(&args))
 }
 
 /// Starts a full capture and SIGKILLs it at a random moment of its first half (a rough
@@ -630,6 +686,9 @@ pub struct VerifyArgs {
     manifest_sha: String,
     #[arg(long)]
     objects: u64,
+    /// `--read-data` on this sample of the blobs (5%, 2/10) instead of the light check.
+    #[arg(long, value_parser = backup_agent::commands::verify::Sample::parse)]
+    sample: Option<backup_agent::commands::verify::Sample>,
 }
 
 /// A completed backup's statefile with only its bucket part, as the bench's backups are.
@@ -672,30 +731,33 @@ pub fn statefile(id: &str, key: &str, sha: &str, objects: u64, bytes: u64) -> St
     }
 }
 
-/// verify-backup's bucket part (light), as the product runs it.
+/// verify-backup's bucket part (light, or read-data on a sample), as the product runs it.
 pub fn verify(a: VerifyArgs) -> Result<()> {
     let repo = worker::store(&a.repo)?;
     let sf = statefile(&a.id, &a.manifest_key, &a.manifest_sha, a.objects, 0);
     let spool = tempfile::tempdir()?;
     let progress = backup_agent::progress::Progress::none();
+    let mode = a.sample.map_or(Mode::Light, Mode::ReadData);
     let rt = tokio::runtime::Runtime::new()?;
     let v = rt.block_on(async {
         let cx = CheckContext {
             dest: &repo,
             juju: None,
-            mode: Mode::Light,
+            mode,
             spool: spool.path(),
             streaming: Default::default(),
             progress: &progress,
         };
         let mut v = Verification {
             backup_id: a.id.clone(),
-            mode: Mode::Light,
+            mode,
             at: chrono::Utc::now(),
             passed: false,
             problems: vec![],
             objects_checked: 0,
             bytes_read: 0,
+            sample: None,
+            blobs_read: 0,
         };
         mlpipeline::Mlpipeline.check(&cx, &sf, &mut v).await;
         v.passed = v.problems.is_empty();
@@ -703,7 +765,13 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
     });
     println!(
         "{}",
-        serde_json::json!({"passed": v.passed, "checked": v.objects_checked, "problems": v.problems.len()})
+        serde_json::json!({
+            "passed": v.passed,
+            "checked": v.objects_checked,
+            "problems": v.problems.len(),
+            "blobs-read": v.blobs_read,
+            "bytes-read": v.bytes_read,
+        })
     );
     Ok(())
 }

@@ -90,8 +90,12 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
     });
     let opts = sync_options(a.spool, a.transfers, a.checkers);
     let rt = tokio::runtime::Runtime::new()?;
+    let mut seconds = (0.0, 0.0);
     let captured = rt.block_on(async {
+        let t0 = std::time::Instant::now();
         let plan = mlpipeline::plan(&source, &dest, previous.as_ref(), &opts).await?;
+        seconds.0 = t0.elapsed().as_secs_f64();
+        let t1 = std::time::Instant::now();
         let captured = mlpipeline::capture(
             &source,
             &dest,
@@ -101,6 +105,7 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
             &opts,
         )
         .await?;
+        seconds.1 = t1.elapsed().as_secs_f64();
         if let Some(id) = &a.statefile {
             let (m, st) = (&captured.manifest, &captured.stats);
             let sf = crate::scale::statefile(id, &a.manifest_key, &m.sha256, st.objects, st.bytes);
@@ -110,6 +115,9 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
     })?;
     let mut out = serde_json::to_value(&captured.stats)?;
     out["manifest-sha256"] = captured.manifest.sha256.into();
+    // The preflight's counting pass and the capture after quiesce, apart: each lists the bucket.
+    out["plan-seconds"] = seconds.0.into();
+    out["capture-seconds"] = seconds.1.into();
     println!("{out}");
     Ok(())
 }

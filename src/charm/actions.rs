@@ -384,11 +384,29 @@ fn restore(
     Ok(r)
 }
 
+/// The check's depth from the action's parameters; a sample without read-data is refused
+/// rather than silently ignored.
+fn verify_mode(p: &params::VerifyBackup) -> Result<verify::Mode, String> {
+    let sample = match p.sample.as_deref().map(str::trim) {
+        None | Some("") => None,
+        Some(s) => Some(verify::Sample::parse(s)?),
+    };
+    match (p.read_data, sample) {
+        (false, None) => Ok(verify::Mode::Light),
+        (false, Some(_)) => Err(
+            "sample only applies to read-data: run verify-backup read-data=true sample=5% (or drop sample)"
+                .into(),
+        ),
+        (true, s) => Ok(verify::Mode::ReadData(s.unwrap_or_default())),
+    }
+}
+
 fn verify_backup(
     env: &DispatchEnv,
     tools: &HookTools,
     p: params::VerifyBackup,
 ) -> Result<Results, String> {
+    let mode = verify_mode(&p)?;
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
     // mysql-k8s's list-backups needs the controller; without it the .md5 markers still count.
@@ -403,11 +421,6 @@ fn verify_backup(
             "mysql backups checked in the bucket only (not with mysql-k8s list-backups): {e}"
         ));
     }
-    let mode = if p.read_data {
-        verify::Mode::ReadData
-    } else {
-        verify::Mode::Light
-    };
     let spool = tempfile::tempdir().map_err(|e| format!("spool: {e}"))?;
     let v = block(verify::verify(
         &store,
@@ -426,14 +439,19 @@ fn verify_backup(
             v.problems.len()
         ));
     }
-    Ok(Results::from([
+    let mut r = Results::from([
         ("backup-id".into(), v.backup_id.clone()),
         ("mode".into(), v.mode.as_str().into()),
         ("passed".into(), "true".into()),
         ("objects-checked".into(), v.objects_checked.to_string()),
         ("bytes-read".into(), v.bytes_read.to_string()),
         ("report".into(), report),
-    ]))
+    ]);
+    if let Some(s) = &v.sample {
+        r.insert("sample".into(), s.clone());
+        r.insert("blobs-read".into(), v.blobs_read.to_string());
+    }
+    Ok(r)
 }
 
 fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String> {

@@ -144,6 +144,9 @@ pub struct VerifyBackup {
     pub backup_id: String,
     #[serde(default)]
     pub read_data: bool,
+    /// With read-data: the share (`5%`) or slice (`2/10`) of the bucket's blobs to re-hash.
+    #[serde(default)]
+    pub sample: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]

@@ -14,6 +14,7 @@ use args::{
     AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, PruneArgs, RecoverArgs, RestoreArgs,
     ServeArgs,
 };
+use backup_agent::commands::verify::Sample;
 use backup_agent::repository;
 use destination::DestinationArgs;
 pub use output::env_file_arg;
@@ -87,6 +88,12 @@ pub enum Command {
         /// Read every object back and check its content (slower: reads the whole backup).
         #[arg(long)]
         read_data: bool,
+        /// With --read-data, re-hash only a sample of the mlpipeline blobs: a share drawn
+        /// afresh each run (5%), or slice n of t by content hash (2/10; the slices 1/10 to
+        /// 10/10 read every blob once between them). Presence and size are still checked for
+        /// every blob, and MLMD and the mysql-k8s backups are still read whole.
+        #[arg(long, requires = "read_data", value_parser = Sample::parse, value_name = "SHARE|N/T")]
+        sample: Option<Sample>,
         #[command(flatten)]
         dest: DestinationArgs,
         #[command(flatten)]

@@ -34,10 +34,17 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::VerifyBackup {
             backup_id,
             read_data,
+            sample,
             dest,
             scale,
             output,
-        } => verify_backup(model, backup_id, read_data, dest, scale.streaming(), output),
+        } => {
+            let mode = match (read_data, sample) {
+                (false, _) => verify::Mode::Light,
+                (true, s) => verify::Mode::ReadData(s.unwrap_or_default()),
+            };
+            verify_backup(model, backup_id, mode, dest, scale.streaming(), output)
+        }
         Command::Prune(args) => prune(model, *args),
         Command::DeleteBackup(args) => delete_backup(model, *args),
         Command::Download(args) => download(model, *args),
@@ -193,18 +200,13 @@ fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
 fn verify_backup(
     model: &str,
     backup_id: String,
-    read_data: bool,
+    mode: verify::Mode,
     dest: DestinationArgs,
     streaming: backup_agent::context::Streaming,
     output: Output,
 ) -> Result<(), Box<dyn Error>> {
     let store = dest.store()?;
     let juju = JujuCli::locate(model).ok();
-    let mode = if read_data {
-        verify::Mode::ReadData
-    } else {
-        verify::Mode::Light
-    };
     let spool = tempfile::tempdir()?;
     let progress = super::terminal::stderr_progress(matches!(output, Output::Json));
     let v = runtime()?.block_on(verify::verify(

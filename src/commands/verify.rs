@@ -11,7 +11,7 @@ use std::path::Path;
 use chrono::Utc;
 
 use crate::components::check::{problem, CheckContext};
-pub use crate::components::check::{Mode, Problem, Verification};
+pub use crate::components::check::{Mode, Problem, Sample, Verification};
 use crate::components::PARTS;
 use crate::context::Streaming;
 use crate::juju::JujuCli;
@@ -38,13 +38,16 @@ pub async fn verify(
 ) -> Result<Verification, VerifyError> {
     let (v, recordable) = check(dest, juju, id, mode, spool, streaming, progress).await?;
     if recordable {
-        let entry = serde_json::json!({
+        let mut entry = serde_json::json!({
             "event": "verify",
             "at": v.at,
             "mode": v.mode,
             "outcome": if v.passed { "passed" } else { "failed" },
             "problems": v.problems.len(),
         });
+        if let Some(s) = &v.sample {
+            entry["sample"] = s.as_str().into();
+        }
         if let Err(e) = repository::append_history(dest, id, entry).await {
             progress.warn(format!("recording the verification in the statefile: {e}"));
         }
@@ -73,6 +76,8 @@ async fn check(
         problems: vec![],
         objects_checked: 0,
         bytes_read: 0,
+        sample: None,
+        blobs_read: 0,
     };
     let sf = match repository::load(dest, id).await {
         Ok(sf) => sf,
@@ -125,8 +130,15 @@ async fn check(
 
 /// The verification as text: the verdict, then each problem.
 pub fn render(v: &Verification) -> String {
+    let sampled = match &v.sample {
+        Some(s) => format!(
+            "; a {s} sample of the bucket: {} blobs re-hashed",
+            v.blobs_read
+        ),
+        None => String::new(),
+    };
     let mut o = format!(
-        "backup {} {} verification: {} ({} objects checked, {} read)\n",
+        "backup {} {} verification: {} ({} objects checked, {} read{sampled})\n",
         v.backup_id,
         v.mode.as_str(),
         if v.passed { "PASSED" } else { "FAILED" },

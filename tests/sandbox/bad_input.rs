@@ -247,6 +247,23 @@ fn backup_ids_with_path_characters() {
 }
 
 #[test]
+fn verify_samples_that_make_no_sense() {
+    refused(&["verify-backup", ID, "--sample", "5%"], "--read-data");
+    for (sample, needle) in [
+        ("0%", "out of range"),
+        ("150%", "out of range"),
+        ("0/10", "1 ≤ n ≤ t"),
+        ("11/10", "1 ≤ n ≤ t"),
+        ("half", "neither a share nor a slice"),
+    ] {
+        refused(
+            &["verify-backup", ID, "--read-data", "--sample", sample],
+            needle,
+        );
+    }
+}
+
+#[test]
 fn download_paths_that_would_escape() {
     for key in ["../x", "/etc/passwd", "a/../../b", "nul\0x"] {
         let e = backup_agent::commands::download::local_path(Path::new("/tmp/out"), key)

@@ -1002,6 +1002,25 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
         json!({"backup-id": "20200101T000000Z-abcdef"}),
     );
     assert!(st.failed.unwrap().contains("20200101T000000Z-abcdef"));
+    // A sample re-hashes a share of the bucket's blobs; without read-data it is refused.
+    let st = unit.action("verify-backup", json!({"backup-id": id, "sample": "5%"}));
+    let failed = st.failed.expect("a sample without read-data is refused");
+    assert!(
+        failed.contains("sample only applies to read-data"),
+        "{failed}"
+    );
+    let st = unit.action(
+        "verify-backup",
+        json!({"backup-id": id, "read-data": true, "sample": "101%"}),
+    );
+    assert!(st.failed.expect("refused").contains("out of range"));
+    let st = unit.action(
+        "verify-backup",
+        json!({"backup-id": id, "read-data": true, "sample": "1/1"}),
+    );
+    assert_eq!(st.failed, None, "{:?}", st.results);
+    assert_eq!(st.results["sample"], "1/1");
+    assert_ne!(st.results["blobs-read"], "0", "{:?}", st.results);
 
     // A failing backup: action-fail with the cause, the failed backup's id in the results.
     unit.set(|s| {

@@ -301,6 +301,88 @@ fn verify_catches_each_corruption_and_passes_a_good_backup() {
 }
 
 #[test]
+fn verify_samples_slices_that_cover_every_blob_once_and_find_damage_in_theirs() {
+    let sb = sandbox();
+    let (code, _, err) = agent(&sb, &["create-backup", "--components", "mlpipeline"], &[]);
+    assert_eq!(code, 0, "{err}");
+    let id = newest_id(&sb);
+    let store = repo(&sb);
+    let rt = rt();
+    let verify = |extra: &[&str]| -> (i32, serde_json::Value) {
+        let mut args = vec!["verify-backup", id.as_str(), "--output", "json"];
+        args.extend(extra);
+        let (code, out, err) = agent(&sb, &args, &[]);
+        let v = serde_json::from_str(&out).unwrap_or_else(|e| panic!("{e}: {out}{err}"));
+        (code, v)
+    };
+    let (code, all) = verify(&["--read-data"]);
+    assert_eq!(code, 0, "{all}");
+    let every = all["blobs-read"].as_u64().unwrap();
+    assert!(every >= 10, "{all}");
+    assert!(
+        all.get("sample").is_none(),
+        "a whole read is no sample: {all}"
+    );
+
+    // The four slices read every blob once between them, each fewer than all.
+    let t = 4;
+    let mut sum = 0;
+    for n in 1..=t {
+        let (code, v) = verify(&["--read-data", "--sample", &format!("{n}/{t}")]);
+        assert_eq!(code, 0, "{v}");
+        assert_eq!(v["sample"], format!("{n}/{t}"));
+        assert_eq!(
+            v["objects-checked"], all["objects-checked"],
+            "presence is checked in full"
+        );
+        let read = v["blobs-read"].as_u64().unwrap();
+        assert!(read < every, "slice {n}/{t} read {read} of {every}");
+        sum += read;
+    }
+    assert_eq!(sum, every, "the slices cover every blob once");
+
+    // A flipped byte (same size, so only reading finds it) is found by its slice only.
+    let sf = rt.block_on(repository::load(&store, &id)).unwrap();
+    let manifest = crate::common::manifest_of(&store, &sf);
+    let e = manifest.iter().max_by_key(|e| e.size).unwrap();
+    let blob = repository::blob_key(&e.sha256);
+    let first: [u8; 8] = hex::decode(&e.sha256).unwrap()[..8].try_into().unwrap();
+    let slice = u64::from_be_bytes(first) % t + 1;
+    let original = rt.block_on(store.get_bytes(&blob)).unwrap();
+    let mut bad = original.to_vec();
+    let mid = bad.len() / 2;
+    bad[mid] ^= 1;
+    rt.block_on(store.put_bytes(&blob, &bad, "application/octet-stream"))
+        .unwrap();
+    let (code, v) = verify(&["--read-data", "--sample", &format!("{slice}/{t}")]);
+    assert_eq!(code, 1, "{v}");
+    assert!(v["problems"].to_string().contains(&e.sha256), "{v}");
+    let other = slice % t + 1;
+    let (code, v) = verify(&["--read-data", "--sample", &format!("{other}/{t}")]);
+    assert_eq!(code, 0, "slice {other} does not hold the damaged blob: {v}");
+    // A share of 100% is every blob; the text report says what was sampled.
+    let (code, out, _) = agent(
+        &sb,
+        &["verify-backup", &id, "--read-data", "--sample", "100%"],
+        &[],
+    );
+    assert_eq!(code, 1, "{out}");
+    assert!(out.contains("a 100% sample of the bucket"), "{out}");
+    rt.block_on(store.put_bytes(&blob, &original, "application/octet-stream"))
+        .unwrap();
+    let sf = rt.block_on(repository::load(&store, &id)).unwrap();
+    let samples: Vec<&str> = sf
+        .history
+        .iter()
+        .filter_map(|h| h["sample"].as_str())
+        .collect();
+    assert!(
+        samples.contains(&"2/4") && samples.contains(&"100%"),
+        "{samples:?}"
+    );
+}
+
+#[test]
 fn restore_refuses_what_it_cannot_restore() {
     let sb = sandbox();
     let before = scales(&sb);

@@ -41,7 +41,7 @@ pub(crate) async fn check(
             return;
         }
     }
-    if mode == Mode::ReadData {
+    if mode.reads_data() {
         let tmp = match tempfile::Builder::new()
             .prefix("verify-mlmd-")
             .tempdir_in(spool)

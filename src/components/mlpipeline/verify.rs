@@ -103,10 +103,22 @@ async fn check_blobs(
     let blobs = dest
         .list_stream(&prefix, cx.streaming.page_size)
         .try_filter_map(|o| futures::future::ready(Ok(listed_blob(o))));
-    if cx.mode == Mode::ReadData {
-        cx.progress.step("verify", "reading every blob back");
-    }
-    let read_data = cx.mode == Mode::ReadData;
+    let sample = match cx.mode {
+        Mode::ReadData(sample) => {
+            if sample.is_all() {
+                cx.progress.step("verify", "reading every blob back");
+            } else {
+                cx.progress.step(
+                    "verify",
+                    format!("reading a sample of the blobs back ({sample})"),
+                );
+                f.v.sample = Some(sample.to_string());
+            }
+            Some(sample)
+        }
+        Mode::Light => None,
+    };
+    let read_data = sample.is_some();
     let found = join(marks, blobs)
         .try_filter_map(|j| {
             futures::future::ready(Ok(match j {
@@ -120,7 +132,7 @@ async fn check_blobs(
         })
         .map_ok(|found| async move {
             match found {
-                Found::Present(h) if read_data => {
+                Found::Present(h) if sample.is_some_and(|s| s.picks(&h.sha256)) => {
                     let blob = repository::blob_key(&h.hex());
                     let r = retry(crate::retry::ATTEMPTS, &blob, || async {
                         // Each attempt hashes from the first byte.
@@ -163,6 +175,7 @@ async fn check_blobs(
             Found::Present(_) => {}
             Found::Read(h, Ok((n, got))) => {
                 f.v.bytes_read += n;
+                f.v.blobs_read += 1;
                 if got != h.hex() {
                     f.push(problem(
                         "mlpipeline",

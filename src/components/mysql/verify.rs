@@ -53,7 +53,7 @@ pub(crate) async fn check(
                 Ok(store) => {
                     let rt = tokio::runtime::Handle::current();
                     match rt.block_on(store.get_bytes(&md5_key)) {
-                        Ok(marker) if mode == Mode::ReadData => {
+                        Ok(marker) if mode.reads_data() => {
                             let want = String::from_utf8_lossy(&marker)
                                 .split_whitespace()
                                 .next()
