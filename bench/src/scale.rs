@@ -67,6 +67,9 @@ pub struct ScaleResults {
     pub rows: Vec<Row>,
     pub checks: Vec<(String, bool)>,
     pub machine: Vec<(String, String)>,
+    /// Written after every row, so that a run stopped midway keeps what it measured.
+    #[serde(skip)]
+    pub save_to: Option<PathBuf>,
 }
 
 impl ScaleResults {
@@ -84,6 +87,15 @@ impl ScaleResults {
             max_rss_mib: rss,
             note,
         });
+        self.save();
+    }
+
+    fn save(&self) {
+        if let Some(p) = &self.save_to {
+            if let Err(e) = serde_json::to_vec_pretty(self).map(|b| std::fs::write(p, b)) {
+                say(format!("writing {}: {e}", p.display()));
+            }
+        }
     }
 
     fn check(&mut self, what: String, ok: bool) {
@@ -228,10 +240,37 @@ pub fn run(a: ScaleArgs) -> Result<()> {
         machine: crate::lab::machine(&crate::lab::rclone_binary()?),
         ..Default::default()
     };
+    // An earlier run's rows, but for the counts this run measures again (its rows replace them).
     if let Some(earlier) = &a.merge {
         let e: ScaleResults = serde_json::from_slice(&std::fs::read(earlier)?)?;
-        res.rows = e.rows;
-        res.checks = e.checks;
+        let again = |n: u64, is_synthetic: bool| {
+            if is_synthetic {
+                !a.no_synthetic && synthetic.contains(&n)
+            } else {
+                objects.contains(&(n as usize))
+            }
+        };
+        res.rows = e
+            .rows
+            .into_iter()
+            .filter(|r| !again(r.objects, r.case.starts_with("synthetic")))
+            .collect();
+        res.checks = e
+            .checks
+            .into_iter()
+            .filter(|(what, _)| {
+                let of = |n: u64| {
+                    what.contains(&format!("of {n} ")) || what.contains(&format!("of {n}:"))
+                };
+                let counts = objects.iter().map(|&n| n as u64);
+                let synthetic_run = synthetic.iter().copied().filter(|_| !a.no_synthetic);
+                if what.starts_with("synthetic") {
+                    !synthetic_run.into_iter().any(of)
+                } else {
+                    !counts.into_iter().any(of)
+                }
+            })
+            .collect();
     }
     std::fs::create_dir_all(&a.out)?;
     let json = a.out.join(if a.quick {
@@ -239,6 +278,7 @@ pub fn run(a: ScaleArgs) -> Result<()> {
     } else {
         "scale.json"
     });
+    res.save_to = Some(json.clone());
     // Synthetic first (minutes), then the buckets (hours at a million): the results are
     // written after each, so a long run that stops keeps what it measured.
     for n in synthetic.iter().filter(|_| !a.no_synthetic) {

@@ -76,6 +76,9 @@ impl ObjectStore for Listing {
     async fn get_bytes(&self, k: &str) -> Result<Vec<u8>, StoreError> {
         Err(unsupported(k))
     }
+    async fn get_range(&self, k: &str, _: u64, _: u64) -> Result<Vec<u8>, StoreError> {
+        Err(unsupported(k))
+    }
     async fn get_into(
         &self,
         k: &str,

@@ -45,6 +45,30 @@ pub fn blob_of(key: &str) -> Option<&str> {
     (super::is_sha256(sha) && key == blob_key(sha)).then_some(sha)
 }
 
+/// Pack files of repository format v2 (docs/FORMAT.md): `packs/ab/<64 hex>`, random ids.
+pub fn packs_prefix() -> String {
+    format!("{REPO}/packs/")
+}
+
+pub fn pack_key(id: &str) -> String {
+    format!("{REPO}/packs/{}/{id}", &id[..2])
+}
+
+/// The pack id a key names, if `key` is exactly where that pack lives.
+pub fn pack_of(key: &str) -> Option<&str> {
+    let id = key.rsplit('/').next()?;
+    (super::is_sha256(id) && key == pack_key(id)).then_some(id)
+}
+
+/// Index files of format v2: what the capture of one backup packed (docs/FORMAT.md).
+pub fn index_prefix() -> String {
+    format!("{REPO}/index/")
+}
+
+pub fn index_key(backup_id: &str) -> String {
+    format!("{REPO}/index/{backup_id}.idx")
+}
+
 pub fn lock_key() -> String {
     format!("{REPO}/lock.json")
 }

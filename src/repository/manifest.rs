@@ -115,6 +115,45 @@ pub fn read_unchecked(
     read_entries(store, key, expect_sha256, false)
 }
 
+/// Bytes of a manifest fetched by one request. A reader may take hours over a large manifest (a
+/// restore copies while it reads), far longer than one request may stay open: a single GET
+/// held that long is cut by the request timeout (seen at a million objects).
+const FETCH_RANGE: u64 = 8 << 20;
+
+/// Copies the object `key` into `w` a range of `range` bytes at a time, each range its own
+/// request (retried), so that however slowly `w` drains no request stays open long.
+async fn fetch_in_ranges<W: tokio::io::AsyncWrite + Unpin>(
+    store: &Store,
+    key: &str,
+    w: &mut W,
+    range: u64,
+) -> Result<u64, StoreError> {
+    use crate::retry::{retry, ATTEMPTS};
+    let size = retry(ATTEMPTS, key, || store.head(key))
+        .await?
+        .ok_or_else(|| StoreError::NotFound {
+            key: key.to_string(),
+        })?
+        .size;
+    let mut at = 0;
+    while at < size {
+        let end = at.saturating_add(range.max(1)).min(size);
+        let chunk = retry(ATTEMPTS, key, || store.get_range(key, at, end)).await?;
+        w.write_all(&chunk).await.map_err(|e| StoreError::Fatal {
+            op: "get",
+            key: key.to_string(),
+            detail: e.to_string(),
+        })?;
+        at = end;
+    }
+    w.flush().await.map_err(|e| StoreError::Fatal {
+        op: "get",
+        key: key.to_string(),
+        detail: e.to_string(),
+    })?;
+    Ok(size)
+}
+
 fn read_entries(
     store: &Store,
     key: &str,
@@ -131,7 +170,7 @@ fn read_entries(
     let get = tokio::spawn(async move {
         let mut h = Sha256::new();
         let mut tap = TapWriter::new(w, |b: &[u8]| h.update(b));
-        let got = store.get_stream(&k, &mut tap).await;
+        let got = fetch_in_ranges(&store, &k, &mut tap, FETCH_RANGE).await;
         let _ = tap.inner.shutdown().await;
         drop(tap);
         got.map(|_| hex::encode(h.finalize()))
@@ -383,6 +422,21 @@ mod tests {
             content_type: "application/octet-stream".into(),
             metadata: BTreeMap::from([("framework".into(), "pytorch".into())]),
         }
+    }
+
+    #[tokio::test]
+    async fn a_manifest_is_fetched_a_range_at_a_time_whatever_the_range() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::local(dir.path());
+        let body: Vec<u8> = (0..30_000u32).map(|i| (i % 251) as u8).collect();
+        store.put_bytes("m", &body, "x").await.unwrap();
+        for range in [3, 4096, 29_999, 1 << 30] {
+            let mut out = vec![];
+            let n = fetch_in_ranges(&store, "m", &mut out, range).await.unwrap();
+            assert_eq!((n, &out), (30_000, &body), "ranges of {range}");
+        }
+        let e = fetch_in_ranges(&store, "gone", &mut vec![], 10).await;
+        assert!(matches!(e, Err(StoreError::NotFound { .. })), "{e:?}");
     }
 
     #[tokio::test]

@@ -8,6 +8,8 @@ mod error;
 pub mod layout;
 pub mod lock;
 pub mod manifest;
+pub mod pack;
+pub mod packer;
 pub mod retention;
 pub mod statefile;
 

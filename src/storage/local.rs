@@ -237,6 +237,33 @@ impl ObjectStore for LocalStore {
             .map_err(|e| self.io_error("get", key, e))
     }
 
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Vec<u8>, StoreError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let path = self.path(key)?;
+        if end <= start {
+            return Ok(vec![]);
+        }
+        let io = |e| self.io_error("get", key, e);
+        let mut f = tokio::fs::File::open(&path).await.map_err(io)?;
+        f.seek(std::io::SeekFrom::Start(start)).await.map_err(io)?;
+        let mut buf = Vec::with_capacity((end - start) as usize);
+        f.take(end - start)
+            .read_to_end(&mut buf)
+            .await
+            .map_err(io)?;
+        if buf.len() as u64 != end - start {
+            return Err(StoreError::Fatal {
+                op: "get",
+                key: key.to_string(),
+                detail: format!(
+                    "bytes {start}..{end} asked of an object of {} bytes",
+                    start + buf.len() as u64
+                ),
+            });
+        }
+        Ok(buf)
+    }
+
     async fn get_into(
         &self,
         key: &str,

@@ -96,6 +96,10 @@ pub trait ObjectStore: std::fmt::Debug + Send + Sync {
         writer: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, StoreError>;
 
+    /// Bytes `start..end` of an object, in one ranged GET: a blob inside a pack, or a pack's
+    /// footer and trailer. An empty range asks nothing of the server.
+    async fn get_range(&self, key: &str, start: u64, end: u64) -> Result<Vec<u8>, StoreError>;
+
     /// Headers of one object (content type, user metadata), or `None` when it does not exist.
     async fn head_meta(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError>;
 
