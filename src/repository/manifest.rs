@@ -131,6 +131,11 @@ async fn fetch_in_ranges<W: tokio::io::AsyncWrite + Unpin>(
     range: u64,
 ) -> Result<u64, StoreError> {
     use crate::retry::{retry, ATTEMPTS};
+    let io = |e: std::io::Error| StoreError::Fatal {
+        op: "get",
+        key: key.to_string(),
+        detail: e.to_string(),
+    };
     let size = retry(ATTEMPTS, key, || store.head(key))
         .await?
         .ok_or_else(|| StoreError::NotFound {
@@ -141,18 +146,10 @@ async fn fetch_in_ranges<W: tokio::io::AsyncWrite + Unpin>(
     while at < size {
         let end = at.saturating_add(range.max(1)).min(size);
         let chunk = retry(ATTEMPTS, key, || store.get_range(key, at, end)).await?;
-        w.write_all(&chunk).await.map_err(|e| StoreError::Fatal {
-            op: "get",
-            key: key.to_string(),
-            detail: e.to_string(),
-        })?;
+        w.write_all(&chunk).await.map_err(io)?;
         at = end;
     }
-    w.flush().await.map_err(|e| StoreError::Fatal {
-        op: "get",
-        key: key.to_string(),
-        detail: e.to_string(),
-    })?;
+    w.flush().await.map_err(io)?;
     Ok(size)
 }
 

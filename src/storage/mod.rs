@@ -249,6 +249,24 @@ impl Store {
     }
 }
 
+/// `got` if it is exactly bytes `start..end`: a range past the end of the object, or a server
+/// that ignores `Range` and sends the whole object, is never taken for the range.
+pub(crate) fn whole_range(
+    key: &str,
+    start: u64,
+    end: u64,
+    got: Vec<u8>,
+) -> Result<Vec<u8>, StoreError> {
+    if got.len() as u64 == end - start {
+        return Ok(got);
+    }
+    Err(StoreError::Fatal {
+        op: "get",
+        key: key.to_string(),
+        detail: format!("asked for bytes {start}..{end}, got {} bytes", got.len()),
+    })
+}
+
 /// Refuses keys that could leave the store's root or name nothing.
 pub fn check_key(key: &str) -> Result<(), StoreError> {
     let bad = |why| {
