@@ -36,6 +36,7 @@ pub const TRANSFERS: u16 = 16;
 /// How long each mysql-k8s create-backup may take.
 pub const ACTION_TIMEOUT: Duration = Duration::from_secs(60 * 60);
 
+pub use crate::repository::packer::{Packing, MAX_UNUSED};
 pub use crate::sorted::{Streaming, DELETE_BATCH, LIST_PAGE, QUEUE_DEPTH, SORT_MEMORY};
 
 /// Knobs with defaults that suit a real cluster.
@@ -56,6 +57,8 @@ pub struct Tuning {
     /// Take over the repository lock whoever holds it (`--break-lock`).
     pub break_lock: bool,
     pub streaming: Streaming,
+    /// Which objects a backup packs (repository format v2), and how large packs grow.
+    pub packing: Packing,
 }
 
 impl Tuning {
@@ -86,6 +89,7 @@ impl Default for Tuning {
             lease: LeaseTiming::default(),
             break_lock: false,
             streaming: Streaming::default(),
+            packing: Packing::default(),
         }
     }
 }

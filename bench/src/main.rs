@@ -187,7 +187,14 @@ fn run(a: RunArgs) -> Result<()> {
     let restore_buckets: Vec<String> = (1..=reps)
         .flat_map(|r| [format!("restore-ours-{r}"), format!("restore-rclone-{r}")])
         .collect();
-    let mut src_buckets = vec!["set-s", "set-l", "set-m", "set-s10"];
+    let mut src_buckets = vec![
+        "set-s",
+        "set-l",
+        "set-m",
+        "set-s10",
+        "requests-v1",
+        "requests-v2",
+    ];
     src_buckets.extend(restore_buckets.iter().map(String::as_str));
     say("starting two SeaweedFS servers on 127.0.0.1");
     let lab = Lab::start(&src_buckets, &["repo", "rclone"])?;
@@ -244,6 +251,7 @@ fn run(a: RunArgs) -> Result<()> {
         a.only.is_empty()
             || a.only.iter().any(|o| o == case)
             || (case == "m" && a.only.iter().any(|o| o == "incremental" || o == "restore"))
+            || (case == "s" && a.only.iter().any(|o| o == "requests"))
     };
     for rep in 1..=reps {
         say(format!("repetition {rep} of {reps}"));
@@ -270,6 +278,10 @@ fn run(a: RunArgs) -> Result<()> {
         lab.fill("set-s10", &sizes.spec(sizes.s.0 * 10, 0, 4))?;
         let s = bench.ours_capture("set-s10", "s10", None)?;
         bench.results.add("S x10 full copy", OURS, &s);
+    }
+
+    if a.only.is_empty() || a.only.iter().any(|o| o == "requests") {
+        bench.requests(&sizes)?;
     }
 
     let mut results = bench.results;
@@ -468,6 +480,94 @@ impl Bench<'_> {
         Ok(())
     }
 
+    /// Requests the repository's server receives, counted by the sandbox's proxy in front of it
+    /// (one run each, not timed against a peer): a full backup of S and one of M in format v2
+    /// (packs) and in format v1 (a blob per object), then a restore of each M into an empty
+    /// bucket.
+    fn requests(&mut self, sizes: &Sizes) -> Result<()> {
+        use backup_agent_sandbox::s3::fault_proxy::FaultProxy;
+        say("counting the repository's requests through a proxy (v2 packs against v1 blobs)");
+        let proxy = FaultProxy::start(&format!("http://127.0.0.1:{}", self.lab.dst.s3_port))?;
+        let via = proxy.endpoint();
+        let count = |since: usize, methods: &[&str]| {
+            proxy.seen()[since..]
+                .iter()
+                .filter(|s| methods.contains(&s.method.as_str()))
+                .count() as u64
+        };
+        let s_objects = sizes.s.0 as u64;
+        let m_objects = (sizes.m_small + sizes.m_large) as u64;
+        for (format, threshold) in [("v2", None), ("v1", Some(0u64))] {
+            for (set, objects, target) in [("s", s_objects, Some(0.01)), ("m", m_objects, None)] {
+                let root = format!("requests-{set}-{format}");
+                let key = format!("manifests/{root}");
+                let mut args = vec![
+                    "capture".to_string(),
+                    "--source".into(),
+                    self.lab.url(&self.lab.src, &format!("set-{set}"), ""),
+                    "--dest".into(),
+                    format!("{via}/repo/{root}"),
+                    "--manifest-key".into(),
+                    key.clone(),
+                    "--spool".into(),
+                    self.lab.path("spool").display().to_string(),
+                ];
+                if let Some(t) = threshold {
+                    args.extend(["--pack-threshold".into(), t.to_string()]);
+                }
+                let since = proxy.seen().len();
+                let s = self
+                    .lab
+                    .measure("backup-agent capture", self.lab.worker(&args))?;
+                self.results.requests.push(report::Requests {
+                    case: format!("{} full copy, format {format}", set.to_uppercase()),
+                    what: "PUT".into(),
+                    requests: count(since, &["PUT", "POST"]),
+                    objects,
+                    secs: s.secs,
+                    target: if format == "v2" { target } else { None },
+                });
+                if set != "m" {
+                    continue;
+                }
+                let sha = worker::manifest_sha(&s)?;
+                let bucket = format!("requests-{format}");
+                let args = vec![
+                    "restore".to_string(),
+                    "--repo".into(),
+                    format!("{via}/repo/{root}"),
+                    "--target".into(),
+                    self.lab.url(&self.lab.src, &bucket, ""),
+                    "--manifest-key".into(),
+                    key,
+                    "--manifest-sha".into(),
+                    sha,
+                    "--spool".into(),
+                    self.lab.path("spool").display().to_string(),
+                ];
+                let since = proxy.seen().len();
+                let s = self
+                    .lab
+                    .measure("backup-agent restore", self.lab.worker(&args))?;
+                self.results.requests.push(report::Requests {
+                    case: format!("M restore, format {format}"),
+                    what: "GET".into(),
+                    requests: count(since, &["GET"]),
+                    objects,
+                    secs: s.secs,
+                    target: None,
+                });
+                self.check_rclone(
+                    "src:set-m",
+                    &format!("src:{bucket}"),
+                    &format!("M restore, format {format}"),
+                    true,
+                )?;
+            }
+        }
+        Ok(())
+    }
+
     /// A capture into `root`, after `previous` (its manifest's key and hash) if given; the new
     /// manifest's key and hash are kept for the next one.
     fn ours_capture(
@@ -538,13 +638,35 @@ impl Bench<'_> {
                 source.len()
             ));
         }
+        // Packs (format v2) are read whole once each, and each entry's range hashed here.
+        let mut packs: HashMap<String, Vec<u8>> = HashMap::new();
+        let rt = tokio::runtime::Runtime::new()?;
         for e in &manifest.entries {
             if source.get(&e.key) != Some(&e.sha256) {
                 problems.push(format!("{}: hash differs from the source's", e.key));
             }
-            let blob = format!("{}/{}", &e.sha256[..2], e.sha256);
-            if blobs.get(&blob) != Some(&e.sha256) {
-                problems.push(format!("blob {blob} missing or corrupt"));
+            match (&e.pack, e.offset) {
+                _ if e.size == 0 => {}
+                (Some(pack), Some(offset)) => {
+                    if !packs.contains_key(pack) {
+                        let key = backup_agent::repository::layout::pack_key(pack);
+                        let bytes = rt.block_on(repo.get_bytes(&key)).unwrap_or_default();
+                        packs.insert(pack.clone(), bytes);
+                    }
+                    let bytes = &packs[pack];
+                    let range = usize::try_from(offset).unwrap_or(usize::MAX)
+                        ..usize::try_from(offset + e.size).unwrap_or(usize::MAX);
+                    let got = bytes.get(range).map(|b| hex::encode(Sha256::digest(b)));
+                    if got.as_deref() != Some(e.sha256.as_str()) {
+                        problems.push(format!("{}: pack {pack} missing or corrupt", e.key));
+                    }
+                }
+                _ => {
+                    let blob = format!("{}/{}", &e.sha256[..2], e.sha256);
+                    if blobs.get(&blob) != Some(&e.sha256) {
+                        problems.push(format!("blob {blob} missing or corrupt"));
+                    }
+                }
             }
         }
         problems.truncate(5);

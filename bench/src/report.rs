@@ -73,6 +73,26 @@ pub struct Results {
     pub comparisons: Vec<Comparison>,
     /// case -> (backup-agent's median peak RSS in MiB, target)
     pub memory: Vec<(String, Option<f64>, Option<f64>)>,
+    /// Requests to the repository, counted by a proxy in front of it.
+    pub requests: Vec<Requests>,
+}
+
+/// Requests one run sent to the repository's server, against the objects it moved.
+#[derive(Debug, Serialize)]
+pub struct Requests {
+    pub case: String,
+    /// Which requests: `PUT` (uploads, parts and completions), `GET`.
+    pub what: String,
+    pub requests: u64,
+    pub objects: u64,
+    pub secs: f64,
+    pub target: Option<f64>,
+}
+
+impl Requests {
+    pub fn per_object(&self) -> f64 {
+        self.requests as f64 / self.objects.max(1) as f64
+    }
 }
 
 /// The targets: wall time ratios, then memory ceilings.
@@ -138,6 +158,7 @@ impl Results {
             checks: vec![],
             comparisons: vec![],
             memory: vec![],
+            requests: vec![],
         }
     }
 
@@ -244,6 +265,32 @@ impl Results {
                 target.map(|t| format!("≤ {t}")).unwrap_or_default()
             );
             self.memory.push((case.to_string(), rss, *target));
+        }
+        if !self.requests.is_empty() {
+            let _ = writeln!(out);
+            let _ = writeln!(
+                out,
+                "| case (one run, through a counting proxy) | requests | objects | per object | target | met | s |"
+            );
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            for r in &self.requests {
+                let met = match r.target {
+                    Some(t) if r.per_object() <= t => "yes",
+                    Some(_) => "**no**",
+                    None => "",
+                };
+                let _ = writeln!(
+                    out,
+                    "| {} | {} {} | {} | {:.4} | {} | {met} | {:.2} |",
+                    r.case,
+                    r.requests,
+                    r.what,
+                    r.objects,
+                    r.per_object(),
+                    r.target.map(|t| format!("≤ {t}")).unwrap_or_default(),
+                    r.secs
+                );
+            }
         }
         let passed = self.checks.iter().filter(|c| c.passed).count();
         let _ = writeln!(

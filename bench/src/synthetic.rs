@@ -152,6 +152,9 @@ pub fn run(a: SyntheticArgs) -> Result<()> {
                         sha256: sha(i % (a.entries / 2).max(1)),
                         content_type: "application/json".into(),
                         metadata: BTreeMap::new(),
+                        // Format v2 lines: a few thousand objects to a pack.
+                        pack: Some(sha(u64::MAX - i / 5000)),
+                        offset: Some(8 + (i % 5000) * 4096),
                     })
                     .await?;
                 }

@@ -77,6 +77,9 @@ pub struct CaptureArgs {
     transfers: Option<u16>,
     #[arg(long)]
     checkers: Option<u16>,
+    /// Objects up to this many bytes are packed (format v2); 0 writes format v1.
+    #[arg(long)]
+    pack_threshold: Option<u64>,
 }
 
 /// Copies a bucket into a repository's blobs, as create-backup does (the counting pass, then
@@ -88,7 +91,10 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
         key,
         sha256: a.previous_sha.unwrap_or_default(),
     });
-    let opts = sync_options(a.spool, a.transfers, a.checkers);
+    let mut opts = sync_options(a.spool, a.transfers, a.checkers);
+    if let Some(t) = a.pack_threshold {
+        opts.packing.threshold = t;
+    }
     let rt = tokio::runtime::Runtime::new()?;
     let mut seconds = (0.0, 0.0);
     let captured = rt.block_on(async {

@@ -66,6 +66,7 @@ pub fn run(
                 env,
                 tools,
                 Selection::Policy(policy),
+                p.max_unused,
                 p.dry_run,
                 p.break_lock,
             )
@@ -77,6 +78,7 @@ pub fn run(
                 env,
                 tools,
                 Selection::One(p.backup_id),
+                None,
                 p.dry_run,
                 p.break_lock,
             )
@@ -259,11 +261,15 @@ fn forget(
     env: &DispatchEnv,
     tools: &HookTools,
     selection: Selection,
+    max_unused: Option<u8>,
     dry_run: bool,
     break_lock: bool,
 ) -> Result<Results, String> {
     let (mut ctx, _client) = context(env, tools)?;
     ctx.tuning.break_lock = break_lock;
+    if let Some(m) = max_unused {
+        ctx.tuning.packing.max_unused = m;
+    }
     let plan = block(prune::plan(&ctx, &selection))?;
     let mut r = Results::from([
         ("plan".into(), prune::render_plan(&plan)),
@@ -281,6 +287,8 @@ fn forget(
                 .join(","),
         );
         r.insert("count".into(), plan.forget.len().to_string());
+        r.insert("packs-deleted".into(), plan.packs.to_string());
+        r.insert("packs-repacked".into(), plan.repack_packs.to_string());
         return Ok(r);
     }
     let what = match &selection {

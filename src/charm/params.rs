@@ -174,6 +174,8 @@ pub struct Prune {
     #[serde(default)]
     pub retention: Option<String>,
     #[serde(default)]
+    pub max_unused: Option<u8>,
+    #[serde(default)]
     pub dry_run: bool,
     #[serde(default)]
     pub break_lock: bool,

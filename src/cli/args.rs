@@ -270,6 +270,7 @@ impl TuningArgs {
             lease: LeaseTiming::default(),
             break_lock: self.break_lock,
             streaming: self.scale.streaming(),
+            packing: self.scale.packing(),
         }
     }
 }
@@ -293,9 +294,52 @@ pub struct ScaleArgs {
     /// Keys deleted in one request (1 to 1000; S3's DeleteObjects).
     #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_DELETE_BATCH", default_value_t = context::DELETE_BATCH, value_parser = clap::value_parser!(u16).range(1..=1000))]
     pub delete_batch: u16,
+    /// Objects up to this size are packed together into pack files (repository format v2:
+    /// one PUT per pack, not per object; docs/FORMAT.md); larger ones are stored one blob
+    /// each. 0 packs nothing (format v1). K, M or G suffixes.
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_PACK_THRESHOLD", value_name = "BYTES", default_value = "1M", value_parser = parse_threshold)]
+    pub pack_threshold: u64,
+    /// About how large a pack file grows before it is uploaded (each pack being filled or
+    /// uploaded is held in memory: three at a time). K, M or G suffixes.
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_PACK_SIZE", value_name = "BYTES", default_value = "16M", value_parser = parse_pack_size)]
+    pub pack_size: u64,
+    /// prune and delete-backup repack a pack once more than this percentage of its bytes is
+    /// no longer used by any kept backup: the used blobs are copied into new packs, the kept
+    /// manifests switched to them, then the old pack is deleted. 100 never repacks.
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_MAX_UNUSED", value_name = "PERCENT", default_value_t = context::MAX_UNUSED, value_parser = clap::value_parser!(u8).range(0..=100))]
+    pub max_unused: u8,
+}
+
+/// A size, or 0 (nothing packed).
+fn parse_threshold(s: &str) -> Result<u64, String> {
+    if s.trim() == "0" {
+        return Ok(0);
+    }
+    parse_size(s)
+}
+
+/// A pack size from 1 KiB to 256 MiB: a pack is held in memory while it fills and uploads.
+fn parse_pack_size(s: &str) -> Result<u64, String> {
+    let n = parse_size(s)?;
+    if !(1024..=256 << 20).contains(&n) {
+        return Err(format!("{n} bytes: a pack size is between 1K and 256M"));
+    }
+    Ok(n)
 }
 
 impl ScaleArgs {
+    pub fn packing(&self) -> context::Packing {
+        let d = context::Packing::default();
+        context::Packing {
+            threshold: self.pack_threshold,
+            max_unused: self.max_unused,
+            packs: backup_agent::repository::packer::PackSettings {
+                target: self.pack_size,
+                ..d.packs
+            },
+        }
+    }
+
     pub fn streaming(&self) -> context::Streaming {
         context::Streaming {
             page_size: self.list_page_size.into(),

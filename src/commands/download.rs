@@ -6,16 +6,18 @@
 //! outside `DIR/mlpipeline` is refused and reported, never written.
 
 use std::path::{Component as PathPart, Path, PathBuf};
+use std::sync::atomic::Ordering;
 
 use futures::TryStreamExt;
 use serde::Serialize;
 use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
+use crate::components::mlpipeline::packed::{by_pack, checked, read_group, Grouping};
 use crate::components::{mlmd, mysql};
 use crate::context::Context;
 use crate::progress::Event;
-use crate::repository::{self, CatalogError, Entry, Phase};
+use crate::repository::{self, CatalogError, Entry, Phase, Stored};
 use crate::storage::StoreError;
 
 #[derive(Debug, Clone, Serialize)]
@@ -219,10 +221,12 @@ async fn download_mlpipeline(
         }
     })
     .try_filter_map(|e| {
-        let checked = if repository::is_sha256(&e.sha256) {
-            local_path(&root, &e.key)
-        } else {
+        let checked = if !repository::is_sha256(&e.sha256) {
             Err(format!("its sha256 {:?} is not a content hash", e.sha256))
+        } else if e.pack.as_deref().is_some_and(|p| !repository::is_sha256(p)) {
+            Err(format!("its pack {:?} is not a pack id", e.pack))
+        } else {
+            local_path(&root, &e.key)
         };
         let r = match checked {
             Ok(path) => Some((e, path)),
@@ -234,16 +238,23 @@ async fn download_mlpipeline(
         };
         futures::future::ready(Ok(r))
     });
-    let written = entries
-        .map_ok(|(e, path)| {
+    let g = Grouping::default();
+    let written = by_pack(entries, g, |(e, _): &(Entry, PathBuf)| e)
+        .map_ok(|group| {
             let (done, done_bytes) = (&done, &done_bytes);
             async move {
                 if let Some(r) = ctx.interrupt.reason() {
                     return Err(DownloadError::Interrupted(r));
                 }
-                fetch_blob(ctx, &e, &path).await?;
-                let n = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
-                let b = done_bytes.fetch_add(e.size, std::sync::atomic::Ordering::Relaxed) + e.size;
+                match &group[..] {
+                    [(e, path)] if !matches!(e.stored(), Stored::Packed { .. }) => {
+                        fetch_blob(ctx, e, path).await?
+                    }
+                    _ => fetch_group(ctx, &group, g).await?,
+                }
+                let bytes: u64 = group.iter().map(|(e, _)| e.size).sum();
+                let n = done.fetch_add(group.len() as u64, Ordering::Relaxed) + group.len() as u64;
+                let b = done_bytes.fetch_add(bytes, Ordering::Relaxed) + bytes;
                 p.emit(Event::Transfer {
                     component: "mlpipeline".into(),
                     done_bytes: b,
@@ -314,38 +325,78 @@ async fn download_mysql(
     }
 }
 
-async fn fetch_blob(ctx: &Context, e: &Entry, path: &Path) -> Result<(), DownloadError> {
-    if let Some(parent) = path.parent() {
-        tokio::fs::create_dir_all(parent)
-            .await
-            .map_err(local(parent))?;
-    }
-    let key = repository::blob_key(&e.sha256);
+/// A file written beside its final name, renamed into place once whole and checked.
+fn partial_of(path: &Path) -> PathBuf {
     // Unique per entry: keys `x` and `x.json` must not share a temporary file.
-    let partial = path.with_file_name(format!(
+    path.with_file_name(format!(
         ".{}.{:016x}.partial",
         path.file_name()
             .map(|n| n.to_string_lossy())
             .unwrap_or_default(),
         rand::random::<u64>()
-    ));
+    ))
+}
+
+async fn make_parent(path: &Path) -> Result<(), DownloadError> {
+    match path.parent() {
+        Some(parent) => tokio::fs::create_dir_all(parent)
+            .await
+            .map_err(local(parent)),
+        None => Ok(()),
+    }
+}
+
+/// One object from its v1 blob (or, empty, from nothing).
+async fn fetch_blob(ctx: &Context, e: &Entry, path: &Path) -> Result<(), DownloadError> {
+    make_parent(path).await?;
+    let partial = partial_of(path);
     let mut f = tokio::fs::File::create(&partial)
         .await
         .map_err(local(&partial))?;
     let mut hasher = sha2::Sha256::new();
-    let mut tap = crate::storage::TapWriter::new(&mut f, |b: &[u8]| hasher.update(b));
-    ctx.dest.get_stream(&key, &mut tap).await?;
+    let key = e.stored_key().unwrap_or_else(|| "no stored bytes".into());
+    if let Stored::Blob(sha) = e.stored() {
+        let mut tap = crate::storage::TapWriter::new(&mut f, |b: &[u8]| hasher.update(b));
+        ctx.dest
+            .get_stream(&repository::blob_key(sha), &mut tap)
+            .await?;
+    }
     f.flush().await.map_err(local(&partial))?;
     drop(f);
     let got = hex::encode(hasher.finalize());
     if got != e.sha256 {
         let _ = tokio::fs::remove_file(&partial).await;
         return Err(DownloadError::Corrupt {
-            what: format!("mlpipeline {} (blob {key})", e.key),
+            what: format!("mlpipeline {} ({key})", e.key),
             detail: format!("content hash {got}, the manifest says {}", e.sha256),
         });
     }
     tokio::fs::rename(&partial, path).await.map_err(local(path))
+}
+
+/// Objects whose bytes share a pack: its ranges in a few GETs, each object checked against its
+/// hash before its file is written.
+async fn fetch_group(
+    ctx: &Context,
+    group: &[(Entry, PathBuf)],
+    g: Grouping,
+) -> Result<(), DownloadError> {
+    let data = read_group(&ctx.dest, group, |(e, _)| e, g, crate::retry::ATTEMPTS).await?;
+    for ((e, path), bytes) in group.iter().zip(&data) {
+        checked(e, bytes).map_err(|detail| DownloadError::Corrupt {
+            what: format!("mlpipeline {}", e.key),
+            detail,
+        })?;
+        make_parent(path).await?;
+        let partial = partial_of(path);
+        tokio::fs::write(&partial, bytes)
+            .await
+            .map_err(local(&partial))?;
+        tokio::fs::rename(&partial, path)
+            .await
+            .map_err(local(path))?;
+    }
+    Ok(())
 }
 
 async fn mysql_objects(

@@ -23,6 +23,13 @@ pub fn manifest_key(id: &str) -> String {
     format!("{REPO}/backups/{id}/mlpipeline.manifest")
 }
 
+/// A backup's manifest once a repack has moved some of its blobs: a new key each time
+/// (`generation` is random), so that the statefile switches from the old manifest to the new
+/// one in a single write.
+pub fn rewritten_manifest_key(id: &str, generation: &str) -> String {
+    format!("{REPO}/backups/{id}/mlpipeline.{generation}.manifest")
+}
+
 /// Everything backup-agent keeps: what prune walks.
 pub fn repo_prefix() -> String {
     format!("{REPO}/")
@@ -60,13 +67,18 @@ pub fn pack_of(key: &str) -> Option<&str> {
     (super::is_sha256(id) && key == pack_key(id)).then_some(id)
 }
 
-/// Index files of format v2: what the capture of one backup packed (docs/FORMAT.md).
-pub fn index_prefix() -> String {
-    format!("{REPO}/index/")
+/// Format v2: what the capture of backup `backup_id` packed (docs/FORMAT.md). It lives with
+/// the backup, so it goes when the backup is forgotten, and a killed run's is a leftover.
+pub fn index_key(backup_id: &str) -> String {
+    index_beside(&manifest_key(backup_id))
 }
 
-pub fn index_key(backup_id: &str) -> String {
-    format!("{REPO}/index/{backup_id}.idx")
+/// The index file of the capture that writes `manifest_key`: in the same directory.
+pub fn index_beside(manifest_key: &str) -> String {
+    match manifest_key.rsplit_once('/') {
+        Some((dir, _)) => format!("{dir}/packs.idx"),
+        None => "packs.idx".into(),
+    }
 }
 
 pub fn lock_key() -> String {

@@ -29,6 +29,56 @@ pub struct Entry {
     pub content_type: String,
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub metadata: BTreeMap<String, String>,
+    /// Format v2: the pack holding the bytes (docs/FORMAT.md). Absent: a v1 blob at
+    /// `blobs/<ab>/<sha256>`, or no bytes at all for an empty object.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub pack: Option<String>,
+    /// Where in `pack` the bytes start; their length is `size`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub offset: Option<u64>,
+}
+
+/// Where an entry's bytes are kept.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stored<'a> {
+    /// An empty object: nothing is stored, a restore writes it from nothing.
+    Empty,
+    /// Format v1: one object at `blobs/<ab>/<sha256>`.
+    Blob(&'a str),
+    /// Format v2: `size` bytes at `offset` in the pack.
+    Packed { pack: &'a str, offset: u64 },
+}
+
+impl Entry {
+    pub fn stored(&self) -> Stored<'_> {
+        match (&self.pack, self.offset) {
+            _ if self.size == 0 => Stored::Empty,
+            (Some(pack), Some(offset)) => Stored::Packed { pack, offset },
+            _ => Stored::Blob(&self.sha256),
+        }
+    }
+
+    /// The object that holds this entry's bytes: its blob or its pack (none when empty).
+    pub fn stored_object(&self) -> Option<String> {
+        match self.stored() {
+            Stored::Empty => None,
+            Stored::Blob(sha) => Some(super::blob_key(sha)),
+            Stored::Packed { pack, .. } => Some(super::layout::pack_key(pack)),
+        }
+    }
+
+    /// Where this entry's bytes are (none for an empty one), for messages.
+    pub fn stored_key(&self) -> Option<String> {
+        match self.stored() {
+            Stored::Empty => None,
+            Stored::Blob(sha) => Some(super::blob_key(sha)),
+            Stored::Packed { pack, offset } => Some(format!(
+                "{} (bytes {offset}..{})",
+                super::layout::pack_key(pack),
+                offset + self.size
+            )),
+        }
+    }
 }
 
 impl crate::sorted::Keyed for Entry {
@@ -83,6 +133,22 @@ fn parse_line(
             "line {n}: sha256 {:?} is not 64 lowercase hex digits",
             e.sha256
         ));
+    }
+    match (&e.pack, e.offset) {
+        (None, None) => {}
+        (Some(p), Some(_)) if !is_sha256(p) => {
+            return Err(format!(
+                "line {n}: pack {p:?} is not 64 lowercase hex digits"
+            ));
+        }
+        (Some(_), Some(_)) if e.size == 0 => {
+            return Err(format!("line {n}: an empty object has no pack"));
+        }
+        (Some(_), Some(o)) if o.checked_add(e.size).is_none() => {
+            return Err(format!("line {n}: offset {o} is past any pack"));
+        }
+        (Some(_), Some(_)) => {}
+        _ => return Err(format!("line {n}: a location needs both pack and offset")),
     }
     if let Some(prev) = last {
         if e.key.as_bytes() <= prev.as_bytes() {
@@ -420,6 +486,8 @@ mod tests {
             sha256: "00".repeat(32),
             content_type: "application/octet-stream".into(),
             metadata: BTreeMap::from([("framework".into(), "pytorch".into())]),
+            pack: None,
+            offset: None,
         }
     }
 

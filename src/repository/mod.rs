@@ -9,6 +9,7 @@ pub mod layout;
 pub mod lock;
 pub mod manifest;
 pub mod pack;
+pub mod pack_refs;
 pub mod packer;
 pub mod retention;
 pub mod statefile;
@@ -20,7 +21,7 @@ pub use layout::{
     backups_prefix, blob_key, blob_of, blobs_prefix, lock_key, manifest_key, mlmd_key, probe_key,
     repo_prefix, statefile_key, tombstone_key, REPO, SCHEMA_VERSION,
 };
-pub use manifest::{is_sha256, Entry, ManifestError, ManifestWriter, Written};
+pub use manifest::{is_sha256, Entry, ManifestError, ManifestWriter, Stored, Written};
 pub use statefile::{
     append_history, load, save, Components, ErrorRecord, MlmdCapture, MlpipelineCapture,
     MysqlCapture, Phase, RequestType, ScaleRecord, Statefile,

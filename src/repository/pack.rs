@@ -24,7 +24,7 @@ pub const MAGIC: &[u8; 8] = b"BAPACK\x00\x02";
 pub const FOOTER_MAGIC: &[u8; 8] = b"BAPKEND2";
 pub const HEADER_LEN: u64 = MAGIC.len() as u64;
 pub const FOOTER_LEN: u64 = 24;
-const RECORD_LEN: usize = 48;
+pub const RECORD_LEN: usize = 48;
 /// zstd level of the trailer: content hashes do not compress; offsets and lengths do.
 const TRAILER_LEVEL: i32 = 3;
 

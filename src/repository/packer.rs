@@ -46,6 +46,49 @@ impl Default for PackSettings {
     }
 }
 
+/// Which objects a capture packs, and how.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Packing {
+    /// Objects up to this many bytes are packed (format v2); larger ones are blobs of their
+    /// own, uploaded in parts (format v1's way). 0 packs nothing: every backup is written in v1.
+    pub threshold: u64,
+    pub packs: PackSettings,
+    /// Prune repacks a pack whose unreferenced share of bytes passes this percentage.
+    pub max_unused: u8,
+}
+
+/// Prune repacks a pack once more than this share (percent) of its bytes is unused by default:
+/// below it, rewriting the rest costs more than the space it frees.
+pub const MAX_UNUSED: u8 = 50;
+
+/// Objects up to this size are packed by default: below it a request costs more than its bytes.
+pub const PACK_THRESHOLD: u64 = 1 << 20;
+
+impl Default for Packing {
+    fn default() -> Self {
+        Packing {
+            threshold: PACK_THRESHOLD,
+            packs: PackSettings::default(),
+            max_unused: MAX_UNUSED,
+        }
+    }
+}
+
+impl Packing {
+    /// Nothing packed: every object a blob of its own (format v1).
+    pub fn off() -> Packing {
+        Packing {
+            threshold: 0,
+            ..Packing::default()
+        }
+    }
+
+    /// Whether an object of `size` bytes goes into a pack.
+    pub fn packs(&self, size: u64) -> bool {
+        size > 0 && size <= self.threshold
+    }
+}
+
 /// Where a blob's bytes are.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Placed {
@@ -178,6 +221,12 @@ impl Packer {
         }
     }
 
+    /// Where this run already packed these bytes, if it still remembers them.
+    pub fn find(&self, sha256: &[u8; 32]) -> Option<(Arc<str>, u64)> {
+        let st = self.shared.state.lock().expect("not poisoned");
+        st.seen.get(sha256).cloned()
+    }
+
     /// Whether an upload has failed: every call after it says so.
     fn failure(&self) -> Result<(), StoreError> {
         match &*self.shared.failed.lock().expect("not poisoned") {
@@ -280,9 +329,9 @@ impl Packer {
     }
 
     /// Uploads the last pack, waits for every upload, then writes the index file under
-    /// `index_key`. Packs already uploaded stay when this fails: no manifest names them. Prune
-    /// does not walk `packs/` yet (docs/FORMAT.md), so until it does they stay.
-    pub async fn finish(self, index_key: &str) -> Result<Packed, StoreError> {
+    /// `index_key` (when given). Packs already uploaded stay when this fails: no manifest names
+    /// them, so the next prune deletes them.
+    pub async fn finish(self, index_key: Option<&str>) -> Result<Packed, StoreError> {
         let last = {
             let mut st = self.shared.state.lock().expect("not poisoned");
             std::mem::replace(&mut st.open, open_pack(0))
@@ -313,7 +362,7 @@ impl Packer {
             blob_bytes,
             index_key: None,
         };
-        if blobs > 0 {
+        if let Some(index_key) = index_key.filter(|_| blobs > 0) {
             let sorter = self.index.into_inner();
             write_index(
                 &self.shared.dest,
@@ -495,7 +544,7 @@ mod tests {
         }
         let packer = Arc::into_inner(packer).expect("every task is done");
         let packed = packer
-            .finish(&layout::index_key("20261206T000000Z-abcdef"))
+            .finish(Some(&layout::index_key("20261206T000000Z-abcdef")))
             .await
             .unwrap();
         assert_eq!(packed.blobs, 300, "each content packed once");
@@ -566,7 +615,7 @@ mod tests {
         }
         let e = match err {
             Some(e) => e,
-            None => packer.finish("backup-agent/index/x.idx").await.unwrap_err(),
+            None => packer.finish(None).await.unwrap_err(),
         };
         assert!(e.to_string().contains("packs"), "{e}");
     }

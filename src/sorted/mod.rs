@@ -6,10 +6,12 @@
 mod extsort;
 mod join;
 mod keylog;
+mod table;
 
 pub use extsort::{read_or_end, Hash, HashSorter, Record, Sorter};
 pub use join::{join, Joined, Keyed};
 pub use keylog::KeyLog;
+pub use table::{Table, TableWriter};
 
 /// Keys asked for in one listing request (S3 returns at most 1000).
 pub const LIST_PAGE: u16 = 1000;

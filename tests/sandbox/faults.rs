@@ -171,12 +171,12 @@ fn destination_killed_mid_upload_and_restarted_the_run_retries_and_completes() {
     let parts = ["--components", "mlmd,mlpipeline"];
     let expected = contents(&minio(&sb));
 
-    // Backup: the server dies while the blobs are on their way, and comes back.
-    proxy.hold("/blobs/");
+    // Backup: the server dies while the packs are on their way, and comes back.
+    proxy.hold("/packs/");
     let mut args = vec!["create-backup", "--output", "json"];
     args.extend_from_slice(&parts);
     let child = spawn_agent(&sb, &args, &env);
-    wait_for("a blob upload", MID, || proxy.held() > 0);
+    wait_for("a pack upload", MID, || proxy.held() > 0);
     sb.kill_s3(S3Role::Dest);
     proxy.release();
     sb.restart_s3(S3Role::Dest).unwrap();
@@ -187,13 +187,13 @@ fn destination_killed_mid_upload_and_restarted_the_run_retries_and_completes() {
     let (code, _, err) = agent(&sb, &["verify-backup", &id, "--read-data"], &[]);
     assert_eq!(code, 0, "{err}");
 
-    // Restore: it dies while the blobs are read back.
+    // Restore: it dies while the packs are read back.
     damage_minio(&sb);
-    proxy.hold("/blobs/");
+    proxy.hold("/packs/");
     let mut args = vec!["restore", &id, "--no-safety-backup"];
     args.extend_from_slice(&parts);
     let child = spawn_agent(&sb, &args, &env);
-    wait_for("a blob download", MID, || proxy.held() > 0);
+    wait_for("a pack download", MID, || proxy.held() > 0);
     sb.kill_s3(S3Role::Dest);
     proxy.release();
     sb.restart_s3(S3Role::Dest).unwrap();
@@ -201,7 +201,7 @@ fn destination_killed_mid_upload_and_restarted_the_run_retries_and_completes() {
     assert_eq!(code, 0, "{out}\n{err}");
     // The request that met the dead server was sent again.
     let mut sent: BTreeMap<String, usize> = BTreeMap::new();
-    for r in proxy.seen().iter().filter(|r| r.target.contains("/blobs/")) {
+    for r in proxy.seen().iter().filter(|r| r.target.contains("/packs/")) {
         *sent
             .entry(format!("{} {}", r.method, r.target))
             .or_default() += 1;
@@ -239,11 +239,11 @@ fn destination_returns_500s_for_a_while() {
     let parts = ["--components", "mlmd,mlpipeline"];
     let expected = contents(&minio(&sb));
 
-    proxy.hold("/blobs/");
+    proxy.hold("/packs/");
     let mut args = vec!["create-backup", "--output", "json"];
     args.extend_from_slice(&parts);
     let child = spawn_agent(&sb, &args, &env);
-    wait_for("a blob upload", MID, || proxy.held() > 0);
+    wait_for("a pack upload", MID, || proxy.held() > 0);
     proxy.fail_next(6, 500);
     proxy.release();
     let (code, out, err) = finish(child);
@@ -253,11 +253,11 @@ fn destination_returns_500s_for_a_while() {
     let id = completed_ids(&sb).pop().unwrap();
 
     damage_minio(&sb);
-    proxy.hold("/blobs/");
+    proxy.hold("/packs/");
     let mut args = vec!["restore", &id, "--no-safety-backup"];
     args.extend_from_slice(&parts);
     let child = spawn_agent(&sb, &args, &env);
-    wait_for("a blob download", MID, || proxy.held() > 0);
+    wait_for("a pack download", MID, || proxy.held() > 0);
     proxy.fail_next(6, 503);
     proxy.release();
     let (code, out, err) = finish(child);
@@ -270,11 +270,11 @@ fn destination_returns_500s_for_a_while() {
     rt().block_on(minio(&sb).put_bytes("new/after-restore.txt", b"more", "text/plain"))
         .unwrap();
     let b = before(&sb);
-    proxy.hold("/blobs/");
+    proxy.hold("/packs/");
     let mut args = vec!["create-backup"];
     args.extend_from_slice(&parts);
     let child = spawn_agent(&sb, &args, &env);
-    wait_for("a blob upload", MID, || proxy.held() > 0);
+    wait_for("a pack upload", MID, || proxy.held() > 0);
     // One 507 only: had it been retried, the retry would have gone through.
     proxy.fail_next(1, 507);
     proxy.release();

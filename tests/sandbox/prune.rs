@@ -8,10 +8,11 @@ use backup_agent::repository::{self, Statefile};
 use backup_agent::storage::Store;
 use backup_agent_sandbox::Sandbox;
 
+/// The objects holding a backup's bytes: v1 blobs and v2 packs.
 fn blobs_of(store: &Store, sf: &Statefile) -> BTreeSet<String> {
     crate::common::manifest_of(store, sf)
         .iter()
-        .map(|e| repository::blob_key(&e.sha256))
+        .filter_map(|e| e.stored_object())
         .collect()
 }
 
@@ -37,7 +38,8 @@ fn prune_frees_exactly_the_unreferenced_and_kept_backups_still_verify() {
     let a = backup(&sb, "a");
     change_objects(&sb, 3, "second");
     let b = backup(&sb, "b");
-    change_objects(&sb, 2, "third");
+    // The same three again: B's pack (format v2) is left to B alone.
+    change_objects(&sb, 3, "third");
     let c = backup(&sb, "c");
     let store = repo(&sb);
     let all = statefiles(&sb);
@@ -82,12 +84,12 @@ fn prune_frees_exactly_the_unreferenced_and_kept_backups_still_verify() {
     let kept_blobs = blobs_of(&store, sc);
     let all_blobs: BTreeSet<String> = keys(&store)
         .into_iter()
-        .filter(|k| k.starts_with("backup-agent/blobs/"))
+        .filter(|k| k.starts_with("backup-agent/blobs/") || k.starts_with("backup-agent/packs/"))
         .collect();
     let unreferenced: BTreeSet<String> = all_blobs.difference(&kept_blobs).cloned().collect();
     assert!(
-        unreferenced.len() >= 3,
-        "the changes made blobs only A or B use"
+        !unreferenced.is_empty(),
+        "the changes made blobs or packs only A or B use"
     );
 
     let (code, out, err) = agent(
@@ -104,7 +106,11 @@ fn prune_frees_exactly_the_unreferenced_and_kept_backups_still_verify() {
         .map(|f| f["id"].as_str().unwrap())
         .collect();
     assert_eq!(forget, [a.as_str(), b.as_str()]);
-    assert_eq!(plan["blobs"], unreferenced.len());
+    assert_eq!(
+        plan["blobs"].as_u64().unwrap() + plan["packs"].as_u64().unwrap(),
+        unreferenced.len() as u64
+    );
+    assert_eq!(plan["repack-packs"], 0, "no pack is mostly unused");
     let sizes: std::collections::BTreeMap<String, u64> = rt()
         .block_on(store.list(""))
         .unwrap()
@@ -119,7 +125,10 @@ fn prune_frees_exactly_the_unreferenced_and_kept_backups_still_verify() {
             .sum()
     };
     let blob_bytes: u64 = unreferenced.iter().map(|k| sizes[k]).sum();
-    assert_eq!(plan["blob-bytes"], blob_bytes);
+    assert_eq!(
+        plan["blob-bytes"].as_u64().unwrap() + plan["pack-bytes"].as_u64().unwrap(),
+        blob_bytes
+    );
     assert_eq!(plan["bytes-freed"], own(&a) + own(&b) + blob_bytes);
     assert_eq!(
         listing(&dest_bucket(&sb)),
@@ -195,6 +204,28 @@ fn prune_frees_exactly_the_unreferenced_and_kept_backups_still_verify() {
     assert_eq!(code, 0);
     assert!(out.contains("forgot 0 backup(s)"), "{out}");
 
+    // A's pack is still C's, with the three changed objects' bytes unused: past
+    // --max-unused 0 it is repacked. The dry run says so and changes nothing; the run moves
+    // C's manifest to a new key over a new pack, and C still reads back whole.
+    let before = listing(&dest_bucket(&sb));
+    let repack = ["prune", "--keep-last", "1", "--max-unused", "0"];
+    let (code, out, err) = agent(&sb, &[&repack[..], &["--dry-run"]].concat(), &[]);
+    assert_eq!(code, 0, "{err}");
+    assert!(out.contains("repacks 1 mostly unused pack(s)"), "{out}");
+    assert_eq!(
+        listing(&dest_bucket(&sb)),
+        before,
+        "a dry run repacks nothing"
+    );
+    let (code, out, err) = agent(&sb, &repack, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let c_now = rt().block_on(repository::load(&store, &c)).unwrap();
+    let moved = blobs_of(&store, &c_now);
+    assert!(moved.is_subset(&keys(&store)));
+    assert_ne!(moved, kept_blobs, "C's bytes moved to a new pack");
+    let (code, out, err) = agent(&sb, &["verify-backup", &c, "--read-data"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+
     // delete-backup with --yes: the newest completed backup may go when the operator says so,
     // with a warning; its blobs go with it.
     let (code, out, err) = agent(&sb, &["delete-backup", &c, "--yes"], &[]);
@@ -202,9 +233,9 @@ fn prune_frees_exactly_the_unreferenced_and_kept_backups_still_verify() {
     assert!(out.contains("is the newest completed backup"), "{out}");
     let left: Vec<String> = keys(&store).into_iter().collect();
     assert!(
-        left.iter()
-            .all(|k| !k.starts_with("backup-agent/blobs/")
-                && !k.starts_with("backup-agent/backups/")),
+        left.iter().all(|k| !k.starts_with("backup-agent/blobs/")
+            && !k.starts_with("backup-agent/packs/")
+            && !k.starts_with("backup-agent/backups/")),
         "{left:?}"
     );
 }

@@ -191,12 +191,13 @@ fn verify_catches_each_corruption_and_passes_a_good_backup() {
     let sf = rt.block_on(repository::load(&store, &id)).unwrap();
     let manifest = crate::common::manifest_of(&store, &sf);
     let big = manifest.iter().max_by_key(|e| e.size).unwrap();
-    let blob = repository::blob_key(&big.sha256);
+    let blob = big.stored_object().unwrap();
+    // A small object's bytes are in a pack (format v2): the pack goes missing.
     let small = manifest
         .iter()
-        .find(|e| e.size > 0 && e.sha256 != big.sha256)
+        .find(|e| e.size > 0 && e.pack.is_some())
         .unwrap();
-    let blob2 = repository::blob_key(&small.sha256);
+    let blob2 = small.stored_object().unwrap();
     let mlmd_key = repository::mlmd_key(&id);
     let sf_key = repository::statefile_key(&id);
     let md5_key = format!("mysql/{}.md5", sf.components.mysql[0].backup_id);
@@ -231,7 +232,7 @@ fn verify_catches_each_corruption_and_passes_a_good_backup() {
             "corrupted",
         ),
         (
-            "missing blob",
+            "missing pack",
             &store,
             blob2.as_str(),
             gone,

@@ -6,6 +6,7 @@
 #[path = "../common/mod.rs"]
 mod common;
 
+mod packs;
 mod round_trip;
 mod store_catalog;
 mod streaming;

@@ -26,7 +26,7 @@ const TINY: Streaming = Streaming {
     delete_batch: 2,
 };
 
-struct Server(WeedServer, #[allow(dead_code)] tempfile::TempDir);
+pub(crate) struct Server(pub WeedServer, #[allow(dead_code)] tempfile::TempDir);
 
 impl Drop for Server {
     fn drop(&mut self) {
@@ -34,13 +34,13 @@ impl Drop for Server {
     }
 }
 
-fn server(buckets: &[&str]) -> Server {
+pub(crate) fn server(buckets: &[&str]) -> Server {
     let dir = tempfile::tempdir().unwrap();
     let s = start_weed(dir.path(), ACCESS, SECRET, buckets, true).expect("weed");
     Server(s, dir)
 }
 
-fn s3(endpoint: &str, bucket: &str, path: &str) -> Store {
+pub(crate) fn s3(endpoint: &str, bucket: &str, path: &str) -> Store {
     Store::s3(&S3Settings {
         endpoint: endpoint.into(),
         bucket: bucket.into(),
@@ -364,6 +364,83 @@ fn a_repository_written_before_the_streamed_engine_still_works() {
             (expected(NEW).len() as u64, 0),
             "{plan:?}"
         );
+
+        // A new backup (format v2) into the v1 repository: the unchanged objects keep their v1
+        // blobs, the changed and added ones are packed; the mixed backup verifies, restores,
+        // and stays whole once the v1 backups it grew from are deleted.
+        let changed = target.list("").await.unwrap()[0].key.clone();
+        target
+            .put_bytes(&changed, b"rewritten after the v1 backups", "text/plain")
+            .await
+            .unwrap();
+        target
+            .put_bytes("added/by/v2", b"new since the v1 backups", "text/plain")
+            .await
+            .unwrap();
+        let mixed_id = "20261206T120000Z-c0ffee";
+        let key = repository::manifest_key(mixed_id);
+        let got = mlpipeline::capture(&target, &repo, Some(&previous), &key, None, &opts)
+            .await
+            .unwrap();
+        assert_eq!(
+            (got.stats.read_objects, got.stats.packs),
+            (2, 1),
+            "{:?}",
+            got.stats
+        );
+        let mixed = repository::MlpipelineCapture {
+            manifest_key: key,
+            manifest_sha256: got.manifest.sha256.clone(),
+            objects: got.stats.objects,
+            bytes: got.stats.bytes,
+            new_bytes: got.stats.new_bytes,
+            new_objects: got.stats.new_objects,
+        };
+        let lines: Vec<repository::Entry> =
+            repository::manifest::read(&repo, &mixed.manifest_key, Some(&mixed.manifest_sha256))
+                .try_collect()
+                .await
+                .unwrap();
+        let packed: Vec<&str> = lines
+            .iter()
+            .filter(|e| e.pack.is_some())
+            .map(|e| e.key.as_str())
+            .collect();
+        let mut want = vec![changed.as_str(), "added/by/v2"];
+        want.sort();
+        assert_eq!(packed, want, "the changed and the added object are packed");
+        assert!(
+            lines.iter().any(|e| e.pack.is_none() && e.size > 0),
+            "v1 lines kept"
+        );
+        let sf = crate::packs::statefile(mixed_id, &mixed);
+        repository::save(&repo, &sf).await.unwrap();
+        let read_data = backup_agent::components::check::Mode::ReadData(Default::default());
+        let v = crate::packs::verify(&repo, &sf, read_data).await;
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        // delete-backup of both v1 backups: the blobs the mixed one still names stay.
+        let ctx = crate::packs::context(&repo, &scratch);
+        use backup_agent::commands::prune;
+        for id in [OLD, NEW] {
+            prune::run(&ctx, &prune::Selection::One(id.into()))
+                .await
+                .unwrap();
+        }
+        let v = crate::packs::verify(&repo, &sf, read_data).await;
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let again = s3(&endpoint, "again", "");
+        mlpipeline::restore(&repo, &again, &mixed, None, &opts)
+            .await
+            .unwrap();
+        let mut want = BTreeMap::new();
+        for o in target.list("").await.unwrap() {
+            want.insert(o.key.clone(), target.get_bytes(&o.key).await.unwrap());
+        }
+        let mut got = BTreeMap::new();
+        for o in again.list("").await.unwrap() {
+            got.insert(o.key.clone(), again.get_bytes(&o.key).await.unwrap());
+        }
+        assert_eq!(got, want, "the mixed backup restores whole");
     });
     assert_eq!(
         std::fs::read_dir(&scratch).unwrap().count(),

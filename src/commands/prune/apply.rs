@@ -116,17 +116,42 @@ pub async fn apply(
         lock.still_held()
             .await
             .map_err(|e| PruneError::Lock(Box::new(RecoveryError::Lock(Box::new(e)))))?;
+        let what = if plan.packs > 0 {
+            "blobs and packs"
+        } else {
+            "blobs"
+        };
         p.step(
             "forget",
             format!(
-                "deleting {} blobs ({}) that no kept backup uses",
+                "deleting {} {what} ({}) that no kept backup uses",
                 garbage.len(),
                 crate::units::human_bytes(garbage.bytes())
             ),
         );
-        let (n, b) = delete_all(ctx, &garbage, "blobs").await?;
+        let (n, b) = delete_all(ctx, &garbage, what).await?;
         objects_deleted += n;
         bytes_freed += b;
+    }
+    if let Some(r) = plan.repack.clone() {
+        if let Some(e) = stopped("repacking") {
+            return Err(e);
+        }
+        let held = || async {
+            lock.still_held()
+                .await
+                .map_err(|e| PruneError::Lock(Box::new(RecoveryError::Lock(Box::new(e)))))
+        };
+        let done = super::repack::run(ctx, &r, held).await?;
+        objects_deleted += done.packs_deleted;
+        bytes_freed += done.bytes_freed;
+        p.done(
+            "repack",
+            format!(
+                "{} packs rewritten into {}, {} manifests switched",
+                done.packs_deleted, done.packs_written, done.manifests_rewritten
+            ),
+        );
     }
     p.step(
         "done",

@@ -4,13 +4,15 @@
 //! Deletes are ordered so that a prune killed at any point leaves every kept backup whole: a
 //! forgotten backup's mysql-k8s backups go first (its record still names them, so a re-run
 //! finishes the job), then its statefile (from then on it is not listed), then its other
-//! objects, then objects of backups that no longer have a statefile, and last the blobs that
-//! no kept backup's manifest names. Nothing a kept backup references is ever in a delete list,
+//! objects, then objects of backups that no longer have a statefile, then the blobs and packs
+//! that no kept backup's manifest names, and last the repack of packs mostly unused
+//! (`repack.rs`: new packs, then new manifests, then the old packs). Nothing a kept backup references is ever in a delete list,
 //! and the plan is made under the repository lock, so no run can add references meanwhile.
 
 mod apply;
 mod plan;
 mod render;
+mod repack;
 
 use serde::Serialize;
 
@@ -83,6 +85,14 @@ pub struct PrunePlan {
     /// Blobs no kept backup names.
     pub blobs: usize,
     pub blob_bytes: u64,
+    /// Packs (format v2) in which no kept backup references any blob.
+    pub packs: usize,
+    pub pack_bytes: u64,
+    /// Packs still referenced but mostly unused (past `--max-unused`), to repack: their
+    /// bytes, and the referenced bytes copied into new packs before they go.
+    pub repack_packs: usize,
+    pub repack_pack_bytes: u64,
+    pub repack_copy_bytes: u64,
     pub bytes_freed: u64,
     pub warnings: Vec<String>,
     #[serde(skip)]
@@ -90,6 +100,8 @@ pub struct PrunePlan {
     /// The unused blobs' keys, on disk.
     #[serde(skip)]
     pub(super) garbage: Option<std::sync::Arc<crate::sorted::KeyLog>>,
+    #[serde(skip)]
+    pub(super) repack: Option<std::sync::Arc<repack::RepackPlan>>,
 }
 
 #[derive(Debug, Clone, Serialize)]

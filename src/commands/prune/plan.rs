@@ -1,22 +1,25 @@
 //! The prune plan: every statefile read, what the selection forgets, what the kept backups
 //! still reference (blobs through their manifests, mysql-k8s backups), what dead runs left.
 //!
-//! Blobs by mark and sweep over sorted streams: the mark is every hash the kept manifests
-//! name, sorted and made unique with bounded memory (sorted runs spill to disk); the sweep
-//! merges it with the listing of `blobs/`, and what no mark matches goes to a key list on
-//! disk that `apply` deletes in batches.
+//! Blobs and packs by mark and sweep over sorted streams: the mark is every v1 hash and every
+//! v2 pack reference the kept manifests name, each sorted and made unique with bounded memory
+//! (sorted runs spill to disk); the sweep merges them with the listings of `blobs/` and
+//! `packs/`, and what no mark matches goes to a key list on disk that `apply` deletes in
+//! batches. A pack is deleted only when no kept backup references any blob in it.
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
 use futures::TryStreamExt;
 
+use super::repack::{RepackPlan, RepackWriter};
 use super::{dir_of, Forget, Leftover, PruneError, PrunePlan, Selection};
 use crate::context::Context;
+use crate::repository::pack_refs::{self, PackRef};
 use crate::repository::retention::{self, Candidate, Decision};
-use crate::repository::{self, CatalogError, MysqlCapture, Phase, Statefile};
+use crate::repository::{self, CatalogError, MysqlCapture, Phase, Statefile, Stored};
 use crate::retry::retry;
-use crate::sorted::{join, Hash, HashSorter, Joined, KeyLog};
+use crate::sorted::{join, Hash, HashSorter, Joined, KeyLog, Sorter};
 use crate::storage::{ObjectInfo, StoreError};
 
 /// Makes the plan: reads every statefile and the manifests of what stays.
@@ -42,21 +45,39 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
     let forget = forgets(&backups, &forgotten, &by_dir, &kept.mysql);
     let leftovers = leftovers(ctx, &by_dir, &mut warnings).await?;
 
-    let garbage = match (&kept.gc_blocked, kept.marks) {
-        (Some(why), _) => {
-            warnings.push(format!("no blob is deleted this time: {why}"));
-            None
+    let (garbage, mut swept) = match (&kept.gc_blocked, kept.marks, kept.pack_marks) {
+        (Some(why), _, _) => {
+            warnings.push(format!("no blob or pack is deleted this time: {why}"));
+            (None, Swept::default())
         }
-        (None, marks) => Some(sweep(ctx, marks, &mut warnings).await?),
+        (None, marks, pack_marks) => {
+            let (g, s) = sweep(ctx, marks, pack_marks, &kept.pinned, &mut warnings).await?;
+            (Some(g), s)
+        }
     };
-    let (blobs, blob_bytes) = garbage
+    let (blobs, blob_bytes) = (swept.blobs as usize, swept.blob_bytes);
+    let (packs, pack_bytes) = (swept.packs as usize, swept.pack_bytes);
+    if let Some(r) = swept.repack.as_mut() {
+        r.backups = kept
+            .packs_of
+            .iter()
+            .filter(|(_, used)| used.iter().any(|p| r.packs.contains_key(p)))
+            .map(|(id, _)| id.clone())
+            .collect();
+    }
+    let (repack_packs, repack_pack_bytes, repack_copy_bytes) = swept
+        .repack
         .as_ref()
-        .map_or((0, 0), |g| (g.len() as usize, g.bytes()));
+        .map_or((0, 0, 0), |r| (r.packs.len(), r.pack_bytes(), r.used_bytes));
     let leftover_bytes = leftovers
         .iter()
         .flat_map(|l| l.keys.iter().map(|k| k.1))
         .sum();
-    let bytes_freed = forget.iter().map(|f| f.bytes).sum::<u64>() + leftover_bytes + blob_bytes;
+    let bytes_freed = forget.iter().map(|f| f.bytes).sum::<u64>()
+        + leftover_bytes
+        + blob_bytes
+        + pack_bytes
+        + repack_pack_bytes.saturating_sub(repack_copy_bytes);
     Ok(PrunePlan {
         selection: match selection {
             Selection::Policy(p) => p.to_string(),
@@ -68,6 +89,12 @@ pub async fn plan(ctx: &Context, selection: &Selection) -> Result<PrunePlan, Pru
         leftover_bytes,
         blobs,
         blob_bytes,
+        packs,
+        pack_bytes,
+        repack_packs,
+        repack_pack_bytes,
+        repack_copy_bytes,
+        repack: swept.repack.map(Arc::new),
         bytes_freed,
         warnings,
         leftovers,
@@ -83,12 +110,25 @@ pub(super) fn scratch_err(e: std::io::Error) -> PruneError {
     })
 }
 
-/// The blobs no kept backup names: the listing of `blobs/` merged with the sorted marks.
+/// What the sweep found to delete, and the packs to repack.
+#[derive(Debug, Default)]
+struct Swept {
+    blobs: u64,
+    blob_bytes: u64,
+    packs: u64,
+    pack_bytes: u64,
+    repack: Option<RepackPlan>,
+}
+
+/// The blobs and packs no kept backup names: the listings of `blobs/` and `packs/` merged
+/// with the sorted marks, what no mark matches written to one key list on disk.
 async fn sweep(
     ctx: &Context,
     marks: HashSorter,
+    pack_marks: Sorter<PackRef>,
+    pinned: &BTreeSet<[u8; 32]>,
     warnings: &mut Vec<String>,
-) -> Result<KeyLog, PruneError> {
+) -> Result<(KeyLog, Swept), PruneError> {
     ctx.progress.step(
         "plan",
         format!(
@@ -111,25 +151,68 @@ async fn sweep(
             ))
         });
     let mut garbage = KeyLog::new(&ctx.tuning.scratch()).map_err(scratch_err)?;
+    let mut swept = Swept::default();
     let mut merged = join(marks, blobs);
     let mut lost = 0u64;
     ctx.progress.step("plan", "listing blobs/ against them");
     while let Some(j) = merged.try_next().await? {
         match j {
-            Joined::Right(unused) => garbage
-                .push(&repository::blob_key(&unused.hex()), unused.size)
-                .map_err(scratch_err)?,
+            Joined::Right(unused) => {
+                garbage
+                    .push(&repository::blob_key(&unused.hex()), unused.size)
+                    .map_err(scratch_err)?;
+                swept.blobs += 1;
+                swept.blob_bytes += unused.size;
+            }
             Joined::Left(_) => lost += 1,
             Joined::Both(..) => {}
         }
     }
+    ctx.progress.step(
+        "plan",
+        "listing packs/ against the kept backups' references",
+    );
+    let used =
+        pack_refs::by_pack(pack_marks.finish().await.map_err(scratch_err)?).map_err(scratch_err);
+    let listed =
+        pack_refs::listing(&ctx.dest, ctx.tuning.streaming.page_size).map_err(PruneError::from);
+    let mut merged = join(used, listed);
+    let mut lost_packs = 0u64;
+    let mut repack = RepackWriter::new(&ctx.tuning.scratch()).map_err(scratch_err)?;
+    let max_unused = u64::from(ctx.tuning.packing.max_unused.min(100));
+    while let Some(j) = merged.try_next().await? {
+        match j {
+            Joined::Right(unused) => {
+                garbage
+                    .push(&unused.object_key(), unused.size)
+                    .map_err(scratch_err)?;
+                swept.packs += 1;
+                swept.pack_bytes += unused.size;
+            }
+            Joined::Left(_) => lost_packs += 1,
+            Joined::Both(used, listed) => {
+                let unused = used.unused(listed.size);
+                if unused * 100 > max_unused * listed.size && !pinned.contains(&used.pack) {
+                    repack
+                        .push(used.pack, &used.refs, listed.size)
+                        .map_err(scratch_err)?;
+                }
+            }
+        }
+    }
+    swept.repack = repack.finish().map_err(scratch_err)?;
     garbage.seal().map_err(scratch_err)?;
     if lost > 0 {
         warnings.push(format!(
             "{lost} blob(s) that kept backups name are missing: run verify-backup on them"
         ));
     }
-    Ok(garbage)
+    if lost_packs > 0 {
+        warnings.push(format!(
+            "{lost_packs} pack(s) that kept backups name are missing: run verify-backup on them"
+        ));
+    }
+    Ok((garbage, swept))
 }
 
 /// Every readable statefile, and the ids of those that cannot be read (kept, with a warning).
@@ -232,28 +315,46 @@ fn decide(
 
 /// What the backups that stay still reference.
 struct Kept {
-    /// The hashes their manifests name, being sorted.
+    /// The v1 blobs their manifests name, by hash, being sorted.
     marks: HashSorter,
+    /// The v2 pack references of their manifests, being sorted by pack.
+    pack_marks: Sorter<PackRef>,
+    /// The packs each kept backup (by id) points into: whose manifests a repack rewrites.
+    packs_of: BTreeMap<String, BTreeSet<[u8; 32]>>,
+    /// Packs a backup points into whose statefile cannot be read (so cannot be rewritten):
+    /// never repacked.
+    pinned: BTreeSet<[u8; 32]>,
     /// (application, mysql-k8s backup id) they name.
     mysql: BTreeSet<(String, String)>,
     /// Why no blob may be deleted this time, if one may not.
     gc_blocked: Option<String>,
 }
 
-/// Marks every hash of one manifest; an error means it could not be read whole.
+/// Marks every blob and pack reference of one manifest; an error means it could not be read
+/// whole.
 async fn mark(
     ctx: &Context,
     key: &str,
     sha: Option<&str>,
     marks: &mut HashSorter,
+    pack_marks: &mut Sorter<PackRef>,
+    packs: &mut BTreeSet<[u8; 32]>,
 ) -> Result<(), String> {
     let mut entries = repository::manifest::read(&ctx.dest, key, sha);
+    let sorting = |e: std::io::Error| format!("sorting hashes: {e}");
     while let Some(e) = entries.try_next().await.map_err(|e| e.to_string())? {
-        let h = Hash::parse(&e.sha256, e.size).expect("the manifest reader checks hashes");
-        marks
-            .push(h)
-            .await
-            .map_err(|e| format!("sorting hashes: {e}"))?;
+        match e.stored() {
+            Stored::Empty => {}
+            Stored::Blob(sha) => {
+                let h = Hash::parse(sha, e.size).expect("the manifest reader checks hashes");
+                marks.push(h).await.map_err(sorting)?;
+            }
+            Stored::Packed { .. } => {
+                let r = PackRef::of(&e).expect("the manifest reader checks packs");
+                packs.insert(r.pack);
+                pack_marks.push(r).await.map_err(sorting)?;
+            }
+        }
     }
     Ok(())
 }
@@ -267,6 +368,13 @@ async fn references(
     objects: &[ObjectInfo],
 ) -> Result<Kept, PruneError> {
     let mut marks = HashSorter::new(&ctx.tuning.scratch(), ctx.tuning.streaming.sort_memory);
+    let mut pack_marks = Sorter::<PackRef>::with(
+        &ctx.tuning.scratch(),
+        ctx.tuning.streaming.sort_memory,
+        true,
+    );
+    let mut packs_of: BTreeMap<String, BTreeSet<[u8; 32]>> = BTreeMap::new();
+    let mut pinned: BTreeSet<[u8; 32]> = BTreeSet::new();
     let mut kept_mysql: BTreeSet<(String, String)> = BTreeSet::new();
     let mut gc_blocked: Option<String> = None;
     for b in backups
@@ -291,11 +399,14 @@ async fn references(
         if let Some(cap) = &b.components.mlpipeline {
             ctx.progress
                 .step("plan", format!("marking what backup {} uses", b.backup_id));
+            let packs = packs_of.entry(b.backup_id.clone()).or_default();
             if let Err(e) = mark(
                 ctx,
                 &cap.manifest_key,
                 Some(&cap.manifest_sha256),
                 &mut marks,
+                &mut pack_marks,
+                packs,
             )
             .await
             {
@@ -306,13 +417,16 @@ async fn references(
     for id in unreadable {
         let key = repository::manifest_key(id);
         if objects.iter().any(|o| o.key == key) {
-            if let Err(e) = mark(ctx, &key, None, &mut marks).await {
+            if let Err(e) = mark(ctx, &key, None, &mut marks, &mut pack_marks, &mut pinned).await {
                 gc_blocked = Some(format!("the manifest of backup {id}: {e}"));
             }
         }
     }
     Ok(Kept {
         marks,
+        pack_marks,
+        packs_of,
+        pinned,
         mysql: kept_mysql,
         gc_blocked,
     })

@@ -21,8 +21,17 @@ pub fn render_plan(p: &PrunePlan) -> String {
         }
     }
     let mysql: usize = p.forget.iter().map(|f| f.mysql.len()).sum();
+    let packs = if p.packs > 0 {
+        format!(
+            ", {} packs no kept backup uses ({})",
+            p.packs,
+            crate::units::human_bytes(p.pack_bytes)
+        )
+    } else {
+        String::new()
+    };
     out.push_str(&format!(
-        "frees {}: {} backup(s) ({} objects), {} blobs no kept backup uses ({}), {} leftover objects; {} mysql-k8s backup(s) in their own bucket\n",
+        "frees {}: {} backup(s) ({} objects), {} blobs no kept backup uses ({}){packs}, {} leftover objects; {} mysql-k8s backup(s) in their own bucket\n",
         crate::units::human_bytes(p.bytes_freed),
         p.forget.len(),
         p.forget.iter().map(|f| f.objects).sum::<usize>(),
@@ -31,6 +40,14 @@ pub fn render_plan(p: &PrunePlan) -> String {
         p.leftover_objects,
         mysql
     ));
+    if p.repack_packs > 0 {
+        out.push_str(&format!(
+            "repacks {} mostly unused pack(s) ({}): {} still used is copied into new packs first, then they go\n",
+            p.repack_packs,
+            crate::units::human_bytes(p.repack_pack_bytes),
+            crate::units::human_bytes(p.repack_copy_bytes)
+        ));
+    }
     for w in &p.warnings {
         out.push_str(&format!("warning: {w}\n"));
     }

@@ -13,13 +13,15 @@ use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
+use super::known::{Found, KnownContent};
 use super::pace::{Limiter, Ticker};
 use super::plan::{joined, unchanged};
 use super::{
     kib_permits, PreviousManifest, SyncError, SyncOptions, SyncPlan, SyncStats, IN_MEMORY_MAX,
     LARGE_IN_FLIGHT, LARGE_READING, MEMORY_BUDGET, VANISHED_SHOWN,
 };
-use crate::repository::{self, Entry, ManifestWriter, Written};
+use crate::repository::packer::Packer;
+use crate::repository::{self, layout, Entry, ManifestWriter, Written};
 use crate::retry::retry;
 use crate::sorted::Joined;
 use crate::storage::{Store, StoreError, TapWriter};
@@ -78,6 +80,10 @@ struct Shared<'a> {
     reading: tokio::sync::Semaphore,
     heads: tokio::sync::Semaphore,
     limiter: Option<Limiter>,
+    /// Format v2: where small objects go (none when packing is off).
+    packer: Option<Packer>,
+    /// What the previous backup already stores, by hash.
+    known: KnownContent,
     ticker: Ticker<'a>,
     spooled: AtomicU64,
     read_bytes: AtomicU64,
@@ -153,21 +159,35 @@ impl Shared<'_> {
             Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Self::object_err(&key)(e)),
         };
-        let (len, sha) = (data.len() as u64, hex::encode(Sha256::digest(&data)));
+        let digest: [u8; 32] = Sha256::digest(&data).into();
+        let (len, sha) = (data.len() as u64, hex::encode(digest));
         self.read_bytes.fetch_add(len, Ordering::Relaxed);
         self.ticker.add(len);
-        let blob = repository::blob_key(&sha);
-        // A blob already there (an earlier backup's, or one a killed run left) is refused by
-        // the conditional PUT: one request either way, no listing of what the repository has.
-        self.store_blob(&sha, len, || async {
-            retry(self.opts.attempts, &blob, || {
-                self.dest
-                    .put_bytes_if_absent(&blob, &data, "application/octet-stream")
-            })
-            .await
-            .map_err(Self::object_err(&blob))
-        })
-        .await?;
+        let packer = self
+            .packer
+            .as_ref()
+            .filter(|_| self.opts.packing.packs(len));
+        let at = match packer {
+            // An empty object needs no bytes stored: a restore writes it from nothing.
+            _ if len == 0 => None,
+            Some(packer) => self.place(packer, digest, &data).await?,
+            None => {
+                let blob = repository::blob_key(&sha);
+                // A blob already there (an earlier backup's, or one a killed run left) is
+                // refused by the conditional PUT: one request either way, no listing of what
+                // the repository has.
+                self.store_blob(&sha, len, || async {
+                    retry(self.opts.attempts, &blob, || {
+                        self.dest
+                            .put_bytes_if_absent(&blob, &data, "application/octet-stream")
+                    })
+                    .await
+                    .map_err(Self::object_err(&blob))
+                })
+                .await?;
+                None
+            }
+        };
         Ok(Some(Entry {
             key,
             size: len,
@@ -175,7 +195,41 @@ impl Shared<'_> {
             sha256: sha,
             content_type: meta.content_type,
             metadata: meta.metadata,
+            pack: at.as_ref().map(|(p, _)| p.clone()),
+            offset: at.map(|(_, o)| o),
         }))
+    }
+
+    /// Where a small object's bytes are kept: content this run packed or the previous backup
+    /// holds is not stored again; anything else goes into the open pack. `None`: a v1 blob the
+    /// previous backup names.
+    async fn place(
+        &self,
+        packer: &Packer,
+        sha: [u8; 32],
+        data: &[u8],
+    ) -> Result<Option<(String, u64)>, SyncError> {
+        if let Some((pack, offset)) = packer.find(&sha) {
+            return Ok(Some((pack.to_string(), offset)));
+        }
+        match self.known.find(&sha).await? {
+            Some(Found::Blob) => return Ok(None),
+            Some(Found::Packed { pack, offset }) => return Ok(Some((pack, offset))),
+            None => {}
+        }
+        let len = data.len() as u64;
+        if let Some(l) = &self.limiter {
+            l.take(len).await;
+        }
+        let placed = packer
+            .put(sha, data)
+            .await
+            .map_err(Self::object_err(&layout::packs_prefix()))?;
+        if placed.new {
+            self.new_objects.fetch_add(1, Ordering::Relaxed);
+            self.new_bytes.fetch_add(len, Ordering::Relaxed);
+        }
+        Ok(Some((placed.pack.to_string(), placed.offset)))
     }
 
     /// A large object: HEAD for its headers, streamed to the spool while hashed, uploaded in
@@ -255,6 +309,8 @@ impl Shared<'_> {
             sha256: sha,
             content_type: meta.content_type,
             metadata: meta.metadata,
+            pack: None,
+            offset: None,
         }))
     }
 }
@@ -311,6 +367,20 @@ pub async fn capture(
         reading: tokio::sync::Semaphore::new(LARGE_READING),
         heads: tokio::sync::Semaphore::new(opts.checkers.max(1)),
         limiter: opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now())),
+        packer: (opts.packing.threshold > 0).then(|| {
+            Packer::new(
+                dest,
+                opts.packing.packs,
+                &opts.scratch,
+                opts.streaming.sort_memory,
+            )
+        }),
+        known: KnownContent::new(
+            dest,
+            previous,
+            opts.scratch.clone(),
+            opts.streaming.sort_memory,
+        ),
         ticker: Ticker::new(&opts.progress, totals.to_read, totals.read_bytes),
         spooled: AtomicU64::new(0),
         read_bytes: AtomicU64::new(0),
@@ -327,6 +397,22 @@ pub async fn capture(
             return Err(e);
         }
     };
+    // Every pack the manifest names is stored before the manifest becomes visible.
+    let mut packed = None;
+    if let Some(packer) = shared.packer {
+        let index = layout::index_beside(manifest_key);
+        match packer.finish(Some(&index)).await {
+            Ok(p) => packed = Some(p),
+            Err(e) => {
+                let e = SyncError::Object {
+                    key: layout::packs_prefix(),
+                    source: e,
+                };
+                manifest.abort(&e.to_string()).await;
+                return Err(e);
+            }
+        }
+    }
     let written = manifest.finish().await?;
     let stats = SyncStats {
         objects: written.entries,
@@ -335,6 +421,8 @@ pub async fn capture(
         read_bytes: shared.read_bytes.into_inner(),
         new_objects: shared.new_objects.into_inner(),
         new_bytes: shared.new_bytes.into_inner(),
+        packs: packed.as_ref().map_or(0, |p| p.packs.len() as u64),
+        pack_bytes: packed.map_or(0, |p| p.packs.iter().map(|(_, n)| n).sum()),
         vanished_objects,
         vanished,
     };

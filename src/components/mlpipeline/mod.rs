@@ -18,7 +18,9 @@
 
 pub mod allocator;
 mod capture;
+mod known;
 mod pace;
+pub mod packed;
 mod plan;
 mod restore;
 mod verify;
@@ -31,7 +33,7 @@ pub use capture::{capture, Captured};
 pub use plan::{plan, SyncPlan};
 pub use restore::{restore, restore_plan, RestorePlan, RestoreStats};
 
-use crate::context::Streaming;
+use crate::context::{Packing, Streaming};
 use crate::progress::Progress;
 use crate::retry::Retryable;
 use crate::storage::StoreError;
@@ -65,6 +67,8 @@ pub struct SyncOptions {
     /// Where sorted runs and key lists go.
     pub scratch: PathBuf,
     pub streaming: Streaming,
+    /// Which objects go into packs (format v2); [`Packing::off`] writes format v1.
+    pub packing: Packing,
     pub progress: Progress,
 }
 
@@ -86,6 +90,7 @@ impl SyncOptions {
             spool: spool.into(),
             scratch: std::env::temp_dir(),
             streaming: Streaming::default(),
+            packing: Packing::default(),
             progress: Progress::none(),
         }
     }
@@ -99,6 +104,7 @@ impl SyncOptions {
             progress: ctx.progress.clone(),
             scratch: ctx.tuning.scratch(),
             streaming: ctx.tuning.streaming,
+            packing: ctx.tuning.packing,
             ..SyncOptions::new(spool)
         }
     }
@@ -116,6 +122,9 @@ pub struct SyncStats {
     /// Blobs uploaded (content the repository did not have).
     pub new_objects: u64,
     pub new_bytes: u64,
+    /// Pack files written (format v2), and their bytes.
+    pub packs: u64,
+    pub pack_bytes: u64,
     /// Objects listed but gone when read (deleted meanwhile): not in the manifest.
     pub vanished_objects: u64,
     /// The first [`VANISHED_SHOWN`] of them, to name in warnings.

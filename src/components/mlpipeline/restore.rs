@@ -8,14 +8,15 @@
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Instant;
 
-use futures::TryStreamExt;
+use futures::{StreamExt, TryStreamExt};
 use serde::Serialize;
 use sha2::{Digest, Sha256};
 use tokio::io::AsyncWriteExt;
 
 use super::pace::{Limiter, Ticker};
+use super::packed::{by_pack, checked, itself, read_group, Grouping};
 use super::{kib_permits, SyncError, SyncOptions, IN_MEMORY_MAX, LARGE_IN_FLIGHT, MEMORY_BUDGET};
-use crate::repository::{self, Entry, MlpipelineCapture};
+use crate::repository::{self, Entry, MlpipelineCapture, Stored};
 use crate::retry::retry;
 use crate::sorted::{join, Joined, KeyLog};
 use crate::storage::{Deleter, ObjectInfo, Store, StoreError, TapWriter};
@@ -147,34 +148,51 @@ pub async fn restore(
         };
         futures::future::ready(r)
     });
-    let copied: u64 = to_copy
-        .map_ok(|e| {
+    let g = Grouping::default();
+    let puts = tokio::sync::Semaphore::new(opts.transfers.max(1));
+    let copied: u64 = by_pack(to_copy, g, itself)
+        .map_ok(|group| {
             let (limiter, ticker, copied_bytes) = (&limiter, &ticker, &copied_bytes);
-            let (memory, large) = (&memory, &large);
+            let (memory, large, puts) = (&memory, &large, &puts);
             async move {
-                if e.size <= IN_MEMORY_MAX {
-                    let _room = memory
-                        .acquire_many(kib_permits(e.size))
-                        .await
-                        .expect("never closed");
-                    if let Some(l) = limiter {
-                        l.take(e.size).await;
+                let bytes: u64 = group.iter().map(|e| e.size).sum();
+                let n = group.len() as u64;
+                match &group[..] {
+                    [e] if matches!(e.stored(), Stored::Blob(_)) && e.size > IN_MEMORY_MAX => {
+                        let _slot = large.acquire().await.expect("never closed");
+                        if let Some(l) = limiter {
+                            l.take(e.size).await;
+                        }
+                        retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
                     }
-                    retry(opts.attempts, &e.key, || copy_small(repo, target, &e)).await?;
-                } else {
-                    let _slot = large.acquire().await.expect("never closed");
-                    if let Some(l) = limiter {
-                        l.take(e.size).await;
+                    [e] if !matches!(e.stored(), Stored::Packed { .. }) => {
+                        let _room = memory
+                            .acquire_many(kib_permits(e.size))
+                            .await
+                            .expect("never closed");
+                        if let Some(l) = limiter {
+                            l.take(e.size).await;
+                        }
+                        retry(opts.attempts, &e.key, || copy_small(repo, target, e)).await?;
                     }
-                    retry(opts.attempts, &e.key, || copy_back(repo, target, &e)).await?;
+                    _ => {
+                        let _room = memory
+                            .acquire_many(kib_permits(bytes))
+                            .await
+                            .expect("never closed");
+                        if let Some(l) = limiter {
+                            l.take(bytes).await;
+                        }
+                        copy_group(repo, target, &group, g, puts, opts).await?;
+                    }
                 }
-                copied_bytes.fetch_add(e.size, Ordering::Relaxed);
-                ticker.add(e.size);
-                Ok::<u64, SyncError>(1)
+                copied_bytes.fetch_add(bytes, Ordering::Relaxed);
+                ticker.add(bytes);
+                Ok::<u64, SyncError>(n)
             }
         })
         .try_buffer_unordered(opts.transfers.max(1))
-        .try_fold(0u64, |n, one| futures::future::ready(Ok(n + one)))
+        .try_fold(0u64, |n, done| futures::future::ready(Ok(n + done)))
         .await?;
     ticker.finish();
     extras.seal().map_err(scratch_err(opts))?;
@@ -192,10 +210,11 @@ pub async fn restore(
     })
 }
 
-/// A blob whose bytes do not hash to its name (or have the wrong length): never written back.
+/// Stored bytes that do not hash to the entry's content hash (or have the wrong length): never
+/// written back.
 fn corrupt(e: &Entry, detail: String) -> SyncError {
     SyncError::Object {
-        key: repository::blob_key(&e.sha256),
+        key: e.stored_key().unwrap_or_else(|| e.key.clone()),
         source: StoreError::Fatal {
             op: "restore",
             key: e.key.clone(),
@@ -204,24 +223,9 @@ fn corrupt(e: &Entry, detail: String) -> SyncError {
     }
 }
 
-/// A small object: its blob into memory, checked, then one PUT.
-async fn copy_small(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncError> {
-    let blob = repository::blob_key(&e.sha256);
-    let data = repo
-        .get_bytes(&blob)
-        .await
-        .map_err(|source| SyncError::Object {
-            key: blob.clone(),
-            source,
-        })?;
-    let sha = hex::encode(Sha256::digest(&data));
-    if sha != e.sha256 || data.len() as u64 != e.size {
-        return Err(corrupt(
-            e,
-            format!("the blob holds {} bytes hashing to {sha}", data.len()),
-        ));
-    }
-    let mut r = &data[..];
+/// Writes one object from bytes already checked against its hash.
+async fn put_small(target: &Store, e: &Entry, data: &[u8]) -> Result<(), SyncError> {
+    let mut r = data;
     target
         .put_object_verified(
             &e.key,
@@ -236,6 +240,56 @@ async fn copy_small(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncE
             key: e.key.clone(),
             source,
         })
+}
+
+/// A small object: its blob into memory, checked, then one PUT (an empty object is written
+/// from nothing).
+async fn copy_small(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncError> {
+    let Stored::Blob(sha) = e.stored() else {
+        return put_small(target, e, &[]).await;
+    };
+    let blob = repository::blob_key(sha);
+    let data = repo
+        .get_bytes(&blob)
+        .await
+        .map_err(|source| SyncError::Object {
+            key: blob.clone(),
+            source,
+        })?;
+    checked(e, &data).map_err(|why| corrupt(e, why))?;
+    put_small(target, e, &data).await
+}
+
+/// Objects whose bytes share a pack: the pack's ranges in a few GETs, each object checked
+/// against its hash, then written (`puts` bounds the writes across all groups). Each write is
+/// retried on its own; the reads are retried inside [`read_group`].
+async fn copy_group(
+    repo: &Store,
+    target: &Store,
+    group: &[Entry],
+    g: Grouping,
+    puts: &tokio::sync::Semaphore,
+    opts: &SyncOptions,
+) -> Result<(), SyncError> {
+    let pack_key = group[0].stored_key().unwrap_or_default();
+    let data = read_group(repo, group, itself, g, opts.attempts)
+        .await
+        .map_err(|source| SyncError::Object {
+            key: pack_key,
+            source,
+        })?;
+    for (e, bytes) in group.iter().zip(&data) {
+        checked(e, bytes).map_err(|why| corrupt(e, why))?;
+    }
+    futures::stream::iter(group.iter().zip(&data))
+        .map(|(e, bytes)| async move {
+            let _put = puts.acquire().await.expect("never closed");
+            retry(opts.attempts, &e.key, || put_small(target, e, bytes)).await
+        })
+        .buffer_unordered(group.len().max(1))
+        .try_collect::<Vec<()>>()
+        .await
+        .map(|_| ())
 }
 
 /// A large object from its blob back to the bucket, streamed through a bounded pipe; the

@@ -1,19 +1,22 @@
-//! The bucket's part of a check: the manifest matches the statefile's hash, every blob it names
-//! is there with its size; read back, every blob hashes to its name.
+//! The bucket's part of a check: the manifest matches the statefile's hash; every v1 blob it
+//! names is there with its size, and every v2 pack it points into is there and long enough;
+//! read back, every blob (alone or inside its pack) hashes to its name.
 //!
-//! Streamed: the manifest's hashes are sorted (on disk past the sort buffer) into the order of
-//! the repository's `blobs/` listing, and the two are merged. Memory does not grow with the
-//! number of objects or blobs.
+//! Streamed: the manifest's v1 hashes and v2 pack references are sorted (on disk past the sort
+//! buffer) into the order of the `blobs/` and `packs/` listings, and each is merged with its
+//! listing. Memory does not grow with the number of objects, blobs or packs.
 
 use std::collections::BTreeMap;
 
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
-use crate::components::check::{problem, CheckContext, Mode, Problem, Verification};
-use crate::repository::{self, Statefile};
+use super::packed::{visit_ranges, Grouping};
+use crate::components::check::{problem, CheckContext, Mode, Problem, Sample, Verification};
+use crate::repository::pack_refs::{self, PackRef, PackUse};
+use crate::repository::{self, layout, pack, Statefile, Stored};
 use crate::retry::retry;
-use crate::sorted::{join, Hash, HashSorter, Joined};
+use crate::sorted::{join, Hash, HashSorter, Joined, Sorter};
 use crate::storage::{Store, StoreError, TapWriter};
 
 /// Problems named one by one; past that they are counted.
@@ -71,38 +74,33 @@ async fn check_blobs(
 ) -> Result<(), Problem> {
     let dest = cx.dest;
     let key = &p.manifest_key;
-    let stop = |key: &str| {
-        let key = key.to_string();
-        move |e: String| problem("mlpipeline", &key, e)
-    };
     f.v.objects_checked += 1;
-    // The manifest's hashes, sorted and unique.
-    let mut sorter = HashSorter::new(cx.spool, cx.streaming.sort_memory);
+    // The manifest's v1 blobs by hash and its v2 pack references by pack, each sorted and
+    // made unique. Empty objects need no stored bytes.
+    let mut hashes = HashSorter::new(cx.spool, cx.streaming.sort_memory);
+    let mut refs = Sorter::<PackRef>::with(cx.spool, cx.streaming.sort_memory, true);
+    let (mut blobs_named, mut packed_named) = (0u64, 0u64);
     let mut entries = repository::manifest::read(dest, key, Some(&p.manifest_sha256));
+    let sorting = |e: std::io::Error| stop(key)(format!("sorting hashes: {e}"));
     while let Some(e) = entries
         .try_next()
         .await
         .map_err(|e| stop(key)(e.to_string()))?
     {
-        let h = Hash::parse(&e.sha256, e.size).expect("the manifest reader checks hashes");
-        sorter
-            .push(h)
-            .await
-            .map_err(|e| stop(key)(format!("sorting hashes: {e}")))?;
+        match e.stored() {
+            Stored::Empty => {}
+            Stored::Blob(sha) => {
+                let h = Hash::parse(sha, e.size).expect("the manifest reader checks hashes");
+                hashes.push(h).await.map_err(sorting)?;
+                blobs_named += 1;
+            }
+            Stored::Packed { .. } => {
+                let r = PackRef::of(&e).expect("the manifest reader checks packs");
+                refs.push(r).await.map_err(sorting)?;
+                packed_named += 1;
+            }
+        }
     }
-    let marks = sorter
-        .finish()
-        .await
-        .map_err(|e| stop(key)(format!("sorting hashes: {e}")))?
-        .map_err(|e| StoreError::Fatal {
-            op: "sort",
-            key: "hashes".into(),
-            detail: e.to_string(),
-        });
-    let prefix = repository::blobs_prefix();
-    let blobs = dest
-        .list_stream(&prefix, cx.streaming.page_size)
-        .try_filter_map(|o| futures::future::ready(Ok(listed_blob(o))));
     let sample = match cx.mode {
         Mode::ReadData(sample) => {
             if sample.is_all() {
@@ -118,7 +116,89 @@ async fn check_blobs(
         }
         Mode::Light => None,
     };
-    let read_data = sample.is_some();
+    let mut missing: Missing = BTreeMap::new();
+    if blobs_named > 0 {
+        check_v1(cx, hashes, sample, &mut missing, f).await?;
+    }
+    if packed_named > 0 {
+        check_packs(cx, refs, sample, &mut missing, f).await?;
+    }
+    if !missing.is_empty() {
+        name_missing(dest, p, &missing, f).await;
+    }
+    Ok(())
+}
+
+fn stop(key: &str) -> impl Fn(String) -> Problem + '_ {
+    move |e: String| problem("mlpipeline", key, e)
+}
+
+fn sort_failed(e: std::io::Error) -> StoreError {
+    StoreError::Fatal {
+        op: "sort",
+        key: "hashes".into(),
+        detail: e.to_string(),
+    }
+}
+
+/// Stored bytes that are gone, by what held them (a blob's hash or a pack's id): named with an
+/// object of the manifest after the passes.
+type Missing = BTreeMap<Holder, ()>;
+
+#[derive(Debug, Clone, PartialEq, Eq, PartialOrd, Ord)]
+enum Holder {
+    Blob([u8; 32]),
+    Pack([u8; 32]),
+}
+
+impl Holder {
+    fn key(&self) -> String {
+        match self {
+            Holder::Blob(sha) => repository::blob_key(&hex::encode(sha)),
+            Holder::Pack(id) => layout::pack_key(&hex::encode(id)),
+        }
+    }
+
+    /// What holds `e`'s bytes (nothing for an empty object).
+    fn of(e: &repository::Entry) -> Option<Holder> {
+        let raw = |h: &str| {
+            let mut b = [0u8; 32];
+            hex::decode_to_slice(h, &mut b).ok().map(|()| b)
+        };
+        match e.stored() {
+            Stored::Empty => None,
+            Stored::Blob(sha) => raw(sha).map(Holder::Blob),
+            Stored::Packed { pack, .. } => raw(pack).map(Holder::Pack),
+        }
+    }
+}
+
+fn note_missing(missing: &mut Missing, h: Holder, f: &mut Findings<'_>) {
+    if missing.len() < PROBLEMS_SHOWN {
+        missing.insert(h, ());
+    } else {
+        f.more += 1;
+    }
+}
+
+/// Format v1: the wanted hashes merged with the listing of `blobs/`, read back as sampled.
+async fn check_v1(
+    cx: &CheckContext<'_>,
+    hashes: HashSorter,
+    sample: Option<Sample>,
+    missing: &mut Missing,
+    f: &mut Findings<'_>,
+) -> Result<(), Problem> {
+    let dest = cx.dest;
+    let prefix = repository::blobs_prefix();
+    let marks = hashes
+        .finish()
+        .await
+        .map_err(|e| stop(&prefix)(format!("sorting hashes: {e}")))?
+        .map_err(sort_failed);
+    let blobs = dest
+        .list_stream(&prefix, cx.streaming.page_size)
+        .try_filter_map(|o| futures::future::ready(Ok(listed_blob(o))));
     let found = join(marks, blobs)
         .try_filter_map(|j| {
             futures::future::ready(Ok(match j {
@@ -150,9 +230,8 @@ async fn check_blobs(
                 other => Ok::<_, StoreError>(other),
             }
         })
-        .try_buffer_unordered(if read_data { READERS } else { 1 });
+        .try_buffer_unordered(if sample.is_some() { READERS } else { 1 });
     let mut found = std::pin::pin!(found);
-    let mut missing: BTreeMap<[u8; 32], u64> = BTreeMap::new();
     while let Some(found) = found
         .try_next()
         .await
@@ -160,13 +239,7 @@ async fn check_blobs(
     {
         f.v.objects_checked += 1;
         match found {
-            Found::Missing(h) => {
-                if missing.len() < PROBLEMS_SHOWN {
-                    missing.insert(h.sha256, h.size);
-                } else {
-                    f.more += 1;
-                }
-            }
+            Found::Missing(h) => note_missing(missing, Holder::Blob(h.sha256), f),
             Found::SizeDiffers(want, got) => f.push(problem(
                 "mlpipeline",
                 &repository::blob_key(&want.hex()),
@@ -191,8 +264,131 @@ async fn check_blobs(
             )),
         }
     }
-    if !missing.is_empty() {
-        name_missing(dest, p, &missing, f).await;
+    Ok(())
+}
+
+/// What the merge of the referenced packs with the listing of `packs/` found for one pack.
+enum PackFound {
+    Missing(PackUse),
+    /// Shorter than its references reach, with its listed size.
+    Short(PackUse, u64),
+    Present,
+    Read(PackUse, Result<PackRead, StoreError>),
+}
+
+/// One pack read back: blobs and bytes read, and the blobs whose bytes do not hash to their
+/// name (with what they hash to).
+#[derive(Default)]
+struct PackRead {
+    blobs: u64,
+    bytes: u64,
+    bad: Vec<(PackRef, String)>,
+}
+
+/// A span of one pack read back by `--read-data` at a time: [`READERS`] of them in memory.
+const READ_SPAN: u64 = 4 << 20;
+
+/// Format v2: the referenced packs merged with the listing of `packs/`; each must be there and
+/// long enough for every reference (plus its footer); read back, every sampled blob inside
+/// must hash to its name.
+async fn check_packs(
+    cx: &CheckContext<'_>,
+    refs: Sorter<PackRef>,
+    sample: Option<Sample>,
+    missing: &mut Missing,
+    f: &mut Findings<'_>,
+) -> Result<(), Problem> {
+    let dest = cx.dest;
+    let prefix = layout::packs_prefix();
+    let refs = refs
+        .finish()
+        .await
+        .map_err(|e| stop(&prefix)(format!("sorting pack references: {e}")))?
+        .map_err(sort_failed);
+    let listed = pack_refs::listing(dest, cx.streaming.page_size);
+    let found = join(pack_refs::by_pack(refs), listed)
+        .try_filter_map(|j| {
+            futures::future::ready(Ok(match j {
+                Joined::Left(used) => Some(PackFound::Missing(used)),
+                Joined::Both(used, got) if got.size < used.end() + pack::FOOTER_LEN => {
+                    Some(PackFound::Short(used, got.size))
+                }
+                Joined::Both(used, _) => Some(PackFound::Read(used, Ok(PackRead::default()))),
+                Joined::Right(_) => None,
+            }))
+        })
+        .map_ok(|found| async move {
+            let PackFound::Read(used, _) = found else {
+                return Ok(found);
+            };
+            let Some(sample) = sample else {
+                return Ok(PackFound::Present);
+            };
+            let picked: Vec<&PackRef> = used
+                .refs
+                .iter()
+                .filter(|r| sample.picks(&r.sha256))
+                .collect();
+            let wants: Vec<(u64, u64)> = picked.iter().map(|r| (r.offset, r.length)).collect();
+            let mut got = PackRead::default();
+            let read = visit_ranges(
+                dest,
+                &used.id(),
+                &wants,
+                (Grouping::default().max_gap, READ_SPAN),
+                crate::retry::ATTEMPTS,
+                |i, b| {
+                    got.blobs += 1;
+                    got.bytes += b.len() as u64;
+                    let sha: [u8; 32] = Sha256::digest(b).into();
+                    if sha != picked[i].sha256 {
+                        got.bad.push((picked[i].clone(), hex::encode(sha)));
+                    }
+                },
+            )
+            .await;
+            let r = read.map(|()| got);
+            Ok::<_, StoreError>(PackFound::Read(used, r))
+        })
+        .try_buffer_unordered(if sample.is_some() { READERS } else { 1 });
+    let mut found = std::pin::pin!(found);
+    while let Some(found) = found
+        .try_next()
+        .await
+        .map_err(|e| stop(&prefix)(e.to_string()))?
+    {
+        f.v.objects_checked += 1;
+        match found {
+            PackFound::Missing(used) => note_missing(missing, Holder::Pack(used.pack), f),
+            PackFound::Short(used, size) => f.push(problem(
+                "mlpipeline",
+                &used.object_key(),
+                format!(
+                    "{size} bytes, but the manifest places bytes up to {} in it: the pack is damaged",
+                    used.end()
+                ),
+            )),
+            PackFound::Present => {}
+            PackFound::Read(used, Ok(read)) => {
+                f.v.blobs_read += read.blobs;
+                f.v.bytes_read += read.bytes;
+                for (r, got) in read.bad {
+                    f.push(problem(
+                        "mlpipeline",
+                        &used.object_key(),
+                        format!(
+                            "bytes {}..{} hash to {got}, the manifest says {}: the pack is corrupted",
+                            r.offset,
+                            r.offset + r.length,
+                            hex::encode(r.sha256)
+                        ),
+                    ));
+                }
+            }
+            PackFound::Read(used, Err(e)) => {
+                f.push(problem("mlpipeline", &used.object_key(), e.to_string()))
+            }
+        }
     }
     Ok(())
 }
@@ -206,29 +402,27 @@ enum Found {
     Read(Hash, Result<(u64, String), StoreError>),
 }
 
-/// Names an object for each missing blob (a second pass over the manifest, only when blobs are
-/// missing: what an operator needs to know is which artifacts are lost).
+/// Names an object for each missing blob or pack (a second pass over the manifest, only when
+/// something is missing: what an operator needs to know is which artifacts are lost).
 async fn name_missing(
     dest: &Store,
     p: &repository::MlpipelineCapture,
-    missing: &BTreeMap<[u8; 32], u64>,
+    missing: &Missing,
     f: &mut Findings<'_>,
 ) {
-    let mut named: BTreeMap<[u8; 32], String> = BTreeMap::new();
+    let mut named: BTreeMap<Holder, String> = BTreeMap::new();
     let mut entries = repository::manifest::read(dest, &p.manifest_key, None);
     while let Ok(Some(e)) = entries.try_next().await {
-        if let Some(h) = Hash::parse(&e.sha256, e.size) {
-            if missing.contains_key(&h.sha256) {
-                named.entry(h.sha256).or_insert(e.key);
-            }
+        if let Some(h) = Holder::of(&e).filter(|h| missing.contains_key(h)) {
+            named.entry(h).or_insert(e.key);
         }
     }
-    for sha in missing.keys() {
-        let obj = named.get(sha).map_or("?", String::as_str);
-        f.push(problem(
-            "mlpipeline",
-            &repository::blob_key(&hex::encode(sha)),
-            format!("missing (object {obj})"),
-        ));
+    for h in missing.keys() {
+        let obj = named.get(h).map_or("?", String::as_str);
+        let what = match h {
+            Holder::Blob(_) => format!("missing (object {obj})"),
+            Holder::Pack(_) => format!("missing: the bytes of object {obj} and others were in it"),
+        };
+        f.push(problem("mlpipeline", &h.key(), what));
     }
 }

@@ -1,0 +1,520 @@
+//! Repository format v2 on a real S3 server (SeaweedFS behind the sandbox's fault proxy, which
+//! records every request): small objects packed, so a backup costs a request per pack, not
+//! per object; the same content stored once across keys and across backups; a restore by
+//! coalesced ranged GETs; verify that names a missing or damaged pack; a prune that deletes
+//! exactly the packs no kept backup references.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use backup_agent::components::check::{CheckContext, Mode, Sample, Verification};
+use backup_agent::components::mlpipeline::{self, PreviousManifest, SyncOptions};
+use backup_agent::components::Part;
+use backup_agent::context::{Context, Packing, Streaming, Tuning};
+use backup_agent::repository::packer::PackSettings;
+use backup_agent::repository::retention::Policy;
+use backup_agent::repository::{
+    self, layout, Components, Entry, MlpipelineCapture, Phase, RequestType, Statefile,
+};
+use backup_agent::storage::Store;
+use backup_agent_sandbox::s3::fault_proxy::FaultProxy;
+use futures::TryStreamExt;
+
+use crate::streaming::{s3, server};
+
+const OLD: &str = "20261206T100000Z-aaaaaa";
+const NEW: &str = "20261206T110000Z-bbbbbb";
+
+/// Bytes of object `i`: 100 to 3,000 of them, different for every `i`.
+fn body(i: usize) -> Vec<u8> {
+    format!("object {i};")
+        .repeat(1 + (i * 37) % 250)
+        .into_bytes()
+        .into_iter()
+        .take(100 + (i * 131) % 2900)
+        .collect()
+}
+
+/// Everything of every object: bytes, content type, user metadata.
+async fn read_all(store: &Store) -> BTreeMap<String, (Vec<u8>, String, BTreeMap<String, String>)> {
+    let mut out = BTreeMap::new();
+    for o in store.list("").await.unwrap() {
+        let (bytes, meta) = store.get_with_meta(&o.key).await.unwrap();
+        out.insert(o.key, (bytes, meta.content_type, meta.metadata));
+    }
+    out
+}
+
+async fn entries(repo: &Store, cap: &MlpipelineCapture) -> BTreeMap<String, Entry> {
+    repository::manifest::read(repo, &cap.manifest_key, Some(&cap.manifest_sha256))
+        .map_ok(|e| (e.key.clone(), e))
+        .try_collect()
+        .await
+        .unwrap()
+}
+
+fn packs_named(entries: &BTreeMap<String, Entry>) -> BTreeSet<String> {
+    entries.values().filter_map(|e| e.pack.clone()).collect()
+}
+
+async fn packs_listed(repo: &Store) -> BTreeSet<String> {
+    repo.list(&layout::packs_prefix())
+        .await
+        .unwrap()
+        .iter()
+        .filter_map(|o| layout::pack_of(&o.key).map(str::to_string))
+        .collect()
+}
+
+pub(crate) fn statefile(id: &str, cap: &MlpipelineCapture) -> Statefile {
+    let at = chrono::DateTime::parse_from_rfc3339(&format!(
+        "{}-{}-{}T{}:00:00Z",
+        &id[..4],
+        &id[4..6],
+        &id[6..8],
+        &id[9..11]
+    ))
+    .unwrap()
+    .with_timezone(&chrono::Utc);
+    Statefile {
+        schema_version: repository::SCHEMA_VERSION,
+        backup_id: id.into(),
+        label: "packs".into(),
+        request: RequestType::Manual,
+        phase: Phase::Completed,
+        started_at: at,
+        finished_at: Some(at),
+        agent_version: "test".into(),
+        model: "kubeflow".into(),
+        charms: Default::default(),
+        requested: vec!["mlpipeline".into()],
+        components: Components {
+            mlpipeline: Some(cap.clone()),
+            ..Default::default()
+        },
+        quiesce: vec![],
+        errors: vec![],
+        history: vec![],
+        checksum: None,
+    }
+}
+
+/// The bucket part of verify-backup, as the command runs it.
+pub(crate) async fn verify(repo: &Store, sf: &Statefile, mode: Mode) -> Verification {
+    let spool = tempfile::tempdir().unwrap();
+    let progress = backup_agent::progress::Progress::none();
+    let cx = CheckContext {
+        dest: repo,
+        juju: None,
+        mode,
+        spool: spool.path(),
+        streaming: tiny(),
+        progress: &progress,
+    };
+    let mut v = Verification {
+        backup_id: sf.backup_id.clone(),
+        mode,
+        at: chrono::Utc::now(),
+        passed: false,
+        problems: vec![],
+        objects_checked: 0,
+        bytes_read: 0,
+        sample: None,
+        blobs_read: 0,
+    };
+    mlpipeline::Mlpipeline.check(&cx, sf, &mut v).await;
+    v
+}
+
+fn tiny() -> Streaming {
+    Streaming {
+        page_size: 7,
+        queue_depth: 5,
+        sort_memory: 500,
+        delete_batch: 3,
+    }
+}
+
+/// What prune needs to run on `repo` alone (no juju: these backups name no mysql parts).
+pub(crate) fn context(repo: &Store, scratch: &std::path::Path) -> Context {
+    Context {
+        juju: backup_agent::juju::JujuCli::with_binary("juju-is-not-needed-here", "packs"),
+        names: Default::default(),
+        dest: repo.clone(),
+        kubeconfig: None,
+        tuning: Tuning {
+            streaming: tiny(),
+            spool: Some(scratch.to_path_buf()),
+            ..Tuning::default()
+        },
+        minio: None,
+        progress: backup_agent::progress::Progress::none(),
+        interrupt: backup_agent::interrupt::Interrupt::new(),
+    }
+}
+
+/// Requests the proxy saw since it had seen `since`: those of `method` whose target contains
+/// `part`.
+fn requests(proxy: &FaultProxy, since: usize, method: &str, part: &str) -> usize {
+    proxy.seen()[since..]
+        .iter()
+        .filter(|s| s.method == method && s.target.contains(part))
+        .count()
+}
+
+#[test]
+fn small_objects_are_packed_deduplicated_restored_by_range_verified_and_pruned_by_pack() {
+    let srv = server(&["mlpipeline", "backups", "restored", "repacked"]);
+    let endpoint = format!("http://127.0.0.1:{}", srv.0.s3_port);
+    let proxy = FaultProxy::start(&endpoint).unwrap();
+    let repo = s3(&proxy.endpoint(), "backups", "ckf");
+    let source = s3(&endpoint, "mlpipeline", "");
+    let restored = s3(&endpoint, "restored", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = SyncOptions {
+        scratch: tmp.path().join("scratch"),
+        streaming: tiny(),
+        // Packs of 16 KiB: a few hundred small objects make tens of packs.
+        packing: Packing {
+            threshold: 4096,
+            max_unused: 50,
+            packs: PackSettings {
+                target: 16 << 10,
+                in_flight: 2,
+                remembered: 1000,
+            },
+        },
+        ..SyncOptions::new(tmp.path().join("spool"))
+    };
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // 400 small objects, 4 keys sharing one content, 3 empty markers, 2 objects above the
+        // threshold (v1 blobs of their own), some with user metadata.
+        let small = 400;
+        for i in 0..small {
+            let meta = BTreeMap::from([("run".to_string(), format!("{i}"))]);
+            let mut r = &body(i)[..];
+            source
+                .put_object(
+                    &format!("runs/{i:04}/metrics.json"),
+                    &mut r,
+                    "application/json",
+                    &meta,
+                )
+                .await
+                .unwrap();
+        }
+        for j in 0..4 {
+            source
+                .put_bytes(&format!("dup/{j}"), &body(7), "text/plain")
+                .await
+                .unwrap();
+        }
+        for j in 0..3 {
+            source
+                .put_bytes(&format!("runs/{j:04}/_SUCCESS"), b"", "text/plain")
+                .await
+                .unwrap();
+        }
+        for j in 0..2 {
+            source
+                .put_bytes(
+                    &format!("models/{j}.bin"),
+                    &vec![j as u8 + 1; 20_000],
+                    "application/octet-stream",
+                )
+                .await
+                .unwrap();
+        }
+        let objects = (small + 4 + 3 + 2) as u64;
+
+        // The first backup: one PUT per pack, not per object.
+        let since = proxy.seen().len();
+        let key = repository::manifest_key(OLD);
+        let got = mlpipeline::capture(&source, &repo, None, &key, None, &opts)
+            .await
+            .unwrap();
+        let st = &got.stats;
+        assert_eq!(st.objects, objects);
+        // Every distinct non-empty content once: 400 small (dup/* is object 7's), 2 large.
+        assert_eq!(st.new_objects, small as u64 + 2, "{st:?}");
+        let pack_puts = requests(&proxy, since, "PUT", "/packs/");
+        let blob_puts = requests(&proxy, since, "PUT", "/blobs/");
+        assert_eq!(pack_puts as u64, st.packs, "{st:?}");
+        assert_eq!(blob_puts, 2, "the two large objects only");
+        let per_object = pack_puts as f64 / (small + 4) as f64;
+        assert!(
+            per_object < 0.1,
+            "{pack_puts} pack PUTs for {} small objects",
+            small + 4
+        );
+        assert_eq!(
+            requests(&proxy, since, "PUT", "packs.idx"),
+            1,
+            "one index file beside the manifest"
+        );
+        let old = MlpipelineCapture {
+            manifest_key: key,
+            manifest_sha256: got.manifest.sha256.clone(),
+            objects: st.objects,
+            bytes: st.bytes,
+            new_bytes: st.new_bytes,
+            new_objects: st.new_objects,
+        };
+        let old_entries = entries(&repo, &old).await;
+        assert!(
+            old_entries["runs/0000/_SUCCESS"].pack.is_none(),
+            "empty: no location"
+        );
+        assert!(
+            old_entries["models/0.bin"].pack.is_none(),
+            "large: a blob of its own"
+        );
+        assert_eq!(
+            old_entries["dup/3"].pack,
+            old_entries["runs/0007/metrics.json"].pack
+        );
+        assert_eq!(
+            old_entries["dup/3"].offset,
+            old_entries["runs/0007/metrics.json"].offset
+        );
+        let old_sf = statefile(OLD, &old);
+        repository::save(&repo, &old_sf).await.unwrap();
+
+        // Changes: 4 objects rewritten with new bytes, 2 with bytes the first backup holds
+        // under other keys, 1 new key with such bytes, 60 neighbours deleted (their packs end
+        // up referenced by the first backup alone).
+        for i in 10..14 {
+            source
+                .put_bytes(
+                    &format!("runs/{i:04}/metrics.json"),
+                    format!("new {i}").as_bytes(),
+                    "application/json",
+                )
+                .await
+                .unwrap();
+        }
+        for (i, from) in [(20, 100), (21, 101)] {
+            source
+                .put_bytes(
+                    &format!("runs/{i:04}/metrics.json"),
+                    &body(from),
+                    "application/json",
+                )
+                .await
+                .unwrap();
+        }
+        source
+            .put_bytes("moved/200", &body(200), "application/json")
+            .await
+            .unwrap();
+        for i in 300..360 {
+            source
+                .delete(&format!("runs/{i:04}/metrics.json"))
+                .await
+                .unwrap();
+        }
+        let since = proxy.seen().len();
+        let key = repository::manifest_key(NEW);
+        let previous = PreviousManifest {
+            backup_id: OLD.into(),
+            key: old.manifest_key.clone(),
+            sha256: old.manifest_sha256.clone(),
+        };
+        let got = mlpipeline::capture(&source, &repo, Some(&previous), &key, None, &opts)
+            .await
+            .unwrap();
+        let st = &got.stats;
+        assert_eq!((st.read_objects, st.new_objects), (7, 4), "{st:?}");
+        assert_eq!(requests(&proxy, since, "PUT", "/packs/") as u64, st.packs);
+        assert_eq!(st.packs, 1, "four new contents fit one pack: {st:?}");
+        let new = MlpipelineCapture {
+            manifest_key: key,
+            manifest_sha256: got.manifest.sha256.clone(),
+            objects: st.objects,
+            bytes: st.bytes,
+            new_bytes: st.new_bytes,
+            new_objects: st.new_objects,
+        };
+        let new_entries = entries(&repo, &new).await;
+        // Unchanged objects keep their place; content the first backup held is not stored again.
+        let same = |k: &str, j: &str| {
+            (new_entries[k].pack.clone(), new_entries[k].offset)
+                == (old_entries[j].pack.clone(), old_entries[j].offset)
+        };
+        assert!(same("runs/0050/metrics.json", "runs/0050/metrics.json"));
+        assert!(same("runs/0020/metrics.json", "runs/0100/metrics.json"));
+        assert!(same("moved/200", "runs/0200/metrics.json"));
+        let new_sf = statefile(NEW, &new);
+        repository::save(&repo, &new_sf).await.unwrap();
+
+        // Both verify, light and reading every blob back (inside the packs too).
+        for sf in [&old_sf, &new_sf] {
+            let v = verify(&repo, sf, Mode::Light).await;
+            assert!(v.problems.is_empty(), "{:?}", v.problems);
+            let v = verify(&repo, sf, Mode::ReadData(Sample::All)).await;
+            assert!(v.problems.is_empty(), "{:?}", v.problems);
+            let stored = sf.components.mlpipeline.as_ref().unwrap();
+            let distinct: BTreeSet<(Option<String>, Option<u64>, String)> = entries(&repo, stored)
+                .await
+                .into_values()
+                .filter(|e| e.size > 0)
+                .map(|e| (e.pack, e.offset, e.sha256))
+                .collect();
+            assert_eq!(v.blobs_read, distinct.len() as u64, "{}", sf.backup_id);
+        }
+
+        // Restore of the second into an empty bucket: everything equal, by few ranged GETs.
+        let since = proxy.seen().len();
+        mlpipeline::restore(&repo, &restored, &new, None, &opts)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&restored).await, read_all(&source).await);
+        let pack_gets = requests(&proxy, since, "GET", "/packs/");
+        assert!(
+            (pack_gets as u64) < new.objects / 4,
+            "{pack_gets} ranged GETs for {} objects",
+            new.objects
+        );
+        assert_eq!(
+            requests(&proxy, since, "GET", "/blobs/"),
+            2,
+            "the large objects"
+        );
+
+        // Forgetting the first backup deletes exactly the packs only it referenced.
+        let before = packs_listed(&repo).await;
+        let only_old: BTreeSet<String> = packs_named(&old_entries)
+            .difference(&packs_named(&new_entries))
+            .cloned()
+            .collect();
+        assert!(
+            !only_old.is_empty(),
+            "the deleted neighbours left packs to the first backup"
+        );
+        // Packs mostly unused are left to the repack below.
+        let mut ctx = context(&repo, &tmp.path().join("scratch"));
+        ctx.tuning.packing.max_unused = 100;
+        use backup_agent::commands::prune;
+        let plan = prune::plan(&ctx, &prune::Selection::One(OLD.into()))
+            .await
+            .unwrap();
+        assert_eq!(plan.packs, only_old.len(), "{}", prune::render_plan(&plan));
+        assert!(prune::render_plan(&plan).contains("packs no kept backup uses"));
+        prune::run(&ctx, &prune::Selection::One(OLD.into()))
+            .await
+            .unwrap();
+        let after = packs_listed(&repo).await;
+        assert_eq!(
+            after,
+            before
+                .difference(&only_old)
+                .cloned()
+                .collect::<BTreeSet<_>>()
+        );
+        assert_eq!(packs_named(&new_entries), after);
+        let v = verify(&repo, &new_sf, Mode::ReadData(Sample::All)).await;
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+
+        // Repack: the packs the deletions left partly unused are rewritten. The plan says what
+        // will go; then the kept manifest moves to a new key, every pack it names exists, the
+        // old packs are gone, and the backup still reads back and restores whole.
+        ctx.tuning.packing.max_unused = 5;
+        let keep_all = prune::Selection::Policy(Policy {
+            keep_last: Some(5),
+            ..Policy::default()
+        });
+        let plan = prune::plan(&ctx, &keep_all).await.unwrap();
+        assert!(plan.repack_packs > 0, "{}", prune::render_plan(&plan));
+        assert!(prune::render_plan(&plan).contains("repacks"));
+        assert!(plan.repack_copy_bytes < plan.repack_pack_bytes);
+        let sparse = plan.repack_packs;
+        let report = prune::run(&ctx, &keep_all).await.unwrap();
+        assert_eq!(
+            report.objects_deleted as usize, sparse,
+            "the repacked packs"
+        );
+        let new_sf = repository::load(&repo, NEW).await.unwrap();
+        let new = new_sf.components.mlpipeline.clone().unwrap();
+        assert_ne!(
+            new.manifest_key,
+            repository::manifest_key(NEW),
+            "a new manifest key"
+        );
+        assert!(repo
+            .head(&repository::manifest_key(NEW))
+            .await
+            .unwrap()
+            .is_none());
+        let moved = entries(&repo, &new).await;
+        assert_eq!(
+            moved
+                .values()
+                .map(|e| (&e.key, &e.sha256, e.size))
+                .collect::<Vec<_>>(),
+            new_entries
+                .values()
+                .map(|e| (&e.key, &e.sha256, e.size))
+                .collect::<Vec<_>>()
+        );
+        assert_eq!(packs_named(&moved), packs_listed(&repo).await);
+        let v = verify(&repo, &new_sf, Mode::ReadData(Sample::All)).await;
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let again = s3(&endpoint, "repacked", "");
+        mlpipeline::restore(&repo, &again, &new, None, &opts)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&again).await, read_all(&source).await);
+        // Nothing is left sparse past the setting.
+        let plan = prune::plan(&ctx, &keep_all).await.unwrap();
+        assert_eq!(plan.repack_packs, 0, "{}", prune::render_plan(&plan));
+        let new_entries = moved;
+
+        // Damage: one pack's byte flipped (same length): the light check passes, read-data
+        // and restore name it, and the object it holds is not written.
+        let victim = &new_entries["runs/0050/metrics.json"];
+        let pack_key = layout::pack_key(victim.pack.as_deref().unwrap());
+        let mut bytes = repo.get_bytes(&pack_key).await.unwrap();
+        bytes[victim.offset.unwrap() as usize] ^= 0xff;
+        repo.put_bytes(&pack_key, &bytes, "application/octet-stream")
+            .await
+            .unwrap();
+        assert!(verify(&repo, &new_sf, Mode::Light)
+            .await
+            .problems
+            .is_empty());
+        let v = verify(&repo, &new_sf, Mode::ReadData(Sample::All)).await;
+        assert!(
+            v.problems
+                .iter()
+                .any(|p| p.key == pack_key && p.detail.contains("corrupted")),
+            "{:?}",
+            v.problems
+        );
+        restored.delete("runs/0050/metrics.json").await.unwrap();
+        let e = mlpipeline::restore(&repo, &restored, &new, None, &opts)
+            .await
+            .unwrap_err();
+        assert!(e.to_string().contains("corrupted"), "{e}");
+        assert!(restored
+            .head("runs/0050/metrics.json")
+            .await
+            .unwrap()
+            .is_none());
+
+        // A pack gone: the light check names it and an object whose bytes were in it.
+        repo.delete(&pack_key).await.unwrap();
+        let v = verify(&repo, &new_sf, Mode::Light).await;
+        let missing = v
+            .problems
+            .iter()
+            .find(|p| p.key == pack_key)
+            .unwrap_or_else(|| panic!("{:?}", v.problems));
+        assert!(missing.detail.contains("missing"), "{missing:?}");
+        assert!(missing.detail.contains("runs/"), "{missing:?}");
+    });
+    assert_eq!(
+        std::fs::read_dir(tmp.path().join("scratch")).map_or(0, |d| d.count()),
+        0,
+        "scratch left behind"
+    );
+}
