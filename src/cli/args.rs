@@ -299,9 +299,9 @@ pub struct ScaleArgs {
     /// each. 0 packs nothing (format v1). K, M or G suffixes.
     #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_PACK_THRESHOLD", value_name = "BYTES", default_value = "1M", value_parser = parse_threshold)]
     pub pack_threshold: u64,
-    /// About how large a pack file grows before it is uploaded (each pack being filled or
-    /// uploaded is held in memory: three at a time). K, M or G suffixes.
-    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_PACK_SIZE", value_name = "BYTES", default_value = "16M", value_parser = parse_pack_size)]
+    /// About how large a pack file grows before it is uploaded (the pack being filled and two
+    /// uploading are held in memory). K, M or G suffixes.
+    #[arg(long, help_heading = "Scale", env = "BACKUP_AGENT_PACK_SIZE", value_name = "BYTES", default_value = "8M", value_parser = parse_pack_size)]
     pub pack_size: u64,
     /// prune and delete-backup repack a pack once more than this percentage of its bytes is
     /// no longer used by any kept backup: the used blobs are copied into new packs, the kept

@@ -63,7 +63,10 @@ pub struct PackBuilder {
 
 impl PackBuilder {
     pub fn new(target: u64) -> PackBuilder {
-        let mut buf = Vec::with_capacity(target.min(64 << 20) as usize);
+        // Room for the trailer too: growing a full pack's buffer would copy it, holding it
+        // twice for a moment (a 16-record trailer is under 1 KiB; a record is 48 bytes).
+        let room = target.min(64 << 20) + target.min(64 << 20) / 16 + 4096;
+        let mut buf = Vec::with_capacity(room as usize);
         buf.extend_from_slice(MAGIC);
         PackBuilder {
             buf,

@@ -21,6 +21,9 @@ use crate::retry::retry;
 use crate::sorted::{read_or_end, Record, Sorter};
 use crate::storage::{Store, StoreError};
 
+/// Bytes of index records a packer holds before it spills them to a sorted run on disk.
+const INDEX_MEMORY: usize = 4 << 20;
+
 /// The first bytes of an index file's decompressed stream.
 pub const INDEX_MAGIC: &[u8; 8] = b"BAIDX\x00\x00\x02";
 
@@ -38,10 +41,12 @@ pub struct PackSettings {
 
 impl Default for PackSettings {
     fn default() -> Self {
+        // 8 MiB packs: a thousand 8 KiB objects a PUT. Memory is about three packs, each
+        // uploading one held twice (the request copies its body).
         PackSettings {
-            target: 16 << 20,
+            target: 8 << 20,
             in_flight: 2,
-            remembered: 65_536,
+            remembered: 16_384,
         }
     }
 }
@@ -217,7 +222,12 @@ impl Packer {
             scratch: scratch.to_path_buf(),
             slots: Arc::new(Semaphore::new(settings.in_flight.max(1))),
             uploads: Mutex::new(JoinSet::new()),
-            index: tokio::sync::Mutex::new(Sorter::with(scratch, sort_memory, false)),
+            // The index records wait on disk: their memory is the packs'.
+            index: tokio::sync::Mutex::new(Sorter::with(
+                scratch,
+                sort_memory.min(INDEX_MEMORY),
+                false,
+            )),
         }
     }
 
