@@ -484,10 +484,10 @@ fn small_objects_are_packed_deduplicated_restored_by_range_verified_and_pruned_b
             .is_empty());
         let v = verify(&repo, &new_sf, Mode::ReadData(Sample::All)).await;
         assert!(
-            v.problems
-                .iter()
-                .any(|p| p.key == pack_key && p.detail.contains("corrupted")),
-            "{:?}",
+            v.problems.iter().any(|p| p.key == pack_key
+                && p.detail.contains("corrupted")
+                && p.detail.contains("runs/0050/metrics.json")),
+            "names the pack and the object: {:?}",
             v.problems
         );
         restored.delete("runs/0050/metrics.json").await.unwrap();

@@ -120,13 +120,57 @@ async fn check_blobs(
     if blobs_named > 0 {
         check_v1(cx, hashes, sample, &mut missing, f).await?;
     }
+    let mut corrupt = Corrupt::new();
     if packed_named > 0 {
-        check_packs(cx, refs, sample, &mut missing, f).await?;
+        check_packs(cx, refs, sample, &mut missing, &mut corrupt, f).await?;
     }
     if !missing.is_empty() {
         name_missing(dest, p, &missing, f).await;
     }
+    if !corrupt.is_empty() {
+        name_corrupt(dest, p, corrupt, f).await;
+    }
     Ok(())
+}
+
+/// Blobs inside packs whose bytes do not hash to their name, by (pack, offset): what they hash
+/// to, and (after a pass over the manifest) the objects whose bytes they are.
+type Corrupt = BTreeMap<([u8; 32], u64), (PackRef, String, Vec<String>)>;
+
+/// Objects named per corrupted blob (the same bytes may stand for many keys).
+const KEYS_NAMED: usize = 3;
+
+/// Names the objects whose bytes are corrupted inside a pack (a second pass over the manifest,
+/// only when some are): what an operator needs to know is which artifacts are damaged.
+async fn name_corrupt(
+    dest: &Store,
+    p: &repository::MlpipelineCapture,
+    mut corrupt: Corrupt,
+    f: &mut Findings<'_>,
+) {
+    let mut entries = repository::manifest::read(dest, &p.manifest_key, None);
+    while let Ok(Some(e)) = entries.try_next().await {
+        if let Some(r) = PackRef::of(&e) {
+            if let Some((_, _, keys)) = corrupt.get_mut(&(r.pack, r.offset)) {
+                if keys.len() < KEYS_NAMED {
+                    keys.push(e.key);
+                }
+            }
+        }
+    }
+    for (r, got, keys) in corrupt.into_values() {
+        f.push(problem(
+            "mlpipeline",
+            &layout::pack_key(&hex::encode(r.pack)),
+            format!(
+                "bytes {}..{} hash to {got}, the manifest says {}: the pack is corrupted; objects affected: {}",
+                r.offset,
+                r.offset + r.length,
+                hex::encode(r.sha256),
+                if keys.is_empty() { "?".to_string() } else { keys.join(", ") }
+            ),
+        ));
+    }
 }
 
 fn stop(key: &str) -> impl Fn(String) -> Problem + '_ {
@@ -296,6 +340,7 @@ async fn check_packs(
     refs: Sorter<PackRef>,
     sample: Option<Sample>,
     missing: &mut Missing,
+    corrupt: &mut Corrupt,
     f: &mut Findings<'_>,
 ) -> Result<(), Problem> {
     let dest = cx.dest;
@@ -369,20 +414,15 @@ async fn check_packs(
                 ),
             )),
             PackFound::Present => {}
-            PackFound::Read(used, Ok(read)) => {
+            PackFound::Read(_, Ok(read)) => {
                 f.v.blobs_read += read.blobs;
                 f.v.bytes_read += read.bytes;
                 for (r, got) in read.bad {
-                    f.push(problem(
-                        "mlpipeline",
-                        &used.object_key(),
-                        format!(
-                            "bytes {}..{} hash to {got}, the manifest says {}: the pack is corrupted",
-                            r.offset,
-                            r.offset + r.length,
-                            hex::encode(r.sha256)
-                        ),
-                    ));
+                    if corrupt.len() < PROBLEMS_SHOWN {
+                        corrupt.insert((r.pack, r.offset), (r, got, vec![]));
+                    } else {
+                        f.more += 1;
+                    }
                 }
             }
             PackFound::Read(used, Err(e)) => {
