@@ -788,17 +788,7 @@ pub fn verify(a: VerifyArgs) -> Result<()> {
             streaming: Default::default(),
             progress: &progress,
         };
-        let mut v = Verification {
-            backup_id: a.id.clone(),
-            mode,
-            at: chrono::Utc::now(),
-            passed: false,
-            problems: vec![],
-            objects_checked: 0,
-            bytes_read: 0,
-            sample: None,
-            blobs_read: 0,
-        };
+        let mut v = Verification::new(&a.id, mode);
         mlpipeline::Mlpipeline.check(&cx, &sf, &mut v).await;
         v.passed = v.problems.is_empty();
         v

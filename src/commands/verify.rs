@@ -8,8 +8,6 @@
 
 use std::path::Path;
 
-use chrono::Utc;
-
 use crate::components::check::{problem, CheckContext};
 pub use crate::components::check::{Mode, Problem, Sample, Verification};
 use crate::components::PARTS;
@@ -68,17 +66,7 @@ async fn check(
     if !repository::is_backup_id(id) {
         return Err(CatalogError::BadId { id: id.into() }.into());
     }
-    let mut v = Verification {
-        backup_id: id.into(),
-        mode,
-        at: Utc::now(),
-        passed: false,
-        problems: vec![],
-        objects_checked: 0,
-        bytes_read: 0,
-        sample: None,
-        blobs_read: 0,
-    };
+    let mut v = Verification::new(id, mode);
     let sf = match repository::load(dest, id).await {
         Ok(sf) => sf,
         Err(e @ CatalogError::NoSuchBackup { .. }) => return Err(e.into()),

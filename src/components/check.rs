@@ -45,6 +45,23 @@ pub struct Problem {
     pub detail: String,
 }
 
+impl Verification {
+    /// A check of backup `backup_id` about to run now: nothing found, nothing checked yet.
+    pub fn new(backup_id: &str, mode: Mode) -> Verification {
+        Verification {
+            backup_id: backup_id.into(),
+            mode,
+            at: Utc::now(),
+            passed: false,
+            problems: vec![],
+            objects_checked: 0,
+            bytes_read: 0,
+            sample: None,
+            blobs_read: 0,
+        }
+    }
+}
+
 impl std::fmt::Display for Problem {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         write!(f, "{}: {}: {}", self.component, self.key, self.detail)

@@ -110,17 +110,7 @@ pub(crate) async fn verify(repo: &Store, sf: &Statefile, mode: Mode) -> Verifica
         streaming: tiny(),
         progress: &progress,
     };
-    let mut v = Verification {
-        backup_id: sf.backup_id.clone(),
-        mode,
-        at: chrono::Utc::now(),
-        passed: false,
-        problems: vec![],
-        objects_checked: 0,
-        bytes_read: 0,
-        sample: None,
-        blobs_read: 0,
-    };
+    let mut v = Verification::new(&sf.backup_id, mode);
     mlpipeline::Mlpipeline.check(&cx, sf, &mut v).await;
     v
 }
@@ -252,14 +242,7 @@ fn small_objects_are_packed_deduplicated_restored_by_range_verified_and_pruned_b
             1,
             "one index file beside the manifest"
         );
-        let old = MlpipelineCapture {
-            manifest_key: key,
-            manifest_sha256: got.manifest.sha256.clone(),
-            objects: st.objects,
-            bytes: st.bytes,
-            new_bytes: st.new_bytes,
-            new_objects: st.new_objects,
-        };
+        let old = got.record(&key);
         let old_entries = entries(&repo, &old).await;
         assert!(
             old_entries["runs/0000/_SUCCESS"].pack.is_none(),
@@ -327,14 +310,7 @@ fn small_objects_are_packed_deduplicated_restored_by_range_verified_and_pruned_b
         assert_eq!((st.read_objects, st.new_objects), (7, 4), "{st:?}");
         assert_eq!(requests(&proxy, since, "PUT", "/packs/") as u64, st.packs);
         assert_eq!(st.packs, 1, "four new contents fit one pack: {st:?}");
-        let new = MlpipelineCapture {
-            manifest_key: key,
-            manifest_sha256: got.manifest.sha256.clone(),
-            objects: st.objects,
-            bytes: st.bytes,
-            new_bytes: st.new_bytes,
-            new_objects: st.new_objects,
-        };
+        let new = got.record(&key);
         let new_entries = entries(&repo, &new).await;
         // Unchanged objects keep their place; content the first backup held is not stored again.
         let same = |k: &str, j: &str| {

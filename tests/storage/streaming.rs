@@ -388,14 +388,7 @@ fn a_repository_written_before_the_streamed_engine_still_works() {
             "{:?}",
             got.stats
         );
-        let mixed = repository::MlpipelineCapture {
-            manifest_key: key,
-            manifest_sha256: got.manifest.sha256.clone(),
-            objects: got.stats.objects,
-            bytes: got.stats.bytes,
-            new_bytes: got.stats.new_bytes,
-            new_objects: got.stats.new_objects,
-        };
+        let mixed = got.record(&key);
         let lines: Vec<repository::Entry> =
             repository::manifest::read(&repo, &mixed.manifest_key, Some(&mixed.manifest_sha256))
                 .try_collect()

@@ -225,14 +225,7 @@ fn record_mlpipeline(ctx: &Context, sf: &mut Statefile, captured: &Captured) {
             s.vanished_objects - s.vanished.len() as u64
         ));
     }
-    sf.components.mlpipeline = Some(repository::MlpipelineCapture {
-        manifest_key: repository::manifest_key(&sf.backup_id),
-        manifest_sha256: captured.manifest.sha256.clone(),
-        objects: s.objects,
-        bytes: s.bytes,
-        new_bytes: s.new_bytes,
-        new_objects: s.new_objects,
-    });
+    sf.components.mlpipeline = Some(captured.record(&repository::manifest_key(&sf.backup_id)));
 }
 
 /// Every object this backup wrote is there with the size recorded.

@@ -331,6 +331,21 @@ pub struct Captured {
     pub stats: SyncStats,
 }
 
+impl Captured {
+    /// What a statefile records of this capture, whose manifest is at `manifest_key`.
+    pub fn record(&self, manifest_key: &str) -> crate::repository::MlpipelineCapture {
+        let s = &self.stats;
+        crate::repository::MlpipelineCapture {
+            manifest_key: manifest_key.to_string(),
+            manifest_sha256: self.manifest.sha256.clone(),
+            objects: s.objects,
+            bytes: s.bytes,
+            new_bytes: s.new_bytes,
+            new_objects: s.new_objects,
+        }
+    }
+}
+
 /// Copies the bucket into the repository's blobs and writes the manifest under
 /// `manifest_key`, merging the live listing with `previous` so unchanged objects are not read.
 /// `totals` (from [`super::plan`]) feeds progress. Nothing is left under `manifest_key` when

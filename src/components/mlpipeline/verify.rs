@@ -316,7 +316,8 @@ enum PackFound {
     Missing(PackUse),
     /// Shorter than its references reach, with its listed size.
     Short(PackUse, u64),
-    Present,
+    /// There and long enough; read back when `--read-data` samples it.
+    Present(PackUse),
     Read(PackUse, Result<PackRead, StoreError>),
 }
 
@@ -358,16 +359,14 @@ async fn check_packs(
                 Joined::Both(used, got) if got.size < used.end() + pack::FOOTER_LEN => {
                     Some(PackFound::Short(used, got.size))
                 }
-                Joined::Both(used, _) => Some(PackFound::Read(used, Ok(PackRead::default()))),
+                Joined::Both(used, _) => Some(PackFound::Present(used)),
                 Joined::Right(_) => None,
             }))
         })
         .map_ok(|found| async move {
-            let PackFound::Read(used, _) = found else {
-                return Ok(found);
-            };
-            let Some(sample) = sample else {
-                return Ok(PackFound::Present);
+            let (used, sample) = match (found, sample) {
+                (PackFound::Present(used), Some(sample)) => (used, sample),
+                (other, _) => return Ok(other),
             };
             let picked: Vec<&PackRef> = used
                 .refs
@@ -413,7 +412,7 @@ async fn check_packs(
                     used.end()
                 ),
             )),
-            PackFound::Present => {}
+            PackFound::Present(_) => {}
             PackFound::Read(_, Ok(read)) => {
                 f.v.blobs_read += read.blobs;
                 f.v.bytes_read += read.bytes;
