@@ -184,18 +184,19 @@ fn run(a: RunArgs) -> Result<()> {
         Sizes::full()
     };
     let reps = a.reps.unwrap_or(if a.quick { 1 } else { 3 });
-    let restore_buckets: Vec<String> = (1..=reps)
-        .flat_map(|r| [format!("restore-ours-{r}"), format!("restore-rclone-{r}")])
-        .collect();
-    let mut src_buckets = vec![
-        "set-s",
-        "set-l",
-        "set-m",
-        "set-s10",
-        "requests-v1",
-        "requests-v2",
-    ];
-    src_buckets.extend(restore_buckets.iter().map(String::as_str));
+    let mut made_buckets: Vec<String> = vec![];
+    for set in ["s", "m"] {
+        for r in 1..=reps {
+            for side in ["ours", "rclone"] {
+                made_buckets.push(format!("restore-{set}-{side}-{r}"));
+            }
+        }
+        for format in ["v1", "v2", "rclone"] {
+            made_buckets.push(format!("requests-{set}-{format}"));
+        }
+    }
+    let mut src_buckets = vec!["set-s", "set-l", "set-m", "set-s10"];
+    src_buckets.extend(made_buckets.iter().map(String::as_str));
     say("starting two SeaweedFS servers on 127.0.0.1");
     let lab = Lab::start(&src_buckets, &["repo", "rclone"])?;
     // Source once, then per repetition three copies of each dataset and two restores of M.
@@ -251,7 +252,7 @@ fn run(a: RunArgs) -> Result<()> {
         a.only.is_empty()
             || a.only.iter().any(|o| o == case)
             || (case == "m" && a.only.iter().any(|o| o == "incremental" || o == "restore"))
-            || (case == "s" && a.only.iter().any(|o| o == "requests"))
+            || (case == "s" && a.only.iter().any(|o| o == "requests" || o == "restore"))
     };
     for rep in 1..=reps {
         say(format!("repetition {rep} of {reps}"));
@@ -264,7 +265,7 @@ fn run(a: RunArgs) -> Result<()> {
             bench.incremental(rep, &changed)?;
         }
         if wanted("restore") {
-            bench.restore(rep)?;
+            bench.restore(rep, &["s", "m"])?;
         }
         if wanted("mlmd") {
             bench.mlmd(&db, rep)?;
@@ -373,41 +374,49 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// M back into an empty bucket: from backup-agent's repository, and from rclone's copy.
-    fn restore(&mut self, rep: u32) -> Result<()> {
-        let name = "M restore";
-        let root = format!("m-{rep}");
-        for tool in if rep % 2 == 1 {
-            [Tool::Ours, Tool::Rclone]
-        } else {
-            [Tool::Rclone, Tool::Ours]
-        } {
-            let target = format!("restore-{}-{rep}", tool.side());
-            let sample = if tool == Tool::Ours {
-                let args = vec![
-                    "restore".to_string(),
-                    "--repo".into(),
-                    self.lab.url(&self.lab.dst, "repo", &root),
-                    "--target".into(),
-                    self.lab.url(&self.lab.src, &target, ""),
-                    "--manifest-key".into(),
-                    self.manifests[&root].0.clone(),
-                    "--manifest-sha".into(),
-                    self.manifests[&root].1.clone(),
-                    "--spool".into(),
-                    self.lab.path("spool").display().to_string(),
-                ];
-                self.lab
-                    .measure("backup-agent restore", self.lab.worker(&args))?
+    /// S and M back into an empty bucket: from backup-agent's repository, and from rclone's
+    /// copy. M's last backup is its 1% changed one, which is what `set-m` now holds.
+    fn restore(&mut self, rep: u32, sets: &[&str]) -> Result<()> {
+        for set in sets {
+            let name = format!("{} restore", set.to_uppercase());
+            let root = format!("{set}-{rep}");
+            for tool in if rep % 2 == 1 {
+                [Tool::Ours, Tool::Rclone]
             } else {
-                self.rclone_sync(
-                    &format!("dst:rclone/m-{rep}-default"),
+                [Tool::Rclone, Tool::Ours]
+            } {
+                let target = format!("restore-{set}-{}-{rep}", tool.side());
+                let sample = if tool == Tool::Ours {
+                    let args = vec![
+                        "restore".to_string(),
+                        "--repo".into(),
+                        self.lab.url(&self.lab.dst, "repo", &root),
+                        "--target".into(),
+                        self.lab.url(&self.lab.src, &target, ""),
+                        "--manifest-key".into(),
+                        self.manifests[&root].0.clone(),
+                        "--manifest-sha".into(),
+                        self.manifests[&root].1.clone(),
+                        "--spool".into(),
+                        self.lab.path("spool").display().to_string(),
+                    ];
+                    self.lab
+                        .measure("backup-agent restore", self.lab.worker(&args))?
+                } else {
+                    self.rclone_sync(
+                        &format!("dst:rclone/{set}-{rep}-default"),
+                        &format!("src:{target}"),
+                        Tool::Rclone,
+                    )?
+                };
+                self.check_rclone(
+                    &format!("src:set-{set}"),
                     &format!("src:{target}"),
-                    Tool::Rclone,
-                )?
-            };
-            self.check_rclone("src:set-m", &format!("src:{target}"), name, true)?;
-            self.results.add(name, tool.label(), &sample);
+                    &name,
+                    true,
+                )?;
+                self.results.add(&name, tool.label(), &sample);
+            }
         }
         Ok(())
     }
@@ -480,25 +489,34 @@ impl Bench<'_> {
         Ok(())
     }
 
-    /// Requests the repository's server receives, counted by the sandbox's proxy in front of it
-    /// (one run each, not timed against a peer): a full backup of S and one of M in format v2
-    /// (packs) and in format v1 (a blob per object), then a restore of each M into an empty
-    /// bucket.
+    /// Requests the repository's server receives, counted by kind by the sandbox's proxy in
+    /// front of it (one run each, not timed against a peer): a full backup of S and of M in
+    /// format v2 (packs) and in format v1 (a blob per object), a restore of each into an empty
+    /// bucket, and rclone's sync of the same sets there and back through the same proxy.
     fn requests(&mut self, sizes: &Sizes) -> Result<()> {
-        use backup_agent_sandbox::s3::fault_proxy::FaultProxy;
-        say("counting the repository's requests through a proxy (v2 packs against v1 blobs)");
+        use backup_agent_sandbox::s3::fault_proxy::{tally, FaultProxy};
+        say("counting the repository's requests through a proxy (v2 packs, v1 blobs, rclone)");
         let proxy = FaultProxy::start(&format!("http://127.0.0.1:{}", self.lab.dst.s3_port))?;
         let via = proxy.endpoint();
+        // The requests since `since`: the headline count of `methods`, and all of them by kind.
         let count = |since: usize, methods: &[&str]| {
-            proxy.seen()[since..]
+            let seen = &proxy.seen()[since..];
+            let by_kind = tally(seen)
+                .into_iter()
+                .map(|(k, n)| (k.to_string(), n))
+                .collect();
+            let n = seen
                 .iter()
                 .filter(|s| methods.contains(&s.method.as_str()))
-                .count() as u64
+                .count() as u64;
+            (n, by_kind)
         };
-        let s_objects = sizes.s.0 as u64;
-        let m_objects = (sizes.m_small + sizes.m_large) as u64;
+        let sets = [
+            ("s", sizes.s.0 as u64, Some(0.01)),
+            ("m", (sizes.m_small + sizes.m_large) as u64, None),
+        ];
         for (format, threshold) in [("v2", None), ("v1", Some(0u64))] {
-            for (set, objects, target) in [("s", s_objects, Some(0.01)), ("m", m_objects, None)] {
+            for (set, objects, target) in sets {
                 let root = format!("requests-{set}-{format}");
                 let key = format!("manifests/{root}");
                 let mut args = vec![
@@ -519,19 +537,18 @@ impl Bench<'_> {
                 let s = self
                     .lab
                     .measure("backup-agent capture", self.lab.worker(&args))?;
+                let (requests, by_kind) = count(since, &["PUT", "POST"]);
                 self.results.requests.push(report::Requests {
                     case: format!("{} full copy, format {format}", set.to_uppercase()),
                     what: "PUT".into(),
-                    requests: count(since, &["PUT", "POST"]),
+                    requests,
                     objects,
                     secs: s.secs,
                     target: if format == "v2" { target } else { None },
+                    by_kind,
                 });
-                if set != "m" {
-                    continue;
-                }
                 let sha = worker::manifest_sha(&s)?;
-                let bucket = format!("requests-{format}");
+                let bucket = format!("requests-{set}-{format}");
                 let args = vec![
                     "restore".to_string(),
                     "--repo".into(),
@@ -549,20 +566,63 @@ impl Bench<'_> {
                 let s = self
                     .lab
                     .measure("backup-agent restore", self.lab.worker(&args))?;
+                let (requests, by_kind) = count(since, &["GET"]);
+                let case = format!("{} restore, format {format}", set.to_uppercase());
                 self.results.requests.push(report::Requests {
-                    case: format!("M restore, format {format}"),
+                    case: case.clone(),
                     what: "GET".into(),
-                    requests: count(since, &["GET"]),
+                    requests,
                     objects,
                     secs: s.secs,
                     target: None,
+                    by_kind,
                 });
                 self.check_rclone(
-                    "src:set-m",
+                    &format!("src:set-{set}"),
                     &format!("src:{bucket}"),
-                    &format!("M restore, format {format}"),
+                    &case,
                     true,
                 )?;
+            }
+        }
+        // rclone, both ways, with the destination remote pointed at the proxy.
+        for (set, objects, _) in sets {
+            let copy = format!("dst:rclone/requests-{set}");
+            let bucket = format!("requests-{set}-rclone");
+            for (case, from, to, what, methods) in [
+                (
+                    "full copy",
+                    format!("src:set-{set}"),
+                    copy.clone(),
+                    "PUT",
+                    &["PUT", "POST"][..],
+                ),
+                (
+                    "restore",
+                    copy.clone(),
+                    format!("src:{bucket}"),
+                    "GET",
+                    &["GET"][..],
+                ),
+            ] {
+                let mut sync = self.lab.rclone(&["sync", &from, &to]);
+                sync.env("RCLONE_CONFIG_DST_ENDPOINT", &via);
+                let since = proxy.seen().len();
+                let s = self
+                    .lab
+                    .measure(&format!("rclone sync {from} {to}"), sync)?;
+                let (requests, by_kind) = count(since, methods);
+                let case = format!("{} {case}, rclone", set.to_uppercase());
+                self.results.requests.push(report::Requests {
+                    case: case.clone(),
+                    what: what.into(),
+                    requests,
+                    objects,
+                    secs: s.secs,
+                    target: None,
+                    by_kind,
+                });
+                self.check_rclone(&format!("src:set-{set}"), &to, &case, false)?;
             }
         }
         Ok(())

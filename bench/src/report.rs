@@ -87,6 +87,8 @@ pub struct Requests {
     pub objects: u64,
     pub secs: f64,
     pub target: Option<f64>,
+    /// Every request of the run, by kind (the proxy's `KINDS`).
+    pub by_kind: std::collections::BTreeMap<String, u64>,
 }
 
 impl Requests {
@@ -106,6 +108,7 @@ const COMPARISONS: &[(&str, &str, Option<f64>)] = &[
     ("M nothing changed", "rclone", Some(1.0)),
     ("M 1% changed", "rclone", None),
     ("M restore", "rclone", Some(0.8)),
+    ("S restore", "rclone", Some(0.8)),
     ("MLMD capture", "sqlite3 .dump | gzip", Some(0.2)),
     ("MLMD capture", "cat | zstd", Some(1.3)),
     ("MLMD capture to S3", "cat | zstd", None),
@@ -270,9 +273,9 @@ impl Results {
             let _ = writeln!(out);
             let _ = writeln!(
                 out,
-                "| case (one run, through a counting proxy) | requests | objects | per object | target | met | s |"
+                "| case (one run, through a counting proxy) | requests | objects | per object | target | met | s | all requests, by kind |"
             );
-            let _ = writeln!(out, "|---|---|---|---|---|---|---|");
+            let _ = writeln!(out, "|---|---|---|---|---|---|---|---|");
             for r in &self.requests {
                 let met = match r.target {
                     Some(t) if r.per_object() <= t => "yes",
@@ -281,14 +284,20 @@ impl Results {
                 };
                 let _ = writeln!(
                     out,
-                    "| {} | {} {} | {} | {:.4} | {} | {met} | {:.2} |",
+                    "| {} | {} {} | {} | {:.4} | {} | {met} | {:.2} | {} |",
                     r.case,
                     r.requests,
                     r.what,
                     r.objects,
                     r.per_object(),
                     r.target.map(|t| format!("≤ {t}")).unwrap_or_default(),
-                    r.secs
+                    r.secs,
+                    r.by_kind
+                        .iter()
+                        .filter(|(_, n)| **n > 0)
+                        .map(|(k, n)| format!("{k} {n}"))
+                        .collect::<Vec<_>>()
+                        .join(", ")
                 );
             }
         }

@@ -21,6 +21,8 @@ use backup_agent::repository::{
 use backup_agent_sandbox::seed::BucketSpec;
 use serde::{Deserialize, Serialize};
 
+use backup_agent_sandbox::s3::fault_proxy::{tally, FaultProxy};
+
 use crate::lab::{Lab, Sample};
 use crate::{say, worker};
 
@@ -214,7 +216,8 @@ const CASES: [&str; 7] = [
 
 /// The repository root, manifests and statefiles of one object count's backups.
 struct Backups {
-    root: String,
+    /// The repository's URL, through the counting proxy.
+    repo: String,
     ids: Vec<(String, String, String)>,
 }
 
@@ -321,15 +324,31 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         n as f64 / t0.elapsed().as_secs_f64()
     ));
     let count = n as u64;
+    // The repository's requests, counted by kind through the sandbox's proxy.
+    let proxy = FaultProxy::start(&format!("http://127.0.0.1:{}", lab.dst.s3_port))?;
     let mut b = Backups {
-        root: format!("scale-{n}"),
+        repo: format!("{}/repo/scale-{n}", proxy.endpoint()),
         ids: vec![],
+    };
+    let mut since = 0;
+    // The requests since the last call, by kind: "PUT 12, ranged GET 3".
+    let mut sent = || {
+        let seen = proxy.seen();
+        let t = tally(&seen[since..]);
+        since = seen.len();
+        let parts: Vec<String> = t
+            .iter()
+            .filter(|(_, n)| **n > 0)
+            .map(|(k, n)| format!("{k} {n}"))
+            .collect();
+        format!("requests: {}", parts.join(", "))
     };
 
     // A first backup SIGKILLed at a random moment, then the full backup run again: the blobs
     // the dead run left are found by the conditional PUT, not sent again.
     if n >= 10_000 {
         let killed = kill_a_capture(lab, &bucket, &b, n)?;
+        let _ = sent();
         res.check(
             format!("a capture of {n} killed after {killed:.1} s"),
             killed > 0.0,
@@ -350,7 +369,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         count,
         OURS,
         &s,
-        format!("{} object bytes read", stats["read-bytes"]),
+        format!("{} object bytes read; {}", stats["read-bytes"], sent()),
     );
     if with_rclone {
         rclone_syncs(lab, &bucket, n, "full backup", res)?;
@@ -364,13 +383,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         ),
         passed_reading(&s.stdout),
     );
-    res.add(
-        "verify --read-data, 1% sample",
-        count,
-        OURS,
-        &s,
-        String::new(),
-    );
+    res.add("verify --read-data, 1% sample", count, OURS, &s, sent());
 
     // Nothing changed: no object read; rclone's syncs again.
     let prev = b.ids.last().cloned();
@@ -389,9 +402,10 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         OURS,
         &s,
         format!(
-            "0 object bytes read; counting pass {:.1} s, capture {:.1} s",
+            "0 object bytes read; counting pass {:.1} s, capture {:.1} s; {}",
             stats["plan-seconds"].as_f64().unwrap_or(0.0),
-            stats["capture-seconds"].as_f64().unwrap_or(0.0)
+            stats["capture-seconds"].as_f64().unwrap_or(0.0),
+            sent()
         ),
     );
     if with_rclone {
@@ -409,6 +423,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         lab.rewrite(&bucket, &changed, 100 + day)?;
         let prev = b.ids.last().cloned();
         let s = capture(lab, &bucket, &mut b, prev)?;
+        let requests = sent();
         let stats: serde_json::Value = serde_json::from_str(&s.stdout)?;
         res.check(
             format!(
@@ -424,20 +439,20 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
                 count,
                 OURS,
                 &s,
-                format!("{} objects read", changed.len()),
+                format!("{} objects read; {requests}", changed.len()),
             );
         }
     }
 
     // Verify the newest (light: every blob it names is there, from one listing of blobs/).
-    let repo = lab.url(&lab.dst, "repo", &b.root);
+    let repo = b.repo.clone();
     let s = verify_newest(lab, &b, count, "verify", None)?;
     let (_, key, sha) = b.ids.last().cloned().expect("backups were made");
     res.check(
         format!("verify of {n}: {}", s.stdout.trim()),
         s.stdout.contains("\"passed\":true"),
     );
-    res.add("verify", count, OURS, &s, String::new());
+    res.add("verify", count, OURS, &s, sent());
 
     // Restore into an empty bucket; rclone syncs its copy back into another.
     let target = lab.url(&lab.src, &format!("restore-{n}"), "");
@@ -464,7 +479,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         format!("restore of {n}: {} copied", stats["copied"]),
         stats["copied"].as_u64() == Some(count),
     );
-    res.add("restore", count, OURS, &s, String::new());
+    res.add("restore", count, OURS, &s, sent());
     if with_rclone {
         let s = lab.measure(
             "rclone restore",
@@ -502,7 +517,7 @@ fn one_count(lab: &Lab, n: usize, with_rclone: bool, res: &mut ScaleResults) -> 
         count,
         OURS,
         &s,
-        format!("{} objects deleted", stats["objects-deleted"]),
+        format!("{} objects deleted; {}", stats["objects-deleted"], sent()),
     );
     // Nothing a kept backup names was deleted: both kept backups still verify, the newest
     // with a sample of its blobs read back.
@@ -556,7 +571,7 @@ fn verify_one(
     let mut args = vec![
         "verify".into(),
         "--repo".into(),
-        lab.url(&lab.dst, "repo", &b.root),
+        b.repo.clone(),
         "--id".into(),
         id,
         "--manifest-key".into(),
@@ -583,7 +598,7 @@ fn kill_a_capture(lab: &Lab, bucket: &str, b: &Backups, n: usize) -> Result<f64>
         "--source".into(),
         lab.url(&lab.src, bucket, ""),
         "--dest".into(),
-        lab.url(&lab.dst, "repo", &b.root),
+        b.repo.clone(),
         "--manifest-key".into(),
         "backup-agent/backups/killed/mlpipeline.manifest".into(),
         "--spool".into(),
@@ -646,7 +661,7 @@ fn capture(
         "--source".into(),
         lab.url(&lab.src, bucket, ""),
         "--dest".into(),
-        lab.url(&lab.dst, "repo", &b.root),
+        b.repo.clone(),
         "--manifest-key".into(),
         key.clone(),
         "--statefile".into(),

@@ -5,7 +5,7 @@
 use std::path::PathBuf;
 use std::time::Duration;
 
-use backup_agent::commands::restore;
+use backup_agent::commands::{download, restore};
 use backup_agent::components::Component;
 use backup_agent::context::{self, Context, Tuning};
 use backup_agent::daemon::Schedule;
@@ -107,6 +107,11 @@ pub struct DownloadArgs {
     /// A new or empty directory to write it into.
     #[arg(value_name = "DIR")]
     pub into: PathBuf,
+    /// Only the mlpipeline objects whose keys match (repeatable): a key, a prefix ending in
+    /// `/`, or a glob (`*` within one segment, `**` across). Packed objects are read by ranged
+    /// GETs of their own bytes; mlmd and mysql are left out.
+    #[arg(long, value_name = "PATTERN", value_parser = download::Include::parse)]
+    pub include: Vec<String>,
     #[command(flatten)]
     pub run: RunArgs,
 }

@@ -144,7 +144,7 @@ pub enum Command {
     /// mlpipeline/<key> for every object (hash-checked), mysql/<app>/ with the mysql-k8s
     /// backup objects. To move a backup to another site, or to look inside it.
     #[command(
-        after_help = "Example:\n  backup-agent download 20261123T080841Z-be2523 ./backup-20261123"
+        after_help = "Examples:\n  backup-agent download 20261123T080841Z-be2523 ./backup-20261123\n  backup-agent download 20261123T080841Z-be2523 ./one-run --include 'v2/artifacts/run-7f3a/**'"
     )]
     Download(Box<DownloadArgs>),
     /// Repair what a killed run left: put back the scales its journal records, mark its

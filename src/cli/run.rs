@@ -271,10 +271,18 @@ fn download(model: &str, args: DownloadArgs) -> Result<(), Box<dyn Error>> {
     let DownloadArgs {
         backup_id,
         into: dir,
+        include,
         run,
     } = args;
+    let include = match include.is_empty() {
+        true => None,
+        false => Some(download_cmd::Include::new(&include)?),
+    };
     let (ctx, output) = run.context(model)?;
-    let report = interruptible(&ctx, download_cmd::run(&ctx, &backup_id, &dir))??;
+    let report = interruptible(
+        &ctx,
+        download_cmd::run(&ctx, &backup_id, &dir, include.as_ref()),
+    )??;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&report)?),
         Output::Text => {

@@ -4,6 +4,9 @@
 //! `DIR/mlpipeline/<key>` for every object of the manifest (content hash checked), and
 //! `DIR/mysql/<app>/<files>` with the mysql-k8s backup objects. A manifest key that would land
 //! outside `DIR/mlpipeline` is refused and reported, never written.
+//!
+//! With `--include` patterns only the mlpipeline objects whose keys match are written (and the
+//! statefile): one object of a pack costs one ranged GET of its own bytes, not the pack.
 
 use std::path::{Component as PathPart, Path, PathBuf};
 use std::sync::atomic::Ordering;
@@ -39,6 +42,57 @@ pub struct DownloadReport {
     pub mysql: Vec<String>,
     pub refused: Vec<Refused>,
     pub warnings: Vec<String>,
+    /// The `--include` patterns, when the download was limited to them.
+    #[serde(skip_serializing_if = "Vec::is_empty")]
+    pub included: Vec<String>,
+}
+
+/// Which mlpipeline objects a download writes: those whose keys match one of the patterns.
+/// Globs as rclone's filters read them: `*` and `?` stay within one `/`-separated segment,
+/// `**` crosses segments, `[...]` is a class, and a pattern ending in `/` takes everything
+/// below it. A key with none of these matches only itself.
+#[derive(Debug, Clone)]
+pub struct Include {
+    set: globset::GlobSet,
+    patterns: Vec<String>,
+}
+
+impl Include {
+    pub fn new(patterns: &[String]) -> Result<Include, String> {
+        let mut set = globset::GlobSetBuilder::new();
+        for p in patterns {
+            set.add(Self::glob(p)?);
+        }
+        Ok(Include {
+            set: set.build().map_err(|e| e.to_string())?,
+            patterns: patterns.to_vec(),
+        })
+    }
+
+    /// One pattern, checked (for clap's value parser): the pattern back, or what is wrong with it.
+    pub fn parse(pattern: &str) -> Result<String, String> {
+        Self::glob(pattern).map(|_| pattern.to_string())
+    }
+
+    fn glob(pattern: &str) -> Result<globset::Glob, String> {
+        if pattern.is_empty() {
+            return Err("an empty pattern matches no key; give a key, a prefix ending in `/`, or a glob such as `v2/artifacts/**/metrics.json`".into());
+        }
+        let full = if pattern.ends_with('/') {
+            format!("{pattern}**")
+        } else {
+            pattern.to_string()
+        };
+        globset::GlobBuilder::new(&full)
+            .literal_separator(true)
+            .backslash_escape(true)
+            .build()
+            .map_err(|e| format!("{pattern:?} is not a valid pattern: {}", e.kind()))
+    }
+
+    pub fn matches(&self, key: &str) -> bool {
+        self.set.is_match(key)
+    }
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -57,6 +111,8 @@ pub enum DownloadError {
     Corrupt { what: String, detail: String },
     #[error("download interrupted: {0}. The directory holds what was written so far")]
     Interrupted(String),
+    #[error("no mlpipeline object of backup {id} matches --include {patterns}: patterns match whole keys as the bucket names them (`*` stays within one `/` segment, `**` crosses them, `dir/` takes everything below dir); nothing was written")]
+    NothingMatched { id: String, patterns: String },
 }
 
 fn local(path: &Path) -> impl Fn(std::io::Error) -> DownloadError + '_ {
@@ -94,22 +150,30 @@ pub fn local_path(root: &Path, key: &str) -> Result<PathBuf, String> {
     Ok(out)
 }
 
-async fn empty_dir(dir: &Path) -> Result<(), DownloadError> {
+/// Whether the directory was made here (it did not exist).
+async fn empty_dir(dir: &Path) -> Result<bool, DownloadError> {
     match tokio::fs::read_dir(dir).await {
         Ok(mut rd) => {
             if rd.next_entry().await.map_err(local(dir))?.is_some() {
                 return Err(DownloadError::NotEmpty { dir: dir.into() });
             }
-            Ok(())
+            Ok(false)
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            tokio::fs::create_dir_all(dir).await.map_err(local(dir))
+            tokio::fs::create_dir_all(dir).await.map_err(local(dir))?;
+            Ok(true)
         }
         Err(e) => Err(local(dir)(e)),
     }
 }
 
-pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, DownloadError> {
+/// The whole backup into `dir`, or with `include` only the mlpipeline objects it matches.
+pub async fn run(
+    ctx: &Context,
+    id: &str,
+    dir: &Path,
+    include: Option<&Include>,
+) -> Result<DownloadReport, DownloadError> {
     let p = &ctx.progress;
     let sf = repository::load(&ctx.dest, id).await?;
     if sf.phase != Phase::Completed {
@@ -118,7 +182,7 @@ pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, 
             phase: sf.phase.as_str().into(),
         });
     }
-    empty_dir(dir).await?;
+    let created = empty_dir(dir).await?;
     let mut report = DownloadReport {
         backup_id: id.into(),
         dir: dir.into(),
@@ -129,6 +193,7 @@ pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, 
         mysql: vec![],
         refused: vec![],
         warnings: vec![],
+        included: include.map(|i| i.patterns.clone()).unwrap_or_default(),
     };
     let statefile = dir.join("statefile.json");
     tokio::fs::write(&statefile, sf.to_json())
@@ -136,13 +201,33 @@ pub async fn run(ctx: &Context, id: &str, dir: &Path) -> Result<DownloadReport, 
         .map_err(local(&statefile))?;
     report.files += 1;
 
-    if let Some(m) = &sf.components.mlmd {
+    if let Some(inc) = include {
+        p.step(
+            "download",
+            format!(
+                "only mlpipeline objects matching {}: mlmd and mysql are left out",
+                inc.patterns.join(" ")
+            ),
+        );
+    }
+    if let (Some(m), None) = (&sf.components.mlmd, include) {
         download_mlmd(ctx, m, dir, &mut report).await?;
     }
     if let Some(cap) = &sf.components.mlpipeline {
-        download_mlpipeline(ctx, cap, dir, &mut report).await?;
+        download_mlpipeline(ctx, cap, dir, include, &mut report).await?;
     }
-    for m in &sf.components.mysql {
+    if let Some(inc) = include.filter(|_| report.mlpipeline_objects == 0) {
+        // Leave the directory as it was found.
+        let _ = tokio::fs::remove_file(&statefile).await;
+        if created {
+            let _ = tokio::fs::remove_dir(dir).await;
+        }
+        return Err(DownloadError::NothingMatched {
+            id: id.into(),
+            patterns: inc.patterns.join(" "),
+        });
+    }
+    for m in sf.components.mysql.iter().filter(|_| include.is_none()) {
         download_mysql(ctx, m, dir, &mut report).await;
     }
     p.step(
@@ -192,17 +277,26 @@ async fn download_mlpipeline(
     ctx: &Context,
     cap: &repository::MlpipelineCapture,
     dir: &Path,
+    include: Option<&Include>,
     report: &mut DownloadReport,
 ) -> Result<(), DownloadError> {
     let p = &ctx.progress;
     let root = dir.join("mlpipeline");
-    let (total, total_bytes) = (cap.objects, cap.bytes);
+    // Limited by patterns, the totals are not known until the manifest has been read.
+    let (total, total_bytes) = match include {
+        None => (Some(cap.objects), Some(cap.bytes)),
+        Some(_) => (None, None),
+    };
     p.step(
         "download",
-        format!(
-            "mlpipeline: {total} objects, {}",
-            crate::units::human_bytes(total_bytes)
-        ),
+        match include {
+            None => format!(
+                "mlpipeline: {} objects, {}",
+                cap.objects,
+                crate::units::human_bytes(cap.bytes)
+            ),
+            Some(_) => format!("mlpipeline: the objects matching, of {}", cap.objects),
+        },
     );
     let done = std::sync::atomic::AtomicU64::new(0);
     let done_bytes = std::sync::atomic::AtomicU64::new(0);
@@ -221,6 +315,9 @@ async fn download_mlpipeline(
         }
     })
     .try_filter_map(|e| {
+        if include.is_some_and(|i| !i.matches(&e.key)) {
+            return futures::future::ready(Ok(None));
+        }
         let checked = if !repository::is_sha256(&e.sha256) {
             Err(format!("its sha256 {:?} is not a content hash", e.sha256))
         } else if e.pack.as_deref().is_some_and(|p| !repository::is_sha256(p)) {
@@ -258,9 +355,9 @@ async fn download_mlpipeline(
                 p.emit(Event::Transfer {
                     component: "mlpipeline".into(),
                     done_bytes: b,
-                    total_bytes: Some(total_bytes),
+                    total_bytes,
                     done_objects: n,
-                    total_objects: Some(total),
+                    total_objects: total,
                 });
                 Ok(())
             }

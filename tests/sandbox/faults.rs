@@ -210,6 +210,87 @@ fn destination_killed_mid_upload_and_restarted_the_run_retries_and_completes() {
     assert_eq!(contents(&minio(&sb)), expected);
 }
 
+/// Verifies `id` with every blob read back.
+fn reads_back(sb: &Sandbox, id: &str) {
+    let (code, out, err) = agent(sb, &["verify-backup", id, "--read-data"], &[]);
+    assert_eq!(code, 0, "{id}: {out}\n{err}");
+}
+
+/// Rewrites `n` mlpipeline objects with new bytes, tagged so each call differs.
+fn rewrite(sb: &Sandbox, n: usize, tag: &str) {
+    let m = minio(sb);
+    let keys: Vec<String> = contents(&m).into_keys().take(n).collect();
+    for k in keys {
+        let body = format!("{tag}: {k}").repeat(40);
+        rt().block_on(m.put_bytes(&k, body.as_bytes(), "text/plain"))
+            .unwrap();
+    }
+}
+
+/// SIGKILL while a pack is on its way (backup), and while a repack uploads its new pack or
+/// writes the kept backup's new manifest (prune): every kept backup still reads back whole,
+/// and the same command run again completes.
+#[test]
+fn killed_during_a_pack_upload_or_a_repack_nothing_kept_is_lost() {
+    let sb = sandbox(12, 0);
+    let proxy = FaultProxy::start(&sb.info.dest.endpoint()).unwrap();
+    let via = proxy.endpoint();
+    let env = [("BACKUP_AGENT_S3_ENDPOINT", via.as_str())];
+    let parts = ["--components", "mlmd,mlpipeline"];
+    let first = backs_up(&sb, &parts, &env);
+
+    // A backup killed with its pack upload in flight.
+    rewrite(&sb, 4, "day 2");
+    proxy.hold("/packs/");
+    let mut args = vec!["create-backup", "--output", "json"];
+    args.extend_from_slice(&parts);
+    let mut child = spawn_agent(&sb, &args, &env);
+    wait_for("a pack upload", MID, || proxy.held() > 0);
+    child.kill().unwrap();
+    child.wait().unwrap();
+    proxy.release();
+    let (code, out, err) = agent(&sb, &["recover"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert_eq!(newest_failed(&sb).phase, Phase::Failed);
+    reads_back(&sb, &first);
+    let second = backs_up(&sb, &parts, &env);
+    reads_back(&sb, &second);
+    assert_eq!(completed_ids(&sb), [first.clone(), second.clone()]);
+
+    // Repacks killed at two points: writing the kept backup's new manifest (its new pack is
+    // up), and uploading the new pack. Each time the next prune finishes the job.
+    let repack = ["prune", "--keep-last", "1", "--max-unused", "0"];
+    for (round, point) in [(3, "PUT /mlpipeline."), (4, "PUT /packs/")] {
+        rewrite(&sb, 3, &format!("day {round}"));
+        let kept = backs_up(&sb, &parts, &env);
+        proxy.hold(point);
+        let mut child = spawn_agent(&sb, &repack, &env);
+        wait_for(&format!("the repack at {point}"), MID, || proxy.held() > 0);
+        child.kill().unwrap();
+        child.wait().unwrap();
+        proxy.release();
+        reads_back(&sb, &kept);
+        let (code, out, err) = agent(&sb, &repack, &env);
+        assert_eq!(code, 0, "round {round}: {out}\n{err}");
+        assert_eq!(completed_ids(&sb), [kept.as_str()], "round {round}");
+        reads_back(&sb, &kept);
+        let (code, plan, err) = agent(
+            &sb,
+            &[&repack[..], &["--dry-run", "--output", "json"]].concat(),
+            &env,
+        );
+        assert_eq!(code, 0, "{err}");
+        let plan: serde_json::Value = serde_json::from_str(&plan).unwrap();
+        assert_eq!(plan["bytes-freed"], 0, "round {round}: {plan}");
+        assert_eq!(plan["repack-packs"], 0, "round {round}: {plan}");
+        assert!(!lock_held(&sb));
+    }
+    let expected = contents(&minio(&sb));
+    damage_minio(&sb);
+    let newest = completed_ids(&sb).pop().unwrap();
+    restores(&sb, &newest, &parts, &env, &expected);
+}
+
 #[test]
 fn destination_slow() {
     let sb = sandbox(8, 0);

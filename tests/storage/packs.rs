@@ -494,3 +494,310 @@ fn small_objects_are_packed_deduplicated_restored_by_range_verified_and_pruned_b
         "scratch left behind"
     );
 }
+
+/// Packs of 16 KiB and a small threshold: a few hundred small objects make tens of packs.
+fn small_packs(tmp: &std::path::Path, max_unused: u8) -> SyncOptions {
+    SyncOptions {
+        scratch: tmp.join("scratch"),
+        streaming: tiny(),
+        packing: Packing {
+            threshold: 4096,
+            max_unused,
+            packs: PackSettings {
+                target: 16 << 10,
+                in_flight: 2,
+                remembered: 1000,
+            },
+        },
+        ..SyncOptions::new(tmp.join("spool"))
+    }
+}
+
+/// A backup of `source` as create-backup records it (manifest, then statefile), after
+/// `previous` if given.
+async fn backup(
+    source: &Store,
+    repo: &Store,
+    id: &str,
+    previous: Option<&MlpipelineCapture>,
+    opts: &SyncOptions,
+) -> MlpipelineCapture {
+    let key = repository::manifest_key(id);
+    let previous = previous.map(|p| PreviousManifest {
+        backup_id: String::new(),
+        key: p.manifest_key.clone(),
+        sha256: p.manifest_sha256.clone(),
+    });
+    let got = mlpipeline::capture(source, repo, previous.as_ref(), &key, None, opts)
+        .await
+        .unwrap();
+    let cap = got.record(&key);
+    repository::save(repo, &statefile(id, &cap)).await.unwrap();
+    cap
+}
+
+#[test]
+fn one_object_downloads_by_a_ranged_get_of_its_own_bytes() {
+    use backup_agent::commands::download::{self, DownloadError, Include};
+    let srv = server(&["mlpipeline", "backups"]);
+    let endpoint = format!("http://127.0.0.1:{}", srv.0.s3_port);
+    let proxy = FaultProxy::start(&endpoint).unwrap();
+    let repo = s3(&proxy.endpoint(), "backups", "ckf");
+    let source = s3(&endpoint, "mlpipeline", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = small_packs(tmp.path(), 50);
+    let ctx = context(&repo, &tmp.path().join("scratch"));
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        for i in 0..300 {
+            source
+                .put_bytes(
+                    &format!("runs/{i:04}/metrics.json"),
+                    &body(i),
+                    "application/json",
+                )
+                .await
+                .unwrap();
+        }
+        for j in 0..3 {
+            source
+                .put_bytes(
+                    &format!("models/{j}/model.bin"),
+                    &body(j),
+                    "application/octet-stream",
+                )
+                .await
+                .unwrap();
+        }
+        let cap = backup(&source, &repo, OLD, None, &opts).await;
+        let e = entries(&repo, &cap).await["runs/0142/metrics.json"].clone();
+        assert!(e.pack.is_some(), "the object is packed: {e:?}");
+        let offset = e.offset.unwrap();
+
+        // One key: one ranged GET of exactly its bytes, no other pack or blob read.
+        let since = proxy.seen().len();
+        let one = Include::new(&["runs/0142/metrics.json".into()]).unwrap();
+        let dir = tmp.path().join("one");
+        let report = download::run(&ctx, OLD, &dir, Some(&one)).await.unwrap();
+        let seen = &proxy.seen()[since..];
+        let reads: Vec<_> = seen
+            .iter()
+            .filter(|s| {
+                s.method == "GET" && (s.target.contains("/packs/") || s.target.contains("/blobs/"))
+            })
+            .collect();
+        assert_eq!(reads.len(), 1, "{reads:?}");
+        assert_eq!(
+            reads[0].range.as_deref(),
+            Some(format!("bytes={offset}-{}", offset + e.size - 1).as_str()),
+            "only the object's own bytes"
+        );
+        assert_eq!(report.mlpipeline_objects, 1);
+        assert_eq!(report.mlmd, None);
+        assert_eq!(
+            std::fs::read(dir.join("mlpipeline/runs/0142/metrics.json")).unwrap(),
+            body(142)
+        );
+        let written: Vec<_> = walk(&dir);
+        assert_eq!(
+            written,
+            ["mlpipeline/runs/0142/metrics.json", "statefile.json"]
+        );
+
+        // A glob within one segment, a prefix, a `**`: each takes what it names, no more.
+        for (patterns, want) in [
+            (vec!["runs/001?/metrics.json"], 10),
+            (vec!["models/"], 3),
+            (vec!["**/model.bin", "runs/0000/*"], 4),
+            (vec!["runs/*.json"], 0),
+        ] {
+            let patterns: Vec<String> = patterns.into_iter().map(str::to_string).collect();
+            let inc = Include::new(&patterns).unwrap();
+            let dir = tmp
+                .path()
+                .join(format!("some-{}", patterns.join("+").replace('/', "_")));
+            match download::run(&ctx, OLD, &dir, Some(&inc)).await {
+                Ok(r) => {
+                    assert_eq!(r.mlpipeline_objects, want, "{patterns:?}");
+                    assert_eq!(walk(&dir).len() as u64, want + 1, "{patterns:?}");
+                }
+                Err(DownloadError::NothingMatched { patterns: p, .. }) => {
+                    assert_eq!(want, 0, "{patterns:?}");
+                    assert!(p.contains("runs/*.json"), "{p}");
+                    assert!(!dir.exists(), "nothing left behind when nothing matched");
+                }
+                Err(e) => panic!("{patterns:?}: {e}"),
+            }
+        }
+    });
+    let bad = Include::parse("runs/[0-9").unwrap_err();
+    assert!(
+        bad.contains("runs/[0-9") && bad.contains("not a valid pattern"),
+        "{bad}"
+    );
+    assert!(Include::parse("").unwrap_err().contains("empty pattern"));
+}
+
+/// Files under `dir`, as sorted relative paths.
+fn walk(dir: &std::path::Path) -> Vec<String> {
+    let mut out = vec![];
+    let mut todo = vec![dir.to_path_buf()];
+    while let Some(d) = todo.pop() {
+        for e in std::fs::read_dir(&d).unwrap() {
+            let p = e.unwrap().path();
+            if p.is_dir() {
+                todo.push(p);
+            } else {
+                out.push(p.strip_prefix(dir).unwrap().display().to_string());
+            }
+        }
+    }
+    out.sort();
+    out
+}
+
+/// For each pack in the repository: its bytes, and the bytes the kept backups' manifests
+/// leave unused in it (by the same allowance for headers and trailers as prune uses).
+async fn pack_usage(repo: &Store, kept: &[&MlpipelineCapture]) -> BTreeMap<String, (u64, u64)> {
+    use backup_agent::repository::pack_refs::{PackRef, PackUse};
+    let mut refs: BTreeMap<String, BTreeSet<PackRef>> = BTreeMap::new();
+    for cap in kept {
+        for e in entries(repo, cap).await.into_values() {
+            if let (Some(p), Some(r)) = (e.pack.clone(), PackRef::of(&e)) {
+                refs.entry(p).or_default().insert(r);
+            }
+        }
+    }
+    let mut out = BTreeMap::new();
+    for o in repo.list(&layout::packs_prefix()).await.unwrap() {
+        let Some(id) = layout::pack_of(&o.key) else {
+            continue;
+        };
+        let used = refs.get(id).cloned().unwrap_or_default();
+        let unused = match used.first() {
+            None => o.size,
+            Some(first) => PackUse {
+                pack: first.pack,
+                refs: used.into_iter().collect(),
+            }
+            .unused(o.size),
+        };
+        out.insert(id.to_string(), (o.size, unused));
+    }
+    out
+}
+
+#[test]
+fn prune_after_half_the_backups_leaves_no_pack_past_the_unused_fraction() {
+    use backup_agent::commands::prune;
+    let srv = server(&["mlpipeline", "backups"]);
+    let endpoint = format!("http://127.0.0.1:{}", srv.0.s3_port);
+    let repo = s3(&endpoint, "backups", "ckf");
+    let source = s3(&endpoint, "mlpipeline", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let max_unused = 30;
+    let opts = small_packs(tmp.path(), max_unused);
+    let mut ctx = context(&repo, &tmp.path().join("scratch"));
+    ctx.tuning.packing = opts.packing;
+    let ids: Vec<String> = (0..6)
+        .map(|d| format!("2026120{}T100000Z-{d:06}", d + 1))
+        .collect();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        // Six daily backups; each day rewrites a different fifth of the 250 objects and deletes
+        // a few, so the first days' packs end up partly used by the newest three.
+        for i in 0..250 {
+            source
+                .put_bytes(
+                    &format!("runs/{i:04}/metrics.json"),
+                    &body(i),
+                    "application/json",
+                )
+                .await
+                .unwrap();
+        }
+        let mut caps: Vec<MlpipelineCapture> = vec![];
+        for (day, id) in ids.iter().enumerate() {
+            if day > 0 {
+                for i in (0..250).filter(|i| i % 5 == day % 5) {
+                    source
+                        .put_bytes(
+                            &format!("runs/{i:04}/metrics.json"),
+                            &body(1000 * day + i),
+                            "application/json",
+                        )
+                        .await
+                        .unwrap();
+                }
+                source
+                    .delete(&format!("runs/{:04}/metrics.json", 240 + day))
+                    .await
+                    .unwrap();
+            }
+            // Scratch that lives one day: whole packs only the forgotten backups use.
+            for i in 0..40 {
+                if day > 0 {
+                    let gone = format!("tmp/{}/{i:02}", day - 1);
+                    source.delete(&gone).await.unwrap();
+                }
+                if day < 3 {
+                    let key = format!("tmp/{day}/{i:02}");
+                    source
+                        .put_bytes(&key, &body(5000 + 100 * day + i), "text/plain")
+                        .await
+                        .unwrap();
+                }
+            }
+            let cap = backup(&source, &repo, id, caps.last(), &opts).await;
+            caps.push(cap);
+        }
+        let fraction = |(size, unused): (u64, u64)| unused as f64 / size as f64;
+        let kept: Vec<&MlpipelineCapture> = caps[3..].iter().collect();
+        let before = pack_usage(&repo, &kept).await;
+        let sparse = before
+            .values()
+            .filter(|u| u.1 > 0 && u.1 < u.0 && fraction(**u) > f64::from(max_unused) / 100.0)
+            .count();
+        assert!(
+            sparse > 0,
+            "the forgotten days leave packs past {max_unused}% unused: {before:?}"
+        );
+        assert!(
+            before.values().any(|u| u.1 == u.0),
+            "and packs no kept backup uses"
+        );
+
+        let keep = prune::Selection::Policy(Policy {
+            keep_last: Some(3),
+            ..Policy::default()
+        });
+        let report = prune::run(&ctx, &keep).await.unwrap();
+        assert_eq!(report.forgotten, ids[..3].to_vec());
+
+        // The kept backups moved to new manifests if repacked: read them from their statefiles.
+        let mut kept = vec![];
+        for id in &ids[3..] {
+            let sf = repository::load(&repo, id).await.unwrap();
+            let v = verify(&repo, &sf, Mode::ReadData(Sample::All)).await;
+            assert!(v.problems.is_empty(), "{id}: {:?}", v.problems);
+            kept.push(sf.components.mlpipeline.unwrap());
+        }
+        let after = pack_usage(&repo, &kept.iter().collect::<Vec<_>>()).await;
+        for (pack, u) in &after {
+            assert!(
+                fraction(*u) <= f64::from(max_unused) / 100.0,
+                "pack {pack}: {} of {} bytes unused, past {max_unused}%",
+                u.1,
+                u.0
+            );
+        }
+        // And a second prune finds nothing left to do.
+        let plan = prune::plan(&ctx, &keep).await.unwrap();
+        assert_eq!(
+            (plan.packs, plan.repack_packs),
+            (0, 0),
+            "{}",
+            prune::render_plan(&plan)
+        );
+    });
+}

@@ -29,6 +29,56 @@ pub struct Seen {
     pub target: String,
     /// The `x-amz-server-side-encryption*` headers.
     pub sse: BTreeMap<String, String>,
+    /// The `Range` header, when the request had one.
+    pub range: Option<String>,
+}
+
+/// The kinds of request a bill or a latency budget counts, in the order reports show them.
+pub const KINDS: [&str; 8] = [
+    "PUT",
+    "POST",
+    "GET",
+    "ranged GET",
+    "LIST",
+    "HEAD",
+    "DELETE",
+    "DeleteObjects",
+];
+
+impl Seen {
+    /// Which of [`KINDS`] this request is. A GET of a bucket (path-style, no key) is a
+    /// listing; `POST` is a multipart upload's start or completion; `DeleteObjects` is the
+    /// batch delete (a `POST ?delete`).
+    pub fn kind(&self) -> &'static str {
+        let (path, _) = self
+            .target
+            .split_once('?')
+            .unwrap_or((self.target.as_str(), ""));
+        let has_key = path
+            .trim_start_matches('/')
+            .trim_end_matches('/')
+            .contains('/');
+        match self.method.as_str() {
+            "GET" if !has_key => "LIST",
+            "GET" if self.range.is_some() => "ranged GET",
+            "GET" => "GET",
+            "HEAD" => "HEAD",
+            "PUT" => "PUT",
+            "DELETE" => "DELETE",
+            "POST" if is_delete_objects(&self.target, &axum::http::Method::POST) => "DeleteObjects",
+            "POST" => "POST",
+            _ => "other",
+        }
+    }
+}
+
+/// Requests counted by kind; every kind of [`KINDS`] present, zero when none was seen.
+pub fn tally(seen: &[Seen]) -> BTreeMap<&'static str, u64> {
+    let mut out: BTreeMap<&'static str, u64> = KINDS.iter().map(|k| (*k, 0)).collect();
+    for s in seen {
+        *out.entry(s.kind()).or_default() += 1;
+    }
+    out
 }
 
 #[derive(Default)]
@@ -137,7 +187,9 @@ impl FaultProxy {
         self.shared.faults.fail_left.load(Ordering::SeqCst)
     }
 
-    /// Holds every request whose path contains `pattern` until [`FaultProxy::release`].
+    /// Holds every request whose path contains `pattern` until [`FaultProxy::release`]. A
+    /// pattern may start with a method and a space (`PUT /packs/`): then only requests of that
+    /// method are held.
     pub fn hold(&self, pattern: &str) {
         *self.shared.faults.hold.lock().unwrap() = Some(pattern.to_string());
     }
@@ -232,6 +284,11 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 )
             })
             .collect(),
+        range: req
+            .headers()
+            .get(axum::http::header::RANGE)
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_string),
     });
 
     let latency = shared.faults.latency_ms.load(Ordering::SeqCst);
@@ -240,7 +297,7 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
     }
     let held = {
         let pattern = shared.faults.hold.lock().unwrap().clone();
-        pattern.is_some_and(|p| target.contains(&p))
+        pattern.is_some_and(|p| holds(&p, method.as_str(), &target))
     };
     if held {
         let released = shared.released.notified();
@@ -327,6 +384,17 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
 }
 
 /// A DeleteObjects request: `POST /bucket?delete`.
+/// Whether a hold `pattern` (a path fragment, after an optional method and a space) takes a
+/// request.
+fn holds(pattern: &str, method: &str, target: &str) -> bool {
+    match pattern.split_once(' ') {
+        Some((m, rest)) if !m.is_empty() && m.bytes().all(|b| b.is_ascii_uppercase()) => {
+            m == method && target.contains(rest)
+        }
+        _ => target.contains(pattern),
+    }
+}
+
 fn is_delete_objects(target: &str, method: &axum::http::Method) -> bool {
     method == axum::http::Method::POST
         && target
@@ -372,5 +440,48 @@ mod tests {
             out,
             "<DeleteResult><Deleted><Key>a/keep</Key></Deleted><Error><Key>a/bad-1</Key><Code>InternalError</Code><Message>We encountered an internal error. Please try again.</Message></Error></DeleteResult>"
         );
+    }
+
+    #[test]
+    fn a_hold_may_name_the_method() {
+        assert!(super::holds("/packs/", "GET", "/r/ckf/packs/ab"));
+        assert!(super::holds("PUT /packs/", "PUT", "/r/ckf/packs/ab"));
+        assert!(!super::holds("PUT /packs/", "GET", "/r/ckf/packs/ab"));
+        assert!(!super::holds("PUT /packs/", "PUT", "/r/ckf/blobs/ab"));
+    }
+
+    #[test]
+    fn requests_are_counted_by_the_kind_a_bill_names() {
+        let seen = |method: &str, target: &str, range: Option<&str>| super::Seen {
+            method: method.into(),
+            target: target.into(),
+            sse: Default::default(),
+            range: range.map(str::to_string),
+        };
+        let cases = [
+            (seen("GET", "/repo?list-type=2&prefix=ckf%2F", None), "LIST"),
+            (seen("GET", "/repo/", None), "LIST"),
+            (
+                seen("GET", "/repo/ckf/packs/ab/abcd", Some("bytes=0-99")),
+                "ranged GET",
+            ),
+            (seen("GET", "/repo/ckf/statefile.json", None), "GET"),
+            (seen("HEAD", "/repo/ckf/x", None), "HEAD"),
+            (
+                seen("PUT", "/repo/ckf/x?partNumber=2&uploadId=u", None),
+                "PUT",
+            ),
+            (seen("POST", "/repo/ckf/x?uploads", None), "POST"),
+            (seen("POST", "/repo?delete", None), "DeleteObjects"),
+            (seen("DELETE", "/repo/ckf/x", None), "DELETE"),
+        ];
+        for (s, kind) in &cases {
+            assert_eq!(s.kind(), *kind, "{} {}", s.method, s.target);
+        }
+        let all: Vec<_> = cases.into_iter().map(|(s, _)| s).collect();
+        let t = super::tally(&all);
+        assert_eq!(t["LIST"], 2);
+        assert_eq!(t.values().sum::<u64>(), 9);
+        assert_eq!(t.len(), super::KINDS.len());
     }
 }

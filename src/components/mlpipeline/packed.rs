@@ -18,6 +18,8 @@ pub struct Grouping {
     pub bytes: u64,
     /// Unwanted bytes read rather than paying another request.
     pub max_gap: u64,
+    /// Packs gathering a group at once.
+    pub open: usize,
 }
 
 impl Default for Grouping {
@@ -26,6 +28,7 @@ impl Default for Grouping {
             items: 256,
             bytes: 4 << 20,
             max_gap: 64 << 10,
+            open: 16,
         }
     }
 }
@@ -35,9 +38,12 @@ pub fn itself(e: &Entry) -> &Entry {
     e
 }
 
-/// Consecutive entries grouped: those whose bytes are in one pack travel together (within
-/// `g`'s bounds); any other entry is a group of one. An error ends the stream after the group
-/// gathered before it.
+/// Entries grouped by the pack that holds their bytes (within `g`'s bounds), up to `g.open`
+/// packs gathering at once, so that the objects a later backup rewrote (in newer packs,
+/// interleaved by key with the old ones) do not cut an old pack's run into small reads. A
+/// group leaves when full, when a pack beyond `g.open` needs its place (the oldest leaves), or
+/// at the end. An entry not in a pack is a group of one, at once. Groups do not come in
+/// manifest order. An error ends the stream after the groups gathered before it.
 pub fn by_pack<T, S, E>(
     entries: S,
     g: Grouping,
@@ -48,65 +54,80 @@ where
     T: Send,
     E: Send,
 {
+    use std::collections::VecDeque;
+    struct Gathering<T> {
+        pack: String,
+        items: Vec<T>,
+        bytes: u64,
+    }
     struct State<S, T, E> {
         entries: S,
-        held: Option<T>,
-        failed: Option<E>,
+        open: VecDeque<Gathering<T>>,
+        ready: VecDeque<Result<Vec<T>, E>>,
         done: bool,
     }
     let state = State {
         entries,
-        held: None,
-        failed: None,
+        open: VecDeque::new(),
+        ready: VecDeque::new(),
         done: false,
     };
+    let open_max = g.open.max(1);
     Box::pin(stream::unfold(state, move |mut st| async move {
-        if let Some(e) = st.failed.take() {
-            st.done = true;
-            return Some((Err(e), st));
-        }
-        let first = match st.held.take() {
-            Some(e) => e,
-            None if st.done => return None,
-            None => match st.entries.next().await {
-                None => return None,
-                Some(Err(e)) => {
+        loop {
+            if let Some(r) = st.ready.pop_front() {
+                return Some((r, st));
+            }
+            if st.done {
+                return None;
+            }
+            let item = match st.entries.next().await {
+                Some(Ok(item)) => item,
+                end => {
                     st.done = true;
-                    return Some((Err(e), st));
-                }
-                Some(Ok(e)) => e,
-            },
-        };
-        let pack = match entry(&first).stored() {
-            Stored::Packed { pack, .. } => pack.to_string(),
-            _ => return Some((Ok(vec![first]), st)),
-        };
-        let mut bytes = entry(&first).size;
-        let mut group = vec![first];
-        while group.len() < g.items && bytes < g.bytes {
-            match st.entries.next().await {
-                None => {
-                    st.done = true;
-                    break;
-                }
-                Some(Err(e)) => {
-                    st.failed = Some(e);
-                    break;
-                }
-                Some(Ok(item)) => {
-                    let e = entry(&item);
-                    let joins = matches!(e.stored(), Stored::Packed { pack: p, .. } if p == pack)
-                        && bytes + e.size <= g.bytes;
-                    if !joins {
-                        st.held = Some(item);
-                        break;
+                    st.ready.extend(st.open.drain(..).map(|o| Ok(o.items)));
+                    if let Some(Err(e)) = end {
+                        st.ready.push_back(Err(e));
                     }
-                    bytes += e.size;
-                    group.push(item);
+                    continue;
                 }
+            };
+            let (size, pack) = match entry(&item).stored() {
+                Stored::Packed { pack, .. } => (entry(&item).size, pack.to_string()),
+                _ => {
+                    st.ready.push_back(Ok(vec![item]));
+                    continue;
+                }
+            };
+            let at = match st.open.iter().position(|o| o.pack == pack) {
+                Some(i) if st.open[i].bytes + size > g.bytes => {
+                    let full = std::mem::take(&mut st.open[i].items);
+                    st.ready.push_back(Ok(full));
+                    st.open[i].bytes = 0;
+                    i
+                }
+                Some(i) => i,
+                None => {
+                    if st.open.len() >= open_max {
+                        let oldest = st.open.pop_front().expect("open_max is at least 1");
+                        st.ready.push_back(Ok(oldest.items));
+                    }
+                    st.open.push_back(Gathering {
+                        pack,
+                        items: vec![],
+                        bytes: 0,
+                    });
+                    st.open.len() - 1
+                }
+            };
+            let o = &mut st.open[at];
+            o.items.push(item);
+            o.bytes += size;
+            if o.items.len() >= g.items || o.bytes >= g.bytes {
+                let full = st.open.remove(at).expect("just found");
+                st.ready.push_back(Ok(full.items));
             }
         }
-        Some((Ok(group), st))
     }))
 }
 
@@ -240,8 +261,8 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn neighbours_in_one_pack_travel_together_within_bounds() {
-        let (a, b) = ("aa".repeat(32), "bb".repeat(32));
+    async fn entries_of_one_pack_travel_together_within_bounds_across_interleaving() {
+        let (a, b, c) = ("aa".repeat(32), "bb".repeat(32), "cc".repeat(32));
         let entries = vec![
             e("1", Some(&a), 8, 10),
             e("2", Some(&a), 18, 10),
@@ -250,37 +271,62 @@ mod tests {
             e("5", None, 0, 10),
             e("6", None, 0, 0),
             e("7", Some(&a), 38, 10),
-            e("8", Some(&a), 48, 10),
+            e("8", Some(&c), 8, 10),
+            e("9", Some(&a), 48, 95),
         ];
+        let groups = |g: Grouping| {
+            let entries = entries.clone();
+            async move {
+                by_pack(
+                    stream::iter(entries.into_iter().map(Ok::<_, String>)),
+                    g,
+                    |e| e,
+                )
+                .map_ok(|g| g.into_iter().map(|e| e.key).collect::<Vec<_>>())
+                .try_collect::<Vec<_>>()
+                .await
+                .unwrap()
+            }
+        };
         let g = Grouping {
             items: 2,
             bytes: 100,
             max_gap: 0,
+            open: 2,
         };
-        let groups: Vec<Vec<String>> = by_pack(
-            stream::iter(entries.clone().into_iter().map(Ok::<_, String>)),
-            g,
-            |e| e,
-        )
-        .map_ok(|g| g.into_iter().map(|e| e.key).collect())
-        .try_collect()
-        .await
-        .unwrap();
+        // Full at two items; 5 and 6 (no pack) at once; 7 joins 3 across 4, 5 and 6; 9 needs a
+        // third place, so the oldest gathering (b) leaves; the end sends the rest.
         assert_eq!(
-            groups,
+            groups(g).await,
             [
                 vec!["1", "2"],
-                vec!["3"],
-                vec!["4"],
                 vec!["5"],
                 vec!["6"],
-                vec!["7", "8"]
+                vec!["3", "7"],
+                vec!["4"],
+                vec!["8"],
+                vec!["9"],
             ]
         );
-        // An error comes after the group gathered before it, then the stream ends.
+        // One pack gathering at a time: every interleaved entry cuts a's run.
+        let one = groups(Grouping { open: 1, ..g }).await;
+        assert_eq!(one.iter().filter(|g| g.len() == 1).count(), 7, "{one:?}");
+        // Bytes bound a group: 9 beside 1, 2, 3 and 7 would pass 100 bytes.
+        let bytes = groups(Grouping {
+            items: 10,
+            open: 3,
+            ..g
+        })
+        .await;
+        assert!(
+            bytes.contains(&vec!["1".to_string(), "2".into(), "3".into(), "7".into()]),
+            "{bytes:?}"
+        );
+        assert!(bytes.contains(&vec!["9".to_string()]), "{bytes:?}");
+        // An error comes after the groups gathered before it, then the stream ends.
         let with_error = stream::iter(vec![
             Ok(entries[0].clone()),
-            Ok(entries[1].clone()),
+            Ok(entries[3].clone()),
             Err("cut".to_string()),
             Ok(entries[2].clone()),
         ]);
@@ -288,7 +334,7 @@ mod tests {
             .map(|r| r.map(|g| g.len()))
             .collect()
             .await;
-        assert_eq!(got, [Ok(2), Err("cut".into())]);
+        assert_eq!(got, [Ok(1), Ok(1), Err("cut".into())]);
     }
 
     #[tokio::test]
