@@ -82,6 +82,7 @@ impl ObjectStore for Listing {
     async fn get_into(
         &self,
         k: &str,
+        _: Option<(u64, u64)>,
         _: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, StoreError> {
         Err(unsupported(k))

@@ -232,14 +232,15 @@ pub struct TuningArgs {
     #[arg(long, default_value_t = context::CHECKERS, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub checkers: u16,
     /// Concurrent object copies. Memory stays bounded whatever the value: small objects within
-    /// a 32 MiB budget, large ones through the spool in 5 MiB parts.
+    /// a 32 MiB budget, large ones piped from their GET into their upload in 5 MiB parts.
     #[arg(long, default_value_t = context::TRANSFERS, value_parser = clap::value_parser!(u16).range(1..=256))]
     pub transfers: u16,
     /// Upload bandwidth limit in bytes per second, with an optional K, M or G suffix (binary
     /// units, as rclone): 50M is 50 MiB/s.
     #[arg(long, value_name = "RATE", value_parser = parse_rate)]
     pub bwlimit: Option<u64>,
-    /// Directory for the MLMD copy and large objects in flight [default: a new temporary directory].
+    /// Directory for the MLMD copy, sort runs, and (format v1 only) large objects in flight
+    /// [default: a new temporary directory].
     #[arg(long, value_name = "DIR")]
     pub spool: Option<PathBuf>,
     /// How long a scale change may take to settle.

@@ -17,6 +17,7 @@ use sha2::Digest;
 use tokio::io::AsyncWriteExt;
 
 use crate::components::mlpipeline::packed::{by_pack, checked, read_group, Grouping};
+use crate::components::mlpipeline::IN_MEMORY_MAX;
 use crate::components::{mlmd, mysql};
 use crate::context::Context;
 use crate::progress::Event;
@@ -344,7 +345,10 @@ async fn download_mlpipeline(
                     return Err(DownloadError::Interrupted(r));
                 }
                 match &group[..] {
-                    [(e, path)] if !matches!(e.stored(), Stored::Packed { .. }) => {
+                    [(e, path)]
+                        if e.size > IN_MEMORY_MAX
+                            || !matches!(e.stored(), Stored::Packed { .. }) =>
+                    {
                         fetch_blob(ctx, e, path).await?
                     }
                     _ => fetch_group(ctx, &group, g).await?,
@@ -443,7 +447,8 @@ async fn make_parent(path: &Path) -> Result<(), DownloadError> {
     }
 }
 
-/// One object from its v1 blob (or, empty, from nothing).
+/// One object streamed to its file: from its v1 blob, from its range of a pack (a large
+/// object), or, empty, from nothing.
 async fn fetch_blob(ctx: &Context, e: &Entry, path: &Path) -> Result<(), DownloadError> {
     make_parent(path).await?;
     let partial = partial_of(path);
@@ -452,11 +457,20 @@ async fn fetch_blob(ctx: &Context, e: &Entry, path: &Path) -> Result<(), Downloa
         .map_err(local(&partial))?;
     let mut hasher = sha2::Sha256::new();
     let key = e.stored_key().unwrap_or_else(|| "no stored bytes".into());
-    if let Stored::Blob(sha) = e.stored() {
-        let mut tap = crate::storage::TapWriter::new(&mut f, |b: &[u8]| hasher.update(b));
-        ctx.dest
-            .get_stream(&repository::blob_key(sha), &mut tap)
-            .await?;
+    let mut tap = crate::storage::TapWriter::new(&mut f, |b: &[u8]| hasher.update(b));
+    match e.stored() {
+        Stored::Empty => {}
+        Stored::Blob(sha) => {
+            ctx.dest
+                .get_stream(&repository::blob_key(sha), &mut tap)
+                .await?;
+        }
+        Stored::Packed { pack, offset } => {
+            let k = repository::layout::pack_key(pack);
+            ctx.dest
+                .get_range_stream(&k, offset, offset + e.size, &mut tap)
+                .await?;
+        }
     }
     f.flush().await.map_err(local(&partial))?;
     drop(f);

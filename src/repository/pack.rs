@@ -118,6 +118,106 @@ impl PackBuilder {
     }
 }
 
+/// A pack of one blob, made while the blob streams through: the header, the blob's bytes as
+/// `inner` yields them (hashed and counted on the way), then the trailer and footer once
+/// `inner` ends. A large object goes up this way, straight from the source GET into a
+/// multipart upload, with no spool file: the pack is named (randomly) before its content is
+/// known, which a content-addressed blob cannot be.
+pub struct SoloPack<R> {
+    inner: R,
+    /// Header bytes not yet given out; then the tail's.
+    head: usize,
+    hasher: sha2::Sha256,
+    length: u64,
+    tail: Option<Vec<u8>>,
+    tail_at: usize,
+    located: Option<Located>,
+}
+
+impl<R> SoloPack<R> {
+    pub fn new(inner: R) -> SoloPack<R> {
+        SoloPack {
+            inner,
+            head: 0,
+            hasher: sha2::Digest::new(),
+            length: 0,
+            tail: None,
+            tail_at: 0,
+            located: None,
+        }
+    }
+
+    /// Where the blob sits, once the whole pack has been read.
+    pub fn located(&self) -> Option<Located> {
+        self.located
+    }
+
+    /// The pack's size: header, blob, trailer, footer (known once the blob has ended).
+    pub fn pack_len(&self) -> Option<u64> {
+        self.tail
+            .as_ref()
+            .map(|t| HEADER_LEN + self.length + t.len() as u64)
+    }
+
+    /// The pack's size for a blob of `length` bytes, before it is made: for the part size.
+    pub fn expected_len(length: u64) -> u64 {
+        HEADER_LEN + length + 128 + FOOTER_LEN
+    }
+}
+
+impl<R: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for SoloPack<R> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        use sha2::Digest;
+        use std::task::Poll;
+        let this = &mut *self;
+        if this.head < MAGIC.len() {
+            let n = (MAGIC.len() - this.head).min(buf.remaining());
+            buf.put_slice(&MAGIC[this.head..this.head + n]);
+            this.head += n;
+            return Poll::Ready(Ok(()));
+        }
+        if this.tail.is_none() {
+            let before = buf.filled().len();
+            match std::pin::Pin::new(&mut this.inner).poll_read(cx, buf) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Ready(Ok(())) => {}
+            }
+            let got = &buf.filled()[before..];
+            if !got.is_empty() {
+                this.hasher.update(got);
+                this.length += got.len() as u64;
+                return Poll::Ready(Ok(()));
+            }
+            if this.length == 0 {
+                return Poll::Ready(Err(std::io::Error::new(
+                    std::io::ErrorKind::UnexpectedEof,
+                    "an empty blob is never packed",
+                )));
+            }
+            let at = Located {
+                sha256: std::mem::take(&mut this.hasher).finalize().into(),
+                offset: HEADER_LEN,
+                length: this.length,
+            };
+            let trailer = encode_trailer(&[at]);
+            let mut tail = trailer.clone();
+            tail.extend_from_slice(&footer(trailer.len() as u64, 1));
+            this.tail = Some(tail);
+            this.located = Some(at);
+        }
+        let tail = this.tail.as_ref().expect("set above");
+        let n = (tail.len() - this.tail_at).min(buf.remaining());
+        buf.put_slice(&tail[this.tail_at..this.tail_at + n]);
+        this.tail_at += n;
+        Poll::Ready(Ok(()))
+    }
+}
+
 /// The trailer of a pack holding `blobs`.
 pub fn encode_trailer(blobs: &[Located]) -> Vec<u8> {
     let mut raw = Vec::with_capacity(blobs.len() * RECORD_LEN);
@@ -390,5 +490,41 @@ mod tests {
         let (a, b) = (new_pack_id(), new_pack_id());
         assert_ne!(a, b);
         assert!(crate::repository::is_sha256(&a), "{a}");
+    }
+
+    #[tokio::test]
+    async fn a_solo_pack_streams_one_blob_that_reads_back_like_any_pack() {
+        use tokio::io::AsyncReadExt;
+        let blob: Vec<u8> = (0..300_000u32).map(|i| (i % 253) as u8).collect();
+        // A reader that yields a few bytes at a time, as a network stream does.
+        let slow = tokio_util::io::StreamReader::new(futures::stream::iter(
+            blob.chunks(7_001)
+                .map(|c| Ok::<_, std::io::Error>(bytes::Bytes::copy_from_slice(c)))
+                .collect::<Vec<_>>(),
+        ));
+        let mut solo = SoloPack::new(slow);
+        let mut pack = vec![];
+        solo.read_to_end(&mut pack).await.unwrap();
+        let at = solo.located().unwrap();
+        assert_eq!(solo.pack_len(), Some(pack.len() as u64));
+        assert!(pack.len() as u64 <= SoloPack::<()>::expected_len(blob.len() as u64));
+        assert_eq!(at.offset, HEADER_LEN);
+        assert_eq!(at.length, blob.len() as u64);
+        let sha: [u8; 32] = <sha2::Sha256 as sha2::Digest>::digest(&blob).into();
+        assert_eq!(at.sha256, sha);
+        let len = pack.len() as u64;
+        let (trailer_len, count) =
+            parse_footer(&pack[pack.len() - FOOTER_LEN as usize..], len).unwrap();
+        let start = trailer_start(len, trailer_len) as usize;
+        let records =
+            parse_trailer(&pack[start..pack.len() - FOOTER_LEN as usize], count, len).unwrap();
+        assert_eq!(records, [at]);
+        // Within what prune allows a referenced blob's trailer record (a zstd frame's own 32
+        // bytes and the record): a pack of one blob is never taken for a sparse one.
+        assert!(trailer_len <= 32 + RECORD_LEN as u64, "{trailer_len}");
+        assert_eq!(&pack[HEADER_LEN as usize..][..blob.len()], &blob[..]);
+        // Nothing to pack is an error, not an empty pack.
+        let mut empty = SoloPack::new(&b""[..]);
+        assert!(empty.read_to_end(&mut vec![]).await.is_err());
     }
 }

@@ -88,6 +88,13 @@ impl Packing {
         }
     }
 
+    /// Whether backups are written in format v2: small objects packed, and objects too large
+    /// to read into memory streamed into packs of their own (v1 spools those, to name their
+    /// blob by its hash).
+    pub fn on(&self) -> bool {
+        self.threshold > 0
+    }
+
     /// Whether an object of `size` bytes goes into a pack.
     pub fn packs(&self, size: u64) -> bool {
         size > 0 && size <= self.threshold
@@ -291,16 +298,7 @@ impl Packer {
                     offset: at.offset,
                     length: at.length,
                 };
-                self.index
-                    .lock()
-                    .await
-                    .push(record)
-                    .await
-                    .map_err(|e| StoreError::Fatal {
-                        op: "sort",
-                        key: "index".into(),
-                        detail: e.to_string(),
-                    })?;
+                self.index(record).await?;
                 return Ok(Placed {
                     pack,
                     offset: at.offset,
@@ -336,6 +334,54 @@ impl Packer {
                     });
             }
         }
+    }
+
+    /// Takes in a pack of one blob uploaded whole by the caller (a large object, streamed
+    /// through [`super::pack::SoloPack`]): remembered and indexed like the packs this packer
+    /// fills, so the same content later in this run is found and the index lists it.
+    pub async fn adopt(
+        &self,
+        pack: &str,
+        at: super::pack::Located,
+        pack_len: u64,
+    ) -> Result<Arc<str>, StoreError> {
+        let id: Arc<str> = pack.into();
+        {
+            let mut st = self.shared.state.lock().expect("not poisoned");
+            if st.seen.len() >= self.shared.settings.remembered {
+                st.seen.clear();
+            }
+            st.seen.insert(at.sha256, (id.clone(), at.offset));
+            st.blobs += 1;
+            st.blob_bytes += at.length;
+        }
+        self.shared
+            .written
+            .lock()
+            .expect("not poisoned")
+            .push((pack.to_string(), pack_len));
+        let record = IndexRecord {
+            sha256: at.sha256,
+            pack: raw_id(pack),
+            offset: at.offset,
+            length: at.length,
+        };
+        self.index(record).await?;
+        Ok(id)
+    }
+
+    /// One record for the index file (sorted by hash on disk).
+    async fn index(&self, record: IndexRecord) -> Result<(), StoreError> {
+        self.index
+            .lock()
+            .await
+            .push(record)
+            .await
+            .map_err(|e| StoreError::Fatal {
+                op: "sort",
+                key: "index".into(),
+                detail: e.to_string(),
+            })
     }
 
     /// Uploads the last pack, waits for every upload, then writes the index file under

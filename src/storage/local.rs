@@ -258,19 +258,26 @@ impl ObjectStore for LocalStore {
     async fn get_into(
         &self,
         key: &str,
+        range: Option<(u64, u64)>,
         writer: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, StoreError> {
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let mut f = tokio::fs::File::open(self.path(key)?)
             .await
             .map_err(|e| self.io_error("get", key, e))?;
-        let n = tokio::io::copy(&mut f, writer)
-            .await
-            .map_err(|e| self.io_error("get", key, e))?;
+        let n = match range {
+            None => tokio::io::copy(&mut f, writer).await,
+            Some((start, end)) => match f.seek(std::io::SeekFrom::Start(start)).await {
+                Ok(_) => tokio::io::copy(&mut f.take(end.saturating_sub(start)), writer).await,
+                Err(e) => Err(e),
+            },
+        }
+        .map_err(|e| self.io_error("get", key, e))?;
         writer
             .flush()
             .await
             .map_err(|e| self.io_error("get", key, e))?;
-        Ok(n)
+        super::whole_stream(key, range, n)
     }
 
     async fn head_meta(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

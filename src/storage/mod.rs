@@ -89,10 +89,13 @@ pub trait ObjectStore: std::fmt::Debug + Send + Sync {
     /// Reads a small object (a statefile, a manifest) into memory.
     async fn get_bytes(&self, key: &str) -> Result<Vec<u8>, StoreError>;
 
-    /// Streams an object into `writer` and flushes it; the bytes written.
+    /// Streams an object, or bytes `start..end` of it, into `writer` and flushes it; the bytes
+    /// written. A range comes from one ranged GET, and fewer or more bytes than it asked for
+    /// (a server that ignores `Range`) is an error.
     async fn get_into(
         &self,
         key: &str,
+        range: Option<(u64, u64)>,
         writer: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, StoreError>;
 
@@ -245,7 +248,37 @@ impl Store {
         key: &str,
         writer: &mut W,
     ) -> Result<u64, StoreError> {
-        self.backend.get_into(key, writer).await
+        self.backend.get_into(key, None, writer).await
+    }
+
+    /// Streams bytes `start..end` of an object into `writer` (flushed when this returns): a
+    /// large blob inside its pack, without holding it in memory.
+    pub async fn get_range_stream<W: AsyncWrite + Unpin + Send>(
+        &self,
+        key: &str,
+        start: u64,
+        end: u64,
+        writer: &mut W,
+    ) -> Result<u64, StoreError> {
+        self.backend.get_into(key, Some((start, end)), writer).await
+    }
+}
+
+/// `n` bytes streamed for `range`: exactly its length, or an error as [`whole_range`] says.
+pub(crate) fn whole_stream(
+    key: &str,
+    range: Option<(u64, u64)>,
+    n: u64,
+) -> Result<u64, StoreError> {
+    match range {
+        Some((start, end)) if n != end.saturating_sub(start) => Err(StoreError::Fatal {
+            op: "get",
+            key: key.to_string(),
+            detail: format!(
+                "asked for bytes {start}..{end}, got {n}: the object is shorter, or the server ignored the range"
+            ),
+        }),
+        _ => Ok(n),
     }
 }
 

@@ -438,15 +438,22 @@ impl ObjectStore for S3Store {
     async fn get_into(
         &self,
         key: &str,
+        range: Option<(u64, u64)>,
         writer: &mut (dyn AsyncWrite + Unpin + Send),
     ) -> Result<u64, StoreError> {
         let full = self.full(key)?;
         let mut n = 0u64;
         let mut counted = TapWriter::new(&mut *writer, |b: &[u8]| n += b.len() as u64);
-        self.bucket
-            .get_object_to_writer(&full, &mut counted)
-            .await
-            .map_err(|e| self.err("get", key, e))?;
+        let got = match range {
+            None => self.bucket.get_object_to_writer(&full, &mut counted).await,
+            Some((start, end)) if end <= start => Ok(200),
+            Some((start, end)) => {
+                self.bucket
+                    .get_object_range_to_writer(&full, start, Some(end - 1), &mut counted)
+                    .await
+            }
+        };
+        got.map_err(|e| self.err("get", key, e))?;
         // A tokio file writes from a background thread: the last chunk is only in it
         // once flushed, and callers read what they fetched right after.
         counted.flush().await.map_err(|e| StoreError::Transient {
@@ -455,7 +462,7 @@ impl ObjectStore for S3Store {
             endpoint: self.endpoint.clone(),
             detail: format!("writing what was read: {e}"),
         })?;
-        Ok(n)
+        super::whole_stream(key, range, n)
     }
 
     async fn head_meta(&self, key: &str) -> Result<Option<ObjectMeta>, StoreError> {

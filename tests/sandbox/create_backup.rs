@@ -487,17 +487,17 @@ fn sigterm_mid_copy_puts_scales_back_and_records_a_failure() {
         .stderr(std::process::Stdio::piped())
         .spawn()
         .unwrap();
-    // Mid-copy: the statefile says capturing and the first blobs have arrived.
+    // Mid-copy: the statefile says capturing and the first large object's pack has arrived.
     wait_for(|| {
         let capturing = rt()
             .block_on(repository::list(&store))
             .unwrap()
             .iter()
             .any(|l| matches!(l, repository::Listed::Backup(s) if s.phase == Phase::Capturing));
-        let blobs = rt()
-            .block_on(store.list(&format!("{}/blobs/", repository::REPO)))
+        let packs = rt()
+            .block_on(store.list(&format!("{}/packs/", repository::REPO)))
             .unwrap();
-        capturing && !blobs.is_empty()
+        capturing && !packs.is_empty()
     });
     assert_ne!(scales(&sb), before, "quiesced while copying");
     unsafe { libc::kill(child.id() as i32, libc::SIGTERM) };

@@ -346,18 +346,20 @@ fn verify_samples_slices_that_cover_every_blob_once_and_find_damage_in_theirs() 
     let sf = rt.block_on(repository::load(&store, &id)).unwrap();
     let manifest = crate::common::manifest_of(&store, &sf);
     let e = manifest.iter().max_by_key(|e| e.size).unwrap();
-    let blob = repository::blob_key(&e.sha256);
+    // Its bytes: a blob of its own (v1), or its range of a pack (v2).
+    let blob = e.stored_object().unwrap();
     let first: [u8; 8] = hex::decode(&e.sha256).unwrap()[..8].try_into().unwrap();
     let slice = u64::from_be_bytes(first) % t + 1;
     let original = rt.block_on(store.get_bytes(&blob)).unwrap();
     let mut bad = original.to_vec();
-    let mid = bad.len() / 2;
+    let mid = (e.offset.unwrap_or(0) + e.size / 2) as usize;
     bad[mid] ^= 1;
     rt.block_on(store.put_bytes(&blob, &bad, "application/octet-stream"))
         .unwrap();
     let (code, v) = verify(&["--read-data", "--sample", &format!("{slice}/{t}")]);
     assert_eq!(code, 1, "{v}");
-    assert!(v["problems"].to_string().contains(&e.sha256), "{v}");
+    let problems = v["problems"].to_string();
+    assert!(problems.contains(&blob) && problems.contains(&e.key), "{v}");
     let other = slice % t + 1;
     let (code, v) = verify(&["--read-data", "--sample", &format!("{other}/{t}")]);
     assert_eq!(code, 0, "slice {other} does not hold the damaged blob: {v}");

@@ -801,3 +801,166 @@ fn prune_after_half_the_backups_leaves_no_pack_past_the_unused_fraction() {
         );
     });
 }
+
+/// Bytes of large object `i`: past the in-memory limit, different for every `i`.
+fn large_body(i: usize) -> Vec<u8> {
+    let len = mlpipeline::IN_MEMORY_MAX as usize + (1 << 20) + i * 4099;
+    (0..len)
+        .map(|j| ((j * (i + 3) + j / 4096) % 251) as u8)
+        .collect()
+}
+
+#[test]
+fn large_objects_stream_into_packs_of_their_own_and_back() {
+    use backup_agent::commands::download::{self, Include};
+    use backup_agent::commands::prune;
+    let srv = server(&["mlpipeline", "backups", "restored"]);
+    let endpoint = format!("http://127.0.0.1:{}", srv.0.s3_port);
+    let proxy = FaultProxy::start(&endpoint).unwrap();
+    let repo = s3(&proxy.endpoint(), "backups", "ckf");
+    let source = s3(&endpoint, "mlpipeline", "");
+    let restored = s3(&endpoint, "restored", "");
+    let tmp = tempfile::tempdir().unwrap();
+    let opts = small_packs(tmp.path(), 0);
+    let mut ctx = context(&repo, &tmp.path().join("scratch"));
+    ctx.tuning.packing = opts.packing;
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let meta = BTreeMap::from([("run".to_string(), "7f3a".to_string())]);
+        for (key, i) in [
+            ("models/a.bin", 0),
+            ("models/b.bin", 1),
+            ("copies/a.bin", 0),
+        ] {
+            let mut r = &large_body(i)[..];
+            source
+                .put_object(key, &mut r, "application/x-tar", &meta)
+                .await
+                .unwrap();
+        }
+        for i in 0..20 {
+            source
+                .put_bytes(
+                    &format!("runs/{i:04}/metrics.json"),
+                    &body(i),
+                    "application/json",
+                )
+                .await
+                .unwrap();
+        }
+
+        // Each large content in one pack of its own, uploaded in parts; the copy of a.bin
+        // names a.bin's pack (its own upload deleted again); nothing under blobs/.
+        let since = proxy.seen().len();
+        let first = backup(&source, &repo, OLD, None, &opts).await;
+        assert_eq!(requests(&proxy, since, "PUT", "/blobs/"), 0);
+        let got = entries(&repo, &first).await;
+        let (a, b, copy) = (
+            &got["models/a.bin"],
+            &got["models/b.bin"],
+            &got["copies/a.bin"],
+        );
+        for e in [a, b, copy] {
+            assert_eq!(
+                e.offset,
+                Some(backup_agent::repository::pack::HEADER_LEN),
+                "{e:?}"
+            );
+        }
+        assert_eq!(copy.pack, a.pack, "one pack for one content");
+        assert_ne!(a.pack, b.pack);
+        let listed = packs_listed(&repo).await;
+        assert!(
+            listed.contains(a.pack.as_ref().unwrap()) && listed.contains(b.pack.as_ref().unwrap())
+        );
+        assert_eq!(
+            listed,
+            packs_named(&got),
+            "no pack left that no entry names"
+        );
+        assert_eq!(a.size, large_body(0).len() as u64);
+
+        // Read back: verify hashes each large blob as it streams; restore and download read
+        // exactly each one's range.
+        let sf = statefile(OLD, &first);
+        let v = verify(&repo, &sf, Mode::ReadData(Sample::All)).await;
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+        let since = proxy.seen().len();
+        mlpipeline::restore(&repo, &restored, &first, None, &opts)
+            .await
+            .unwrap();
+        assert_eq!(read_all(&restored).await, read_all(&source).await);
+        let ranges: Vec<String> = proxy.seen()[since..]
+            .iter()
+            .filter(|s| s.target.contains(a.pack.as_deref().unwrap()))
+            .filter_map(|s| s.range.clone())
+            .collect();
+        let want = format!("bytes=8-{}", 8 + a.size - 1);
+        assert_eq!(ranges, [want.clone(), want.clone()], "a.bin and its copy");
+        let inc = Include::new(&["models/a.bin".into()]).unwrap();
+        let dir = tmp.path().join("one");
+        download::run(&ctx, OLD, &dir, Some(&inc)).await.unwrap();
+        assert_eq!(
+            std::fs::read(dir.join("mlpipeline/models/a.bin")).unwrap(),
+            large_body(0)
+        );
+
+        // A byte flipped inside a.bin's pack: read-data names both keys holding it, and a
+        // restore does not write a.bin.
+        let pack_key = layout::pack_key(a.pack.as_deref().unwrap());
+        let mut bytes = repo.get_bytes(&pack_key).await.unwrap();
+        bytes[8 + 5_000_000] ^= 0xff;
+        repo.put_bytes(&pack_key, &bytes, "application/octet-stream")
+            .await
+            .unwrap();
+        let v = verify(&repo, &sf, Mode::ReadData(Sample::All)).await;
+        let named = v
+            .problems
+            .iter()
+            .find(|p| p.key == pack_key)
+            .unwrap_or_else(|| panic!("{:?}", v.problems));
+        assert!(
+            named.detail.contains("models/a.bin") && named.detail.contains("copies/a.bin"),
+            "{named:?}"
+        );
+        restored.delete("models/a.bin").await.unwrap();
+        assert!(mlpipeline::restore(&repo, &restored, &first, None, &opts)
+            .await
+            .is_err());
+        assert!(restored.head("models/a.bin").await.unwrap().is_none());
+        bytes[8 + 5_000_000] ^= 0xff;
+        repo.put_bytes(&pack_key, &bytes, "application/octet-stream")
+            .await
+            .unwrap();
+
+        // b.bin changes: once the first backup is forgotten, its old pack goes whole; a pack of
+        // one blob is never sparse, so --max-unused 0 repacks nothing.
+        let mut r = &large_body(2)[..];
+        source
+            .put_object("models/b.bin", &mut r, "application/x-tar", &meta)
+            .await
+            .unwrap();
+        let second = backup(&source, &repo, NEW, Some(&first), &opts).await;
+        let now = entries(&repo, &second).await;
+        assert_eq!(
+            now["models/a.bin"].pack, a.pack,
+            "unchanged: not read again"
+        );
+        assert_ne!(now["models/b.bin"].pack, b.pack);
+        let plan = prune::plan(&ctx, &prune::Selection::One(OLD.into()))
+            .await
+            .unwrap();
+        assert_eq!(
+            (plan.packs, plan.repack_packs),
+            (1, 0),
+            "{}",
+            prune::render_plan(&plan)
+        );
+        prune::run(&ctx, &prune::Selection::One(OLD.into()))
+            .await
+            .unwrap();
+        assert!(!packs_listed(&repo).await.contains(b.pack.as_ref().unwrap()));
+        let v = verify(&repo, &statefile(NEW, &second), Mode::ReadData(Sample::All)).await;
+        assert!(v.problems.is_empty(), "{:?}", v.problems);
+    });
+}

@@ -1,7 +1,8 @@
 //! The bucket into the repository: the listing merged with the previous manifest, each object
 //! kept, read or dropped as the merge decides, the new manifest written in key order as the
-//! copies finish. Small objects go through memory within a byte budget, large ones through
-//! spool files a few at a time; each content is uploaded once.
+//! copies finish. Small objects go through memory within a byte budget; large ones stream
+//! from their GET into a pack of their own (format v2), or through spool files a few at a time
+//! (format v1, whose blob key is the hash, known only at the end); each content is kept once.
 
 use std::collections::{HashMap, HashSet};
 use std::path::{Path, PathBuf};
@@ -20,11 +21,12 @@ use super::{
     kib_permits, PreviousManifest, SyncError, SyncOptions, SyncPlan, SyncStats, IN_MEMORY_MAX,
     LARGE_IN_FLIGHT, LARGE_READING, MEMORY_BUDGET, VANISHED_SHOWN,
 };
+use crate::repository::pack::{new_pack_id, Located, SoloPack};
 use crate::repository::packer::Packer;
 use crate::repository::{self, layout, Entry, ManifestWriter, Written};
 use crate::retry::retry;
 use crate::sorted::Joined;
-use crate::storage::{Store, StoreError, TapWriter};
+use crate::storage::{ObjectMeta, Store, StoreError, TapWriter};
 
 /// Hashes of blobs stored or found during this run, remembered to spare a request for content
 /// seen again soon (the many empty `_SUCCESS` markers); forgotten all at once when full.
@@ -209,13 +211,8 @@ impl Shared<'_> {
         sha: [u8; 32],
         data: &[u8],
     ) -> Result<Option<(String, u64)>, SyncError> {
-        if let Some((pack, offset)) = packer.find(&sha) {
-            return Ok(Some((pack.to_string(), offset)));
-        }
-        match self.known.find(&sha).await? {
-            Some(Found::Blob) => return Ok(None),
-            Some(Found::Packed { pack, offset }) => return Ok(Some((pack, offset))),
-            None => {}
+        if let Some(there) = self.stored_already(packer, &sha).await? {
+            return Ok(there);
         }
         let len = data.len() as u64;
         if let Some(l) = &self.limiter {
@@ -232,8 +229,139 @@ impl Shared<'_> {
         Ok(Some((placed.pack.to_string(), placed.offset)))
     }
 
-    /// A large object: HEAD for its headers, streamed to the spool while hashed, uploaded in
-    /// parts unless the blob is there.
+    /// Where this run or the previous backup already keeps content `sha`, if either does:
+    /// `Some(None)` for a v1 blob, `Some(Some((pack, offset)))` for a packed one.
+    async fn stored_already(
+        &self,
+        packer: &Packer,
+        sha: &[u8; 32],
+    ) -> Result<Option<Option<(String, u64)>>, SyncError> {
+        if let Some((pack, offset)) = packer.find(sha) {
+            return Ok(Some(Some((pack.to_string(), offset))));
+        }
+        Ok(match self.known.find(sha).await? {
+            Some(Found::Blob) => Some(None),
+            Some(Found::Packed { pack, offset }) => Some(Some((pack, offset))),
+            None => None,
+        })
+    }
+
+    /// A large object in format v2: streamed from its GET straight into a pack of its own (a
+    /// multipart upload, no spool file), hashed on the way. Content this run or the previous
+    /// backup already keeps is not kept twice: the new pack is deleted again.
+    async fn large_packed(
+        &self,
+        packer: &Packer,
+        meta: ObjectMeta,
+    ) -> Result<Option<Entry>, SyncError> {
+        let key = meta.info.key.clone();
+        if let Some(l) = &self.limiter {
+            l.take(meta.info.size).await;
+        }
+        let gone = std::sync::atomic::AtomicBool::new(false);
+        let streamed = retry(self.opts.attempts, &key, || {
+            self.stream_into_pack(&key, meta.info.size, &gone)
+        })
+        .await;
+        let (pack, at, pack_len) = match streamed {
+            Ok(s) => s,
+            Err(_) if gone.load(Ordering::Relaxed) => return Ok(None),
+            Err(e) => return Err(Self::object_err(&key)(e)),
+        };
+        self.read_bytes.fetch_add(at.length, Ordering::Relaxed);
+        self.ticker.add(at.length);
+        let place = match self.stored_already(packer, &at.sha256).await? {
+            Some(there) => {
+                // A pack left behind (this delete failing) is one no manifest names: the next
+                // prune deletes it.
+                let k = layout::pack_key(&pack);
+                if let Err(e) = retry(self.opts.attempts, &k, || self.dest.delete(&k)).await {
+                    tracing::warn!("{k}: a duplicate of stored content, not deleted: {e}");
+                }
+                there
+            }
+            None => {
+                let id = packer
+                    .adopt(&pack, at, pack_len)
+                    .await
+                    .map_err(Self::object_err(&layout::packs_prefix()))?;
+                self.new_objects.fetch_add(1, Ordering::Relaxed);
+                self.new_bytes.fetch_add(at.length, Ordering::Relaxed);
+                Some((id.to_string(), at.offset))
+            }
+        };
+        Ok(Some(large_entry(
+            meta,
+            at.length,
+            hex::encode(at.sha256),
+            place,
+        )))
+    }
+
+    /// One attempt: the object's GET piped through a [`SoloPack`] into the pack's upload. The
+    /// upload completes only if the GET ended well (a cut stream would otherwise look like a
+    /// shorter object); `gone` says the object vanished.
+    async fn stream_into_pack(
+        &self,
+        key: &str,
+        size: u64,
+        gone: &std::sync::atomic::AtomicBool,
+    ) -> Result<(String, Located, u64), StoreError> {
+        let pack = new_pack_id();
+        let pack_key = layout::pack_key(&pack);
+        let (w, r) = tokio::io::duplex(1 << 20);
+        let (tx, rx) = tokio::sync::oneshot::channel::<Result<u64, StoreError>>();
+        let get = async {
+            let mut w = w;
+            let got = self.source.get_stream(key, &mut w).await;
+            let _ = w.shutdown().await;
+            drop(w);
+            if matches!(got, Err(StoreError::NotFound { .. })) {
+                gone.store(true, Ordering::Relaxed);
+            }
+            let _ = tx.send(got);
+        };
+        let put = async {
+            // Owned here, so a failed upload drops the pipe's reader and ends the GET too.
+            let mut solo = SoloPack::new(r);
+            let verdict = async {
+                match rx.await {
+                    Ok(Ok(_)) => Ok(()),
+                    Ok(Err(e)) => Err(e),
+                    Err(_) => Err(StoreError::Fatal {
+                        op: "get",
+                        key: key.to_string(),
+                        detail: "the read stopped".into(),
+                    }),
+                }
+            };
+            let none = Default::default();
+            let sent = self
+                .dest
+                .put_object_verified(
+                    &pack_key,
+                    &mut solo,
+                    Some(SoloPack::<()>::expected_len(size)),
+                    "application/octet-stream",
+                    &none,
+                    verdict,
+                )
+                .await;
+            sent.map(|()| (solo.located(), solo.pack_len()))
+        };
+        let ((), sent) = tokio::join!(get, put);
+        match sent? {
+            (Some(at), Some(len)) => Ok((pack, at, len)),
+            _ => Err(StoreError::Fatal {
+                op: "put",
+                key: pack_key,
+                detail: "the upload ended before the pack was whole".into(),
+            }),
+        }
+    }
+
+    /// A large object: HEAD for its headers, then (format v2) streamed into a pack of its own,
+    /// or (v1) streamed to the spool while hashed and uploaded in parts unless the blob is there.
     async fn large(&self, key: String) -> Result<Option<Entry>, SyncError> {
         let _slot = self.large.acquire().await.expect("never closed");
         let meta = {
@@ -245,6 +373,9 @@ impl Shared<'_> {
             Ok(None) | Err(StoreError::NotFound { .. }) => return Ok(None),
             Err(e) => return Err(Self::object_err(&key)(e)),
         };
+        if let Some(packer) = &self.packer {
+            return self.large_packed(packer, meta).await;
+        }
         let reading = self.reading.acquire().await.expect("never closed");
         let read = retry(self.opts.attempts, &key, || {
             let n = self.spooled.fetch_add(1, Ordering::Relaxed);
@@ -295,23 +426,27 @@ impl Shared<'_> {
             .await;
         let _ = tokio::fs::remove_file(&path).await;
         uploaded?;
-        // What was really read is what the manifest records; a size that moved under us
-        // means the ETag no longer describes these bytes.
-        let etag = if len == meta.info.size {
-            meta.info.etag.clone()
-        } else {
-            None
-        };
-        Ok(Some(Entry {
-            key: meta.info.key,
-            size: len,
-            etag,
-            sha256: sha,
-            content_type: meta.content_type,
-            metadata: meta.metadata,
-            pack: None,
-            offset: None,
-        }))
+        Ok(Some(large_entry(meta, len, sha, None)))
+    }
+}
+
+/// The entry of a large object read whole: what was really read is what the manifest records,
+/// and a size that moved under us means the ETag no longer describes these bytes.
+fn large_entry(meta: ObjectMeta, len: u64, sha: String, place: Option<(String, u64)>) -> Entry {
+    let etag = if len == meta.info.size {
+        meta.info.etag
+    } else {
+        None
+    };
+    Entry {
+        key: meta.info.key,
+        size: len,
+        etag,
+        sha256: sha,
+        content_type: meta.content_type,
+        metadata: meta.metadata,
+        pack: place.as_ref().map(|(p, _)| p.clone()),
+        offset: place.map(|(_, o)| o),
     }
 }
 
@@ -382,7 +517,7 @@ pub async fn capture(
         reading: tokio::sync::Semaphore::new(LARGE_READING),
         heads: tokio::sync::Semaphore::new(opts.checkers.max(1)),
         limiter: opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now())),
-        packer: (opts.packing.threshold > 0).then(|| {
+        packer: opts.packing.on().then(|| {
             Packer::new(
                 dest,
                 opts.packing.packs,

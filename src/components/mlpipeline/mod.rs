@@ -39,7 +39,7 @@ use crate::retry::Retryable;
 use crate::storage::StoreError;
 
 /// Objects up to this size are read into memory; larger ones go through a spool file.
-const IN_MEMORY_MAX: u64 = 8 << 20;
+pub const IN_MEMORY_MAX: u64 = 8 << 20;
 /// Bytes of small objects in memory at once, across all transfers.
 const MEMORY_BUDGET: u64 = 32 << 20;
 /// Large objects spooled at once (each needs spool space the size of the object), of which

@@ -219,6 +219,26 @@ pub fn checked(e: &Entry, bytes: &[u8]) -> Result<(), String> {
     }
 }
 
+/// The content hash of bytes `offset..offset + length` of a pack, streamed (a large blob is
+/// never held in memory), each attempt from its first byte.
+pub async fn hash_range(
+    repo: &Store,
+    pack_id: &str,
+    (offset, length): (u64, u64),
+    attempts: u32,
+) -> Result<[u8; 32], StoreError> {
+    use sha2::{Digest, Sha256};
+    let key = layout::pack_key(pack_id);
+    retry(attempts, &key, || async {
+        let mut h = Sha256::new();
+        let mut sink = crate::storage::TapWriter::new(tokio::io::sink(), |b: &[u8]| h.update(b));
+        repo.get_range_stream(&key, offset, offset + length, &mut sink)
+            .await?;
+        Ok(h.finalize().into())
+    })
+    .await
+}
+
 /// The bytes of a group of entries that share one pack, in the group's order.
 pub async fn read_group<T>(
     repo: &Store,

@@ -94,7 +94,8 @@ async fn count(
         plan.bytes += o.size;
         plan.to_read += 1;
         plan.read_bytes += o.size;
-        if o.size > IN_MEMORY_MAX {
+        // Format v2 streams large objects into packs of their own: no spool.
+        if o.size > IN_MEMORY_MAX && !opts.packing.on() {
             plan.largest_spooled = plan.largest_spooled.max(o.size);
         }
     }

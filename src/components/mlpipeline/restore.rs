@@ -158,7 +158,7 @@ pub async fn restore(
                 let bytes: u64 = group.iter().map(|e| e.size).sum();
                 let n = group.len() as u64;
                 match &group[..] {
-                    [e] if matches!(e.stored(), Stored::Blob(_)) && e.size > IN_MEMORY_MAX => {
+                    [e] if e.size > IN_MEMORY_MAX => {
                         let _slot = large.acquire().await.expect("never closed");
                         if let Some(l) = limiter {
                             l.take(e.size).await;
@@ -292,17 +292,24 @@ async fn copy_group(
         .map(|_| ())
 }
 
-/// A large object from its blob back to the bucket, streamed through a bounded pipe; the
-/// upload completes only once the whole blob has hashed to its name, so a corrupted blob never
-/// replaces the object.
+/// A large object from its blob (or its range of a pack) back to the bucket, streamed through
+/// a bounded pipe; the upload completes only once the whole blob has hashed to its name, so a
+/// corrupted blob never replaces the object.
 async fn copy_back(repo: &Store, target: &Store, e: &Entry) -> Result<(), SyncError> {
-    let blob = repository::blob_key(&e.sha256);
+    let blob = e.stored_object().unwrap_or_default();
+    let range = match e.stored() {
+        Stored::Packed { offset, .. } => Some((offset, offset + e.size)),
+        _ => None,
+    };
     let (w, r) = tokio::io::duplex(1 << 20);
     let (tx, rx) = tokio::sync::oneshot::channel::<Result<(), String>>();
     let get = async {
         let mut h = Sha256::new();
         let mut w = TapWriter::new(w, |b: &[u8]| h.update(b));
-        let n = repo.get_stream(&blob, &mut w).await;
+        let n = match range {
+            Some((start, end)) => repo.get_range_stream(&blob, start, end, &mut w).await,
+            None => repo.get_stream(&blob, &mut w).await,
+        };
         let _ = w.inner.shutdown().await;
         drop(w);
         let sha = hex::encode(h.finalize());

@@ -11,7 +11,8 @@ use std::collections::BTreeMap;
 use futures::TryStreamExt;
 use sha2::{Digest, Sha256};
 
-use super::packed::{visit_ranges, Grouping};
+use super::packed::{hash_range, visit_ranges, Grouping};
+use super::IN_MEMORY_MAX;
 use crate::components::check::{problem, CheckContext, Mode, Problem, Sample, Verification};
 use crate::repository::pack_refs::{self, PackRef, PackUse};
 use crate::repository::{self, layout, pack, Statefile, Stored};
@@ -368,11 +369,12 @@ async fn check_packs(
                 (PackFound::Present(used), Some(sample)) => (used, sample),
                 (other, _) => return Ok(other),
             };
-            let picked: Vec<&PackRef> = used
+            // A large blob (a pack of its own) is hashed as it streams, never held whole.
+            let (large, picked): (Vec<&PackRef>, Vec<&PackRef>) = used
                 .refs
                 .iter()
                 .filter(|r| sample.picks(&r.sha256))
-                .collect();
+                .partition(|r| r.length > IN_MEMORY_MAX);
             let wants: Vec<(u64, u64)> = picked.iter().map(|r| (r.offset, r.length)).collect();
             let mut got = PackRead::default();
             let read = visit_ranges(
@@ -391,6 +393,22 @@ async fn check_packs(
                 },
             )
             .await;
+            let mut read = read;
+            for r in large {
+                if read.is_err() {
+                    break;
+                }
+                let span = (r.offset, r.length);
+                read = hash_range(dest, &used.id(), span, crate::retry::ATTEMPTS)
+                    .await
+                    .map(|sha| {
+                        got.blobs += 1;
+                        got.bytes += r.length;
+                        if sha != r.sha256 {
+                            got.bad.push((r.clone(), hex::encode(sha)));
+                        }
+                    });
+            }
             let r = read.map(|()| got);
             Ok::<_, StoreError>(PackFound::Read(used, r))
         })
