@@ -646,7 +646,7 @@ fn rclone_syncs(
     Ok(())
 }
 
-/// A backup as create-backup makes it (the counting pass, the capture, a completed statefile).
+/// A backup as create-backup makes it (format v1 counts first; then the capture, a completed statefile).
 fn capture(
     lab: &Lab,
     bucket: &str,

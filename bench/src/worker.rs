@@ -99,7 +99,11 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
     let mut seconds = (0.0, 0.0);
     let captured = rt.block_on(async {
         let t0 = std::time::Instant::now();
-        let plan = mlpipeline::plan(&source, &dest, previous.as_ref(), &opts).await?;
+        // As create-backup does: format v1 counts first (to size its spool), v2 does not.
+        let plan = match opts.packing.on() {
+            true => None,
+            false => Some(mlpipeline::plan(&source, &dest, previous.as_ref(), &opts).await?),
+        };
         seconds.0 = t0.elapsed().as_secs_f64();
         let t1 = std::time::Instant::now();
         let captured = mlpipeline::capture(
@@ -107,7 +111,7 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
             &dest,
             previous.as_ref(),
             &a.manifest_key,
-            Some(&plan),
+            plan.as_ref(),
             &opts,
         )
         .await?;
@@ -121,7 +125,8 @@ pub fn capture(a: CaptureArgs) -> Result<()> {
     })?;
     let mut out = serde_json::to_value(&captured.stats)?;
     out["manifest-sha256"] = captured.manifest.sha256.into();
-    // The preflight's counting pass and the capture after quiesce, apart: each lists the bucket.
+    // The preflight's counting pass (format v1 only) and the capture after quiesce, apart: each
+    // lists the bucket.
     out["plan-seconds"] = seconds.0.into();
     out["capture-seconds"] = seconds.1.into();
     println!("{out}");

@@ -170,15 +170,22 @@ async fn capture_mlpipeline(
     plan: Option<SyncPlan>,
     id: &str,
 ) -> Result<Option<Captured>, SyncError> {
-    let (Some(plan), Some(minio)) = (plan, &prep.minio) else {
+    let Some(minio) = &prep.minio else {
         return Ok(None);
     };
     let opts = SyncOptions::for_run(ctx, prep.spool.path.join("mlpipeline"));
     let key = repository::manifest_key(id);
     let previous = prep.previous.as_ref();
-    mlpipeline::capture(&minio.store, &ctx.dest, previous, &key, Some(&plan), &opts)
-        .await
-        .map(Some)
+    mlpipeline::capture(
+        &minio.store,
+        &ctx.dest,
+        previous,
+        &key,
+        plan.as_ref(),
+        &opts,
+    )
+    .await
+    .map(Some)
 }
 
 fn record_mysql(

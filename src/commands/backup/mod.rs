@@ -80,6 +80,9 @@ pub struct Plan {
     pub minio_endpoint: String,
     pub minio_reached_through: String,
     pub minio_credentials_from: String,
+    /// Whether the mlpipeline figures below were counted (a dry run, or format v1); a format
+    /// v2 run does not count ahead and leaves them 0.
+    pub mlpipeline_counted: bool,
     pub mlpipeline_objects: u64,
     pub mlpipeline_bytes: u64,
     /// Objects and bytes to read: new or changed since the previous backup.
@@ -190,17 +193,29 @@ async fn run_locked(
         )));
     }
     let p = &ctx.progress;
+    let mlpipeline = if !req.components.contains(&Component::Mlpipeline) {
+        String::new()
+    } else if prep.plan.mlpipeline_counted {
+        format!(
+            "; mlpipeline {} objects, {} to read",
+            prep.plan.mlpipeline_objects,
+            crate::units::human_bytes(prep.plan.mlpipeline_to_read_bytes)
+        )
+    } else {
+        match &prep.plan.previous_backup {
+            Some(b) => format!("; mlpipeline: what changed since {b} is read as it is found"),
+            None => "; mlpipeline: every object is read (no earlier backup)".into(),
+        }
+    };
     p.step(
         "plan",
         format!(
-            "backup {id}: {}; mlpipeline {} objects, {} to read",
+            "backup {id}: {}{mlpipeline}",
             req.components
                 .iter()
                 .map(|c| c.as_str())
                 .collect::<Vec<_>>()
                 .join(", "),
-            prep.plan.mlpipeline_objects,
-            crate::units::human_bytes(prep.plan.mlpipeline_to_read_bytes)
         ),
     );
     for w in &prep.warnings {

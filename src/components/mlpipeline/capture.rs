@@ -504,7 +504,7 @@ pub async fn capture(
         .learn_order("", opts.streaming.page_size)
         .await
         .map_err(SyncError::List)?;
-    let totals = totals.cloned().unwrap_or_default();
+    let totals = totals.map(|t| (t.to_read, t.read_bytes));
     let shared = Shared {
         source,
         dest,
@@ -531,7 +531,7 @@ pub async fn capture(
             opts.scratch.clone(),
             opts.streaming.sort_memory,
         ),
-        ticker: Ticker::new(&opts.progress, totals.to_read, totals.read_bytes),
+        ticker: Ticker::new(&opts.progress, totals),
         spooled: AtomicU64::new(0),
         read_bytes: AtomicU64::new(0),
         new_objects: AtomicU64::new(0),

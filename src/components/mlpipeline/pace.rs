@@ -38,19 +38,18 @@ impl Limiter {
 /// Transfer events, at most a few a second however many objects move.
 pub(super) struct Ticker<'a> {
     progress: &'a Progress,
-    total_objects: u64,
-    total_bytes: u64,
+    /// Objects and bytes expected, when they were counted ahead.
+    totals: Option<(u64, u64)>,
     done: std::sync::Mutex<(u64, u64, Instant)>,
 }
 
 impl<'a> Ticker<'a> {
     const EVERY: Duration = Duration::from_millis(500);
 
-    pub(super) fn new(progress: &'a Progress, total_objects: u64, total_bytes: u64) -> Self {
+    pub(super) fn new(progress: &'a Progress, totals: Option<(u64, u64)>) -> Self {
         Ticker {
             progress,
-            total_objects,
-            total_bytes,
+            totals,
             done: std::sync::Mutex::new((0, 0, Instant::now())),
         }
     }
@@ -75,15 +74,15 @@ impl<'a> Ticker<'a> {
         self.progress.emit(Event::Transfer {
             component: "mlpipeline".into(),
             done_bytes: bytes,
-            total_bytes: Some(self.total_bytes),
+            total_bytes: self.totals.map(|t| t.1),
             done_objects: objects,
-            total_objects: Some(self.total_objects),
+            total_objects: self.totals.map(|t| t.0),
         });
     }
 
     pub(super) fn finish(&self) {
         let (objects, bytes, _) = *self.done.lock().expect("ticker");
-        if self.total_objects > 0 {
+        if objects > 0 {
             self.emit(objects, bytes);
         }
     }

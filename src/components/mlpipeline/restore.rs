@@ -129,8 +129,7 @@ pub async fn restore(
     let mut extras = KeyLog::new(&opts.scratch).map_err(scratch_err(opts))?;
     let unchanged = AtomicU64::new(0);
     let limiter = opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now()));
-    let totals = totals.cloned().unwrap_or_default();
-    let ticker = Ticker::new(&opts.progress, totals.to_copy, totals.to_copy_bytes);
+    let ticker = Ticker::new(&opts.progress, totals.map(|t| (t.to_copy, t.to_copy_bytes)));
     let copied_bytes = AtomicU64::new(0);
     let memory = tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize);
     let large = tokio::sync::Semaphore::new(LARGE_IN_FLIGHT);
