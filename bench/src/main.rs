@@ -73,7 +73,7 @@ struct RunArgs {
     #[arg(long)]
     no_scale_check: bool,
     /// Run only these cases (for profiling); incremental and restore bring M's full copy along.
-    #[arg(long, value_delimiter = ',', value_parser = ["s", "l", "m", "incremental", "restore", "mlmd"])]
+    #[arg(long, value_delimiter = ',', value_parser = ["s", "l", "m", "incremental", "restore", "mlmd", "requests"])]
     only: Vec<String>,
 }
 

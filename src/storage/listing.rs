@@ -44,26 +44,17 @@ impl Store {
         self.order.store(o as u8, Ordering::Relaxed);
     }
 
-    /// Makes sure the store's listing order is known: if it is not, one pass over the listing
-    /// of `prefix` (no object read) finds out. For a run that cannot start over once it has
-    /// begun (a capture, a restore); one that can, calls [`Store::sorted_listing`] and starts
-    /// over on [`StoreError::Unsorted`].
-    pub async fn learn_order(
-        &self,
-        prefix: &str,
-        page_size: usize,
-    ) -> Result<ListingOrder, StoreError> {
+    /// Settles the store's listing order before a run that cannot start over once it has
+    /// begun (a capture, a restore): an order not known yet is taken as unsorted, so the
+    /// run's listing goes through the external sort. Sorting one listing on local disk costs
+    /// far less than a second pass over the network to find out (at a million keys, 155 s of
+    /// listing on SeaweedFS). A run that can start over calls [`Store::sorted_listing`] and
+    /// starts over on [`StoreError::Unsorted`].
+    pub fn settle_order(&self) -> ListingOrder {
         if self.listing_order() == ListingOrder::Unknown {
-            let mut all = self.list_stream(prefix, page_size);
-            loop {
-                match all.next().await {
-                    Some(Ok(_)) => {}
-                    Some(Err(StoreError::Unsorted { .. })) | None => break,
-                    Some(Err(e)) => return Err(e),
-                }
-            }
+            self.set_order(ListingOrder::Other);
         }
-        Ok(self.listing_order())
+        self.listing_order()
     }
 
     /// Every object under `prefix` in byte order of their keys, whatever the server's order.

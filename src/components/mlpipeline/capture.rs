@@ -500,10 +500,7 @@ pub async fn capture(
             source: e,
         })?;
     // Once the copy has begun it cannot start over: the listing's order is settled first.
-    source
-        .learn_order("", opts.streaming.page_size)
-        .await
-        .map_err(SyncError::List)?;
+    source.settle_order();
     let totals = totals.map(|t| (t.to_read, t.read_bytes));
     let shared = Shared {
         source,

@@ -122,10 +122,7 @@ pub async fn restore(
     opts: &SyncOptions,
 ) -> Result<RestoreStats, SyncError> {
     // Copies cannot be taken back: the listing's order is settled before the first one.
-    target
-        .learn_order("", opts.streaming.page_size)
-        .await
-        .map_err(SyncError::List)?;
+    target.settle_order();
     let mut extras = KeyLog::new(&opts.scratch).map_err(scratch_err(opts))?;
     let unchanged = AtomicU64::new(0);
     let limiter = opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now()));
