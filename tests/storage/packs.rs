@@ -495,6 +495,20 @@ fn small_objects_are_packed_deduplicated_restored_by_range_verified_and_pruned_b
     );
 }
 
+/// `runs/0000/metrics.json` .. for `n` objects, object `i` holding `body(i)`.
+async fn put_runs(source: &Store, n: usize) {
+    for i in 0..n {
+        source
+            .put_bytes(
+                &format!("runs/{i:04}/metrics.json"),
+                &body(i),
+                "application/json",
+            )
+            .await
+            .unwrap();
+    }
+}
+
 /// Packs of 16 KiB and a small threshold: a few hundred small objects make tens of packs.
 fn small_packs(tmp: &std::path::Path, max_unused: u8) -> SyncOptions {
     SyncOptions {
@@ -549,16 +563,7 @@ fn one_object_downloads_by_a_ranged_get_of_its_own_bytes() {
     let ctx = context(&repo, &tmp.path().join("scratch"));
     let rt = tokio::runtime::Runtime::new().unwrap();
     rt.block_on(async {
-        for i in 0..300 {
-            source
-                .put_bytes(
-                    &format!("runs/{i:04}/metrics.json"),
-                    &body(i),
-                    "application/json",
-                )
-                .await
-                .unwrap();
-        }
+        put_runs(&source, 300).await;
         for j in 0..3 {
             source
                 .put_bytes(
@@ -640,20 +645,7 @@ fn one_object_downloads_by_a_ranged_get_of_its_own_bytes() {
 
 /// Files under `dir`, as sorted relative paths.
 fn walk(dir: &std::path::Path) -> Vec<String> {
-    let mut out = vec![];
-    let mut todo = vec![dir.to_path_buf()];
-    while let Some(d) = todo.pop() {
-        for e in std::fs::read_dir(&d).unwrap() {
-            let p = e.unwrap().path();
-            if p.is_dir() {
-                todo.push(p);
-            } else {
-                out.push(p.strip_prefix(dir).unwrap().display().to_string());
-            }
-        }
-    }
-    out.sort();
-    out
+    crate::streaming::files(dir).into_keys().collect()
 }
 
 /// For each pack in the repository: its bytes, and the bytes the kept backups' manifests
@@ -706,16 +698,7 @@ fn prune_after_half_the_backups_leaves_no_pack_past_the_unused_fraction() {
     rt.block_on(async {
         // Six daily backups; each day rewrites a different fifth of the 250 objects and deletes
         // a few, so the first days' packs end up partly used by the newest three.
-        for i in 0..250 {
-            source
-                .put_bytes(
-                    &format!("runs/{i:04}/metrics.json"),
-                    &body(i),
-                    "application/json",
-                )
-                .await
-                .unwrap();
-        }
+        put_runs(&source, 250).await;
         let mut caps: Vec<MlpipelineCapture> = vec![];
         for (day, id) in ids.iter().enumerate() {
             if day > 0 {
@@ -838,16 +821,7 @@ fn large_objects_stream_into_packs_of_their_own_and_back() {
                 .await
                 .unwrap();
         }
-        for i in 0..20 {
-            source
-                .put_bytes(
-                    &format!("runs/{i:04}/metrics.json"),
-                    &body(i),
-                    "application/json",
-                )
-                .await
-                .unwrap();
-        }
+        put_runs(&source, 20).await;
 
         // Each large content in one pack of its own, uploaded in parts; the copy of a.bin
         // names a.bin's pack (its own upload deleted again); nothing under blobs/.

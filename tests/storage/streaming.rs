@@ -218,7 +218,8 @@ fn expected(id: &str) -> BTreeMap<String, String> {
         .collect()
 }
 
-fn files(dir: &Path) -> BTreeMap<String, String> {
+/// Files under `dir` by relative path, each with the SHA-256 of its bytes.
+pub(crate) fn files(dir: &Path) -> BTreeMap<String, String> {
     let mut out = BTreeMap::new();
     let mut stack = vec![dir.to_path_buf()];
     while let Some(d) = stack.pop() {
