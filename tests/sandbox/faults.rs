@@ -857,7 +857,10 @@ fn spool_disk_full_mid_run() {
     let via = proxy.endpoint();
     let b = before(&sb);
 
-    // Room at the preflight; then something else fills the disk while the copy runs.
+    // Room at the preflight; then something else fills the disk while the copy runs. Format
+    // v2 streams a large object straight into a pack of its own, so only a v1 run (nothing
+    // packed) spools it; v2's other spool writes (the MLMD dump, sort spills) may or may not
+    // have finished by then, which would make the failure a race.
     let large = rt()
         .block_on(minio(&sb).list(""))
         .unwrap()
@@ -870,7 +873,15 @@ fn spool_disk_full_mid_run() {
     proxy.hold(&format!("/mlpipeline/{large}"));
     let child = spawn_agent(
         &sb,
-        &["create-backup", "--spool", &dir, "--minio-endpoint", &via],
+        &[
+            "create-backup",
+            "--spool",
+            &dir,
+            "--minio-endpoint",
+            &via,
+            "--pack-threshold",
+            "0",
+        ],
         &[],
     );
     wait_for("the large object read", MID, || proxy.held() > 0);
