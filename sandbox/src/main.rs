@@ -85,6 +85,14 @@ struct UpArgs {
     /// Units of kfp-db and katib-db to start with.
     #[arg(long, default_value_t = 2)]
     db_units: u32,
+    /// s3-integrator's `path` for the databases; `--mysql-path ''` reproduces a deployment
+    /// where nobody set it (mysql-k8s can then neither list nor restore its backups).
+    #[arg(long, default_value = "mysql")]
+    mysql_path: String,
+    /// mysql-k8s with the newer backups library: each cluster claims its S3 repository
+    /// (`group_replication_id.txt`), so kfp-db and katib-db can no longer share one path.
+    #[arg(long)]
+    mysql_claims: bool,
     #[command(flatten)]
     sizes: SizeArgs,
 }
@@ -240,6 +248,8 @@ fn run(cli: Cli) -> Result<()> {
             let mut opts = UpOptions::new(std::env::current_exe()?);
             opts.mlmd_container = a.mlmd_container;
             opts.db_units = a.db_units;
+            opts.mysql_path = a.mysql_path;
+            opts.mysql_claims = a.mysql_claims;
             opts.bucket = a.sizes.bucket();
             opts.mlmd = a.sizes.mlmd();
             let info = env::up(&layout, &opts)?;
@@ -290,7 +300,8 @@ fn run(cli: Cli) -> Result<()> {
         }
         Cmd::ServeK8s { port } => {
             let layout = Layout::new(&cli.dir)?;
-            tokio::runtime::Runtime::new()?.block_on(k8s::serve(layout.model(), port))?;
+            let certs = k8s::tls::CertFiles::in_dir(&layout.dir);
+            tokio::runtime::Runtime::new()?.block_on(k8s::serve(layout.model(), port, &certs))?;
         }
     }
     Ok(())

@@ -94,17 +94,13 @@ pub fn s3_destination(
             ))
         }
     };
-    let tls_ca_chain = match get("tls-ca-chain") {
+    // PEM or base64 of PEM per element, depending on the s3-integrator version.
+    let tls_ca_chain = match get("tls-ca-chain").filter(|c| !c.trim().is_empty()) {
         None => vec![],
-        Some(chain) => serde_json::from_str::<Vec<String>>(chain).map_err(|e| {
-            format!("s3-integrator's tls-ca-chain is not a JSON list of PEM certificates: {e}")
+        Some(chain) => crate::storage::tls::relation_chain(chain).map_err(|e| {
+            format!("s3-integrator's tls-ca-chain: {e}: `juju config s3-integrator tls-ca-chain=\"$(base64 -w0 ca.pem)\"`")
         })?,
     };
-    for pem in &tls_ca_chain {
-        crate::storage::tls::parse_chain(pem, "s3-integrator's tls-ca-chain").map_err(|e| {
-            format!("{e}: `juju config s3-integrator tls-ca-chain=\"$(base64 -w0 ca.pem)\"`")
-        })?;
-    }
     let sse = sse_from_attributes(get("attributes"))?;
     Ok(S3Destination {
         relation: relation.to_string(),

@@ -45,6 +45,12 @@ pub enum JujuError {
         what: String,
         detail: String,
     },
+    #[error("{app}'s charm cannot run {action} the way backup-agent calls it: {detail}. Check the charm's revision against the supported ones (`juju actions {app} --schema`)")]
+    Unsupported {
+        app: String,
+        action: String,
+        detail: String,
+    },
 }
 
 impl crate::retry::Retryable for JujuError {
@@ -228,6 +234,50 @@ impl JujuCli {
             what: "unit JSON".into(),
             detail: e.to_string(),
         })
+    }
+
+    /// The actions of `app` and their parameters (`juju actions APP --schema --format json`).
+    pub fn action_schemas(
+        &self,
+        app: &str,
+    ) -> Result<std::collections::BTreeMap<String, ActionSchema>, JujuError> {
+        let out = self.run(&["actions", app, "--schema", "--format", "json"])?;
+        parse_action_schemas(&out).map_err(|e| JujuError::Parse {
+            command: format!("juju actions {app} --schema --format json"),
+            what: "action schemas".into(),
+            detail: e.to_string(),
+        })
+    }
+
+    /// Checks, before anything runs, that `app`'s charm has `action` with every one of
+    /// `params`: a charm revision that renamed one would otherwise get a parameter it does
+    /// not know (Juju 3 passes unknown ones through unchecked).
+    pub fn check_action(&self, app: &str, action: &str, params: &[&str]) -> Result<(), JujuError> {
+        let schemas = self.action_schemas(app)?;
+        let fail = |detail: String| JujuError::Unsupported {
+            app: app.into(),
+            action: action.into(),
+            detail,
+        };
+        let Some(schema) = schemas.get(action) else {
+            return Err(fail(format!(
+                "the charm has no such action (it has: {})",
+                schemas.keys().cloned().collect::<Vec<_>>().join(", ")
+            )));
+        };
+        for p in params {
+            if !schema.params.iter().any(|have| have == p) {
+                return Err(fail(format!(
+                    "its schema has no parameter {p:?} (it takes: {})",
+                    if schema.params.is_empty() {
+                        "none".to_string()
+                    } else {
+                        schema.params.join(", ")
+                    }
+                )));
+            }
+        }
+        Ok(())
     }
 
     /// `juju scale-application APP N`: asynchronous; poll [`scale_settled`] on `status`.

@@ -137,6 +137,53 @@ pub fn relation_app_data(
     )
 }
 
+/// The application at the other end of `endpoint`, from `juju show-unit`: the first related
+/// unit's application (`related-units` keys are unit names).
+pub fn relation_remote_app(show_unit: &Value, unit: &str, endpoint: &str) -> Option<String> {
+    let rels = show_unit.get(unit)?.get("relation-info")?.as_array()?;
+    let rel = rels
+        .iter()
+        .find(|r| r.get("endpoint").and_then(Value::as_str) == Some(endpoint))?;
+    let units = rel.get("related-units")?.as_object()?;
+    let first = units.keys().next()?;
+    Some(first.split('/').next().unwrap_or(first).to_string())
+}
+
+/// One action's parameters, from `juju actions APP --schema --format json`.
+#[derive(Debug, Clone, PartialEq, Default)]
+pub struct ActionSchema {
+    pub params: Vec<String>,
+    pub required: Vec<String>,
+}
+
+/// Every action's schema, by name: `{ACTION: {description, properties, title, type,
+/// [required], [additionalProperties]}}`, as `cmd/juju/action/list.go` prints it.
+pub fn parse_action_schemas(
+    json: &str,
+) -> Result<BTreeMap<String, ActionSchema>, serde_json::Error> {
+    let v: BTreeMap<String, Value> = serde_json::from_str(json)?;
+    Ok(v.into_iter()
+        .map(|(name, s)| {
+            let names = |k: &str| -> Vec<String> {
+                match s.get(k) {
+                    Some(Value::Object(m)) => m.keys().cloned().collect(),
+                    Some(Value::Array(a)) => a
+                        .iter()
+                        .filter_map(Value::as_str)
+                        .map(String::from)
+                        .collect(),
+                    _ => vec![],
+                }
+            };
+            let schema = ActionSchema {
+                params: names("properties"),
+                required: names("required"),
+            };
+            (name, schema)
+        })
+        .collect())
+}
+
 /// MinIO's connection data as the minio charm publishes it on `object-storage`.
 #[derive(Debug, Clone, PartialEq)]
 pub struct ObjectStorage {

@@ -74,6 +74,65 @@ pub fn trust_chain(pems: &[String], origin: &str) -> Result<PathBuf, String> {
     Ok(file)
 }
 
+/// The certificates of a relation's `tls-ca-chain` (a JSON list), each element PEM text or
+/// base64 of PEM: s3-integrator sends one or the other depending on its version, and
+/// mysql-k8s's `s3_helpers` base64-decodes each element. Every certificate is checked.
+pub fn relation_chain(value: &str) -> Result<Vec<String>, String> {
+    use base64::Engine;
+    let items: Vec<String> = serde_json::from_str(value)
+        .map_err(|e| format!("not a JSON list of certificates ({e})"))?;
+    let mut pems = vec![];
+    for (i, item) in items.iter().enumerate() {
+        let item = item.trim();
+        let pem = if item.starts_with("-----BEGIN") {
+            item.to_string()
+        } else {
+            let compact: String = item.split_whitespace().collect();
+            let bytes = base64::engine::general_purpose::STANDARD
+                .decode(compact.as_bytes())
+                .map_err(|e| format!("element {} is neither PEM nor base64 of PEM ({e})", i + 1))?;
+            String::from_utf8(bytes).map_err(|_| {
+                format!(
+                    "element {} is base64 of something that is not PEM text",
+                    i + 1
+                )
+            })?
+        };
+        parse_chain(&pem, &format!("element {}", i + 1))?;
+        pems.push(pem);
+    }
+    Ok(pems)
+}
+
+/// The chains trusted so far by [`trust_more`], so a chain already there is not added again.
+static TRUSTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
+
+/// Adds `pems` to what S3 clients built from now on trust, next to whatever `SSL_CERT_FILE`
+/// named before. For a chain learnt mid-run (a mysql app's relation): rust-s3 takes no root
+/// certificates, so the process's `SSL_CERT_FILE` is the one way in. The variable is changed
+/// only when a relation carries a chain not trusted yet, under a lock.
+pub fn trust_more(pems: &[String], origin: &str) -> Result<(), String> {
+    let mut trusted = TRUSTED.lock().unwrap_or_else(|e| e.into_inner());
+    let new: Vec<String> = pems
+        .iter()
+        .map(|p| p.trim().to_string())
+        .filter(|p| !trusted.contains(p))
+        .collect();
+    if new.is_empty() {
+        return Ok(());
+    }
+    let mut all = new.clone();
+    if let Some(before) = std::env::var_os("SSL_CERT_FILE") {
+        let text = std::fs::read_to_string(&before)
+            .map_err(|e| format!("{origin}: SSL_CERT_FILE {}: {e}", before.to_string_lossy()))?;
+        all.insert(0, text);
+    }
+    let file = write_chain(&all, &std::env::temp_dir(), origin)?;
+    std::env::set_var("SSL_CERT_FILE", &file);
+    trusted.extend(new);
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -94,5 +153,31 @@ mod tests {
         )
         .unwrap_err();
         assert!(e.starts_with("tls-ca-chain: "), "{e}");
+    }
+
+    #[test]
+    fn a_relation_chain_takes_pem_or_base64_of_pem_and_names_a_bad_element() {
+        use base64::Engine;
+        let pem = std::fs::read_to_string(concat!(
+            env!("CARGO_MANIFEST_DIR"),
+            "/tests/fixtures/tls/ca.pem"
+        ))
+        .unwrap();
+        let b64 = base64::engine::general_purpose::STANDARD.encode(pem.as_bytes());
+        let list = serde_json::to_string(&[pem.clone(), b64]).unwrap();
+        let got = relation_chain(&list).unwrap();
+        assert_eq!(got.len(), 2);
+        assert_eq!(got[0].trim(), pem.trim());
+        assert_eq!(got[1].trim(), pem.trim(), "base64 decoded to the same PEM");
+        let e = relation_chain(r#"["!!not base64!!"]"#).unwrap_err();
+        assert!(
+            e.contains("element 1 is neither PEM nor base64 of PEM"),
+            "{e}"
+        );
+        let e = relation_chain("-----BEGIN CERTIFICATE-----").unwrap_err();
+        assert!(e.contains("not a JSON list"), "{e}");
+        let junk = base64::engine::general_purpose::STANDARD.encode("hello");
+        let e = relation_chain(&format!(r#"["{junk}"]"#)).unwrap_err();
+        assert!(e.contains("element 1"), "{e}");
     }
 }

@@ -22,10 +22,7 @@ pub fn sandbox_exe() -> std::path::PathBuf {
 
 /// A sandbox with `small` small objects in mlpipeline and no large ones.
 pub fn sandbox(small: usize) -> Sandbox {
-    let mut opts = UpOptions::new(sandbox_exe());
-    opts.bucket.small = small;
-    opts.bucket.large = 0;
-    Sandbox::up(&opts).unwrap()
+    sandbox_with(small, |_| {})
 }
 
 /// Runs the `backup-agent` CLI against the sandbox, with `env` on top of the sandbox's (an
@@ -313,4 +310,28 @@ pub fn manifest_bytes(entries: &[backup_agent::repository::Entry]) -> Vec<u8> {
         text.push(b'\n');
     }
     zstd::encode_all(&text[..], 3).unwrap()
+}
+
+/// The sandbox's `juju` client: (exit code, stdout, stderr).
+pub fn juju(sb: &Sandbox, args: &[&str]) -> (i32, String, String) {
+    let o = sb
+        .command(sb.layout.bin().join("juju"))
+        .args(args)
+        .env_remove("RUST_LOG")
+        .output()
+        .unwrap();
+    (
+        o.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&o.stdout).into_owned(),
+        String::from_utf8_lossy(&o.stderr).into_owned(),
+    )
+}
+
+/// A sandbox built from `opts` on top of the small-bucket defaults.
+pub fn sandbox_with(small: usize, tweak: impl FnOnce(&mut UpOptions)) -> Sandbox {
+    let mut opts = UpOptions::new(sandbox_exe());
+    opts.bucket.small = small;
+    opts.bucket.large = 0;
+    tweak(&mut opts);
+    Sandbox::up(&opts).unwrap()
 }

@@ -181,7 +181,22 @@ fn s3_integrator_v0_databag() {
     let mut b = v0_bag();
     b.insert("tls-ca-chain".into(), "-----BEGIN".into());
     let e = s3_destination("s3-credentials:4", &b, None).unwrap_err();
-    assert!(e.contains("tls-ca-chain is not a JSON list"), "{e}");
+    assert!(e.contains("tls-ca-chain: not a JSON list"), "{e}");
+    // Newer s3-integrators send each element as base64 of the PEM.
+    let mut b = v0_bag();
+    let b64 = {
+        use base64::Engine;
+        base64::engine::general_purpose::STANDARD.encode(include_str!("../fixtures/tls/ca.pem"))
+    };
+    b.insert(
+        "tls-ca-chain".into(),
+        serde_json::to_string(&[b64]).unwrap(),
+    );
+    let d = s3_destination("s3-credentials:4", &b, None).unwrap();
+    assert!(d.tls_ca_chain[0].starts_with("-----BEGIN CERTIFICATE-----"));
+    b.insert("tls-ca-chain".into(), r#"["bm90IGEgY2VydA=="]"#.into());
+    let e = s3_destination("s3-credentials:4", &b, None).unwrap_err();
+    assert!(e.contains("tls-ca-chain: element 1"), "{e}");
     let mut b = v0_bag();
     b.insert("endpoint".into(), "s3.example.internal".into());
     assert!(s3_destination("s3-credentials:4", &b, None)

@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::common::{listing, sandbox, scales};
+use crate::common::{juju, listing, sandbox, scales};
 use backup_agent_sandbox::env::Sandbox;
 use backup_agent_sandbox::hook_tools::{run_dispatch, HookAction, HookRelation, HookState};
 
@@ -21,20 +21,6 @@ fn pack(out: &Path) -> PathBuf {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
-}
-
-fn juju(sb: &Sandbox, args: &[&str]) -> (i32, String, String) {
-    let o = sb
-        .command(sb.layout.bin().join("juju"))
-        .args(args)
-        .env_remove("RUST_LOG")
-        .output()
-        .unwrap();
-    (
-        o.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&o.stdout).into_owned(),
-        String::from_utf8_lossy(&o.stderr).into_owned(),
-    )
 }
 
 fn juju_ok(sb: &Sandbox, args: &[&str]) -> String {

@@ -149,6 +149,75 @@ fn tls_is_verified_and_a_private_ca_is_trusted_only_when_given() {
     stop_weed(&srv);
 }
 
+/// A database's s3-parameters relation may carry `tls-ca-chain`: a JSON list whose elements
+/// are PEM or base64 of PEM, by s3-integrator version. The store built from the relation trusts
+/// it; without it the same server is refused.
+#[test]
+fn a_mysql_relations_tls_ca_chain_is_trusted_as_pem_or_base64() {
+    use backup_agent::components::mysql;
+    use base64::Engine;
+    let tmp = tempfile::tempdir().unwrap();
+    let tls = certificates(tmp.path());
+    let srv = start_weed_with(
+        &tmp.path().join("weed"),
+        "rel-access",
+        "rel-secret",
+        &["dbs"],
+        true,
+        Some(&tls),
+    )
+    .unwrap();
+    let mut bag: std::collections::BTreeMap<String, String> = [
+        ("bucket", "dbs"),
+        ("access-key", "rel-access"),
+        ("secret-key", "rel-secret"),
+        ("path", "kfp"),
+        ("region", "us-east-1"),
+        ("s3-uri-style", "path"),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v.to_string()))
+    .collect();
+    bag.insert(
+        "endpoint".into(),
+        format!("https://127.0.0.1:{}", srv.s3_port),
+    );
+
+    // No chain: the private CA is not trusted.
+    let store = mysql::relation_store(&bag, "kfp-db", "kfp").unwrap();
+    let e = rt().block_on(store.list("")).unwrap_err().to_string();
+    assert!(e.to_lowercase().contains("certificate"), "{e}");
+
+    // A chain that is not one is named, by key and element.
+    bag.insert("tls-ca-chain".into(), r#"["bm90IGEgY2VydA=="]"#.into());
+    let e = mysql::relation_store(&bag, "kfp-db", "kfp")
+        .unwrap_err()
+        .to_string();
+    assert!(
+        e.contains("kfp-db: s3-integrator's tls-ca-chain: element 1"),
+        "{e}"
+    );
+
+    // Base64 of the PEM, as newer s3-integrators send it: trusted.
+    let pem = std::fs::read_to_string(&tls.ca).unwrap();
+    let b64 = base64::engine::general_purpose::STANDARD.encode(pem.as_bytes());
+    bag.insert(
+        "tls-ca-chain".into(),
+        serde_json::to_string(&[b64]).unwrap(),
+    );
+    let store = mysql::relation_store(&bag, "kfp-db", "kfp").unwrap();
+    rt().block_on(store.put_bytes("2026-12-06T10:00:00Z.md5", b"x", "text/plain"))
+        .unwrap();
+    let keys: Vec<String> = rt()
+        .block_on(store.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    assert_eq!(keys, ["2026-12-06T10:00:00Z.md5"]);
+    stop_weed(&srv);
+}
+
 #[test]
 fn server_side_encryption_reaches_every_object_written() {
     let mut opts = UpOptions::new(crate::common::sandbox_exe());

@@ -105,7 +105,8 @@ fn enqueue(
         log,
         apply,
     } = effect;
-    store.update(move |m| {
+    let synced = failure.is_none() && action == "sync-s3-credentials";
+    let task = store.update(move |m| {
         apply(m);
         let id = m.next_task + 1;
         m.next_task += 2;
@@ -132,7 +133,14 @@ fn enqueue(
         };
         m.tasks.insert(id, task.clone());
         Ok(task)
-    })
+    })?;
+    if synced {
+        // New keys on every relation: each requirer sees relation-changed.
+        let (app, _) = split_unit(unit).expect("validated unit");
+        let requirers = s3_integrator::requirers(&store.read()?, app);
+        s3_integrator::credentials_changed(store, &requirers)?;
+    }
+    Ok(task)
 }
 
 /// Performs a simulated charm's action against the model as it was when the task started.

@@ -1,6 +1,14 @@
 //! The mysql-k8s charm, simulated: its actions (`get-cluster-status`, `get-primary`,
 //! `create-backup`, `list-backups`, `restore`) with the rules and messages of its backups
-//! library, writing and reading real objects in the S3 bucket its s3-integrator names.
+//! library, writing and reading real objects in the S3 bucket its s3-integrator names; and its
+//! answer to new S3 settings (`_on_s3_credentials_changed`), which clears the block a restore
+//! leaves and, in the newer library, claims the repository.
+//!
+//! Source of each behaviour: canonical/mysql-k8s-operator, `lib/charms/mysql/v0/backups.py`
+//! (LIBPATCH 19) and `s3_helpers.py` (LIBPATCH 13), as `interfaces.md` section 2 records them.
+//! Where that file and the charm's main branch differ (main's actions.yaml still has a `force`
+//! parameter on create-backup and a "Cluster is not in a healthy state" check), the sandbox
+//! follows `interfaces.md`: the product must work with either, and never sends `force`.
 
 use std::path::PathBuf;
 
@@ -17,7 +25,9 @@ pub fn actions() -> Value {
     json!({
         "get-cluster-status": {"params": {"cluster-set": {"type": "boolean"}}},
         "get-primary": {},
-        "create-backup": {"params": {"force": {"type": "boolean"}}},
+        // No parameters (interfaces.md); no `additionalProperties` either, as in the charm's
+        // actions.yaml, so Juju 3 lets unknown keys through to the charm.
+        "create-backup": {},
         "list-backups": {},
         "restore": {
             "params": {"backup-id": {"type": "string"}, "restore-to-time": {"type": "string"}},
@@ -193,27 +203,39 @@ fn create_backup(
     params: &Map<String, Value>,
     now: u64,
 ) -> Result<Effect> {
+    // `_pre_create_backup_checks`, then `_can_unit_perform_backup`, in the charm's order.
+    if model.relation_on(app_name, "s3-parameters").is_none() {
+        return Ok(Effect::fail("Missing relation with S3 integrator charm"));
+    }
+    if app.blocked.is_some() {
+        // The app peer data's `s3-block-message` (a restore, or another cluster's claim).
+        return Ok(Effect::fail("S3 relation is blocked for write"));
+    }
     let (target, path) = match s3_params(model, app_name) {
         Ok(p) => p,
         Err(e) => return Ok(Effect::fail(e)),
     };
-    let force = params
-        .get("force")
-        .and_then(Value::as_bool)
-        .unwrap_or(false);
     let unit = &app.units[&num];
-    if !force && app.units.values().any(|u| !App::is_ready(u, now)) {
-        return Ok(Effect::fail("Cluster is not in a healthy state"));
-    }
     if !App::is_ready(unit, now) {
         return Ok(Effect::fail("Unit is waiting to start or restart"));
     }
+    let busy = model.tasks.values().any(|t| {
+        t.action == "create-backup"
+            && t.status_at(now) == "running"
+            && t.unit != format!("{app_name}/{num}")
+            && t.unit.split('/').next() == Some(app_name)
+    });
+    if busy {
+        return Ok(Effect::fail("Backup already in progress on another unit"));
+    }
     let primary = app.mysql.as_ref().and_then(|m| m.primary) == Some(num);
-    if primary && app.scale > 1 && !force {
+    // `planned_units() > 1`: the app's scale, not the units up now.
+    if primary && app.scale > 1 {
         return Ok(Effect::fail(
             "Unit cannot perform backups as it is the cluster primary",
         ));
     }
+    let _ = params;
     let id = Utc
         .timestamp_millis_opt(now as i64)
         .unwrap()
@@ -226,6 +248,11 @@ fn create_backup(
         model.name, model.juju_version
     );
     let digest = format!("{:x}", md5::compute(&data));
+    let (collecting, group_id) = app
+        .mysql
+        .as_ref()
+        .map(|m| (m.binlogs_collecting, m.group_id.clone()))
+        .unwrap_or_default();
     let bucket = target.open()?;
     let uploaded = block_on(async {
         bucket
@@ -242,6 +269,20 @@ fn create_backup(
                 format!("{digest}  {id}\n").as_bytes(),
             )
             .await?;
+        if collecting {
+            // The leader's mysql-pitr-helper collector uploads binlogs as they rotate
+            // (collector/collector.go): a backup's flush rotates one.
+            let name = format!("binlog_{}_1_{digest}", now / 1000);
+            bucket
+                .put_object(key(&path, &format!("binlogs/{name}")), &data)
+                .await?;
+            bucket
+                .put_object(
+                    key(&path, &format!("binlogs/{name}-gtid-set")),
+                    format!("{}:1-{}", group_id, data.len()).as_bytes(),
+                )
+                .await?;
+        }
         Ok(())
     });
     if let Err(e) = uploaded {
@@ -299,6 +340,11 @@ fn list_backups(model: &Model, app_name: &str) -> Result<Effect> {
         Ok(p) => p,
         Err(e) => return Ok(Effect::fail(e)),
     };
+    if path.is_empty() {
+        // `list_backups_in_s3_path` reads `path[-1]`: an IndexError on an empty path, which
+        // the action reports like any S3 failure.
+        return Ok(Effect::fail("Failed to retrieve backup ids from S3"));
+    }
     match compile_backups(&target, &path) {
         Ok(rows) => Ok(Effect::ok(obj(
             json!({"backups": format_backups_table(&rows)}),
@@ -350,6 +396,12 @@ fn restore(
         Ok(p) => p,
         Err(e) => return Ok(Effect::fail(e)),
     };
+    if path.is_empty() {
+        // The same `path[-1]` (interfaces.md section 2): a restore from the bucket's root
+        // cannot work.
+        return Ok(Effect::fail("Failed to retrieve backup ids from S3"));
+    }
+    let id = id.trim().trim_matches('/').to_string();
     let bucket = target.open()?;
     let md5_key = key(&path, &format!("{id}.md5"));
     let data_key = key(&path, &id);
@@ -380,7 +432,65 @@ fn restore(
     eff.apply = Box::new(move |m| {
         if let Some(a) = m.apps.get_mut(&name) {
             a.blocked = Some(RESTORED_BLOCK.into());
+            if let Some(c) = a.mysql.as_mut() {
+                // `_post_restore` re-creates the cluster: MySQL Shell names a new group.
+                c.group_id = crate::model::new_uid();
+                c.binlogs_collecting = false;
+            }
         }
     });
     Ok(eff)
+}
+
+pub const CLAIMED_BLOCK: &str = "S3 repository claimed by another cluster";
+const CLAIM_FILE: &str = "group_replication_id.txt";
+
+/// `_on_s3_credentials_changed`: new S3 settings (any relation-changed that carries both
+/// keys). The older library clears the block a restore left. The newer one checks the claim
+/// file (`ensure_s3_compatible_group_replication_id`): a repository that another cluster's id
+/// claims blocks the app; otherwise the app writes its own id there and the block clears.
+pub fn s3_credentials_changed(store: &crate::model::ModelStore, app_name: &str) -> Result<()> {
+    let model = store.read()?;
+    let Some(cluster) = model.apps.get(app_name).and_then(|a| a.mysql.clone()) else {
+        return Ok(());
+    };
+    let Ok((target, path)) = s3_params(&model, app_name) else {
+        return Ok(());
+    };
+    let mut block = None;
+    if cluster.claims_repository {
+        let bucket = target.open()?;
+        let claim = key(&path, CLAIM_FILE);
+        // A missing file, or one that cannot be read, counts as unclaimed.
+        let found = block_on(async {
+            Ok(match bucket.get_object(&claim).await {
+                Ok(r) if r.status_code() == 200 => {
+                    Some(String::from_utf8_lossy(r.as_slice()).trim().to_string())
+                }
+                _ => None,
+            })
+        })?;
+        match found {
+            Some(other) if other != cluster.group_id => block = Some(CLAIMED_BLOCK.to_string()),
+            _ => {
+                block_on(async {
+                    bucket
+                        .put_object(&claim, cluster.group_id.as_bytes())
+                        .await?;
+                    Ok(())
+                })
+                .with_context(|| format!("{app_name}: writing {claim}"))?;
+            }
+        }
+    }
+    let name = app_name.to_string();
+    store.update(move |m| {
+        if let Some(a) = m.apps.get_mut(&name) {
+            a.blocked = block.clone();
+            if let Some(c) = a.mysql.as_mut() {
+                c.binlogs_collecting = block.is_none();
+            }
+        }
+        Ok(())
+    })
 }

@@ -29,6 +29,8 @@ pub struct Wiring {
     pub mlmd_container: String,
     /// Units of kfp-db and katib-db at the start.
     pub db_units: u32,
+    /// mysql-k8s with the newer backups library, which claims its S3 repository.
+    pub mysql_claims: bool,
 }
 
 fn opt(kind: &str, description: &str, default: Option<serde_json::Value>) -> ConfigOption {
@@ -44,7 +46,7 @@ fn opt(kind: &str, description: &str, default: Option<serde_json::Value>) -> Con
 pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
     let now = now_ms();
     let mut apps = BTreeMap::new();
-    add_databases(&mut apps, now);
+    add_databases(&mut apps, now, w.mysql_claims);
     apps.insert("minio".into(), minio(w, now));
     add_pipelines(&mut apps, w, now);
     apps.insert("s3-integrator".into(), s3_integrator(w, now));
@@ -94,7 +96,7 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
 }
 
 /// kfp-db and katib-db: mysql-k8s.
-fn add_databases(apps: &mut BTreeMap<String, App>, now: u64) {
+fn add_databases(apps: &mut BTreeMap<String, App>, now: u64, claims: bool) {
     for name in ["kfp-db", "katib-db"] {
         let mut a = App::new(
             "mysql-k8s",
@@ -105,7 +107,12 @@ fn add_databases(apps: &mut BTreeMap<String, App>, now: u64) {
         );
         a.container = Some("mysql".into());
         a.ports.insert(3306, 0);
-        a.mysql = Some(MysqlCluster { primary: None });
+        a.mysql = Some(MysqlCluster {
+            primary: None,
+            group_id: crate::model::new_uid(),
+            claims_repository: claims,
+            binlogs_collecting: false,
+        });
         a.config.insert(
             "cluster-name".into(),
             opt(

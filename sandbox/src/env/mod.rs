@@ -133,7 +133,7 @@ impl Info {
         out
     }
     pub fn k8s_url(&self) -> String {
-        format!("http://127.0.0.1:{}", self.k8s_port)
+        format!("https://127.0.0.1:{}", self.k8s_port)
     }
 }
 
@@ -155,6 +155,11 @@ pub struct UpOptions {
     pub dest_secret_key: String,
     /// Stop the servers when the thread that started them ends (for tests).
     pub die_with_parent: bool,
+    /// The s3-integrator `path` the databases back up under; empty, as a deployment where
+    /// nobody set it, makes mysql-k8s unable to list or restore its backups.
+    pub mysql_path: String,
+    /// mysql-k8s with the newer backups library, which claims its S3 repository.
+    pub mysql_claims: bool,
 }
 
 impl UpOptions {
@@ -172,6 +177,8 @@ impl UpOptions {
             dest_access_key: "sandbox-dest-access-key".into(),
             dest_secret_key: "sandbox-dest-secret-key".into(),
             die_with_parent: false,
+            mysql_path: "mysql".into(),
+            mysql_claims: false,
         }
     }
 }
@@ -254,16 +261,23 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         minio_secret_key: opts.minio_secret_key.clone(),
         dest_endpoint: info_dest.endpoint(),
         dest_bucket: dest_bucket.into(),
-        dest_path: "mysql".into(),
+        dest_path: opts.mysql_path.clone(),
         dest_region: "us-east-1".into(),
         dest_access_key: opts.dest_access_key.clone(),
         dest_secret_key: opts.dest_secret_key.clone(),
         k8s_token: token.clone(),
         mlmd_container: opts.mlmd_container.clone(),
         db_units: opts.db_units,
+        mysql_claims: opts.mysql_claims,
     };
     let model = kubeflow_model(&wiring, opts.timing.clone());
     layout.model().create(&model)?;
+    // Each database saw its s3-parameters relation arrive: its S3 check runs (and, with the
+    // newer library, claims the repository).
+    for app in ["kfp-db", "katib-db"] {
+        crate::charms::mysql_k8s::s3_credentials_changed(&layout.model(), app)
+            .with_context(|| format!("{app}: the S3 check on its new relation"))?;
+    }
 
     crate::seed::write_mlmd(&layout.mlmd_db(), &opts.mlmd)?;
     std::fs::create_dir_all(layout.data().join("pods/mlmd-0/tmp"))?;
@@ -284,6 +298,9 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         ))
         .context("seeding the mlpipeline bucket")?;
 
+    crate::k8s::tls::CertFiles::in_dir(&layout.dir)
+        .create()
+        .context("making the Kubernetes API's CA and certificate")?;
     let (k8s_pid, k8s_port) = start_k8s(layout, opts)?;
     started.1 = Some(k8s_pid);
 
@@ -297,14 +314,14 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         dest: info_dest,
         dest_bucket: dest_bucket.into(),
         agent_path: "ckf".into(),
-        mysql_path: "mysql".into(),
+        mysql_path: opts.mysql_path.clone(),
         k8s_pid,
         k8s_port,
         k8s_token: token,
         mlmd_container: opts.mlmd_container.clone(),
         seed: opts.bucket.seed,
     };
-    std::fs::write(layout.kubeconfig(), kubeconfig(&info))?;
+    std::fs::write(layout.kubeconfig(), kubeconfig(layout, &info)?)?;
     std::fs::write(layout.env_file(), env_file(layout, &info))?;
     std::fs::write(layout.info(), serde_json::to_vec_pretty(&info)?)?;
     std::mem::forget(started);
@@ -346,12 +363,19 @@ fn start_k8s(layout: &Layout, opts: &UpOptions) -> Result<(u32, u16)> {
     )
 }
 
-pub fn kubeconfig(info: &Info) -> String {
-    format!(
-        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox-admin\n    namespace: kubeflow\ncurrent-context: sandbox\nusers:\n- name: sandbox-admin\n  user:\n    token: {}\n",
+/// The kubeconfig of the sandbox's cluster: its HTTPS server, the CA that signed it (as
+/// `certificate-authority-data`, the way a real cluster's admin config carries it) and the
+/// service account token.
+pub fn kubeconfig(layout: &Layout, info: &Info) -> Result<String> {
+    use base64::Engine;
+    let ca = std::fs::read(crate::k8s::tls::CertFiles::in_dir(&layout.dir).ca)
+        .context("reading the Kubernetes API's CA")?;
+    Ok(format!(
+        "apiVersion: v1\nkind: Config\nclusters:\n- name: sandbox\n  cluster:\n    server: {}\n    certificate-authority-data: {}\ncontexts:\n- name: sandbox\n  context:\n    cluster: sandbox\n    user: sandbox-admin\n    namespace: kubeflow\ncurrent-context: sandbox\nusers:\n- name: sandbox-admin\n  user:\n    token: {}\n",
         info.k8s_url(),
+        base64::engine::general_purpose::STANDARD.encode(ca),
         info.k8s_token
-    )
+    ))
 }
 
 /// The environment that points the agent (and `juju`, `kubectl`) at the sandbox; PATH is

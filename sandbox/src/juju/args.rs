@@ -28,6 +28,7 @@ const BOOL_FLAGS: &[&str] = &[
     "color",
     "quiet",
     "q",
+    "schema",
 ];
 
 pub fn parse_args(raw: &[String]) -> Result<Args, String> {

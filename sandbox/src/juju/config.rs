@@ -54,6 +54,10 @@ pub fn config(store: &ModelStore, model: &Model, args: &Args) -> Result<Outcome>
             }
             Ok(())
         })?;
+        // A simulated charm's config-changed.
+        if app.charm == "s3-integrator" {
+            crate::charms::s3_integrator::config_changed(store, app_name)?;
+        }
         return Ok(Outcome::default());
     }
     if let Some(key) = rest.first() {

@@ -57,6 +57,7 @@ pub fn run(store: &ModelStore, raw: &[String]) -> Outcome {
             | "grant-secret"
             | "secrets"
             | "show-controller"
+            | "actions"
     ) {
         return Outcome::usage(format!("unrecognized command: juju {cmd}"));
     }
@@ -147,6 +148,7 @@ fn command(cmd: &str, store: &ModelStore, model: &Model, args: &Args) -> Result<
             &args.format("yaml"),
         ),
         "show-task" => run::show_task(store, args),
+        "actions" => schema::list_actions(model, args),
         "models" | "show-model" => Ok(Outcome::ok(format!(
             "{}\n",
             json!({"models": [{"name": format!("admin/{}", model.name), "short-name": model.name, "model-uuid": model.uuid, "type": "caas"}]})

@@ -91,14 +91,81 @@ fn check_object(
     }
 }
 
-/// The JSON schema Juju builds from an actions.yaml entry.
+/// The JSON schema Juju 3 builds from an actions.yaml entry (juju/charm v12 `Actions`):
+/// `required` and `additionalProperties` only when the charm sets them, so by default Juju 3
+/// passes unknown parameters through to the charm (Juju 4 refuses them: juju/charm v13).
 pub fn action_schema(spec: &Value) -> Value {
-    json!({
+    let mut schema = json!({
         "type": "object",
         "properties": spec.get("params").cloned().filter(|p| p.is_object()).unwrap_or(json!({})),
-        "required": spec.get("required").cloned().unwrap_or(json!([])),
-        "additionalProperties": spec.get("additionalProperties").cloned().unwrap_or(json!(false)),
-    })
+    });
+    for k in ["required", "additionalProperties"] {
+        if let Some(v) = spec.get(k) {
+            schema[k] = v.clone();
+        }
+    }
+    schema
+}
+
+/// `juju actions APP [--schema] [--format F]`: the charm's actions; with `--schema`, each
+/// one's JSON schema keyed by name (`cmd/juju/action/list.go`), YAML unless told otherwise.
+pub fn list_actions(
+    model: &crate::model::Model,
+    args: &super::args::Args,
+) -> anyhow::Result<Outcome> {
+    let [app] = args.positional.as_slice() else {
+        return Ok(Outcome::usage("no application name specified"));
+    };
+    let Some(a) = model.apps.get(app) else {
+        return Ok(Outcome::error(format!("application \"{app}\" not found")));
+    };
+    let actions = match (&a.local, a.charm.as_str()) {
+        (Some(local), _) => local.actions.clone(),
+        (None, "mysql-k8s") => crate::charms::mysql_k8s::actions(),
+        (None, "s3-integrator") => crate::charms::s3_integrator::actions(),
+        _ => json!({}),
+    };
+    let mut all = Map::new();
+    for (name, spec) in actions.as_object().into_iter().flatten() {
+        let mut s = action_schema(spec);
+        s["title"] = json!(name);
+        s["description"] = spec.get("description").cloned().unwrap_or(json!(""));
+        all.insert(name.clone(), s);
+    }
+    let schema = args.flags.contains_key("schema");
+    let format = args.format(if schema { "yaml" } else { "tabular" });
+    let out = match format.as_str() {
+        "json" if schema => format!("{}\n", Value::Object(all)),
+        "yaml" if schema => serde_yaml::to_string(&Value::Object(all))?,
+        "json" => format!(
+            "{}\n",
+            Value::Object(
+                all.iter()
+                    .map(|(k, v)| (k.clone(), v["description"].clone()))
+                    .collect()
+            )
+        ),
+        "tabular" | "yaml" => {
+            if all.is_empty() {
+                return Ok(Outcome::ok(format!("No actions defined for {app}.\n")));
+            }
+            let width = all.keys().map(String::len).max().unwrap_or(6).max(6);
+            let mut t = format!("{:<width$}  Description\n", "Action");
+            for (k, v) in &all {
+                t.push_str(&format!(
+                    "{k:<width$}  {}\n",
+                    v["description"].as_str().unwrap_or("")
+                ));
+            }
+            t
+        }
+        other => {
+            return Ok(Outcome::usage(format!(
+                "invalid value \"{other}\" for option --format"
+            )))
+        }
+    };
+    Ok(Outcome::ok(out))
 }
 
 /// Validates like Juju (gojsonschema's wording) and inserts the schema's defaults.

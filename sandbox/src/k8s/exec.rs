@@ -143,6 +143,13 @@ const STDERR: u8 = 2;
 const ERROR: u8 = 3;
 const CLOSE: u8 = 255;
 
+fn normal_close() -> Message {
+    Message::Close(Some(axum::extract::ws::CloseFrame {
+        code: axum::extract::ws::close_code::NORMAL,
+        reason: "".into(),
+    }))
+}
+
 fn frame(channel: u8, data: &[u8]) -> Message {
     let mut v = Vec::with_capacity(data.len() + 1);
     v.push(channel);
@@ -283,7 +290,9 @@ async fn run_exec(
     let code = child.wait().await?.code().unwrap_or(137);
     let st = exit_status(code, &command);
     sink.send(frame(ERROR, st.to_string().as_bytes())).await?;
-    let _ = sink.send(Message::Close(None)).await;
+    // A normal closure (1000): client-go's WebSocket reader reports any other close, even
+    // one without a code, as an error on the stream it was reading.
+    let _ = sink.send(normal_close()).await;
     reader.abort();
     Ok(())
 }
@@ -421,7 +430,7 @@ async fn run_portforward(
                             }
                         }
                     }
-                    let _ = tx.send(Message::Close(None)).await;
+                    let _ = tx.send(normal_close()).await;
                 });
             }
             None => {

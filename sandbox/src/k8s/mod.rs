@@ -1,13 +1,24 @@
-//! A Kubernetes API server simulator on loopback that the real `kube` client talks to.
+//! A Kubernetes API server simulator on loopback that the real `kube` client and an unmodified
+//! `kubectl` talk to, over HTTPS with a CA the sandbox makes.
 //!
-//! Pods are the Juju units' pods (`<app>-<ordinal>`, StatefulSet style, so a deleted pod comes
-//! back with a new uid); exec runs real commands against the pod's files; port-forward reaches
-//! the host port that stands in for the pod's port; Argo Workflows and Katib Experiments are
-//! listed from the model. Every request needs the bearer token of the kubeconfig.
+//! Discovery (`/api`, `/apis`, each group version) as kubectl reads it; pods are the Juju
+//! units' pods (`<app>-<ordinal>`, StatefulSet style, so a deleted pod comes back with a new
+//! uid); each application is a StatefulSet with a `/scale` subresource, and Juju's
+//! `modeloperator` a Deployment; `kubectl get` gets server-side Tables; exec runs real
+//! commands against the pod's files (so `kubectl cp` runs a real `tar`); port-forward reaches
+//! the host port that stands in for the pod's port; logs and (empty) events answer
+//! `kubectl logs` and `describe`; Argo Workflows and Katib Experiments are listed from the
+//! model. Every request needs the kubeconfig's bearer token (401 without it); the token is a
+//! service account whose Role covers the model's namespace only (403 elsewhere), plus a
+//! ClusterRole to list pods.
 
+mod apps;
+mod discovery;
 mod exec;
 mod pods;
 mod resources;
+mod table;
+pub mod tls;
 
 use std::net::SocketAddr;
 
@@ -118,8 +129,39 @@ async fn guard(ctx: &Ctx, headers: &HeaderMap) -> Result<Model, Response> {
     Ok(model)
 }
 
-fn check_ns(model: &Model, ns: &str) -> Option<Response> {
-    (ns != model.namespace()).then(|| not_found("namespaces", ns))
+/// Who the sandbox's token is, as RBAC messages name it.
+pub(crate) const SUBJECT: &str = "system:serviceaccount:kubeflow:backup-agent";
+
+/// 403, as the API server refuses what RBAC does not allow.
+pub(crate) fn forbidden(message: String, kind: &str, name: Option<&str>) -> Response {
+    let mut details = json!({"kind": kind});
+    if let Some(n) = name {
+        details["name"] = json!(n);
+    }
+    let body = json!({
+        "kind": "Status", "apiVersion": "v1", "metadata": {},
+        "status": "Failure", "message": message, "reason": "Forbidden", "details": details, "code": 403,
+    });
+    (StatusCode::FORBIDDEN, Json(body)).into_response()
+}
+
+/// A request for `resource` NAME in a namespace the token's Role does not cover.
+fn check_ns(model: &Model, ns: &str, verb: &str, resource: &str, name: &str) -> Option<Response> {
+    (ns != model.namespace()).then(|| {
+        forbidden(
+            format!("{resource} \"{name}\" is forbidden: User \"{SUBJECT}\" cannot {verb} resource \"{resource}\" in API group \"\" in the namespace \"{ns}\""),
+            resource,
+            Some(name),
+        )
+    })
+}
+
+fn not_found_path() -> Response {
+    status(
+        StatusCode::NOT_FOUND,
+        "NotFound",
+        "the server could not find the requested resource",
+    )
 }
 
 async fn version() -> Json<Value> {
@@ -129,11 +171,7 @@ async fn version() -> Json<Value> {
 }
 
 async fn fallback() -> Response {
-    status(
-        StatusCode::NOT_FOUND,
-        "NotFound",
-        "the server could not find the requested resource",
-    )
+    not_found_path()
 }
 
 pub fn router(store: ModelStore) -> Router {
@@ -141,6 +179,41 @@ pub fn router(store: ModelStore) -> Router {
     Router::new()
         .route("/healthz", get(|| async { "ok" }))
         .route("/version", get(version))
+        .route("/api", get(discovery::api))
+        .route("/apis", get(discovery::apis))
+        .route("/api/v1", get(discovery::core_v1))
+        .route("/apis/{group}/{version}", get(discovery::group_version))
+        .route("/api/v1/events", get(apps::events))
+        .route("/api/v1/namespaces/{ns}/events", get(apps::events))
+        .route("/api/v1/namespaces/{ns}/pods/{name}/log", get(apps::logs))
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets",
+            get(apps::list_statefulsets),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}",
+            get(apps::get_statefulset),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/statefulsets/{name}/scale",
+            get(apps::statefulset_scale)
+                .patch(apps::statefulset_scale)
+                .put(apps::statefulset_scale),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments",
+            get(apps::list_deployments),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments/{name}",
+            get(apps::get_deployment),
+        )
+        .route(
+            "/apis/apps/v1/namespaces/{ns}/deployments/{name}/scale",
+            get(apps::deployment_scale)
+                .patch(apps::deployment_scale)
+                .put(apps::deployment_scale),
+        )
         .route("/api/v1/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/pods", get(list_pods))
         .route("/api/v1/namespaces/{ns}/pods/{name}", get(pod).delete(pod))
@@ -163,12 +236,13 @@ pub fn router(store: ModelStore) -> Router {
         .with_state(ctx)
 }
 
-/// Serves the API on 127.0.0.1:`port` until the process is stopped.
-pub async fn serve(store: ModelStore, port: u16) -> Result<()> {
+/// Serves the API over HTTPS on 127.0.0.1:`port` until the process is stopped.
+pub async fn serve(store: ModelStore, port: u16, certs: &tls::CertFiles) -> Result<()> {
     let addr = SocketAddr::from(([127, 0, 0, 1], port));
     let listener = tokio::net::TcpListener::bind(addr)
         .await
         .with_context(|| format!("binding {addr}"))?;
-    axum::serve(listener, router(store)).await?;
+    let tls = tls::TlsListener::new(listener, certs.acceptor()?)?;
+    axum::serve(tls, router(store)).await?;
     Ok(())
 }

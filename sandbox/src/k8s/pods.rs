@@ -151,7 +151,7 @@ pub(super) async fn find_pod(
     name: &str,
 ) -> Result<(Model, PodView), Response> {
     let model = guard(ctx, headers).await?;
-    if let Some(r) = check_ns(&model, ns) {
+    if let Some(r) = check_ns(&model, ns, "get", "pods", name) {
         return Err(r);
     }
     match pods(&model, now_ms()).into_iter().find(|p| p.name == name) {
@@ -170,21 +170,35 @@ pub(super) async fn list_pods(
         Ok(m) => m,
         Err(r) => return r,
     };
-    if let Some(UrlPath(ns)) = &ns {
-        if ns != model.namespace() {
-            return list("PodList", "v1", model.k8s.resource_version, vec![]);
-        }
+    // The token's ClusterRole lists pods everywhere; only the model's namespace has any.
+    let items = if ns
+        .as_ref()
+        .is_some_and(|UrlPath(ns)| ns != model.namespace())
+    {
+        vec![]
+    } else {
+        pods_matching(&model, &q)
+    };
+    if super::table::wanted(&headers) {
+        return super::table::render(
+            super::table::Printed::Pods,
+            &items,
+            model.k8s.resource_version,
+        );
     }
-    let selector = query_pairs(&q)
+    list("PodList", "v1", model.k8s.resource_version, items)
+}
+
+fn pods_matching(model: &Model, q: &Option<String>) -> Vec<Value> {
+    let selector = query_pairs(q)
         .into_iter()
         .find(|(k, _)| k == "labelSelector")
         .map(|(_, v)| v);
-    let items = pods(&model, now_ms())
+    pods(model, now_ms())
         .into_iter()
         .map(|p| p.json)
         .filter(|p| selector.as_deref().is_none_or(|s| matches_selector(p, s)))
-        .collect();
-    list("PodList", "v1", model.k8s.resource_version, items)
+        .collect()
 }
 
 pub(super) async fn pod(
@@ -197,7 +211,12 @@ pub(super) async fn pod(
         Ok(m) => m,
         Err(r) => return r,
     };
-    if let Some(r) = check_ns(&model, &ns) {
+    let verb = if method == Method::DELETE {
+        "delete"
+    } else {
+        "get"
+    };
+    if let Some(r) = check_ns(&model, &ns, verb, "pods", &name) {
         return r;
     }
     let now = now_ms();
@@ -231,6 +250,13 @@ pub(super) async fn pod(
         // Everything the pod kept outside its volumes is gone with it.
         let _ = std::fs::remove_dir_all(pod_dir(&model, &view.name).join("tmp"));
         return Json(j).into_response();
+    }
+    if super::table::wanted(&headers) {
+        return super::table::render(
+            super::table::Printed::Pods,
+            &[view.json],
+            model.k8s.resource_version,
+        );
     }
     Json(view.json).into_response()
 }

@@ -55,7 +55,7 @@ pub(super) async fn service(
         Ok(m) => m,
         Err(r) => return r,
     };
-    if let Some(r) = check_ns(&model, &ns) {
+    if let Some(r) = check_ns(&model, &ns, "get", "services", &name) {
         return r;
     }
     match model.apps.get(&name).filter(|a| !a.ports.is_empty()) {

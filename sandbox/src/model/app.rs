@@ -47,6 +47,18 @@ pub struct Scaling {
 pub struct MysqlCluster {
     /// Unit number of the primary.
     pub primary: Option<u32>,
+    /// `group_replication_group_name`: MySQL Shell makes a new one whenever a cluster is created,
+    /// so a restore (which re-creates the cluster) changes it.
+    #[serde(default)]
+    pub group_id: String,
+    /// The newer backups library (LIBPATCH 19): claims its S3 repository with
+    /// `group_replication_id.txt` and refuses one another cluster claimed.
+    #[serde(default)]
+    pub claims_repository: bool,
+    /// The app peer data key `binlogs-collecting`: the leader's binlog collector uploads to
+    /// `<path>/binlogs/`.
+    #[serde(default)]
+    pub binlogs_collecting: bool,
 }
 
 #[derive(Debug, Clone, Serialize, Deserialize)]

@@ -231,6 +231,13 @@ pub(super) async fn prepare(
         .check(mlmd_size.unwrap_or(0), sync_plan.as_ref())
         .map_err(pre)?;
     let (scales, mysql_apps) = scales(req, &status, &apps).map_err(pre)?;
+    for app in &mysql_apps {
+        p.step("preflight", format!("{app}: where mysql-k8s backs up"));
+        let (juju, st, a) = (ctx.juju.clone(), status.clone(), app.clone());
+        preflight::blocking(move || crate::components::mysql::preflight(&juju, &st, &a))
+            .await
+            .map_err(|e| pre(e.to_string()))?;
+    }
 
     let plan = Plan {
         model: status.model.name.clone(),
@@ -350,8 +357,13 @@ fn scales(
                     .as_ref()
                     .map(|s| s.message.clone())
                     .unwrap_or_default();
+                let why = if msg.contains("claimed by another cluster") {
+                    "Another cluster's backups are where it would write (its group_replication_id.txt names another cluster): kfp-db and katib-db cannot share one s3-integrator path, and a restored cluster counts as a new one. Give it a path of its own (a new `path` on its s3-integrator, or an s3-integrator of its own)"
+                } else {
+                    "After a restore it must first be given another S3 repository (a new `path` on its s3-integrator, or another s3-integrator)"
+                };
                 return Err(format!(
-                    "{} is blocked (\"{msg}\"): mysql-k8s takes no backup in that state. After a restore it must first be given another S3 repository (a new `path` on its s3-integrator, or another s3-integrator); or leave it out with --components",
+                    "{} is blocked (\"{msg}\"): mysql-k8s takes no backup in that state. {why}; or leave it out with --components",
                     a.name
                 ));
             }

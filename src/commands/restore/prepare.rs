@@ -6,7 +6,7 @@ use super::{spool, RestoreError, RestorePlan, RestoreRequest};
 use crate::commands::preflight::{self, app};
 use crate::commands::verify;
 use crate::components::mlpipeline::{self, SyncOptions};
-use crate::components::Component;
+use crate::components::{mysql, Component};
 use crate::context::Context;
 use crate::juju::discovery::{AppNames, AppState};
 use crate::juju::scale;
@@ -103,6 +103,15 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
     };
 
     let (scales, mysql_pairs) = scales(&sf, &components, &apps)?;
+    for (app, _) in &mysql_pairs {
+        let Some(cap) = sf.components.mysql.iter().find(|m| &m.app == app).cloned() else {
+            continue;
+        };
+        let (juju, st) = (ctx.juju.clone(), status.clone());
+        preflight::blocking(move || mysql::restore_preflight(&juju, &st, &cap))
+            .await
+            .map_err(pre)?;
+    }
     let mlpipeline_changes = match (&minio, &sf.components.mlpipeline) {
         (Some(m), Some(cap)) => {
             ctx.progress.step(

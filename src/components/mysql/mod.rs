@@ -1,13 +1,16 @@
 //! The kfp-db and katib-db databases, captured by the mysql-k8s charm's own `create-backup`
 //! action on a replica, into the S3 bucket of its s3-integrator relation. We record which unit
-//! made which backup, and where, and check the charm lists it as finished.
+//! made which backup, and where, and confirm it finished by its `<id>.md5` marker in that
+//! bucket: the charm's own test of a finished backup. Its `list-backups` fails on a deployment
+//! whose s3-integrator has no `path`, so it is only a fallback, used where the relation gives
+//! no keys to read the bucket with.
 
 mod forget;
 mod restore;
 mod verify;
 
 pub use forget::forget_many;
-pub use restore::{restore_many, MysqlRestored};
+pub use restore::{restore_many, restore_preflight, MysqlRestored};
 
 use crate::juju::{self, JujuCli, JujuError, Status};
 use crate::repository::MysqlCapture;
@@ -37,6 +40,14 @@ pub enum MysqlError {
     },
     #[error("{app} has no s3-parameters relation to s3-integrator: its backups would have nowhere to go (`juju integrate {app} s3-integrator`)")]
     NoS3 { app: String },
+    #[error("{app}'s s3-integrator ({provider}) has no `path`, so mysql-k8s writes its backups at the root of bucket {bucket}, where it can neither list nor restore them (its list-backups and restore fail with \"Failed to retrieve backup ids from S3\"). Give it a path, then back up: `juju config {provider} path=kubeflow/{app}`")]
+    EmptyPath {
+        app: String,
+        provider: String,
+        bucket: String,
+    },
+    #[error("{app}: s3-integrator's tls-ca-chain: {detail}")]
+    BadChain { app: String, detail: String },
     #[error("{app}: its s3-parameters relation carries no S3 keys (s3-integrator 2 keeps them in a Juju secret), so its backups cannot be checked from here")]
     NoS3Keys { app: String },
     #[error("{app}: the backups' bucket: {source}")]
@@ -90,12 +101,69 @@ fn s3_parameters(
     app: &str,
     unit: &str,
 ) -> Result<std::collections::BTreeMap<String, String>, MysqlError> {
+    s3_relation(cli, app, unit).map(|(bag, _)| bag)
+}
+
+/// The databag and the name of the s3-integrator application that sends it.
+fn s3_relation(
+    cli: &JujuCli,
+    app: &str,
+    unit: &str,
+) -> Result<(std::collections::BTreeMap<String, String>, String), MysqlError> {
     let shown = cli.show_unit(unit).map_err(|source| MysqlError::Juju {
         app: app.into(),
         source,
     })?;
-    juju::relation_app_data(&shown, unit, "s3-parameters")
-        .ok_or_else(|| MysqlError::NoS3 { app: app.into() })
+    let bag = juju::relation_app_data(&shown, unit, "s3-parameters")
+        .ok_or_else(|| MysqlError::NoS3 { app: app.into() })?;
+    let provider = juju::relation_remote_app(&shown, unit, "s3-parameters")
+        .unwrap_or_else(|| "s3-integrator".into());
+    Ok((bag, provider))
+}
+
+/// What a backup checks of each database before it changes anything: a unit to ask, a
+/// relation to s3-integrator, and a `path` on it. The charm strips `/` from the path and then
+/// reads its last character in list-backups and restore (`interfaces.md` section 2), so a
+/// backup at the bucket's root could never come back. `--force` does not skip this.
+pub fn preflight(cli: &JujuCli, status: &Status, app: &str) -> Result<String, MysqlError> {
+    let unit = status
+        .applications
+        .get(app)
+        .and_then(|a| a.units.keys().next().cloned())
+        .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
+    let (bag, provider) = s3_relation(cli, app, &unit)?;
+    if trimmed_path(&bag).is_empty() {
+        return Err(MysqlError::EmptyPath {
+            app: app.into(),
+            provider,
+            bucket: bag.get("bucket").cloned().unwrap_or_default(),
+        });
+    }
+    chain_of(&bag).map_err(|detail| MysqlError::BadChain {
+        app: app.into(),
+        detail,
+    })?;
+    Ok(location_of(&bag))
+}
+
+/// `<bucket>/<path>` (or the bucket alone) of a relation's databag.
+fn location_of(bag: &std::collections::BTreeMap<String, String>) -> String {
+    let bucket = bag.get("bucket").cloned().unwrap_or_default();
+    let path = trimmed_path(bag);
+    if path.is_empty() {
+        bucket
+    } else {
+        format!("{bucket}/{path}")
+    }
+}
+
+/// The relation's `tls-ca-chain`: a JSON list whose elements are PEM text or, from newer
+/// s3-integrators, base64 of PEM (mysql-k8s's `s3_helpers` base64-decodes each one).
+pub fn chain_of(bag: &std::collections::BTreeMap<String, String>) -> Result<Vec<String>, String> {
+    match bag.get("tls-ca-chain").filter(|c| !c.trim().is_empty()) {
+        None => Ok(vec![]),
+        Some(chain) => crate::storage::tls::relation_chain(chain),
+    }
 }
 
 fn trimmed_path(bag: &std::collections::BTreeMap<String, String>) -> String {
@@ -107,28 +175,43 @@ fn trimmed_path(bag: &std::collections::BTreeMap<String, String>) -> String {
 /// `<bucket>/<path>` of the app's s3-parameters relation, read from a unit's relation data.
 /// Only those two keys are taken for the record: the databag also holds the S3 keys.
 pub fn backup_location(cli: &JujuCli, app: &str, unit: &str) -> Result<String, MysqlError> {
-    let bag = s3_parameters(cli, app, unit)?;
-    let bucket = bag.get("bucket").cloned().unwrap_or_default();
-    let path = trimmed_path(&bag);
-    Ok(if path.is_empty() {
-        bucket
-    } else {
-        format!("{bucket}/{path}")
-    })
+    Ok(location_of(&s3_parameters(cli, app, unit)?))
 }
 
 /// Where the app's backups are, as a store rooted at the relation's path, to check the
 /// `<id>.md5` markers mysql-k8s writes. The keys stay inside the store.
 pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, MysqlError> {
     let bag = s3_parameters(cli, app, unit)?;
+    relation_store(&bag, app, &trimmed_path(&bag))
+}
+
+/// A store with the relation's endpoint, keys and CA chain (trusted from then on), rooted at
+/// `path` of its bucket.
+pub fn relation_store(
+    bag: &std::collections::BTreeMap<String, String>,
+    app: &str,
+    path: &str,
+) -> Result<Store, MysqlError> {
     let get = |k: &str| bag.get(k).filter(|v| !v.is_empty()).cloned();
     let (Some(access), Some(secret)) = (get("access-key"), get("secret-key")) else {
         return Err(MysqlError::NoS3Keys { app: app.into() });
     };
+    let chain = chain_of(bag).map_err(|detail| MysqlError::BadChain {
+        app: app.into(),
+        detail,
+    })?;
+    if !chain.is_empty() {
+        crate::storage::tls::trust_more(&chain, "s3-integrator's tls-ca-chain").map_err(
+            |detail| MysqlError::BadChain {
+                app: app.into(),
+                detail,
+            },
+        )?;
+    }
     Store::s3(&S3Settings {
         endpoint: get("endpoint").unwrap_or_else(|| "https://s3.amazonaws.com".into()),
         bucket: get("bucket").unwrap_or_default(),
-        path: trimmed_path(&bag),
+        path: path.to_string(),
         region: get("region").unwrap_or_else(|| "us-east-1".into()),
         uri_style: match get("s3-uri-style").as_deref() {
             Some("host") => UriStyle::Host,
@@ -157,24 +240,42 @@ pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
     }
     let mut last = String::from("no unit of it to ask");
     for unit in units {
-        match backup_store(cli, &m.app, &unit) {
-            Ok(store) => {
-                // The relation may point elsewhere since (a new path after a restore): the
-                // keys there are not this backup's.
-                if let Ok(now) = backup_location(cli, &m.app, &unit) {
-                    if now != m.location {
-                        return Err(format!(
-                            "it was written to {}, but {} now backs up to {now}: remove {}* from {} with your S3 tools",
-                            m.location, m.app, m.backup_id, m.location
-                        ));
-                    }
-                }
-                return Ok(store);
+        let bag = match s3_parameters(cli, &m.app, &unit) {
+            Ok(bag) => bag,
+            Err(e) => {
+                last = e.to_string();
+                continue;
             }
-            Err(e) => last = e.to_string(),
+        };
+        // The relation may point elsewhere since (a new path after a restore, as mysql-k8s
+        // asks). In the same bucket the relation's keys still reach the recorded place.
+        let bucket = bag.get("bucket").cloned().unwrap_or_default();
+        let (was_bucket, was_path) = m.location.split_once('/').unwrap_or((&m.location, ""));
+        if was_bucket != bucket {
+            return Err(format!(
+                "it was written to bucket {was_bucket} ({}), but {} now backs up to bucket {bucket}, whose keys may not reach it: remove {}* from {} with your S3 tools",
+                m.location, m.app, m.backup_id, m.location
+            ));
         }
+        return relation_store(&bag, &m.app, was_path).map_err(|e| e.to_string());
     }
     Err(last)
+}
+
+/// Where the app backs up now (`<bucket>/<path>`) and the s3-integrator that says so, asked
+/// of its first unit.
+pub fn current_location(
+    cli: &JujuCli,
+    status: &Status,
+    app: &str,
+) -> Result<(String, String), MysqlError> {
+    let unit = status
+        .applications
+        .get(app)
+        .and_then(|a| a.units.keys().next().cloned())
+        .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
+    let (bag, provider) = s3_relation(cli, app, &unit)?;
+    Ok((location_of(&bag), provider))
 }
 
 /// A captured mysql-k8s backup's store and its objects (`<id>`, `<id>.md5`,
@@ -265,12 +366,7 @@ pub fn capture(
             })
         })?
         .to_string();
-    let rows = list_backups(cli, app, replica, &waits.status)?;
-    let status = rows
-        .iter()
-        .find(|r| r.id == id)
-        .map(|r| r.status.clone())
-        .unwrap_or_else(|| "missing".into());
+    let status = finished_status(cli, app, replica, &id, waits)?;
     if status != "finished" {
         return Err(MysqlError::NotFinished {
             app: app.into(),
@@ -283,6 +379,64 @@ pub fn capture(
         unit: replica.clone(),
         backup_id: id,
         location,
+    })
+}
+
+/// A backup's status as mysql-k8s defines it (`list_backups_in_s3_path`): `finished` once its
+/// `<id>.md5` is there, `failed` if only its `<id>.backup.log` is, else `in progress`. Read
+/// from the bucket; through the charm's list-backups only when the relation carries no keys.
+fn finished_status(
+    cli: &JujuCli,
+    app: &str,
+    unit: &str,
+    id: &str,
+    waits: &Waits,
+) -> Result<String, MysqlError> {
+    let store = match backup_store(cli, app, unit) {
+        Ok(store) => store,
+        Err(MysqlError::NoS3Keys { .. }) => {
+            let rows = list_backups(cli, app, unit, &waits.status)?;
+            return Ok(rows
+                .iter()
+                .find(|r| r.id == id)
+                .map(|r| r.status.clone())
+                .unwrap_or_else(|| "missing".into()));
+        }
+        Err(e) => return Err(e),
+    };
+    let store_err = |source| MysqlError::Store {
+        app: app.into(),
+        source,
+    };
+    // Called from plain threads: a runtime of its own for the two requests.
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| {
+            store_err(StoreError::Fatal {
+                op: "head",
+                key: format!("{id}.md5"),
+                detail: e.to_string(),
+            })
+        })?;
+    rt.block_on(async {
+        let marker = format!("{id}.md5");
+        let found = crate::retry::retry(crate::retry::ATTEMPTS, &marker, || store.head(&marker))
+            .await
+            .map_err(store_err)?;
+        if found.is_some() {
+            return Ok("finished".to_string());
+        }
+        let log = format!("{id}.backup.log");
+        let found = crate::retry::retry(crate::retry::ATTEMPTS, &log, || store.head(&log))
+            .await
+            .map_err(store_err)?;
+        Ok(if found.is_some() {
+            "failed"
+        } else {
+            "in progress"
+        }
+        .to_string())
     })
 }
 

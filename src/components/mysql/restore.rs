@@ -17,6 +17,31 @@ pub struct MysqlRestored {
     pub next: String,
 }
 
+/// What a restore checks of a database before anything changes: the charm's `restore` takes
+/// `backup-id`, and the app still reads its backups where this one was written (mysql-k8s
+/// restores only from its relation's current `path`, and asks for a new path after every
+/// restore, so an older backup is often somewhere else).
+pub fn restore_preflight(
+    juju: &JujuCli,
+    status: &Status,
+    m: &crate::repository::MysqlCapture,
+) -> Result<(), String> {
+    juju.check_action(&m.app, "restore", &["backup-id"])
+        .map_err(|e| e.to_string())?;
+    let (now, provider) =
+        super::current_location(juju, status, &m.app).map_err(|e| e.to_string())?;
+    if now != m.location {
+        let (_, old_path) = m.location.split_once('/').unwrap_or((&m.location, ""));
+        return Err(format!(
+            "{app}'s part of this backup (mysql-k8s backup {id}) is at {was}, but {app} now reads its backups from {now}, and mysql-k8s restores only from there. To restore it: `juju config {provider} path={old_path}` (every database related to {provider} follows), run this restore again, then give {app} a new path with `juju config {provider} path=...`, as mysql-k8s asks after every restore",
+            app = m.app,
+            id = m.backup_id,
+            was = m.location,
+        ));
+    }
+    Ok(())
+}
+
 /// Restores each (application, mysql-k8s backup id), one after the other: mysql-k8s `restore`
 /// on each app's one unit, then what the app says about it.
 pub fn restore_many(
