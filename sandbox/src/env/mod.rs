@@ -480,10 +480,12 @@ pub fn status(layout: &Layout) -> Result<String> {
         info.dest_bucket
     ));
     s.push_str(&format!(
-        "  kubernetes API  {}  pid {} {}\n",
+        "  kubernetes API  {}  pid {} {}\n  kubeconfig      {}  (`KUBECONFIG={} kubectl get pods`)\n",
         info.k8s_url(),
         info.k8s_pid,
-        state(info.k8s_pid)
+        state(info.k8s_pid),
+        layout.kubeconfig().display(),
+        layout.kubeconfig().display(),
     ));
     for d in crate::pebble::daemons(&layout.dir) {
         let unit = d
