@@ -100,6 +100,12 @@ fn hook(env: &DispatchEnv, tools: &HookTools, name: &str) -> Result<(), String> 
     let leader = tools.is_leader().map_err(|e| e.to_string())?;
     if leader {
         relations::write_our_side(tools, broken.as_deref()).map_err(|e| e.to_string())?;
+        // The dashboard needs nothing but the relation: published whatever the status.
+        if let Err(e) =
+            relations::write_dashboards(tools, leader, &env.unit, &env.model, broken.as_deref())
+        {
+            let _ = tools.log("WARNING", &format!("grafana-dashboard: {e}"));
+        }
     }
     let mut a = status::assess(&env.app, tools, broken.as_deref());
     if a.status == Status::Active {

@@ -852,6 +852,37 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
         state.relations[2].local_unit_data["prometheus_scrape_unit_name"],
         "backup-agent/0"
     );
+    // The alert rules go with the job, limited to this deployment.
+    let rules: Value =
+        serde_json::from_str(&state.relations[2].local_app_data["alert_rules"]).unwrap();
+    let first = &rules["groups"][0]["rules"][0];
+    assert_eq!(first["labels"]["juju_application"], "backup-agent");
+    assert!(
+        first["expr"]
+            .as_str()
+            .unwrap()
+            .contains("juju_application=\"backup-agent\""),
+        "{first}"
+    );
+
+    // grafana-dashboard: the leader publishes the dashboard, compressed as COS reads it.
+    unit.set(|s| {
+        s.relations.push(HookRelation {
+            id: 7,
+            endpoint: "grafana-dashboard".into(),
+            interface: "grafana_dashboard".into(),
+            remote_app: "grafana".into(),
+            remote_units: vec!["grafana/0".into()],
+            ..Default::default()
+        })
+    });
+    let (_, state) = unit.dispatch("hooks/grafana-dashboard-relation-joined");
+    let dashboards: Value =
+        serde_json::from_str(&state.relations[3].local_app_data["dashboards"]).unwrap();
+    assert!(dashboards["templates"]["file:backup-agent"]["content"]
+        .as_str()
+        .unwrap()
+        .starts_with("/Td6WFoAAA"));
 
     // Bad daemon settings block the unit, naming the fix.
     for (key, value, want) in [

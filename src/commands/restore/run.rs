@@ -77,6 +77,7 @@ pub(super) async fn run_locked(
     if !causes.is_empty() {
         final_entry["error"] = causes.join("; ").into();
     }
+    final_entry["finished-at"] = serde_json::json!(Utc::now());
     if let Err(e) = replace_entry(ctx, &id, started, final_entry).await {
         p.warn(format!(
             "recording the restore in backup {id}'s history: {e}"
