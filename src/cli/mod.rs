@@ -162,6 +162,18 @@ pub enum Command {
         after_help = "Example:\n  backup-agent serve --schedule '0 2 * * *' --retention keep-daily=7,keep-weekly=4 --token-file /etc/backup-agent/token\n  curl -s 127.0.0.1:8940/v1/backups\n  curl -s -X POST -H \"Authorization: Bearer $(cat /etc/backup-agent/token)\" 127.0.0.1:8940/v1/backups"
     )]
     Serve(Box<ServeArgs>),
+    /// Print a shell completion script, generated from these same definitions.
+    #[command(
+        after_help = "Install:\n  bash:  backup-agent completion bash > ~/.local/share/bash-completion/completions/backup-agent\n  zsh:   backup-agent completion zsh > \"${fpath[1]}/_backup-agent\"\n  fish:  backup-agent completion fish > ~/.config/fish/completions/backup-agent.fish\n  once:  source <(backup-agent completion bash)"
+    )]
+    Completion {
+        /// bash, zsh, fish, elvish or powershell.
+        #[arg(value_enum)]
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), generated from these same definitions.
+    #[command(after_help = "Read it:  backup-agent man > backup-agent.1 && man -l backup-agent.1")]
+    Man,
 }
 
 #[cfg(test)]

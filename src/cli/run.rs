@@ -55,6 +55,26 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
             dest,
             output,
         } => describe_backup(backup_id, dest, output),
+        Command::Completion { shell } => {
+            let mut cmd = <Cli as clap::CommandFactory>::command();
+            let mut script = vec![];
+            clap_complete::generate(shell, &mut cmd, "backup-agent", &mut script);
+            let mut script = String::from_utf8(script)?;
+            if shell == clap_complete::Shell::Bash {
+                // clap_complete 4.6 escapes the `-` of a hyphenated name one way where it sets
+                // the subcommand (`backup__agent__subcmd__...`) and another in the arms that
+                // complete it (`backup__subcmd__agent__subcmd__...`), so no subcommand's flags
+                // would ever complete; one spelling for both.
+                script = script.replace("backup__subcmd__agent", "backup__agent");
+            }
+            print!("{script}");
+            Ok(())
+        }
+        Command::Man => {
+            let cmd = <Cli as clap::CommandFactory>::command();
+            clap_mangen::Man::new(cmd).render(&mut std::io::stdout())?;
+            Ok(())
+        }
     }
 }
 

@@ -7,5 +7,6 @@
 mod common;
 
 mod charm_parse;
+mod cli_habits;
 mod juju_parse;
 mod retention;
