@@ -1,6 +1,7 @@
-//! Action parameters, checked against `actions/actions.yaml` (compiled in: the one source of
-//! truth, the same file the charm ships) before anything runs. Juju checks them too; checking
-//! again here keeps a hand-run `dispatch` or a future Juju from slipping a bad value through.
+//! Action parameters, checked against the `actions` block of `charm/charmcraft.yaml`
+//! (compiled in: the one source of truth, the same definitions `charm/pack` ships as
+//! actions.yaml) before anything runs. Juju checks them too; checking again here keeps a
+//! hand-run `dispatch` or a future Juju from slipping a bad value through.
 
 use serde::de::DeserializeOwned;
 use serde::Deserialize;
@@ -8,12 +9,18 @@ use serde_json::{json, Map, Value};
 
 use crate::components::Component;
 
-/// The charm's actions.yaml.
-pub const ACTIONS_YAML: &str = include_str!("../../actions/actions.yaml");
+/// The charm's charmcraft.yaml.
+pub const CHARMCRAFT_YAML: &str = include_str!("../../charm/charmcraft.yaml");
+
+/// The `actions` block: what the packed charm's actions.yaml holds.
+pub fn actions_yaml() -> Value {
+    let all: Value = serde_yaml::from_str(CHARMCRAFT_YAML).expect("charmcraft.yaml is valid YAML");
+    all["actions"].clone()
+}
 
 /// The JSON schema Juju builds for an action from actions.yaml.
 pub fn schema(action: &str) -> Option<Value> {
-    let all: Value = serde_yaml::from_str(ACTIONS_YAML).expect("actions.yaml is valid YAML");
+    let all = actions_yaml();
     let def = all.get(action)?;
     Some(json!({
         "type": "object",
@@ -25,8 +32,8 @@ pub fn schema(action: &str) -> Option<Value> {
 
 /// The action names actions.yaml defines.
 pub fn actions() -> Vec<String> {
-    let all: Value = serde_yaml::from_str(ACTIONS_YAML).expect("actions.yaml is valid YAML");
-    all.as_object()
+    actions_yaml()
+        .as_object()
         .map(|m| m.keys().cloned().collect())
         .unwrap_or_default()
 }

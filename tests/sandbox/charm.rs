@@ -74,16 +74,57 @@ fn charmcraft_analyse_finds_nothing_to_fix() {
     ] {
         assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
     }
-    // The shipped actions.yaml is the one the binary checks parameters against.
-    let shipped = Command::new("python3")
-        .args(["-c", "import sys,zipfile\nsys.stdout.write(zipfile.ZipFile(sys.argv[1]).read('actions.yaml').decode())"])
+    // What charmcraft.yaml says, split into the files a charm carries: the actions the binary
+    // checks parameters against, the config, the metadata.
+    let read = |name: &str| -> Value {
+        let o = Command::new("python3")
+            .args(["-c", "import sys,zipfile\nsys.stdout.write(zipfile.ZipFile(sys.argv[1]).read(sys.argv[2]).decode())"])
+            .arg(&charm)
+            .arg(name)
+            .output()
+            .unwrap();
+        serde_yaml::from_slice(&o.stdout).unwrap()
+    };
+    let spec: Value = serde_yaml::from_str(backup_agent::charm::params::CHARMCRAFT_YAML).unwrap();
+    assert_eq!(
+        read("actions.yaml"),
+        backup_agent::charm::params::actions_yaml()
+    );
+    assert_eq!(read("config.yaml"), spec["config"]);
+    let meta = read("metadata.yaml");
+    assert_eq!(meta["name"], "backup-agent");
+    assert_eq!(meta["display-name"], spec["title"]);
+    assert_eq!(meta["provides"], spec["provides"]);
+    assert!(meta.get("actions").is_none() && meta.get("parts").is_none());
+    // COS's files, and a binary with no debug sections, in a charm well under 25 MB.
+    for want in [
+        "0o100644 src/prometheus_alert_rules/backup-agent.rules",
+        "0o100644 src/grafana_dashboards/backup-agent.json",
+    ] {
+        assert!(names.iter().any(|n| n == want), "{want} not in {names:?}");
+    }
+    let size = std::fs::metadata(&charm).unwrap().len();
+    assert!(size < 25 << 20, "the .charm is {size} bytes");
+    let unpacked = tmp.path().join("unpacked");
+    let o = Command::new("python3")
+        .args(["-c", "import sys,zipfile\nzipfile.ZipFile(sys.argv[1]).extract('bin/backup-agent', sys.argv[2])"])
         .arg(&charm)
+        .arg(&unpacked)
         .output()
         .unwrap();
-    assert_eq!(
-        String::from_utf8(shipped.stdout).unwrap(),
-        backup_agent::charm::params::ACTIONS_YAML
-    );
+    assert!(o.status.success());
+    let sections = Command::new("readelf")
+        .args(["-S", "-W"])
+        .arg(unpacked.join("bin/backup-agent"))
+        .output()
+        .expect("readelf (binutils)");
+    let sections = String::from_utf8_lossy(&sections.stdout);
+    assert!(sections.contains(".text"), "{sections}");
+    // DWARF (`.debug_info`, `.debug_line`, ...); `.debug_gdb_scripts` is 34 bytes of a loaded
+    // section, not debug information.
+    for dwarf in [".debug_info", ".debug_line", ".debug_str", ".debug_abbrev"] {
+        assert!(!sections.contains(dwarf), "{dwarf} left: {sections}");
+    }
 
     let charmcraft = which::which("charmcraft")
         .expect("charmcraft not on PATH: run scripts/bootstrap and put .venv/bin on PATH (scripts/test does)");
