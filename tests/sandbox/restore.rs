@@ -739,3 +739,87 @@ fn a_new_cluster_with_only_the_bucket_restores() {
     assert_eq!(rows(&mysql_file(&new, "kfp-db")), want.1);
     assert_eq!(bucket_state(&minio(&new)), want.2);
 }
+
+/// `restore --dry-run` says, per component, what it would write, delete and leave alone,
+/// counted against the cluster as it is now, in text and JSON, and changes nothing.
+#[test]
+fn a_dry_run_counts_per_component_what_a_restore_would_write_and_delete() {
+    let sb = crate::common::sandbox(6);
+    let id = crate::common::backup(&sb, "base");
+    // Two objects to put back (one gone, one changed) and one the backup lacks.
+    let src = minio(&sb);
+    let keys: Vec<String> = rt()
+        .block_on(src.list(""))
+        .unwrap()
+        .into_iter()
+        .map(|o| o.key)
+        .collect();
+    rt().block_on(async {
+        src.delete(&keys[0]).await.unwrap();
+        src.put_bytes(&keys[1], b"changed", "text/plain")
+            .await
+            .unwrap();
+        src.put_bytes("extra/not-in-the-backup", b"12345", "text/plain")
+            .await
+            .unwrap();
+    });
+    let before = crate::common::contents(&minio(&sb));
+    let before_scales = scales(&sb);
+    let mlmd_before = std::fs::read(sb.layout.mlmd_db()).unwrap();
+
+    let (code, out, err) = agent(&sb, &["restore", &id, "--dry-run"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    assert!(
+        out.contains("against the bucket now: 2 to copy back") && out.contains("1 to delete"),
+        "{out}"
+    );
+    assert!(
+        out.contains(&format!("{} unchanged", keys.len() - 2)),
+        "{out}"
+    );
+    assert!(
+        out.contains("mlmd: /data/mlmd.db swapped in mlmd-0: writes "),
+        "{out}"
+    );
+    assert!(out.contains("over the live "), "{out}");
+    assert!(
+        out.lines()
+            .any(|l| l.contains("kfp-db: mysql-k8s restore backup-id=")
+                && l.contains("backup stream")),
+        "{out}"
+    );
+
+    let (code, out, err) = agent(&sb, &["restore", &id, "--dry-run", "--output", "json"], &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let plan = if v.get("plan").is_some() {
+        &v["plan"]
+    } else {
+        &v
+    };
+    let changes = &plan["mlpipeline-changes"];
+    assert_eq!(changes["to-copy"], 2, "{plan}");
+    assert_eq!(changes["to-delete"], 1, "{plan}");
+    assert_eq!(changes["to-delete-bytes"], 5, "{plan}");
+    assert_eq!(changes["unchanged"], (keys.len() - 2) as u64, "{plan}");
+    assert_eq!(plan["mlmd-bytes"], mlmd_before.len() as u64, "{plan}");
+    assert_eq!(
+        plan["mlmd-replaced-bytes"],
+        mlmd_before.len() as u64,
+        "{plan}"
+    );
+    for (app, bytes) in plan["mysql-bytes"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|p| (&p[0], &p[1]))
+    {
+        assert!(app.is_string() && bytes.as_u64().unwrap() > 0, "{plan}");
+    }
+    assert_eq!(plan["mysql-bytes"].as_array().unwrap().len(), 2, "{plan}");
+
+    // Nothing changed.
+    assert_eq!(crate::common::contents(&minio(&sb)), before);
+    assert_eq!(scales(&sb), before_scales);
+    assert_eq!(std::fs::read(sb.layout.mlmd_db()).unwrap(), mlmd_before);
+}

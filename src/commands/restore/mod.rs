@@ -82,7 +82,12 @@ pub struct RestorePlan {
     pub components: Vec<Component>,
     pub scales: Vec<ScaleRecord>,
     pub mysql: Vec<(String, String)>,
+    /// Per database: the bytes of the mysql-k8s backup stream that replaces it.
+    pub mysql_bytes: Vec<(String, u64)>,
     pub mlmd_pod: Option<String>,
+    /// The MLMD database the restore writes, and the live one it replaces (kept beside it).
+    pub mlmd_bytes: Option<u64>,
+    pub mlmd_replaced_bytes: Option<u64>,
     pub mlpipeline_objects: u64,
     pub mlpipeline_bytes: u64,
     /// What the bucket restore will copy and delete, counted against the bucket as it is now.

@@ -91,9 +91,15 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
         )
         .await?;
     }
-    let (mut mlmd_pod, mut mlmd_container) = (None, None);
+    let (mut mlmd_pod, mut mlmd_container, mut mlmd_replaced_bytes) = (None, None, None);
     if let (true, Some(cluster)) = (wants(Component::Mlmd), &cluster) {
         let (pod, container) = preflight::mlmd_pod(ctx, cluster).await?;
+        // The live file's size, for the plan; a pod without one yet gets the backup's.
+        mlmd_replaced_bytes = cluster
+            .stat(&pod, &container, crate::components::mlmd::DB_PATH)
+            .await
+            .ok()
+            .map(|(size, _)| size);
         (mlmd_pod, mlmd_container) = (Some(pod), Some(container));
     }
     let minio = if wants(Component::Mlpipeline) {
@@ -127,12 +133,35 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
         }
         _ => None,
     };
+    let mut mysql_bytes = vec![];
+    for (app, _) in &mysql_pairs {
+        let Some(cap) = sf.components.mysql.iter().find(|m| &m.app == app) else {
+            continue;
+        };
+        let (_, objects) = mysql::capture_objects(&ctx.juju, cap).await.map_err(|e| {
+            pre(format!(
+                "{app}: its mysql-k8s backup {}: {e}",
+                cap.backup_id
+            ))
+        })?;
+        let stream = objects
+            .iter()
+            .find(|o| o.key == cap.backup_id)
+            .map_or(0, |o| o.size);
+        mysql_bytes.push((app.clone(), stream));
+    }
+    let mlmd_bytes = wants(Component::Mlmd)
+        .then(|| sf.components.mlmd.as_ref().map(|m| m.size))
+        .flatten();
     let plan = RestorePlan {
         backup_id: id.clone(),
         model: status.model.name.clone(),
         components,
         scales,
         mysql: mysql_pairs,
+        mysql_bytes,
+        mlmd_bytes,
+        mlmd_replaced_bytes,
         mlmd_pod,
         mlpipeline_objects: sf.components.mlpipeline.as_ref().map_or(0, |m| m.objects),
         mlpipeline_bytes: sf.components.mlpipeline.as_ref().map_or(0, |m| m.bytes),

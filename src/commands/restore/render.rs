@@ -31,13 +31,34 @@ pub fn render_plan(p: &RestorePlan) -> String {
             r.app, r.original, r.changed_to, r.original
         );
     }
+    let human = crate::units::human_bytes;
     for (app, id) in &p.mysql {
-        let _ = writeln!(o, "  {app}: mysql-k8s restore backup-id={id} (the app is blocked afterwards, as mysql-k8s always leaves it)");
+        let size = p
+            .mysql_bytes
+            .iter()
+            .find(|(a, _)| a == app)
+            .map(|(_, b)| {
+                format!(
+                    ": writes its {} backup stream over the whole database",
+                    human(*b)
+                )
+            })
+            .unwrap_or_default();
+        let _ = writeln!(o, "  {app}: mysql-k8s restore backup-id={id}{size} (the app is blocked afterwards, as mysql-k8s always leaves it)");
     }
     if let Some(pod) = &p.mlmd_pod {
+        let sizes = match (p.mlmd_bytes, p.mlmd_replaced_bytes) {
+            (Some(w), Some(r)) => format!(
+                ": writes {} over the live {} (kept beside it)",
+                human(w),
+                human(r)
+            ),
+            (Some(w), None) => format!(": writes {} (no live file to replace)", human(w)),
+            _ => String::new(),
+        };
         let _ = writeln!(
             o,
-            "  mlmd: {} swapped in {pod} (previous file kept beside it), pod restarted",
+            "  mlmd: {} swapped in {pod}{sizes}, pod restarted",
             mlmd::DB_PATH
         );
     }
