@@ -287,3 +287,11 @@ pub fn result_key(s: &str) -> String {
     }
     k.trim_matches('-').to_string()
 }
+
+/// This unit's application, from the hook environment (`JUJU_UNIT_NAME`).
+pub fn local_app() -> String {
+    std::env::var("JUJU_UNIT_NAME")
+        .ok()
+        .and_then(|u| u.split('/').next().map(str::to_string))
+        .unwrap_or_else(|| "backup-agent".into())
+}

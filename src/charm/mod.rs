@@ -8,6 +8,7 @@ pub mod pebble;
 
 pub mod actions;
 pub mod controller;
+pub mod cos;
 pub mod params;
 pub mod relations;
 pub mod settings;
@@ -102,7 +103,7 @@ fn hook(env: &DispatchEnv, tools: &HookTools, name: &str) -> Result<(), String> 
         relations::write_our_side(tools, broken.as_deref()).map_err(|e| e.to_string())?;
         // The dashboard needs nothing but the relation: published whatever the status.
         if let Err(e) =
-            relations::write_dashboards(tools, leader, &env.unit, &env.model, broken.as_deref())
+            cos::write_dashboards(tools, leader, &env.unit, &env.model, broken.as_deref())
         {
             let _ = tools.log("WARNING", &format!("grafana-dashboard: {e}"));
         }

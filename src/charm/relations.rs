@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 
-use crate::charm::hook_tools::{Bag, HookToolError, HookTools};
+use crate::charm::hook_tools::{local_app, Bag, HookToolError, HookTools};
 use crate::juju::discovery::MinioAccess;
 use crate::juju::ObjectStorage;
 use crate::secret::Secret;
@@ -233,84 +233,6 @@ pub fn write_our_side(tools: &HookTools, broken: Option<&str>) -> Result<(), Hoo
 
 pub const METRICS_ENDPOINT: &str = "metrics-endpoint";
 
-/// The alert rules the charm ships, with `%%juju_topology%%` where each rule's selectors go.
-pub const ALERT_RULES: &str = include_str!("../../charm/prometheus_alert_rules/backup-agent.rules");
-
-/// The Grafana dashboard the charm ships over `grafana-dashboard`.
-pub const DASHBOARD: &str = include_str!("../../charm/grafana_dashboards/backup-agent.json");
-
-/// Where the series come from, as COS labels them (`juju_model`, `juju_model_uuid`,
-/// `juju_application`).
-#[derive(Debug, Clone, PartialEq)]
-pub struct Topology {
-    pub model: String,
-    pub model_uuid: String,
-    pub application: String,
-}
-
-impl Topology {
-    fn labels(&self) -> Vec<(&'static str, &str)> {
-        vec![
-            ("juju_model", &self.model),
-            ("juju_model_uuid", &self.model_uuid),
-            ("juju_application", &self.application),
-        ]
-    }
-
-    /// The label matchers that replace `%%juju_topology%%`.
-    pub fn matchers(&self) -> String {
-        self.labels()
-            .iter()
-            .map(|(k, v)| format!("{k}=\"{v}\""))
-            .collect::<Vec<_>>()
-            .join(",")
-    }
-}
-
-/// The rules as prometheus_scrape's `alert_rules` carries them: `{"groups": [...]}`, each
-/// expression limited to this deployment and each rule labelled with it, as the charm library
-/// does for Python charms.
-pub fn alert_rules(topology: &Topology) -> Result<serde_json::Value, String> {
-    let text = ALERT_RULES.replace("%%juju_topology%%", &topology.matchers());
-    let mut rules: serde_json::Value =
-        serde_yaml::from_str(&text).map_err(|e| format!("alert rules: {e}"))?;
-    let groups = rules["groups"]
-        .as_array_mut()
-        .ok_or("alert rules: no groups")?;
-    for g in groups {
-        // Group names must be unique across everything Prometheus loads.
-        let name = format!(
-            "{}_{}_{}_{}",
-            topology.model,
-            &topology.model_uuid[..topology.model_uuid.len().min(8)],
-            topology.application,
-            g["name"].as_str().unwrap_or("rules")
-        );
-        // cos-lib's form: `<model>_<uuid8>_<app>_<group>_rules`, only [a-zA-Z0-9_:].
-        let name: String = format!("{name}_rules")
-            .chars()
-            .map(|c| {
-                if c.is_ascii_alphanumeric() || c == '_' || c == ':' {
-                    c
-                } else {
-                    '_'
-                }
-            })
-            .collect();
-        g["name"] = name.into();
-        for r in g["rules"].as_array_mut().into_iter().flatten() {
-            if !r["labels"].is_object() {
-                r["labels"] = serde_json::json!({});
-            }
-            for (k, v) in topology.labels() {
-                r["labels"][k] = v.into();
-            }
-            r["labels"]["juju_charm"] = "backup-agent".into();
-        }
-    }
-    Ok(rules)
-}
-
 /// What prometheus_scrape's provider side says: the job (leader, app bag) and where this
 /// unit is (every unit, unit bag). Prometheus expands `*` to each unit's address.
 pub fn write_metrics(
@@ -333,7 +255,7 @@ pub fn write_metrics(
                 "metrics_path": "/metrics",
                 "static_configs": [{"targets": [format!("*:{port}")]}],
             }]);
-            let topology = Topology {
+            let topology = super::cos::Topology {
                 model: model.to_string(),
                 model_uuid: std::env::var("JUJU_MODEL_UUID").unwrap_or_default(),
                 application: local_app(),
@@ -349,7 +271,7 @@ pub fn write_metrics(
                 ("scrape_jobs".to_string(), jobs.to_string()),
                 ("scrape_metadata".to_string(), metadata.to_string()),
             ]);
-            match alert_rules(&topology) {
+            match super::cos::alert_rules(&topology) {
                 Ok(rules) => {
                     bag.insert("alert_rules".to_string(), rules.to_string());
                 }
@@ -367,80 +289,6 @@ pub fn write_metrics(
         )?;
     }
     Ok(())
-}
-
-pub const GRAFANA_DASHBOARD: &str = "grafana-dashboard";
-
-/// grafana_dashboard's provider side (grafana-k8s `grafana_dashboard.py`, LIBPATCH 48): the
-/// app bag's `dashboards`, the dashboard XZ-compressed and base64-encoded as the library's
-/// `LZMABase64` does; Grafana adds the topology dropdowns and selectors (`inject_dropdowns`).
-pub fn dashboards_bag(topology: &Topology, unit: &str) -> Result<String, String> {
-    use base64::Engine;
-    let mut xz = vec![];
-    lzma_rs::xz_compress(&mut DASHBOARD.as_bytes(), &mut xz)
-        .map_err(|e| format!("compressing the dashboard: {e}"))?;
-    let content = base64::engine::general_purpose::STANDARD.encode(xz);
-    Ok(serde_json::json!({
-        "templates": {
-            "file:backup-agent": {
-                "charm": "backup-agent",
-                "content": content,
-                "juju_topology": {
-                    "model": topology.model, "model_uuid": topology.model_uuid,
-                    "application": topology.application, "unit": unit,
-                },
-                "inject_dropdowns": true,
-                // shake_256("backup-agent-file:backup-agent").hexdigest(8), as the library
-                // computes it; the dashboard's own uid is the 40-hex form, so this is a spare.
-                "dashboard_alt_uid": "01bdbdefcbacc831",
-            }
-        },
-        // The content hash: a new dashboard changes the bag, an unchanged one does not.
-        "uuid": hex::encode(&<sha2::Sha256 as sha2::Digest>::digest(DASHBOARD.as_bytes())[..16]),
-    })
-    .to_string())
-}
-
-/// Publishes the dashboard on every grafana-dashboard relation (the leader only).
-pub fn write_dashboards(
-    tools: &HookTools,
-    leader: bool,
-    unit: &str,
-    model: &str,
-    broken: Option<&str>,
-) -> Result<(), String> {
-    if !leader {
-        return Ok(());
-    }
-    let topology = Topology {
-        model: model.to_string(),
-        model_uuid: std::env::var("JUJU_MODEL_UUID").unwrap_or_default(),
-        application: local_app(),
-    };
-    let bag = dashboards_bag(&topology, unit)?;
-    for id in tools
-        .relation_ids(GRAFANA_DASHBOARD)
-        .map_err(|e| e.to_string())?
-    {
-        if Some(id.as_str()) == broken {
-            continue;
-        }
-        tools
-            .relation_set(
-                &id,
-                Bag::App,
-                &BTreeMap::from([("dashboards".to_string(), bag.clone())]),
-            )
-            .map_err(|e| e.to_string())?;
-    }
-    Ok(())
-}
-
-fn local_app() -> String {
-    std::env::var("JUJU_UNIT_NAME")
-        .ok()
-        .and_then(|u| u.split('/').next().map(str::to_string))
-        .unwrap_or_else(|| "backup-agent".into())
 }
 
 /// MinIO's keys from our own object-storage relation, if there is one with data; a malformed

@@ -6,7 +6,7 @@
 //! a statefile cannot say: whether a run is going, and when the next one is due.
 
 mod http;
-mod metrics;
+pub(crate) mod metrics;
 mod runs;
 mod schedule;
 
