@@ -163,7 +163,7 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use serde_json::json;
 
-    const ALERTS: [&str; 8] = [
+    const ALERTS: [&str; 9] = [
         "BackupAgentBackupStale",
         "BackupAgentNeverCompleted",
         "BackupAgentLastBackupFailed",
@@ -172,6 +172,7 @@ mod tests {
         "BackupAgentLeaseHeldTooLong",
         "BackupAgentAppsLeftScaledDown",
         "BackupAgentDestinationUnreachable",
+        "BackupAgentDaemonDown",
     ];
 
     fn topology() -> Topology {
@@ -209,6 +210,7 @@ mod tests {
             running: false,
             next: None,
             period,
+            lease_known: true,
         }
     }
 
@@ -218,6 +220,11 @@ mod tests {
         text: String,
         eval: &'static str,
         firing: Vec<&'static str>,
+    }
+
+    /// Prometheus's own `up` for the scrape: 1, or 0 for the case where the daemon is down.
+    fn up(c: &Case) -> u8 {
+        u8::from(c.name != "daemon down")
     }
 
     fn cases() -> Vec<Case> {
@@ -302,6 +309,12 @@ mod tests {
             ),
             eval: "3h",
             firing: vec!["BackupAgentAppsLeftScaledDown"],
+        });
+        cases.push(Case {
+            name: "daemon down",
+            text: render(Some(&[ok(10_000)]), None, &live(10_800, Some(3600))),
+            eval: "3h",
+            firing: vec!["BackupAgentDaemonDown"],
         });
         cases.push(Case {
             name: "destination down",
@@ -520,19 +533,25 @@ mod tests {
                     .iter()
                     .map(|a| {
                         let exp: Vec<serde_json::Value> = if c.firing.contains(a) {
-                            vec![json!({"exp_labels": {
+                            let mut labels = json!({
                                 "severity": severity(a), "juju_model": t.model,
                                 "juju_model_uuid": t.model_uuid, "juju_application": t.application,
-                            }})]
+                            });
+                            // Staleness is per component; these backups hold MLMD only.
+                            if *a == "BackupAgentBackupStale" {
+                                labels["component"] = json!("mlmd");
+                            }
+                            vec![json!({"exp_labels": labels})]
                         } else {
                             vec![]
                         };
                         json!({"eval_time": c.eval, "alertname": a, "exp_alerts": exp})
                     })
                     .collect();
+                let text = format!("{}up {}\n", c.text, up(c));
                 json!({
                     "name": c.name, "interval": "1m",
-                    "input_series": input_series(&c.text, &t),
+                    "input_series": input_series(&text, &t),
                     "alert_rule_test": checks,
                 })
             })

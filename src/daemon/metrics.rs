@@ -30,14 +30,22 @@ pub(super) async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
             .as_ref()
             .and_then(|s| s.period(now))
             .map(|p| p.num_seconds()),
+        lease_known: true,
     };
+    let mut live = live;
     let (rows, lease) = match repository::list(&d.dest).await {
-        Ok(rows) => (
-            Some(rows),
-            repository::lock::read(&d.dest).await.ok().flatten(),
-        ),
+        Ok(rows) => match repository::lock::read(&d.dest).await {
+            Ok(lease) => (Some(rows), lease),
+            Err(e) => {
+                // Unknown is not free: the lease gauge is left out rather than 0.
+                tracing::warn!("metrics: reading the repository lock: {e}");
+                live.lease_known = false;
+                (Some(rows), None)
+            }
+        },
         Err(e) => {
             tracing::warn!("metrics: reading the repository: {e}");
+            live.lease_known = false;
             (None, None)
         }
     };
@@ -58,6 +66,8 @@ pub(crate) struct Live {
     pub next: Option<DateTime<Utc>>,
     /// Seconds between two scheduled runs, when there is a schedule.
     pub period: Option<i64>,
+    /// Whether the repository lock could be read (else its age is not reported).
+    pub lease_known: bool,
 }
 
 /// Backups by outcome, and verifications by outcome, over the whole repository.
@@ -274,7 +284,11 @@ pub(crate) fn render(rows: Option<&[Listed]>, lease: Option<&LeaseInfo>, live: &
         .filter(|h| h["event"] == "restore" && h["phase"] == "finished")
         .filter_map(|h| {
             let at = h["at"].as_str()?.parse::<DateTime<Utc>>().ok()?;
-            let done = h["finished-at"].as_str()?.parse::<DateTime<Utc>>().ok()?;
+            // Entries written by older versions, or closed by `recover`, have no end time.
+            let done = h["finished-at"]
+                .as_str()
+                .and_then(|t| t.parse::<DateTime<Utc>>().ok())
+                .unwrap_or(at);
             Some((at, done, h["outcome"] == "completed"))
         })
         .collect();
@@ -328,8 +342,15 @@ pub(crate) fn render(rows: Option<&[Listed]>, lease: Option<&LeaseInfo>, live: &
     );
     // Scales a backup changed and has not put back (a run killed before its un-quiesce; the
     // next run or `backup-agent recover` repairs them).
+    // A backup still running has its journal open on purpose: only finished ones count.
     let pending: usize = backups
         .iter()
+        .filter(|b| {
+            matches!(
+                b.phase,
+                Phase::Completed | Phase::Failed | Phase::PartiallyFailed
+            )
+        })
         .map(|b| {
             b.quiesce
                 .iter()
@@ -375,15 +396,17 @@ fn live_metrics(
             vec![(String::new(), p.to_string())],
         );
     }
-    metric(
-        "backup_agent_lease_age_seconds",
-        "gauge",
-        "How long the repository lock has been held (0 when free).",
-        vec![(
-            String::new(),
-            lease
-                .map_or(0, |l| (live.now - l.started_at).num_seconds().max(0))
-                .to_string(),
-        )],
-    );
+    if live.lease_known {
+        metric(
+            "backup_agent_lease_age_seconds",
+            "gauge",
+            "How long the repository lock has been held (0 when free).",
+            vec![(
+                String::new(),
+                lease
+                    .map_or(0, |l| (live.now - l.started_at).num_seconds().max(0))
+                    .to_string(),
+            )],
+        );
+    }
 }

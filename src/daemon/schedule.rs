@@ -31,12 +31,23 @@ impl Schedule {
         self.cron.find_next_occurrence(&t, false).ok()
     }
 
-    /// The gap between the next two runs: how old the newest backup may be before the daemon
-    /// counts a run as missed.
+    /// The longest gap between two runs over the coming week: how old the newest backup may
+    /// be before a run counts as missed. The longest, so `0 2 * * 1-5` gives the weekend's
+    /// three days, not a weekday's one.
     pub fn period(&self, now: DateTime<Utc>) -> Option<chrono::Duration> {
-        let a = self.next_after(now)?;
-        let b = self.next_after(a)?;
-        Some(b - a)
+        let horizon = now + chrono::Duration::days(8);
+        let mut a = self.next_after(now)?;
+        let mut longest = None::<chrono::Duration>;
+        // Bounded: a schedule every minute has 11,520 runs in eight days.
+        for _ in 0..20_000 {
+            let b = self.next_after(a)?;
+            longest = Some(longest.map_or(b - a, |l| l.max(b - a)));
+            if b > horizon {
+                break;
+            }
+            a = b;
+        }
+        longest
     }
 }
 
@@ -62,6 +73,9 @@ mod tests {
             "2026-11-24T02:00:00+00:00"
         );
         assert_eq!(s.period(t).unwrap(), chrono::Duration::days(1));
+        // Weekdays only: the weekend's gap is the period, whichever day it is asked on.
+        let weekdays = Schedule::parse("0 2 * * 1-5").unwrap();
+        assert_eq!(weekdays.period(t).unwrap(), chrono::Duration::days(3));
         let e = Schedule::parse("every day").unwrap_err();
         assert!(
             e.contains("is not a cron expression") && e.contains("\"0 2 * * *\""),

@@ -104,6 +104,19 @@ pub fn relation_chain(value: &str) -> Result<Vec<String>, String> {
     Ok(pems)
 }
 
+/// A DER certificate as PEM text.
+fn der_to_pem(der: &[u8]) -> String {
+    use base64::Engine;
+    let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+    let mut pem = String::from("-----BEGIN CERTIFICATE-----\n");
+    for line in b64.as_bytes().chunks(64) {
+        pem.push_str(std::str::from_utf8(line).expect("base64 is ASCII"));
+        pem.push('\n');
+    }
+    pem.push_str("-----END CERTIFICATE-----\n");
+    pem
+}
+
 /// The chains trusted so far by [`trust_more`], so a chain already there is not added again.
 static TRUSTED: std::sync::Mutex<Vec<String>> = std::sync::Mutex::new(Vec::new());
 
@@ -126,6 +139,16 @@ pub fn trust_more(pems: &[String], origin: &str) -> Result<(), String> {
         let text = std::fs::read_to_string(&before)
             .map_err(|e| format!("{origin}: SSL_CERT_FILE {}: {e}", before.to_string_lossy()))?;
         all.insert(0, text);
+    } else {
+        // Once SSL_CERT_FILE is set the platform's store is no longer read: carry it over, so
+        // a CA installed there (a company's own) stays trusted.
+        // Stores often hold a few certificates rustls cannot parse; reqwest skips them too.
+        for cert in rustls_native_certs::load_native_certs().certs {
+            let pem = der_to_pem(cert.as_ref());
+            if parse_chain(&pem, origin).is_ok() {
+                all.insert(0, pem);
+            }
+        }
     }
     let file = write_chain(&all, &std::env::temp_dir(), origin)?;
     std::env::set_var("SSL_CERT_FILE", &file);

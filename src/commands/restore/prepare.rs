@@ -138,17 +138,15 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
         let Some(cap) = sf.components.mysql.iter().find(|m| &m.app == app) else {
             continue;
         };
-        let (_, objects) = mysql::capture_objects(&ctx.juju, cap).await.map_err(|e| {
-            pre(format!(
-                "{app}: its mysql-k8s backup {}: {e}",
-                cap.backup_id
-            ))
-        })?;
-        let stream = objects
-            .iter()
-            .find(|o| o.key == cap.backup_id)
-            .map_or(0, |o| o.size);
-        mysql_bytes.push((app.clone(), stream));
+        // A figure for the plan, not a condition: mysql-k8s itself reads the backup.
+        match mysql::capture_objects(&ctx.juju, cap).await {
+            Ok((_, objects)) => {
+                if let Some(o) = objects.iter().find(|o| o.key == cap.backup_id) {
+                    mysql_bytes.push((app.clone(), o.size));
+                }
+            }
+            Err(e) => tracing::warn!("{app}: sizing mysql-k8s backup {}: {e}", cap.backup_id),
+        }
     }
     let mlmd_bytes = wants(Component::Mlmd)
         .then(|| sf.components.mlmd.as_ref().map(|m| m.size))

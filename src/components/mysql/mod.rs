@@ -32,7 +32,9 @@ pub enum MysqlError {
     NoPrimary { app: String },
     #[error("{app} has no replica to back up from (only the primary {primary}): scale it to 2 units first, as create-backup does")]
     NoReplica { app: String, primary: String },
-    #[error("{app}: the charm lists backup {id} as {status:?}, not finished")]
+    #[error(
+        "{app}: mysql-k8s backup {id} is {status:?}, not finished (no {id}.md5 where it writes)"
+    )]
     NotFinished {
         app: String,
         id: String,
@@ -392,16 +394,21 @@ fn finished_status(
     id: &str,
     waits: &Waits,
 ) -> Result<String, MysqlError> {
+    // Through the charm's list-backups when the bucket cannot be read from here (keys in a
+    // secret, a CA or endpoint only the charm reaches): preflight made sure the path is set.
+    let listed = || -> Result<String, MysqlError> {
+        let rows = list_backups(cli, app, unit, &waits.status)?;
+        Ok(rows
+            .iter()
+            .find(|r| r.id == id)
+            .map(|r| r.status.clone())
+            .unwrap_or_else(|| "missing".into()))
+    };
     let store = match backup_store(cli, app, unit) {
         Ok(store) => store,
-        Err(MysqlError::NoS3Keys { .. }) => {
-            let rows = list_backups(cli, app, unit, &waits.status)?;
-            return Ok(rows
-                .iter()
-                .find(|r| r.id == id)
-                .map(|r| r.status.clone())
-                .unwrap_or_else(|| "missing".into()));
-        }
+        Err(
+            MysqlError::NoS3Keys { .. } | MysqlError::Store { .. } | MysqlError::BadChain { .. },
+        ) => return listed(),
         Err(e) => return Err(e),
     };
     let store_err = |source| MysqlError::Store {
@@ -419,7 +426,7 @@ fn finished_status(
                 detail: e.to_string(),
             })
         })?;
-    rt.block_on(async {
+    let read = rt.block_on(async {
         let marker = format!("{id}.md5");
         let found = crate::retry::retry(crate::retry::ATTEMPTS, &marker, || store.head(&marker))
             .await
@@ -437,7 +444,17 @@ fn finished_status(
             "in progress"
         }
         .to_string())
-    })
+    });
+    match read {
+        Err(MysqlError::Store { source, .. }) => {
+            tracing::warn!(
+                app,
+                "reading the .md5 marker: {source}; asking list-backups"
+            );
+            listed()
+        }
+        other => other,
+    }
 }
 
 /// mysql-k8s names a backup by the second it started and puts it at `<path>/<id>`: two apps

@@ -30,8 +30,16 @@ pub fn restore_preflight(
         .map_err(|e| e.to_string())?;
     let (now, provider) =
         super::current_location(juju, status, &m.app).map_err(|e| e.to_string())?;
+    let (_, old_path) = m.location.split_once('/').unwrap_or((&m.location, ""));
+    if old_path.is_empty() {
+        return Err(format!(
+            "{app}'s part of this backup (mysql-k8s backup {id}) is at the root of bucket {was}, from which mysql-k8s cannot restore (its restore reads the last character of the path). Copy {id}* under a path with your S3 tools, `juju config <its s3-integrator> path=<that path>`, and run this restore again",
+            app = m.app,
+            id = m.backup_id,
+            was = m.location,
+        ));
+    }
     if now != m.location {
-        let (_, old_path) = m.location.split_once('/').unwrap_or((&m.location, ""));
         return Err(format!(
             "{app}'s part of this backup (mysql-k8s backup {id}) is at {was}, but {app} now reads its backups from {now}, and mysql-k8s restores only from there. To restore it: `juju config {provider} path={old_path}` (every database related to {provider} follows), run this restore again, then give {app} a new path with `juju config {provider} path=...`, as mysql-k8s asks after every restore",
             app = m.app,
