@@ -24,12 +24,7 @@ pub(super) async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         now,
         running: d.running.lock().expect("daemon state").is_some(),
         next: *d.next.lock().expect("daemon state"),
-        period: d
-            .settings
-            .schedule
-            .as_ref()
-            .and_then(|s| s.period(now))
-            .map(|p| p.num_seconds()),
+        period: d.period,
         lease_known: true,
     };
     let mut live = live;

@@ -105,6 +105,8 @@ pub(crate) struct Daemon {
     done: tokio::sync::Notify,
     /// Set at shutdown (under `running`'s lock): no run starts after it.
     stopping: std::sync::atomic::AtomicBool,
+    /// The schedule's longest gap, in seconds: walked once here, not at every scrape.
+    period: Option<i64>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -142,6 +144,11 @@ pub async fn serve(
         next: Mutex::new(None),
         done: tokio::sync::Notify::new(),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        period: settings
+            .schedule
+            .as_ref()
+            .and_then(|s| s.period(Utc::now()))
+            .map(|p| p.num_seconds()),
     });
     tracing::info!(
         "serving on http://{addr}; schedule {}; retention {}",

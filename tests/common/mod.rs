@@ -327,6 +327,13 @@ pub fn juju(sb: &Sandbox, args: &[&str]) -> (i32, String, String) {
     )
 }
 
+/// The sandbox's `juju`, which must succeed: its stdout.
+pub fn juju_ok(sb: &Sandbox, args: &[&str]) -> String {
+    let (code, out, err) = juju(sb, args);
+    assert_eq!(code, 0, "juju {args:?}: {out}\n{err}");
+    out
+}
+
 /// A sandbox built from `opts` on top of the small-bucket defaults.
 pub fn sandbox_with(small: usize, tweak: impl FnOnce(&mut UpOptions)) -> Sandbox {
     let mut opts = UpOptions::new(sandbox_exe());

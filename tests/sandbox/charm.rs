@@ -7,7 +7,7 @@ use std::process::Command;
 
 use serde_json::{json, Value};
 
-use crate::common::{juju, listing, sandbox, scales};
+use crate::common::{juju, juju_ok, listing, sandbox, scales};
 use backup_agent_sandbox::env::Sandbox;
 use backup_agent_sandbox::hook_tools::{run_dispatch, HookAction, HookRelation, HookState};
 
@@ -21,12 +21,6 @@ fn pack(out: &Path) -> PathBuf {
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
     PathBuf::from(String::from_utf8(o.stdout).unwrap().trim())
-}
-
-fn juju_ok(sb: &Sandbox, args: &[&str]) -> String {
-    let (code, out, err) = juju(sb, args);
-    assert_eq!(code, 0, "juju {args:?}: {out}\n{err}");
-    out
 }
 
 /// `juju run backup-agent/0 ACTION ...` → (exit code, the unit's task JSON, stderr).

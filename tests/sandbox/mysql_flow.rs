@@ -3,13 +3,16 @@
 //! restore leaves until the S3 settings change, the repository claim of the newer backups
 //! library, and an older backup whose mysql part lives under a path the app no longer uses.
 
-use crate::common::{agent, completed_ids, juju, rt, s3_store, sandbox_with, scales};
+use crate::common::{agent, completed_ids, juju, juju_ok, rt, s3_store, sandbox_with, scales};
 use backup_agent_sandbox::Sandbox;
 
-fn juju_ok(sb: &Sandbox, args: &[&str]) -> String {
-    let (code, out, err) = juju(sb, args);
-    assert_eq!(code, 0, "juju {args:?}: {out}\n{err}");
-    out
+/// A backup through the CLI that must complete: its JSON output.
+fn backs_up(sb: &Sandbox, extra: &[&str]) -> serde_json::Value {
+    let mut args = vec!["create-backup", "--output", "json"];
+    args.extend_from_slice(extra);
+    let (code, out, err) = agent(sb, &args, &[]);
+    assert_eq!(code, 0, "{out}\n{err}");
+    serde_json::from_str(&out).unwrap()
 }
 
 /// `juju run UNIT ACTION ... --format=json`: (exit code, the task's message or results).
@@ -84,9 +87,7 @@ fn an_empty_s3_path_is_refused_before_anything_changes() {
 
     // The fix the message names works.
     juju_ok(&sb, &["config", "s3-integrator", "path=kubeflow/dbs"]);
-    let (code, out, err) = agent(&sb, &["create-backup", "--output", "json"], &[]);
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = backs_up(&sb, &[]);
     let mysql = v["statefile"]["components"]["mysql"].as_array().unwrap();
     assert!(mysql
         .iter()
@@ -131,13 +132,7 @@ fn after_a_restore_the_block_the_new_path_and_an_older_backup_under_the_old_one(
         "list-backups",
         "Failed to retrieve backup ids from S3",
     );
-    let (code, out, err) = agent(
-        &sb,
-        &["create-backup", "--output", "json", dbs[0], dbs[1]],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = backs_up(&sb, &dbs);
     let first = v["statefile"]["backup-id"].as_str().unwrap().to_string();
     assert_eq!(
         v["statefile"]["components"]["mysql"][0]["location"],
@@ -180,13 +175,7 @@ fn after_a_restore_the_block_the_new_path_and_an_older_backup_under_the_old_one(
     // A new path: the block clears, and the next backup goes there.
     juju_ok(&sb, &["config", "s3-integrator", "path=mysql-2"]);
     assert_eq!(app_status(&sb, "kfp-db").0, "active");
-    let (code, out, err) = agent(
-        &sb,
-        &["create-backup", "--output", "json", dbs[0], dbs[1]],
-        &[],
-    );
-    assert_eq!(code, 0, "{out}\n{err}");
-    let v: serde_json::Value = serde_json::from_str(&out).unwrap();
+    let v = backs_up(&sb, &dbs);
     assert_eq!(
         v["statefile"]["components"]["mysql"][0]["location"],
         "ckf-backups/mysql-2"

@@ -11,7 +11,7 @@ use serde_json::{json, Value};
 
 use super::pods::{find_pod, pods};
 use super::table::{self, Printed};
-use super::{forbidden, guard, list, not_found, query_pairs, rfc3339, status, Ctx, SUBJECT};
+use super::{check_ns, guard, list, not_found, query_pairs, refused, rfc3339, status, Ctx};
 use crate::model::{now_ms, stable_uid, Model, Scaling};
 
 /// Containers of an application's pods: Juju's `charm` container and the workload's.
@@ -85,33 +85,74 @@ fn modeloperator(model: &Model) -> Value {
     })
 }
 
-/// Requests outside the model's namespace: the sandbox's token is a service account bound by a
-/// Role in that namespace only (and a ClusterRole that lists pods). `res` may name a
-/// subresource (`statefulsets/scale`); the message names the object as the API server does.
-fn outside(
-    model: &Model,
+/// The two kinds of workload object the namespace holds.
+#[derive(Clone, Copy)]
+enum Workload {
+    StatefulSets,
+    Deployments,
+}
+
+impl Workload {
+    fn resource(self) -> &'static str {
+        match self {
+            Workload::StatefulSets => "statefulsets",
+            Workload::Deployments => "deployments",
+        }
+    }
+
+    /// Every object of the kind, or the one named.
+    fn objects(self, model: &Model, name: Option<&str>) -> Vec<Value> {
+        match self {
+            Workload::StatefulSets => model
+                .apps
+                .keys()
+                .filter(|a| name.is_none_or(|n| n == *a))
+                .map(|a| statefulset(model, a))
+                .collect(),
+            Workload::Deployments => match name {
+                Some(n) if n != "modeloperator" => vec![],
+                _ => vec![modeloperator(model)],
+            },
+        }
+    }
+}
+
+/// GET of a workload list (`name` none) or of one object, as JSON or a Table.
+async fn workloads(
+    ctx: &Ctx,
+    headers: &HeaderMap,
     ns: &str,
-    verb: &str,
-    (res, group): (&str, &str),
     name: Option<&str>,
-) -> Option<Response> {
-    (ns != model.namespace()).then(|| {
-        let base = res.split('/').next().unwrap_or(res);
-        let kind = if group.is_empty() {
-            base.to_string()
-        } else {
-            format!("{base}.{group}")
+    kind: Workload,
+) -> Response {
+    let model = match guard(ctx, headers).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let verb = if name.is_some() { "get" } else { "list" };
+    if let Some(r) = check_ns(&model, ns, verb, (kind.resource(), "apps"), name) {
+        return r;
+    }
+    let items = kind.objects(&model, name);
+    let rv = model.k8s.resource_version;
+    if name.is_some() && items.is_empty() {
+        return not_found(
+            &format!("{}.apps", kind.resource()),
+            name.unwrap_or_default(),
+        );
+    }
+    if table::wanted(headers) {
+        let printed = match kind {
+            Workload::StatefulSets => Printed::StatefulSets,
+            Workload::Deployments => Printed::Deployments,
         };
-        let what = match name {
-            Some(n) => format!("{kind} \"{n}\""),
-            None => kind,
-        };
-        forbidden(
-            format!("{what} is forbidden: User \"{SUBJECT}\" cannot {verb} resource \"{res}\" in API group \"{group}\" in the namespace \"{ns}\""),
-            base,
-            name,
-        )
-    })
+        return table::render(printed, &items, rv);
+    }
+    match (name, kind) {
+        (Some(_), _) => Json(items.into_iter().next()).into_response(),
+        (None, Workload::StatefulSets) => list("StatefulSetList", "apps/v1", rv, items),
+        (None, Workload::Deployments) => list("DeploymentList", "apps/v1", rv, items),
+    }
 }
 
 pub(super) async fn list_statefulsets(
@@ -119,23 +160,7 @@ pub(super) async fn list_statefulsets(
     headers: HeaderMap,
     UrlPath(ns): UrlPath<String>,
 ) -> Response {
-    let model = match guard(&ctx, &headers).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    if let Some(r) = outside(&model, &ns, "list", ("statefulsets", "apps"), None) {
-        return r;
-    }
-    let items: Vec<Value> = model.apps.keys().map(|a| statefulset(&model, a)).collect();
-    if table::wanted(&headers) {
-        return table::render(Printed::StatefulSets, &items, model.k8s.resource_version);
-    }
-    list(
-        "StatefulSetList",
-        "apps/v1",
-        model.k8s.resource_version,
-        items,
-    )
+    workloads(&ctx, &headers, &ns, None, Workload::StatefulSets).await
 }
 
 pub(super) async fn list_deployments(
@@ -143,23 +168,7 @@ pub(super) async fn list_deployments(
     headers: HeaderMap,
     UrlPath(ns): UrlPath<String>,
 ) -> Response {
-    let model = match guard(&ctx, &headers).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    if let Some(r) = outside(&model, &ns, "list", ("deployments", "apps"), None) {
-        return r;
-    }
-    let items = vec![modeloperator(&model)];
-    if table::wanted(&headers) {
-        return table::render(Printed::Deployments, &items, model.k8s.resource_version);
-    }
-    list(
-        "DeploymentList",
-        "apps/v1",
-        model.k8s.resource_version,
-        items,
-    )
+    workloads(&ctx, &headers, &ns, None, Workload::Deployments).await
 }
 
 pub(super) async fn get_statefulset(
@@ -167,21 +176,7 @@ pub(super) async fn get_statefulset(
     headers: HeaderMap,
     UrlPath((ns, name)): UrlPath<(String, String)>,
 ) -> Response {
-    let model = match guard(&ctx, &headers).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    if let Some(r) = outside(&model, &ns, "get", ("statefulsets", "apps"), Some(&name)) {
-        return r;
-    }
-    if !model.apps.contains_key(&name) {
-        return not_found("statefulsets.apps", &name);
-    }
-    let sts = statefulset(&model, &name);
-    if table::wanted(&headers) {
-        return table::render(Printed::StatefulSets, &[sts], model.k8s.resource_version);
-    }
-    Json(sts).into_response()
+    workloads(&ctx, &headers, &ns, Some(&name), Workload::StatefulSets).await
 }
 
 pub(super) async fn get_deployment(
@@ -189,21 +184,7 @@ pub(super) async fn get_deployment(
     headers: HeaderMap,
     UrlPath((ns, name)): UrlPath<(String, String)>,
 ) -> Response {
-    let model = match guard(&ctx, &headers).await {
-        Ok(m) => m,
-        Err(r) => return r,
-    };
-    if let Some(r) = outside(&model, &ns, "get", ("deployments", "apps"), Some(&name)) {
-        return r;
-    }
-    if name != "modeloperator" {
-        return not_found("deployments.apps", &name);
-    }
-    let d = modeloperator(&model);
-    if table::wanted(&headers) {
-        return table::render(Printed::Deployments, &[d], model.k8s.resource_version);
-    }
-    Json(d).into_response()
+    workloads(&ctx, &headers, &ns, Some(&name), Workload::Deployments).await
 }
 
 fn scale_json(obj: &Value, replicas: u64, selector: &str) -> Value {
@@ -235,7 +216,7 @@ pub(super) async fn statefulset_scale(
         Method::PUT => "update",
         _ => "patch",
     };
-    if let Some(r) = outside(
+    if let Some(r) = check_ns(
         &model,
         &ns,
         verb,
@@ -318,13 +299,10 @@ pub(super) async fn deployment_scale(
         } else {
             "patch"
         };
-        return forbidden(
-            format!("deployments.apps \"{name}\" is forbidden: User \"{SUBJECT}\" cannot {verb} resource \"deployments/scale\" in API group \"apps\" in the namespace \"{ns}\""),
-            "deployments",
-            Some(&name),
-        );
+        let r = ("deployments/scale", "apps");
+        return refused(&ns, verb, r, Some(&name));
     }
-    if let Some(r) = outside(
+    if let Some(r) = check_ns(
         &model,
         &ns,
         "get",
@@ -356,7 +334,7 @@ pub(super) async fn events(
         Err(r) => return r,
     };
     if let Some(UrlPath(ns)) = &ns {
-        if let Some(r) = outside(&model, ns, "list", ("events", ""), None) {
+        if let Some(r) = check_ns(&model, ns, "list", ("events", ""), None) {
             return r;
         }
     }

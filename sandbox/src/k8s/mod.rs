@@ -133,7 +133,7 @@ async fn guard(ctx: &Ctx, headers: &HeaderMap) -> Result<Model, Response> {
 pub(crate) const SUBJECT: &str = "system:serviceaccount:kubeflow:backup-agent";
 
 /// 403, as the API server refuses what RBAC does not allow.
-pub(crate) fn forbidden(message: String, kind: &str, name: Option<&str>) -> Response {
+fn forbidden(message: String, kind: &str, name: Option<&str>) -> Response {
     let mut details = json!({"kind": kind});
     if let Some(n) = name {
         details["name"] = json!(n);
@@ -145,15 +145,42 @@ pub(crate) fn forbidden(message: String, kind: &str, name: Option<&str>) -> Resp
     (StatusCode::FORBIDDEN, Json(body)).into_response()
 }
 
-/// A request for `resource` NAME in a namespace the token's Role does not cover.
-fn check_ns(model: &Model, ns: &str, verb: &str, resource: &str, name: &str) -> Option<Response> {
-    (ns != model.namespace()).then(|| {
-        forbidden(
-            format!("{resource} \"{name}\" is forbidden: User \"{SUBJECT}\" cannot {verb} resource \"{resource}\" in API group \"\" in the namespace \"{ns}\""),
-            resource,
-            Some(name),
-        )
-    })
+/// A request in a namespace the token's Role does not cover: the sandbox's token is a service
+/// account bound by a Role in the model's namespace only (and a ClusterRole that lists pods).
+/// `res` may name a subresource (`statefulsets/scale`) of API `group` ("" for the core API);
+/// the message names the object as the API server does.
+pub(crate) fn check_ns(
+    model: &Model,
+    ns: &str,
+    verb: &str,
+    (res, group): (&str, &str),
+    name: Option<&str>,
+) -> Option<Response> {
+    (ns != model.namespace()).then(|| refused(ns, verb, (res, group), name))
+}
+
+/// RBAC's refusal of `verb` on `res` (of API `group`) in namespace `ns`.
+pub(crate) fn refused(
+    ns: &str,
+    verb: &str,
+    (res, group): (&str, &str),
+    name: Option<&str>,
+) -> Response {
+    let base = res.split('/').next().unwrap_or(res);
+    let kind = if group.is_empty() {
+        base.to_string()
+    } else {
+        format!("{base}.{group}")
+    };
+    let what = match name {
+        Some(n) => format!("{kind} \"{n}\""),
+        None => kind,
+    };
+    forbidden(
+        format!("{what} is forbidden: User \"{SUBJECT}\" cannot {verb} resource \"{res}\" in API group \"{group}\" in the namespace \"{ns}\""),
+        base,
+        name,
+    )
 }
 
 fn not_found_path() -> Response {

@@ -151,7 +151,7 @@ pub(super) async fn find_pod(
     name: &str,
 ) -> Result<(Model, PodView), Response> {
     let model = guard(ctx, headers).await?;
-    if let Some(r) = check_ns(&model, ns, "get", "pods", name) {
+    if let Some(r) = check_ns(&model, ns, "get", ("pods", ""), Some(name)) {
         return Err(r);
     }
     match pods(&model, now_ms()).into_iter().find(|p| p.name == name) {
@@ -216,7 +216,7 @@ pub(super) async fn pod(
     } else {
         "get"
     };
-    if let Some(r) = check_ns(&model, &ns, verb, "pods", &name) {
+    if let Some(r) = check_ns(&model, &ns, verb, ("pods", ""), Some(&name)) {
         return r;
     }
     let now = now_ms();

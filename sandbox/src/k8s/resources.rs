@@ -55,7 +55,7 @@ pub(super) async fn service(
         Ok(m) => m,
         Err(r) => return r,
     };
-    if let Some(r) = check_ns(&model, &ns, "get", "services", &name) {
+    if let Some(r) = check_ns(&model, &ns, "get", ("services", ""), Some(&name)) {
         return r;
     }
     match model.apps.get(&name).filter(|a| !a.ports.is_empty()) {

@@ -128,12 +128,7 @@ fn s3_relation(
 /// reads its last character in list-backups and restore (`interfaces.md` section 2), so a
 /// backup at the bucket's root could never come back. `--force` does not skip this.
 pub fn preflight(cli: &JujuCli, status: &Status, app: &str) -> Result<String, MysqlError> {
-    let unit = status
-        .applications
-        .get(app)
-        .and_then(|a| a.units.keys().next().cloned())
-        .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
-    let (bag, provider) = s3_relation(cli, app, &unit)?;
+    let (bag, provider) = first_unit_relation(cli, status, app)?;
     if trimmed_path(&bag).is_empty() {
         return Err(MysqlError::EmptyPath {
             app: app.into(),
@@ -178,13 +173,6 @@ fn trimmed_path(bag: &std::collections::BTreeMap<String, String>) -> String {
 /// Only those two keys are taken for the record: the databag also holds the S3 keys.
 pub fn backup_location(cli: &JujuCli, app: &str, unit: &str) -> Result<String, MysqlError> {
     Ok(location_of(&s3_parameters(cli, app, unit)?))
-}
-
-/// Where the app's backups are, as a store rooted at the relation's path, to check the
-/// `<id>.md5` markers mysql-k8s writes. The keys stay inside the store.
-pub fn backup_store(cli: &JujuCli, app: &str, unit: &str) -> Result<Store, MysqlError> {
-    let bag = s3_parameters(cli, app, unit)?;
-    relation_store(&bag, app, &trimmed_path(&bag))
 }
 
 /// A store with the relation's endpoint, keys and CA chain (trusted from then on), rooted at
@@ -271,13 +259,22 @@ pub fn current_location(
     status: &Status,
     app: &str,
 ) -> Result<(String, String), MysqlError> {
+    let (bag, provider) = first_unit_relation(cli, status, app)?;
+    Ok((location_of(&bag), provider))
+}
+
+/// [`s3_relation`] as the app's first unit (whatever its status) sees it.
+fn first_unit_relation(
+    cli: &JujuCli,
+    status: &Status,
+    app: &str,
+) -> Result<(std::collections::BTreeMap<String, String>, String), MysqlError> {
     let unit = status
         .applications
         .get(app)
         .and_then(|a| a.units.keys().next().cloned())
         .ok_or_else(|| MysqlError::NoUnit { app: app.into() })?;
-    let (bag, provider) = s3_relation(cli, app, &unit)?;
-    Ok((location_of(&bag), provider))
+    s3_relation(cli, app, &unit)
 }
 
 /// A captured mysql-k8s backup's store and its objects (`<id>`, `<id>.md5`,
@@ -352,7 +349,9 @@ pub fn capture(
             app: app.into(),
             primary: primary.clone(),
         })?;
-    let location = backup_location(cli, app, replica)?;
+    // Read once: where the backup goes, and the keys that confirm it got there.
+    let bag = s3_parameters(cli, app, replica)?;
+    let location = location_of(&bag);
     tracing::info!(app, unit = %replica, "mysql-k8s create-backup");
     // Not retried: a retry after a lost answer could make a second backup.
     let task = cli
@@ -368,7 +367,7 @@ pub fn capture(
             })
         })?
         .to_string();
-    let status = finished_status(cli, app, replica, &id, waits)?;
+    let status = finished_status(cli, app, replica, &bag, &id, waits)?;
     if status != "finished" {
         return Err(MysqlError::NotFinished {
             app: app.into(),
@@ -386,11 +385,12 @@ pub fn capture(
 
 /// A backup's status as mysql-k8s defines it (`list_backups_in_s3_path`): `finished` once its
 /// `<id>.md5` is there, `failed` if only its `<id>.backup.log` is, else `in progress`. Read
-/// from the bucket; through the charm's list-backups only when the relation carries no keys.
+/// from the bucket; through the charm's list-backups when the bucket cannot be read from here.
 fn finished_status(
     cli: &JujuCli,
     app: &str,
     unit: &str,
+    bag: &std::collections::BTreeMap<String, String>,
     id: &str,
     waits: &Waits,
 ) -> Result<String, MysqlError> {
@@ -404,7 +404,7 @@ fn finished_status(
             .map(|r| r.status.clone())
             .unwrap_or_else(|| "missing".into()))
     };
-    let store = match backup_store(cli, app, unit) {
+    let store = match relation_store(bag, app, &trimmed_path(bag)) {
         Ok(store) => store,
         Err(
             MysqlError::NoS3Keys { .. } | MysqlError::Store { .. } | MysqlError::BadChain { .. },
