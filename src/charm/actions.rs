@@ -13,7 +13,7 @@ use crate::commands::backup::{self, BackupError, BackupRequest};
 use crate::commands::list;
 use crate::commands::prune::{self, Selection};
 use crate::commands::restore;
-use crate::commands::verify;
+use crate::commands::{drill, verify};
 use crate::components::Component;
 use crate::context::Context;
 use crate::interrupt::{block_on_interruptible, runtime, Interrupt};
@@ -56,6 +56,7 @@ pub fn run(
             let p: params::BackupId = params::parse(action, raw).map_err(plain)?;
             describe_backup(env, tools, &p.backup_id).map_err(plain)
         }
+        "restore-drill" => restore_drill(env, tools, params::parse(action, raw).map_err(plain)?),
         "prune" => {
             let p: params::Prune = params::parse(action, raw).map_err(plain)?;
             let policy = match &p.retention {
@@ -462,6 +463,70 @@ fn verify_backup(
     Ok(r)
 }
 
+fn restore_drill(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    p: params::RestoreDrill,
+) -> Result<Results, (String, Results)> {
+    let plain = |e: String| (e, Results::new());
+    let sample = match &p.sample {
+        Some(s) => verify::Sample::parse(s).map_err(|e| plain(format!("parameter {e}")))?,
+        None => verify::Sample::All,
+    };
+    let max_bytes = match &p.max_bytes {
+        Some(s) => Some(
+            crate::units::parse_size(s)
+                .map_err(|e| plain(format!("parameter max-bytes={s:?}: {e}")))?,
+        ),
+        None => None,
+    };
+    if let Some(id) = &p.backup_id {
+        repository::parse_backup_id(id).map_err(plain)?;
+    }
+    let (mut ctx, _client) = context(env, tools).map_err(plain)?;
+    ctx.tuning.break_lock = p.break_lock;
+    let req = drill::DrillRequest {
+        backup_id: p.backup_id,
+        pick: crate::components::mlpipeline::Pick { sample, max_bytes },
+        scratch_prefix: None,
+    };
+    if p.dry_run {
+        let plan = block(drill::plan(&ctx, &req)).map_err(plain)?;
+        return Ok(Results::from([
+            ("dry-run".into(), "true".into()),
+            ("backup-id".into(), plan.backup_id.clone()),
+            ("plan".into(), drill::render_plan(&plan)),
+        ]));
+    }
+    let report = busy(env, tools, "drilling a restore", || {
+        block_on_interruptible(&ctx.interrupt, drill::run(&ctx, &req))
+    })
+    .map_err(|e| plain(e.to_string()))?
+    .map_err(|e| plain(e.to_string()))?;
+    let text = drill::render_report(&report);
+    let r = Results::from([
+        ("backup-id".into(), report.backup_id.clone()),
+        ("passed".into(), report.passed.to_string()),
+        ("problems".into(), report.problems.total.to_string()),
+        (
+            "duration-seconds".into(),
+            format!("{:.1}", report.duration_seconds),
+        ),
+        ("bytes-read".into(), report.bytes_read.to_string()),
+        ("report".into(), text.clone()),
+    ]);
+    if !report.passed {
+        return Err((
+            format!(
+                "the drill of backup {} FAILED ({} problem(s)): it may not restore; drill the backup before it, and run verify-backup read-data=true on both:\n{text}",
+                report.backup_id, report.problems.total
+            ),
+            r,
+        ));
+    }
+    Ok(r)
+}
+
 fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String> {
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
@@ -492,6 +557,7 @@ fn describe_backup(env: &DispatchEnv, tools: &HookTools, id: &str) -> Result<Res
     let store = destination(&ready)?;
     let sf = block(repository::load(&store, id))?;
     let mut r = statefile_results(&sf);
+    r.insert("last-drill".into(), list::drilled(&sf));
     r.insert(
         "statefile".into(),
         serde_yaml::to_string(&sf).map_err(|e| e.to_string())?,

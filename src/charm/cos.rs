@@ -167,12 +167,14 @@ mod tests {
     use chrono::{TimeZone, Utc};
     use serde_json::json;
 
-    const ALERTS: [&str; 9] = [
+    const ALERTS: [&str; 11] = [
         "BackupAgentBackupStale",
         "BackupAgentNeverCompleted",
         "BackupAgentLastBackupFailed",
         "BackupAgentVerifyFailed",
         "BackupAgentNotVerified",
+        "BackupAgentDrillFailed",
+        "BackupAgentNoRecentDrill",
         "BackupAgentLeaseHeldTooLong",
         "BackupAgentAppsLeftScaledDown",
         "BackupAgentDestinationUnreachable",
@@ -208,6 +210,10 @@ mod tests {
         json!({"event": "verify", "at": at(at_s), "mode": "light", "outcome": outcome, "problems": 0})
     }
 
+    fn drill(at_s: i64, outcome: &str) -> serde_json::Value {
+        json!({"event": "drill", "at": at(at_s), "outcome": outcome, "problems": 0})
+    }
+
     fn live(now: i64, period: Option<i64>) -> Live {
         Live {
             now: Utc.timestamp_opt(now, 0).unwrap(),
@@ -215,6 +221,7 @@ mod tests {
             next: None,
             period,
             lease_known: true,
+            drills: Default::default(),
         }
     }
 
@@ -232,7 +239,14 @@ mod tests {
     }
 
     fn cases() -> Vec<Case> {
-        let ok = |t| statefile("b1", "completed", t, vec![verify(t + 100, "passed")]);
+        let ok = |t| {
+            statefile(
+                "b1",
+                "completed",
+                t,
+                vec![verify(t + 100, "passed"), drill(t + 200, "passed")],
+            )
+        };
         let mut cases = vec![Case {
             name: "healthy",
             text: render(Some(&[ok(10_000)]), None, &live(10_800, Some(3600))),
@@ -279,12 +293,91 @@ mod tests {
         cases.push(Case {
             name: "never verified",
             text: render(
-                Some(&[statefile("b1", "completed", 90_000, vec![])]),
+                Some(&[statefile(
+                    "b1",
+                    "completed",
+                    90_000,
+                    vec![drill(90_100, "passed")],
+                )]),
                 None,
                 &live(90_000, Some(3600)),
             ),
             eval: "25h",
             firing: vec!["BackupAgentNotVerified"],
+        });
+        cases.push(Case {
+            name: "drill failed",
+            text: render(
+                Some(&[statefile(
+                    "b1",
+                    "completed",
+                    10_000,
+                    vec![
+                        verify(10_100, "passed"),
+                        drill(10_150, "passed"),
+                        drill(10_200, "failed"),
+                    ],
+                )]),
+                None,
+                &live(10_800, Some(3600)),
+            ),
+            eval: "3h",
+            firing: vec!["BackupAgentDrillFailed"],
+        });
+        cases.push(Case {
+            name: "never drilled",
+            text: render(
+                Some(&[statefile(
+                    "b1",
+                    "completed",
+                    90_000,
+                    vec![verify(90_100, "passed")],
+                )]),
+                None,
+                &live(90_000, Some(3600)),
+            ),
+            eval: "25h",
+            firing: vec!["BackupAgentNoRecentDrill"],
+        });
+        // The drilled backup was pruned since: the repository's record still says it passed.
+        let mut l = live(90_000, Some(3600));
+        l.drills = serde_json::from_value(json!({
+            "newest": {"backup-id": "b0", "at": at(89_000), "passed": true, "problems": 0},
+            "newest-passed": {"backup-id": "b0", "at": at(89_000), "passed": true, "problems": 0},
+        }))
+        .unwrap();
+        cases.push(Case {
+            name: "drilled backup pruned",
+            text: render(
+                Some(&[statefile(
+                    "b1",
+                    "completed",
+                    90_000,
+                    vec![verify(90_100, "passed")],
+                )]),
+                None,
+                &l,
+            ),
+            eval: "25h",
+            firing: vec![],
+        });
+        // A backup verified now whose only passed drill ran eight days and a minute ago (the
+        // series start at promtool's time 0, so the past is negative).
+        let old = -(8 * 86_400 + 60);
+        cases.push(Case {
+            name: "drill too old",
+            text: render(
+                Some(&[statefile(
+                    "b1",
+                    "completed",
+                    old - 100,
+                    vec![drill(old, "passed"), verify(0, "passed")],
+                )]),
+                None,
+                &live(0, None),
+            ),
+            eval: "25h",
+            firing: vec!["BackupAgentNoRecentDrill"],
         });
         let lease: LeaseInfo = serde_json::from_value(json!({
             "operation": "backup", "host": "h", "pid": 1, "started-at": at(0),
@@ -358,7 +451,12 @@ mod tests {
             ]))
             .unwrap();
         }
-        let mut ok = statefile("b1", "completed", 10_000, vec![verify(10_100, "passed")]);
+        let mut ok = statefile(
+            "b1",
+            "completed",
+            10_000,
+            vec![verify(10_100, "passed"), drill(10_150, "passed")],
+        );
         if let Listed::Backup(b) = &mut ok {
             b.history.push(
                 json!({"event": "restore", "phase": "finished", "outcome": "completed",

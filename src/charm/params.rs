@@ -177,6 +177,21 @@ pub struct Nothing {}
 
 #[derive(Debug, Deserialize)]
 #[serde(rename_all = "kebab-case")]
+pub struct RestoreDrill {
+    #[serde(default)]
+    pub backup_id: Option<String>,
+    #[serde(default)]
+    pub sample: Option<String>,
+    #[serde(default)]
+    pub max_bytes: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub break_lock: bool,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
 pub struct Prune {
     #[serde(default)]
     pub retention: Option<String>,

@@ -3,6 +3,7 @@
 
 use serde_json::{Map, Value};
 
+use crate::components::check::Sample;
 use crate::context::{self, Tuning};
 use crate::daemon::Schedule;
 use crate::juju::discovery::AppNames;
@@ -20,6 +21,9 @@ pub struct Settings {
     pub transfers: u16,
     pub bwlimit: Option<u64>,
     pub schedule: Option<Schedule>,
+    pub drill_schedule: Option<Schedule>,
+    /// What a scheduled drill restores of the bucket.
+    pub drill_sample: Option<Sample>,
     pub retention: Policy,
     /// Where the daemon's API listens in the workload container.
     pub listen: std::net::SocketAddr,
@@ -71,6 +75,20 @@ impl Settings {
                 )
             })?),
         };
+        let drill_schedule = match optional("drill-schedule") {
+            None => None,
+            Some(s) => Some(Schedule::parse(&s).map_err(|e| {
+                format!(
+                    "config drill-{e}: juju config {app} drill-schedule=\"0 4 * * 0\" (or drill-schedule= for none)"
+                )
+            })?),
+        };
+        let drill_sample = match optional("drill-sample") {
+            None => None,
+            Some(s) => Some(Sample::parse(&s).map_err(|e| {
+                format!("config drill-{e}: juju config {app} drill-sample=5% (or drill-sample= for all)")
+            })?),
+        };
         let retention = Policy::parse(&text("retention", "")).map_err(|e| {
             format!("config {e}: juju config {app} retention=keep-daily=7,keep-weekly=4 (or retention= to keep all)")
         })?;
@@ -96,6 +114,8 @@ impl Settings {
             transfers: count("transfers", context::TRANSFERS)?,
             bwlimit,
             schedule,
+            drill_schedule,
+            drill_sample,
             retention,
             listen,
         })

@@ -119,6 +119,12 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
     if let Some(sch) = &s.schedule {
         args.extend(["--schedule".into(), sch.text.clone()]);
     }
+    if let Some(sch) = &s.drill_schedule {
+        args.extend(["--drill-schedule".into(), sch.text.clone()]);
+    }
+    if let Some(sample) = &s.drill_sample {
+        args.extend(["--drill-sample".into(), sample.to_string()]);
+    }
     if !s.retention.is_empty() {
         args.extend(["--retention".into(), s.retention.to_string()]);
     }

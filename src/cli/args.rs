@@ -129,6 +129,15 @@ pub struct ServeArgs {
     /// the API.
     #[arg(long, env = "BACKUP_AGENT_SCHEDULE", value_parser = Schedule::parse)]
     pub schedule: Option<Schedule>,
+    /// When to drill: a cron expression in UTC, as --schedule. Each drill restores the newest
+    /// completed backup into scratch targets and checks it (see `backup-agent drill --help`),
+    /// after any backup in progress.
+    #[arg(long, env = "BACKUP_AGENT_DRILL_SCHEDULE", value_parser = Schedule::parse)]
+    pub drill_schedule: Option<Schedule>,
+    /// Share of the mlpipeline objects a scheduled drill restores: 5% (drawn afresh each
+    /// drill) or 2/10 [default: all].
+    #[arg(long, value_parser = backup_agent::commands::verify::Sample::parse, value_name = "SHARE|N/T")]
+    pub drill_sample: Option<backup_agent::commands::verify::Sample>,
     #[command(flatten)]
     pub policy: PolicyArgs,
     /// Address of the HTTP API (loopback unless you mean otherwise).
@@ -205,6 +214,37 @@ pub struct RestoreArgs {
     #[arg(long, value_enum, default_value = "text")]
     pub output: Output,
 }
+#[derive(clap::Args)]
+pub struct DrillArgs {
+    /// The backup to drill, as list-backups shows it [default: the newest completed backup].
+    #[arg(value_parser = repository::parse_backup_id)]
+    pub backup_id: Option<String>,
+    /// Restore only a sample of the mlpipeline objects: a share drawn afresh each run (5%),
+    /// or slice n of t by content hash (2/10). MLMD and the mysql-k8s backups are always
+    /// checked whole.
+    #[arg(long, value_parser = backup_agent::commands::verify::Sample::parse, value_name = "SHARE|N/T")]
+    pub sample: Option<backup_agent::commands::verify::Sample>,
+    /// Restore mlpipeline objects (in key order, those the sample picks) only while their
+    /// bytes fit under this cap. K, M or G suffixes.
+    #[arg(long, value_name = "BYTES", value_parser = parse_size)]
+    pub max_bytes: Option<u64>,
+    /// Where in the backup bucket the scratch copy of mlpipeline goes, one folder a drill,
+    /// removed when it ends [default: backup-agent/drills/scratch].
+    #[arg(long, value_name = "PREFIX")]
+    pub scratch_prefix: Option<String>,
+    /// Print what the drill would restore and check; write nothing, take no lock.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub apps: AppNameArgs,
+    #[command(flatten)]
+    pub dest: DestinationArgs,
+    #[command(flatten)]
+    pub tuning: TuningArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
 /// A component name as the library spells it; clap lists the possible values in --help and
 /// in its error.
 fn component() -> impl clap::builder::TypedValueParser<Value = Component> {

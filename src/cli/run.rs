@@ -6,7 +6,8 @@ use backup_agent::commands::backup::{self, BackupError, BackupRequest};
 use backup_agent::commands::list;
 use backup_agent::commands::prune::{self as prune_cmd, Selection};
 use backup_agent::commands::{
-    download as download_cmd, recover as recover_cmd, restore as restore_cmd, verify,
+    download as download_cmd, drill as drill_cmd, recover as recover_cmd, restore as restore_cmd,
+    verify,
 };
 use backup_agent::context::Context;
 use backup_agent::daemon;
@@ -16,8 +17,8 @@ use backup_agent::repository::{self, Listed, RequestType};
 use backup_agent::secret::Secret;
 
 use super::args::{
-    AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, PruneArgs, RecoverArgs, RestoreArgs,
-    ServeArgs,
+    AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, DrillArgs, PruneArgs, RecoverArgs,
+    RestoreArgs, ServeArgs,
 };
 use super::destination::DestinationArgs;
 use super::output::{confirm_delete, context, interruptible, runtime, show, Output};
@@ -31,6 +32,7 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::Discover { apps, output } => discover(model, apps, output),
         Command::ListBackups { dest, output } => list_backups(dest, output),
         Command::Restore(args) => restore(model, *args),
+        Command::Drill(args) => drill(model, *args),
         Command::VerifyBackup {
             backup_id,
             read_data,
@@ -217,6 +219,43 @@ fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
     Ok(())
 }
 
+fn drill(model: &str, args: DrillArgs) -> Result<(), Box<dyn Error>> {
+    let DrillArgs {
+        backup_id,
+        sample,
+        max_bytes,
+        scratch_prefix,
+        dry_run,
+        apps,
+        dest,
+        tuning,
+        output,
+    } = args;
+    let req = drill_cmd::DrillRequest {
+        backup_id,
+        pick: backup_agent::components::mlpipeline::Pick {
+            sample: sample.unwrap_or_default(),
+            max_bytes,
+        },
+        scratch_prefix,
+    };
+    let ctx = context(model, apps, &dest, &tuning, output)?;
+    if dry_run {
+        let plan = runtime()?.block_on(drill_cmd::plan(&ctx, &req))?;
+        return show(output, &plan, drill_cmd::render_plan);
+    }
+    let report = interruptible(&ctx, drill_cmd::run(&ctx, &req))??;
+    show(output, &report, drill_cmd::render_report)?;
+    if !report.passed {
+        return Err(format!(
+            "the drill of backup {} FAILED: {} problem(s), named above",
+            report.backup_id, report.problems.total
+        )
+        .into());
+    }
+    Ok(())
+}
+
 fn verify_backup(
     model: &str,
     backup_id: String,
@@ -365,6 +404,8 @@ fn serve(model: &str, args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let ServeArgs {
         env_file: _,
         schedule,
+        drill_schedule,
+        drill_sample,
         policy,
         listen,
         token_file,
@@ -390,6 +431,8 @@ fn serve(model: &str, args: ServeArgs) -> Result<(), Box<dyn Error>> {
     let store = dest.store()?;
     let settings = daemon::ServeSettings {
         schedule,
+        drill_schedule,
+        drill_sample: drill_sample.unwrap_or_default(),
         retention: policy.policy(),
         listen,
         token,
@@ -422,7 +465,17 @@ fn describe_backup(
     let s = runtime()?.block_on(repository::load(&store, &backup_id))?;
     match output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&s)?),
-        Output::Text => print!("{}", serde_yaml::to_string(&s)?),
+        Output::Text => {
+            // A YAML comment: the text stays YAML, and the drill's verdict is not buried.
+            if let Some((at, passed)) = s.last_drill() {
+                println!(
+                    "# last drill: {} at {}",
+                    if passed { "passed" } else { "FAILED" },
+                    at.to_rfc3339()
+                );
+            }
+            print!("{}", serde_yaml::to_string(&s)?)
+        }
     }
     Ok(())
 }

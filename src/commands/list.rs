@@ -15,6 +15,7 @@ pub fn render_table(rows: &[Listed]) -> String {
         "PHASE".into(),
         "SIZE".into(),
         "NEW".into(),
+        "DRILLED".into(),
         "COMPONENTS".into(),
         "LABEL".into(),
     ]];
@@ -29,6 +30,7 @@ pub fn render_table(rows: &[Listed]) -> String {
                 s.phase.as_str().into(),
                 human_bytes(s.size()),
                 human_bytes(s.new_bytes()),
+                drilled(s),
                 s.captured().join(","),
                 s.label.clone(),
             ],
@@ -41,10 +43,11 @@ pub fn render_table(rows: &[Listed]) -> String {
                 "-".into(),
                 "-".into(),
                 "-".into(),
+                "-".into(),
             ],
         });
     }
-    let widths: Vec<usize> = (0..8)
+    let widths: Vec<usize> = (0..9)
         .map(|c| {
             lines
                 .iter()
@@ -66,6 +69,18 @@ pub fn render_table(rows: &[Listed]) -> String {
     out
 }
 
+/// The newest drill: `passed 2026-12-07T01:02Z`, or `-` when never drilled.
+pub fn drilled(s: &crate::repository::Statefile) -> String {
+    match s.last_drill() {
+        Some((at, passed)) => format!(
+            "{} {}",
+            if passed { "passed" } else { "FAILED" },
+            at.format("%Y-%m-%dT%H:%MZ")
+        ),
+        None => "-".into(),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -74,8 +89,15 @@ mod tests {
 
     #[test]
     fn the_table_shows_one_line_per_backup() {
+        let mut drilled = sample();
+        drilled.history.push(serde_json::json!({
+            "event": "drill", "at": "2026-11-24T03:04:05Z", "outcome": "passed"
+        }));
+        drilled.history.push(serde_json::json!({
+            "event": "drill", "at": "2026-11-23T03:04:05Z", "outcome": "failed"
+        }));
         let rows = vec![
-            Listed::Backup(Box::new(sample())),
+            Listed::Backup(Box::new(drilled)),
             Listed::Unreadable {
                 id: "20261124T000000Z-ffffff".into(),
                 error: CatalogError::BadId { id: "x".into() },
@@ -93,6 +115,7 @@ mod tests {
             "1.0 MiB",
             "kfp-db,mlpipeline",
             "before-upgrade",
+            "passed 2026-11-24T03:04Z",
         ] {
             assert!(lines[1].contains(cell), "{cell} in {table}");
         }

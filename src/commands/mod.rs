@@ -4,6 +4,7 @@
 
 pub mod backup;
 pub mod download;
+pub mod drill;
 pub mod list;
 pub mod preflight;
 pub mod prune;

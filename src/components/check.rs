@@ -94,6 +94,31 @@ pub fn problem(component: &str, key: &str, detail: impl Into<String>) -> Problem
     }
 }
 
+/// Problems named up to a bound and all of them counted: one lost pack can take thousands of
+/// objects with it, and a report must stay readable (and fit an action's results).
+#[derive(Debug, Clone, Default, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct Findings {
+    pub named: Vec<Problem>,
+    pub total: u64,
+}
+
+impl Findings {
+    /// Problems named in full; the rest are counted.
+    pub const NAMED: usize = 100;
+
+    pub fn push(&mut self, p: Problem) {
+        self.total += 1;
+        if self.named.len() < Self::NAMED {
+            self.named.push(p);
+        }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.total == 0
+    }
+}
+
 /// What a check works with.
 pub struct CheckContext<'a> {
     pub dest: &'a Store,
@@ -167,6 +192,17 @@ impl Sample {
                 mix(h ^ seed) % 1_000_000 < u64::from(per_million)
             }
             Sample::Slice { n, t } => h % u64::from(t) == u64::from(n - 1),
+        }
+    }
+
+    /// The same share with a new draw: a schedule parsed once still reads other blobs each run.
+    pub fn fresh(&self) -> Sample {
+        match *self {
+            Sample::Share { per_million, .. } => Sample::Share {
+                per_million,
+                seed: rand::random(),
+            },
+            other => other,
         }
     }
 

@@ -6,13 +6,17 @@ use std::sync::Arc;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::get;
+use axum::routing::{get, post};
 use axum::{Json, Router};
 use serde_json::{json, Value};
 use sha2::Digest;
 
 use super::metrics::metrics;
+use super::runs::Job;
 use super::{error, Daemon};
+use crate::commands::drill::DrillRequest;
+use crate::components::check::Sample;
+use crate::components::mlpipeline::Pick;
 use crate::repository::{self, CatalogError, Listed};
 use crate::secret::Secret;
 
@@ -22,7 +26,8 @@ pub(super) fn router(daemon: Arc<Daemon>) -> Router {
         .route("/metrics", get(metrics))
         .route("/v1/backups", get(list).post(create))
         .route("/v1/backups/{id}", get(describe))
-        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: the API has GET /v1/backups, GET /v1/backups/{id}, POST /v1/backups, GET /healthz, GET /metrics") })
+        .route("/v1/drills", post(create_drill))
+        .fallback(|| async { error(StatusCode::NOT_FOUND, "no such endpoint: the API has GET /v1/backups, GET /v1/backups/{id}, POST /v1/backups, POST /v1/drills, GET /healthz, GET /metrics") })
         .method_not_allowed_fallback(|| async {
             error(StatusCode::METHOD_NOT_ALLOWED, "method not allowed on this endpoint")
         })
@@ -34,11 +39,14 @@ async fn healthz(State(d): State<Arc<Daemon>>) -> Response {
     let running = d.running.lock().expect("daemon state").clone();
     let last = d.last.lock().expect("daemon state").clone();
     let next = *d.next.lock().expect("daemon state");
+    let next_drill = *d.next_drill.lock().expect("daemon state");
     Json(json!({
         "status": "ok",
         "schedule": d.settings.schedule.as_ref().map(|s| s.text.clone()),
         "retention": d.settings.retention.to_string(),
         "next-run": next,
+        "drill-schedule": d.settings.drill_schedule.as_ref().map(|s| s.text.clone()),
+        "next-drill": next_drill,
         "running": running,
         "last-run": last,
     }))
@@ -58,6 +66,10 @@ fn row(l: &Listed) -> Value {
             "components": sf.captured(),
             "size-bytes": sf.size(),
             "new-bytes": sf.new_bytes(),
+            "last-drill": sf.last_drill().map(|(at, passed)| json!({
+                "at": at,
+                "outcome": if passed { "passed" } else { "failed" },
+            })),
         }),
         Listed::Unreadable { id, error } => json!({
             "backup-id": id,
@@ -131,6 +143,43 @@ fn authorize(d: &Daemon, headers: &HeaderMap) -> Result<(), Box<Response>> {
     }
 }
 
+/// A request body: empty, or a JSON object with only `allowed` keys, every value a string.
+async fn json_body(
+    body: axum::body::Body,
+    allowed: &[&str],
+    example: &str,
+) -> Result<serde_json::Map<String, Value>, Response> {
+    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
+        let why = format!("the body is larger than {MAX_BODY} bytes: send {example}");
+        return Err(error(StatusCode::PAYLOAD_TOO_LARGE, why));
+    };
+    let body = String::from_utf8_lossy(&body).into_owned();
+    if body.trim().is_empty() {
+        return Ok(Default::default());
+    }
+    match serde_json::from_str::<Value>(&body) {
+        Ok(Value::Object(m)) => {
+            if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("unknown field {k:?}: the body may only hold {example}"),
+                ));
+            }
+            if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_string()) {
+                return Err(error(
+                    StatusCode::BAD_REQUEST,
+                    format!("{k:?} must be a string"),
+                ));
+            }
+            Ok(m)
+        }
+        _ => Err(error(
+            StatusCode::BAD_REQUEST,
+            format!("the body must be a JSON object such as {example}, or empty"),
+        )),
+    }
+}
+
 async fn create(
     State(d): State<Arc<Daemon>>,
     headers: HeaderMap,
@@ -140,48 +189,87 @@ async fn create(
     if let Err(r) = authorize(&d, &headers) {
         return *r;
     }
-    let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
-        let why = format!("the body is larger than {MAX_BODY} bytes: send {{\"label\": \"...\"}}");
-        return error(StatusCode::PAYLOAD_TOO_LARGE, why);
+    let m = match json_body(body, &["label"], "{\"label\": \"before-upgrade\"}").await {
+        Ok(m) => m,
+        Err(r) => return r,
     };
-    let body = String::from_utf8_lossy(&body).into_owned();
-    let label = if body.trim().is_empty() {
-        "api".to_string()
-    } else {
-        match serde_json::from_str::<Value>(&body) {
-            Ok(Value::Object(m)) => {
-                if let Some(k) = m.keys().find(|k| *k != "label") {
-                    return error(
-                        StatusCode::BAD_REQUEST,
-                        format!(
-                            "unknown field {k:?}: the body may only hold {{\"label\": \"...\"}}"
-                        ),
-                    );
-                }
-                match m.get("label") {
-                    None => "api".into(),
-                    Some(Value::String(s)) => s.clone(),
-                    Some(_) => return error(StatusCode::BAD_REQUEST, "\"label\" must be a string"),
-                }
-            }
-            _ => return error(
-                StatusCode::BAD_REQUEST,
-                "the body must be a JSON object such as {\"label\": \"before-upgrade\"}, or empty",
-            ),
+    let label = m
+        .get("label")
+        .and_then(Value::as_str)
+        .unwrap_or("api")
+        .to_string();
+    accepted(
+        &d,
+        Job::Backup {
+            label: label.clone(),
+        },
+        json!({ "label": label, "follow": "GET /v1/backups and GET /healthz" }),
+    )
+}
+
+/// `POST /v1/drills`: a restore drill of a backup (the newest completed by default).
+async fn create_drill(
+    State(d): State<Arc<Daemon>>,
+    headers: HeaderMap,
+    body: axum::body::Body,
+) -> Response {
+    if let Err(r) = authorize(&d, &headers) {
+        return *r;
+    }
+    let example = "{\"backup-id\": \"20261123T080841Z-be2523\", \"sample\": \"5%\", \"max-bytes\": \"1G\"} (each optional)";
+    let m = match json_body(body, &["backup-id", "sample", "max-bytes"], example).await {
+        Ok(m) => m,
+        Err(r) => return r,
+    };
+    let field = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
+    let bad = |why: String| error(StatusCode::BAD_REQUEST, why);
+    let backup_id = match field("backup-id") {
+        Some(id) => match repository::parse_backup_id(&id) {
+            Ok(id) => Some(id),
+            Err(e) => return bad(e),
+        },
+        None => None,
+    };
+    let sample = match field("sample") {
+        Some(s) => match Sample::parse(&s) {
+            Ok(s) => s,
+            Err(e) => return bad(e),
+        },
+        None => d.settings.drill_sample,
+    };
+    let max_bytes = match field("max-bytes") {
+        Some(s) => match crate::units::parse_size(&s) {
+            Ok(n) => Some(n),
+            Err(e) => return bad(format!("max-bytes {s:?}: {e}")),
+        },
+        None => None,
+    };
+    let req = DrillRequest {
+        backup_id: backup_id.clone(),
+        pick: Pick { sample, max_bytes },
+        scratch_prefix: None,
+    };
+    accepted(
+        &d,
+        Job::Drill(req),
+        json!({
+            "backup-id": backup_id,
+            "sample": sample.to_string(),
+            "follow": "GET /healthz (last-run), then GET /v1/backups/{id} (history)",
+        }),
+    )
+}
+
+/// 202 with what was started, or 409 naming the run in the way.
+fn accepted(d: &Arc<Daemon>, job: Job, mut body: Value) -> Response {
+    match d.start("api", job) {
+        Ok(info) => {
+            body["status"] = "started".into();
+            body["kind"] = info.kind.into();
+            body["trigger"] = info.trigger.clone().into();
+            body["started-at"] = json!(info.started_at);
+            (StatusCode::ACCEPTED, Json(body)).into_response()
         }
-    };
-    match d.start("api", &label) {
-        Ok(info) => (
-            StatusCode::ACCEPTED,
-            Json(json!({
-                "status": "started",
-                "trigger": info.trigger,
-                "label": label,
-                "started-at": info.started_at,
-                "follow": "GET /v1/backups and GET /healthz",
-            })),
-        )
-            .into_response(),
         Err(why) => error(
             StatusCode::CONFLICT,
             format!("{why}: try again when it has finished"),

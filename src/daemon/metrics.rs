@@ -26,8 +26,13 @@ pub(super) async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         next: *d.next.lock().expect("daemon state"),
         period: d.period,
         lease_known: true,
+        drills: Default::default(),
     };
     let mut live = live;
+    match repository::drills::load(&d.dest).await {
+        Ok(r) => live.drills = r,
+        Err(e) => tracing::warn!("metrics: reading the drills' record: {e}"),
+    }
     let (rows, lease) = match repository::list(&d.dest).await {
         Ok(rows) => match repository::lock::read(&d.dest).await {
             Ok(lease) => (Some(rows), lease),
@@ -63,6 +68,8 @@ pub(crate) struct Live {
     pub period: Option<i64>,
     /// Whether the repository lock could be read (else its age is not reported).
     pub lease_known: bool,
+    /// The repository's record of drills: it outlives the drilled backups' histories.
+    pub drills: repository::drills::DrillsRecord,
 }
 
 /// Backups by outcome, and verifications by outcome, over the whole repository.
@@ -271,6 +278,37 @@ pub(crate) fn render(rows: Option<&[Listed]>, lease: Option<&LeaseInfo>, live: &
             "gauge",
             "1 when the newest verification passed, 0 when it failed.",
             vec![(String::new(), u8::from(passed).to_string())],
+        );
+    }
+    let recorded = [&live.drills.newest, &live.drills.newest_passed]
+        .into_iter()
+        .flatten()
+        .map(|d| (d.at, d.passed));
+    let drills: Vec<(DateTime<Utc>, bool)> = backups
+        .iter()
+        .flat_map(|b| b.drills())
+        .chain(recorded)
+        .collect();
+    if let Some((at, passed)) = drills.iter().max_by_key(|(at, _)| *at) {
+        metric(
+            "backup_agent_last_drill_timestamp_seconds",
+            "gauge",
+            "When the newest restore drill ran (Unix time).",
+            vec![(String::new(), at.timestamp().to_string())],
+        );
+        metric(
+            "backup_agent_last_drill_passed",
+            "gauge",
+            "1 when the newest restore drill passed, 0 when it found the backup damaged.",
+            vec![(String::new(), u8::from(*passed).to_string())],
+        );
+    }
+    if let Some((at, _)) = drills.iter().filter(|(_, p)| *p).max_by_key(|(at, _)| *at) {
+        metric(
+            "backup_agent_last_drill_success_timestamp_seconds",
+            "gauge",
+            "When the newest restore drill that passed ran (Unix time).",
+            vec![(String::new(), at.timestamp().to_string())],
         );
     }
     let restores: Vec<(DateTime<Utc>, DateTime<Utc>, bool)> = backups

@@ -59,6 +59,9 @@ pub fn read_env_file(path: &std::path::Path) -> Result<Vec<(String, String)>, St
 #[derive(Debug, Clone)]
 pub struct ServeSettings {
     pub schedule: Option<Schedule>,
+    /// When to drill the newest completed backup, and how much of the bucket.
+    pub drill_schedule: Option<Schedule>,
+    pub drill_sample: crate::components::check::Sample,
     pub retention: Policy,
     pub listen: SocketAddr,
     /// Bearer token of the mutating endpoints; without one they are refused.
@@ -71,6 +74,8 @@ pub type MakeContext = Arc<dyn Fn(Progress, Interrupt) -> Context + Send + Sync>
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct RunInfo {
+    /// `backup` (then a prune) or `drill`.
+    pub kind: &'static str,
     pub trigger: String,
     pub started_at: DateTime<Utc>,
     pub step: String,
@@ -83,6 +88,7 @@ pub struct RunInfo {
 #[derive(Debug, Clone, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct RunOutcome {
+    pub kind: &'static str,
     pub trigger: String,
     pub started_at: DateTime<Utc>,
     pub finished_at: DateTime<Utc>,
@@ -102,6 +108,7 @@ pub(crate) struct Daemon {
     running: Mutex<Option<RunInfo>>,
     last: Mutex<Option<RunOutcome>>,
     next: Mutex<Option<DateTime<Utc>>>,
+    next_drill: Mutex<Option<DateTime<Utc>>>,
     done: tokio::sync::Notify,
     /// Set at shutdown (under `running`'s lock): no run starts after it.
     stopping: std::sync::atomic::AtomicBool,
@@ -142,6 +149,7 @@ pub async fn serve(
         running: Mutex::new(None),
         last: Mutex::new(None),
         next: Mutex::new(None),
+        next_drill: Mutex::new(None),
         done: tokio::sync::Notify::new(),
         stopping: std::sync::atomic::AtomicBool::new(false),
         period: settings
@@ -150,17 +158,18 @@ pub async fn serve(
             .and_then(|s| s.period(Utc::now()))
             .map(|p| p.num_seconds()),
     });
+    let text = |s: &Option<Schedule>| s.as_ref().map_or("(none)", |s| s.text.as_str()).to_string();
     tracing::info!(
-        "serving on http://{addr}; schedule {}; retention {}",
-        settings
-            .schedule
-            .as_ref()
-            .map(|s| s.text.as_str())
-            .unwrap_or("(none)"),
+        "serving on http://{addr}; schedule {}; drills {}; retention {}",
+        text(&settings.schedule),
+        text(&settings.drill_schedule),
         settings.retention
     );
     if let Some(s) = settings.schedule.clone() {
         tokio::spawn(daemon.clone().scheduler(s, shutdown.clone()));
+    }
+    if let Some(s) = settings.drill_schedule.clone() {
+        tokio::spawn(daemon.clone().drill_scheduler(s, shutdown.clone()));
     }
     let app = http::router(daemon.clone());
     let stop = shutdown.clone();
@@ -178,12 +187,14 @@ pub async fn serve(
     if let Some(r) = running {
         if r.finishing {
             tracing::info!(
-                "shutting down: letting the backup in its last step ({}) finish",
+                "shutting down: letting the {} in its last step ({}) finish",
+                r.kind,
                 r.step
             );
         } else {
             tracing::info!(
-                "shutting down: interrupting the running backup (step {})",
+                "shutting down: interrupting the running {} (step {})",
+                r.kind,
                 r.step
             );
             r.interrupt.trigger(

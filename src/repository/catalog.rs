@@ -25,7 +25,8 @@ pub async fn list(store: &Store) -> Result<Vec<Listed>, CatalogError> {
             .trim_start_matches(&backups_prefix())
             .trim_end_matches("/statefile.json")
             .to_string();
-        let parsed = match store.get_bytes(&o.key).await {
+        let read = crate::retry::retry(crate::retry::ATTEMPTS, &o.key, || store.get_bytes(&o.key));
+        let parsed = match read.await {
             Ok(bytes) => Statefile::parse(&o.key, &bytes),
             Err(e) => Err(e.into()),
         };
@@ -61,7 +62,9 @@ pub async fn summary(store: &Store) -> Result<Summary, CatalogError> {
         ..Summary::default()
     };
     for key in keys.iter().rev() {
-        let Ok(sf) = Statefile::parse(key, &store.get_bytes(key).await?) else {
+        let bytes =
+            crate::retry::retry(crate::retry::ATTEMPTS, key, || store.get_bytes(key)).await?;
+        let Ok(sf) = Statefile::parse(key, &bytes) else {
             continue;
         };
         let completed = sf.phase == Phase::Completed;

@@ -81,6 +81,27 @@ pub fn index_beside(manifest_key: &str) -> String {
     }
 }
 
+/// Where restore drills put their scratch copies of the bucket by default: one folder a drill,
+/// named like a backup id, removed when the drill ends (and by the next drill after a kill).
+pub fn drill_scratch_prefix() -> String {
+    format!("{REPO}/drills/scratch")
+}
+
+/// The newest drill and the newest that passed, whatever backup they drilled.
+pub fn drills_record_key() -> String {
+    format!("{REPO}/drills/record.json")
+}
+
+/// Whether a scratch prefix keeps clear of the repository's own keys: anywhere outside
+/// `backup-agent/`, or under `backup-agent/drills/`.
+pub fn scratch_prefix_ok(prefix: &str) -> bool {
+    let p = prefix.trim_matches('/');
+    let within = |dir: &str| p == dir || p.starts_with(&format!("{dir}/"));
+    !p.is_empty()
+        && crate::storage::check_key(p).is_ok()
+        && (!within(REPO) || within(&format!("{REPO}/drills")))
+}
+
 pub fn lock_key() -> String {
     format!("{REPO}/lock.json")
 }

@@ -4,6 +4,7 @@
 
 pub mod backup_id;
 pub mod catalog;
+pub mod drills;
 mod error;
 pub mod layout;
 pub mod lock;
@@ -18,8 +19,9 @@ pub use backup_id::{is_backup_id, new_backup_id, parse_backup_id};
 pub use catalog::{list, summary, Listed, Summary};
 pub use error::CatalogError;
 pub use layout::{
-    backups_prefix, blob_key, blob_of, blobs_prefix, lock_key, manifest_key, mlmd_key, probe_key,
-    repo_prefix, statefile_key, tombstone_key, REPO, SCHEMA_VERSION,
+    backups_prefix, blob_key, blob_of, blobs_prefix, drill_scratch_prefix, lock_key, manifest_key,
+    mlmd_key, probe_key, repo_prefix, scratch_prefix_ok, statefile_key, tombstone_key, REPO,
+    SCHEMA_VERSION,
 };
 pub use manifest::{is_sha256, Entry, ManifestError, ManifestWriter, Stored, Written};
 pub use statefile::{

@@ -62,6 +62,11 @@ pub struct MysqlCapture {
     pub backup_id: String,
     /// Where mysql-k8s put it: `<bucket>/<path>` of its s3-integrator relation.
     pub location: String,
+    /// Its objects there (`<id>`, `<id>.md5`, ...) and their sizes, as listed once it
+    /// finished: what a restore drill finds again. Empty when the bucket could not be read
+    /// from here (older backups, or keys only mysql-k8s holds).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub objects: BTreeMap<String, u64>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -215,6 +220,22 @@ impl Statefile {
                 .map_or(0, |p| p.new_bytes)
     }
 
+    /// Every restore drill of this backup: when it ran, and whether it passed.
+    pub fn drills(&self) -> impl Iterator<Item = (DateTime<Utc>, bool)> + '_ {
+        self.history
+            .iter()
+            .filter(|h| h["event"] == "drill")
+            .filter_map(|h| {
+                let at = h["at"].as_str()?.parse::<DateTime<Utc>>().ok()?;
+                Some((at, h["outcome"] == "passed"))
+            })
+    }
+
+    /// The newest restore drill of this backup.
+    pub fn last_drill(&self) -> Option<(DateTime<Utc>, bool)> {
+        self.drills().max_by_key(|(at, _)| *at)
+    }
+
     pub fn captured(&self) -> Vec<String> {
         let mut out: Vec<String> = self
             .components
@@ -259,7 +280,7 @@ pub async fn load(store: &Store, id: &str) -> Result<Statefile, CatalogError> {
         return Err(CatalogError::BadId { id: id.into() });
     }
     let key = statefile_key(id);
-    match store.get_bytes(&key).await {
+    match crate::retry::retry(crate::retry::ATTEMPTS, &key, || store.get_bytes(&key)).await {
         Ok(bytes) => Statefile::parse(&key, &bytes),
         Err(StoreError::NotFound { .. }) => Err(CatalogError::NoSuchBackup {
             id: id.into(),
@@ -301,6 +322,7 @@ pub(crate) mod tests {
                     unit: "kfp-db/1".into(),
                     backup_id: "2026-11-23T06:00:10Z".into(),
                     location: "ckf-backups/mysql".into(),
+                    objects: BTreeMap::new(),
                 }],
                 mlmd: None,
                 mlpipeline: Some(MlpipelineCapture {

@@ -101,8 +101,12 @@ impl Store {
         let store = self.clone();
         let mut last: Option<String> = None;
         let mut failed = false;
+        // An empty or one-key listing is in order whatever the server: it proves nothing.
+        let seen = std::sync::Arc::new(std::sync::atomic::AtomicU64::new(0));
+        let counted = seen.clone();
         let checked = self.pages(prefix, page_size).map(move |item| {
             let o = item?;
+            counted.fetch_add(1, Ordering::Relaxed);
             if let Some(prev) = &last {
                 if o.key.as_bytes() <= prev.as_bytes() {
                     store.set_order(ListingOrder::Other);
@@ -136,6 +140,7 @@ impl Store {
                 .chain(
                     stream::once(async move {
                         if ended_well.load(Ordering::Relaxed)
+                            && seen.load(Ordering::Relaxed) > 1
                             && store.listing_order() == ListingOrder::Unknown
                         {
                             store.set_order(ListingOrder::Bytes);
@@ -144,6 +149,16 @@ impl Store {
                     .filter_map(|()| futures::future::ready(None)),
                 ),
         )
+    }
+
+    /// Every object under `prefix` in whatever order the server lists them, `page_size` keys a
+    /// request: for work that needs no order (deleting everything under a prefix).
+    pub fn list_unordered(
+        &self,
+        prefix: &str,
+        page_size: usize,
+    ) -> impl Stream<Item = Result<ObjectInfo, StoreError>> + Send + Unpin + 'static {
+        self.pages(prefix, page_size)
     }
 
     /// The raw listing, pages fetched one ahead of the reader, in the server's order.

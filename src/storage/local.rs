@@ -137,6 +137,10 @@ impl ObjectStore for LocalStore {
         self.root.display().to_string()
     }
 
+    fn keeps_metadata(&self) -> bool {
+        false
+    }
+
     async fn put_bytes(
         &self,
         key: &str,

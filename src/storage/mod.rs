@@ -8,6 +8,7 @@
 mod error;
 mod listing;
 pub mod local;
+mod prefixed;
 pub mod s3;
 mod settings;
 mod tap;
@@ -54,6 +55,12 @@ pub type Verdict<'a> = Pin<Box<dyn Future<Output = Result<(), StoreError>> + Sen
 pub trait ObjectStore: std::fmt::Debug + Send + Sync {
     /// Where this store is, for messages: `s3://bucket/path at endpoint` or a directory.
     fn describe(&self) -> String;
+
+    /// Whether content types and user metadata are kept with the bytes (a local directory
+    /// keeps only the bytes).
+    fn keeps_metadata(&self) -> bool {
+        true
+    }
 
     /// Writes a small object from memory.
     async fn put_bytes(&self, key: &str, data: &[u8], content_type: &str)

@@ -428,6 +428,58 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
     assert_eq!(task["results"]["passed"], "true");
     assert_eq!(task["results"]["mode"], "read-data");
 
+    // A restore drill of the newest completed backup: planned, run, recorded.
+    let (code, task, _) = run_action(&sb, "restore-drill", &["dry-run=true"]);
+    assert_eq!(code, 0, "{task}");
+    assert!(
+        task["results"]["plan"].as_str().unwrap().contains(&id),
+        "{task}"
+    );
+    let (code, task, _) = run_action(&sb, "restore-drill", &["sample=50%"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["passed"], "true", "{task}");
+    assert_eq!(task["results"]["backup-id"], id.as_str());
+    assert!(task["results"]["report"]
+        .as_str()
+        .unwrap()
+        .contains("read back equal"));
+    let (code, task, _) = run_action(&sb, "restore-drill", &["sample=half"]);
+    assert_eq!(code, 1, "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap()
+            .contains("parameter sample"),
+        "{task}"
+    );
+    // Scheduled drills: the config reaches the daemon, which reports it.
+    crate::common::juju_ok(
+        &sb,
+        &[
+            "config",
+            "backup-agent",
+            "drill-schedule=0 4 * * 0",
+            "drill-sample=5%",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    while !api("/healthz").contains("\"drill-schedule\":\"0 4 * * 0\"") {
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the daemon never took the drill schedule: {}",
+            api("/healthz")
+        );
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let (_, task, _) = run_action(&sb, "describe-backup", &[&format!("backup-id={id}")]);
+    assert!(
+        task["results"]["last-drill"]
+            .as_str()
+            .unwrap()
+            .starts_with("passed "),
+        "{task}"
+    );
+
     let (code, task, _) = run_action(
         &sb,
         "describe-backup",
@@ -936,6 +988,12 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
             "everywhere",
             "config listen=\"everywhere\" is not an address:port",
         ),
+        (
+            "drill-schedule",
+            "weekly",
+            "config drill-schedule \"weekly\" is not a cron expression",
+        ),
+        ("drill-sample", "half", "config drill-sample \"half\""),
     ] {
         unit.set(|s| {
             s.config.insert(key.into(), json!(value));

@@ -10,6 +10,7 @@ mod common;
 mod bad_input;
 mod charm;
 mod create_backup;
+mod drill;
 mod faults;
 mod kubectl;
 mod mlmd_capture;

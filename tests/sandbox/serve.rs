@@ -406,3 +406,123 @@ fn bad_daemon_input_is_refused_before_anything_happens() {
     assert!(statefiles(&sb).is_empty(), "nothing was backed up");
     drop(taken);
 }
+
+/// Drills on the daemon's own schedule and over HTTP: recorded in the backup's history,
+/// shown by the API and the metrics, and a damaged backup turns the metric to 0.
+#[test]
+fn the_daemon_drills_on_schedule_and_on_request() {
+    let sb = crate::common::sandbox(6);
+    let tmp = tempfile::tempdir().unwrap();
+    let id = crate::common::backup(&sb, "drilled");
+    let drills = |sb: &Sandbox| -> Vec<String> {
+        statefiles(sb)
+            .into_iter()
+            .filter(|s| s.backup_id == id)
+            .flat_map(|s| s.history)
+            .filter(|h| h["event"] == "drill")
+            .map(|h| h["outcome"].as_str().unwrap().to_string())
+            .collect()
+    };
+    let d = start(
+        &sb,
+        tmp.path(),
+        &["--drill-schedule", "*/2 * * * * *", "--drill-sample", "50%"],
+    );
+    let u = |p: &str| format!("{}{p}", d.url);
+    wait_for("a scheduled drill", Duration::from_secs(60), || {
+        drills(&sb).iter().any(|o| o == "passed")
+    });
+    let (_, text) = curl(&[&u("/metrics")]);
+    assert_eq!(metric(&text, "backup_agent_last_drill_passed"), 1.0);
+    let at = metric(&text, "backup_agent_last_drill_success_timestamp_seconds");
+    assert!(at > chrono::Utc::now().timestamp() as f64 - 120.0, "{at}");
+    let health = json(&curl(&[&u("/healthz")]).1);
+    assert_eq!(health["drill-schedule"], "*/2 * * * * *");
+    assert!(health["next-drill"].is_string(), "{health}");
+    let list = json(&curl(&[&u("/v1/backups")]).1);
+    assert_eq!(
+        list["backups"][0]["last-drill"]["outcome"], "passed",
+        "{list}"
+    );
+    let sf = statefiles(&sb)
+        .into_iter()
+        .find(|s| s.backup_id == id)
+        .unwrap();
+    let entry = sf
+        .history
+        .iter()
+        .rev()
+        .find(|h| h["event"] == "drill")
+        .unwrap();
+    assert_eq!(entry["sample"], "50%", "the schedule's sample: {entry}");
+
+    // Over HTTP: the token first, then every field checked, then 202 (or 409 while the
+    // schedule's drill runs: it is asked again).
+    let post = |auth: bool, body: &str| {
+        let auth_header = format!("Authorization: Bearer {TOKEN}");
+        let mut args = vec!["-X", "POST", "-d", body];
+        if auth {
+            args.extend(["-H", &auth_header]);
+        }
+        let url = u("/v1/drills");
+        args.push(&url);
+        curl(&args)
+    };
+    assert_eq!(post(false, "{}").0, 401);
+    for (body, words) in [
+        ("{\"sample\": \"200%\"}", "out of range"),
+        ("{\"backup-id\": \"latest\"}", "latest"),
+        ("{\"max-bytes\": \"lots\"}", "max-bytes"),
+        ("{\"sample\": 5}", "must be a string"),
+        ("{\"scratch\": \"x\"}", "unknown field \\\"scratch\\\""),
+        ("[1]", "JSON object"),
+    ] {
+        let (code, text) = post(true, body);
+        assert_eq!(code, 400, "{body}: {text}");
+        assert!(text.contains(words), "{body}: {words} in {text}");
+    }
+    let before = drills(&sb).len();
+    let mut accepted = None;
+    wait_for("POST /v1/drills accepted", Duration::from_secs(60), || {
+        let (code, text) = post(
+            true,
+            &format!("{{\"backup-id\": \"{id}\", \"max-bytes\": \"1M\"}}"),
+        );
+        assert!(code == 202 || code == 409, "{code} {text}");
+        accepted = (code == 202).then(|| json(&text));
+        accepted.is_some()
+    });
+    let accepted = accepted.unwrap();
+    assert_eq!(accepted["kind"], "drill");
+    assert_eq!(accepted["backup-id"], id.as_str());
+    wait_for("the requested drill", Duration::from_secs(60), || {
+        drills(&sb).len() > before
+    });
+
+    // A damaged backup: the next scheduled drill fails, the metric and the last run say so.
+    let store = repo(&sb);
+    let manifest = crate::common::manifest_of(&store, &sf);
+    let pack = manifest
+        .iter()
+        .find_map(|e| e.pack.as_ref().map(|_| e.stored_object().unwrap()))
+        .unwrap();
+    rt().block_on(store.delete(&pack)).unwrap();
+    wait_for("a failed drill", Duration::from_secs(60), || {
+        drills(&sb).iter().any(|o| o == "failed")
+    });
+    wait_for(
+        "the failed drill in /metrics",
+        Duration::from_secs(30),
+        || metric(&curl(&[&u("/metrics")]).1, "backup_agent_last_drill_passed") == 0.0,
+    );
+    let health = json(&curl(&[&u("/healthz")]).1);
+    let last = &health["last-run"];
+    if last["kind"] == "drill" && last["outcome"] == "failed" {
+        assert!(
+            last["error"].as_str().unwrap().contains("problem(s)"),
+            "{health}"
+        );
+    }
+    let log = std::fs::read_to_string(&d.log).unwrap();
+    assert!(!log.contains(TOKEN), "the token is never logged");
+}

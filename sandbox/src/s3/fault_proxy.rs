@@ -5,7 +5,9 @@
 //! for the proxy's address still verify at the server) and streams bodies both ways. Faults:
 //! latency before each request; requests whose path contains a pattern held until released (to
 //! change the store between a listing and a read, or to act mid-transfer); the next N requests
-//! answered with an S3 error (500 InternalError, 503 SlowDown, 507...); DeleteObjects answers
+//! answered with an S3 error (500 InternalError, 503 SlowDown, 507...); the next N answers cut
+//! off after their headers, the connection dropped (a reset: the server may have acted on the
+//! request, the client cannot know); DeleteObjects answers
 //! that report some keys failed (S3's per-key `<Error>` in a 200 answer); a new upstream (a
 //! server restarted on other ports). It also records each request's method, path and the
 //! headers a test may need to see (server-side encryption), never a signature or a body.
@@ -90,6 +92,8 @@ struct Faults {
     held: AtomicU32,
     /// Keys containing the pattern, reported failed by the next N DeleteObjects answers.
     refuse_deletes: Mutex<Option<(String, u32)>>,
+    /// Answers of the next N requests cut off after their headers.
+    reset_left: AtomicU32,
 }
 
 struct Shared {
@@ -182,6 +186,17 @@ impl FaultProxy {
         self.shared.faults.fail_left.store(n, Ordering::SeqCst);
     }
 
+    /// Forwards the next `n` requests, then drops each connection after the answer's status
+    /// and headers, before its body ends: what a reset mid-answer looks like to a client.
+    pub fn reset_next(&self, n: u32) {
+        self.shared.faults.reset_left.store(n, Ordering::SeqCst);
+    }
+
+    /// Answers still to be cut.
+    pub fn resets_left(&self) -> u32 {
+        self.shared.faults.reset_left.load(Ordering::SeqCst)
+    }
+
     /// Requests still to be failed.
     pub fn failures_left(&self) -> u32 {
         self.shared.faults.fail_left.load(Ordering::SeqCst)
@@ -221,6 +236,7 @@ impl FaultProxy {
     pub fn clear(&self) {
         self.set_latency(Duration::ZERO);
         self.fail_next(0, 500);
+        self.reset_next(0);
         self.release();
     }
 }
@@ -365,11 +381,30 @@ async fn forward(State(shared): State<Arc<Shared>>, req: Request) -> Response {
                 .expect("a valid response")
         }
         Ok(resp) => {
+            // A HEAD answer has no body to cut: its headers would arrive whole, only without
+            // their length.
+            let reset = method != axum::http::Method::HEAD
+                && shared
+                    .faults
+                    .reset_left
+                    .fetch_update(Ordering::SeqCst, Ordering::SeqCst, |n| n.checked_sub(1))
+                    .is_ok();
             let mut b = Response::builder().status(resp.status().as_u16());
             for (k, v) in resp.headers() {
-                if !HOP.contains(&k.as_str()) {
+                // A cut answer has no length: the body is read (and fails) even when empty.
+                let cut_length = reset && k == axum::http::header::CONTENT_LENGTH;
+                if !HOP.contains(&k.as_str()) && !cut_length {
                     b = b.header(k, v);
                 }
+            }
+            if reset {
+                let cut = futures::stream::once(async {
+                    Err::<axum::body::Bytes, _>(std::io::Error::new(
+                        std::io::ErrorKind::ConnectionReset,
+                        "connection reset by the fault proxy",
+                    ))
+                });
+                return b.body(Body::from_stream(cut)).expect("a valid response");
             }
             b.body(Body::from_stream(resp.bytes_stream()))
                 .expect("a valid response")

@@ -3,6 +3,7 @@
 //! internet; we need neither), checking it locally with SQLite, compressing it with zstd and
 //! uploading it with its content hash.
 
+mod drill;
 mod verify;
 
 use std::collections::BTreeMap;
@@ -10,6 +11,8 @@ use std::path::{Path, PathBuf};
 
 use rusqlite::{Connection, OpenFlags};
 use sha2::{Digest, Sha256};
+
+pub use drill::{drill, MlmdDrill};
 
 use crate::kube::{Cluster, KubeError};
 use crate::repository::{self, MlmdCapture};
@@ -285,13 +288,9 @@ pub async fn capture(
     })
 }
 
-/// Downloads a captured database, decompresses it into `dest` and checks it against what the
-/// capture recorded: content hash, integrity, row counts.
-pub async fn fetch_and_verify(
-    store: &Store,
-    capture: &MlmdCapture,
-    dest: &Path,
-) -> Result<Inspection, String> {
+/// Downloads a captured database and decompresses it into `dest`; the content hash of what it
+/// decompressed to.
+pub async fn fetch(store: &Store, capture: &MlmdCapture, dest: &Path) -> Result<String, String> {
     let zst = dest.with_extension("zst.download");
     let mut f = tokio::fs::File::create(&zst)
         .await
@@ -301,21 +300,36 @@ pub async fn fetch_and_verify(
         .await
         .map_err(|e| format!("downloading into {}: {e}", zst.display()))?;
     drop(f);
-    let (zst2, dest2) = (zst.clone(), dest.to_path_buf());
-    let expected = capture.clone();
+    let (zst2, dest2, key) = (zst.clone(), dest.to_path_buf(), capture.key.clone());
     tokio::task::spawn_blocking(move || {
         let input = std::fs::File::open(&zst2).map_err(|e| e.to_string())?;
         let output = std::fs::File::create(&dest2).map_err(|e| e.to_string())?;
-        zstd::stream::copy_decode(input, output)
-            .map_err(|e| format!("{}: not a valid zstd stream: {e}", expected.key))?;
+        let decoded = zstd::stream::copy_decode(input, output)
+            .map_err(|e| format!("{key}: not a valid zstd stream: {e}"));
         let _ = std::fs::remove_file(&zst2);
-        let sha = sha256_file(&dest2).map_err(|e| e.to_string())?;
-        if sha != expected.sha256 {
-            return Err(format!(
-                "{}: content hash {sha} differs from the recorded {}",
-                expected.key, expected.sha256
-            ));
-        }
+        decoded?;
+        sha256_file(&dest2).map_err(|e| e.to_string())
+    })
+    .await
+    .map_err(|e| e.to_string())?
+}
+
+/// Downloads a captured database, decompresses it into `dest` and checks it against what the
+/// capture recorded: content hash, integrity, row counts.
+pub async fn fetch_and_verify(
+    store: &Store,
+    capture: &MlmdCapture,
+    dest: &Path,
+) -> Result<Inspection, String> {
+    let sha = fetch(store, capture, dest).await?;
+    if sha != capture.sha256 {
+        return Err(format!(
+            "{}: content hash {sha} differs from the recorded {}",
+            capture.key, capture.sha256
+        ));
+    }
+    let (dest2, expected) = (dest.to_path_buf(), capture.clone());
+    tokio::task::spawn_blocking(move || {
         let ins = inspect(&dest2, Check::Full).map_err(|e| e.to_string())?;
         if ins.row_counts != expected.row_counts {
             return Err(format!(

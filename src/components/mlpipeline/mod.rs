@@ -18,6 +18,7 @@
 
 pub mod allocator;
 mod capture;
+mod drill;
 mod known;
 mod pace;
 pub mod packed;
@@ -30,6 +31,8 @@ use std::path::PathBuf;
 use serde::Serialize;
 
 pub use capture::{capture, Captured};
+pub use drill::{drill, drill_plan, BucketDrill, Pick};
+pub use pace::Limiter;
 pub use plan::{plan, SyncPlan};
 pub use restore::{restore, restore_plan, RestorePlan, RestoreStats};
 

@@ -6,13 +6,13 @@ use std::time::{Duration, Instant};
 use crate::progress::{Event, Progress};
 
 /// A shared token bucket: uploads wait so the average stays under the rate.
-pub(super) struct Limiter {
+pub struct Limiter {
     rate: f64,
     next_free: tokio::sync::Mutex<Instant>,
 }
 
 impl Limiter {
-    pub(super) fn new(rate: u64, now: Instant) -> Self {
+    pub fn new(rate: u64, now: Instant) -> Self {
         Limiter {
             rate: rate.max(1) as f64,
             next_free: tokio::sync::Mutex::new(now),
@@ -26,7 +26,7 @@ impl Limiter {
         start
     }
 
-    pub(super) async fn take(&self, bytes: u64) {
+    pub async fn take(&self, bytes: u64) {
         let start = {
             let mut next = self.next_free.lock().await;
             Self::reserve(&mut next, self.rate, bytes, Instant::now())

@@ -125,11 +125,8 @@ pub async fn restore(
     target.settle_order();
     let mut extras = KeyLog::new(&opts.scratch).map_err(scratch_err(opts))?;
     let unchanged = AtomicU64::new(0);
-    let limiter = opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now()));
     let ticker = Ticker::new(&opts.progress, totals.map(|t| (t.to_copy, t.to_copy_bytes)));
-    let copied_bytes = AtomicU64::new(0);
-    let memory = tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize);
-    let large = tokio::sync::Semaphore::new(LARGE_IN_FLIGHT);
+    let copier = Copier::new(repo, target, opts);
     let to_copy = merged(repo, target, cap, opts).try_filter_map(|j| {
         let r = match j {
             Joined::Both(e, o) if same(&e, &o) => {
@@ -144,44 +141,13 @@ pub async fn restore(
         };
         futures::future::ready(r)
     });
-    let g = Grouping::default();
-    let puts = tokio::sync::Semaphore::new(opts.transfers.max(1));
-    let copied: u64 = by_pack(to_copy, g, itself)
+    let copied_bytes = AtomicU64::new(0);
+    let copied: u64 = by_pack(to_copy, copier.grouping, itself)
         .map_ok(|group| {
-            let (limiter, ticker, copied_bytes) = (&limiter, &ticker, &copied_bytes);
-            let (memory, large, puts) = (&memory, &large, &puts);
+            let (copier, ticker, copied_bytes) = (&copier, &ticker, &copied_bytes);
             async move {
-                let bytes: u64 = group.iter().map(|e| e.size).sum();
                 let n = group.len() as u64;
-                match &group[..] {
-                    [e] if e.size > IN_MEMORY_MAX => {
-                        let _slot = large.acquire().await.expect("never closed");
-                        if let Some(l) = limiter {
-                            l.take(e.size).await;
-                        }
-                        retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
-                    }
-                    [e] if !matches!(e.stored(), Stored::Packed { .. }) => {
-                        let _room = memory
-                            .acquire_many(kib_permits(e.size))
-                            .await
-                            .expect("never closed");
-                        if let Some(l) = limiter {
-                            l.take(e.size).await;
-                        }
-                        retry(opts.attempts, &e.key, || copy_small(repo, target, e)).await?;
-                    }
-                    _ => {
-                        let _room = memory
-                            .acquire_many(kib_permits(bytes))
-                            .await
-                            .expect("never closed");
-                        if let Some(l) = limiter {
-                            l.take(bytes).await;
-                        }
-                        copy_group(repo, target, &group, g, puts, opts).await?;
-                    }
-                }
+                let bytes = copier.copy(&group).await?;
                 copied_bytes.fetch_add(bytes, Ordering::Relaxed);
                 ticker.add(bytes);
                 Ok::<u64, SyncError>(n)
@@ -204,6 +170,74 @@ pub async fn restore(
         copied_bytes: copied_bytes.into_inner(),
         deleted,
     })
+}
+
+/// Copies groups of manifest entries (as [`by_pack`] makes them) from the repository into a
+/// bucket, every blob checked against its hash before it is written: shared by the restore
+/// and the restore drill, with one bandwidth limit and one memory budget for all groups.
+pub(super) struct Copier<'a> {
+    repo: &'a Store,
+    target: &'a Store,
+    opts: &'a SyncOptions,
+    pub(super) grouping: Grouping,
+    limiter: Option<Limiter>,
+    memory: tokio::sync::Semaphore,
+    large: tokio::sync::Semaphore,
+    puts: tokio::sync::Semaphore,
+}
+
+impl<'a> Copier<'a> {
+    pub(super) fn new(repo: &'a Store, target: &'a Store, opts: &'a SyncOptions) -> Self {
+        Copier {
+            repo,
+            target,
+            opts,
+            grouping: Grouping::default(),
+            limiter: opts.bwlimit.map(|rate| Limiter::new(rate, Instant::now())),
+            memory: tokio::sync::Semaphore::new((MEMORY_BUDGET >> 10) as usize),
+            large: tokio::sync::Semaphore::new(LARGE_IN_FLIGHT),
+            puts: tokio::sync::Semaphore::new(opts.transfers.max(1)),
+        }
+    }
+
+    /// Waits its turn under the bandwidth limit for `bytes`.
+    pub(super) async fn pace(&self, bytes: u64) {
+        if let Some(l) = &self.limiter {
+            l.take(bytes).await;
+        }
+    }
+
+    /// Copies one group; the bytes written.
+    pub(super) async fn copy(&self, group: &[Entry]) -> Result<u64, SyncError> {
+        let (repo, target, opts) = (self.repo, self.target, self.opts);
+        let bytes: u64 = group.iter().map(|e| e.size).sum();
+        match group {
+            [e] if e.size > IN_MEMORY_MAX => {
+                let _slot = self.large.acquire().await.expect("never closed");
+                self.pace(e.size).await;
+                retry(opts.attempts, &e.key, || copy_back(repo, target, e)).await?;
+            }
+            [e] if !matches!(e.stored(), Stored::Packed { .. }) => {
+                let _room = self
+                    .memory
+                    .acquire_many(kib_permits(e.size))
+                    .await
+                    .expect("never closed");
+                self.pace(e.size).await;
+                retry(opts.attempts, &e.key, || copy_small(repo, target, e)).await?;
+            }
+            _ => {
+                let _room = self
+                    .memory
+                    .acquire_many(kib_permits(bytes))
+                    .await
+                    .expect("never closed");
+                self.pace(bytes).await;
+                copy_group(repo, target, group, self.grouping, &self.puts, opts).await?;
+            }
+        }
+        Ok(bytes)
+    }
 }
 
 /// Stored bytes that do not hash to the entry's content hash (or have the wrong length): never

@@ -49,8 +49,8 @@ pub async fn forget_many(
             Ok(_) => deleted.push(format!("{} {}", m.app, m.backup_id)),
             Err(e) => {
                 warnings.push(format!(
-                    "mysql-k8s backup {} of {} could not be deleted ({e}); the next prune tries again",
-                    m.backup_id, m.app
+                    "mysql-k8s backup {} of {} could not be deleted ({e}); the next prune tries again (if its bucket stays out of reach, remove {}* from {} with your S3 tools)",
+                    m.backup_id, m.app, m.backup_id, m.location
                 ));
                 all = false;
             }

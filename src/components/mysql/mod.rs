@@ -5,12 +5,16 @@
 //! whose s3-integrator has no `path`, so it is only a fallback, used where the relation gives
 //! no keys to read the bucket with.
 
+mod drill;
 mod forget;
 mod restore;
 mod verify;
 
+pub use drill::{drill, MysqlDrill};
 pub use forget::forget_many;
 pub use restore::{restore_many, restore_preflight, MysqlRestored};
+
+use std::collections::BTreeMap;
 
 use crate::juju::{self, JujuCli, JujuError, Status};
 use crate::repository::MysqlCapture;
@@ -243,8 +247,8 @@ pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
         let (was_bucket, was_path) = m.location.split_once('/').unwrap_or((&m.location, ""));
         if was_bucket != bucket {
             return Err(format!(
-                "it was written to bucket {was_bucket} ({}), but {} now backs up to bucket {bucket}, whose keys may not reach it: remove {}* from {} with your S3 tools",
-                m.location, m.app, m.backup_id, m.location
+                "it was written to bucket {was_bucket} ({}), but {} now backs up to bucket {bucket}, whose keys may not reach it",
+                m.location, m.app
             ));
         }
         return relation_store(&bag, &m.app, was_path).map_err(|e| e.to_string());
@@ -287,12 +291,33 @@ pub async fn capture_objects(
     let store = tokio::task::spawn_blocking(move || capture_store(&cli, &m2))
         .await
         .map_err(|e| e.to_string())??;
-    let listed = store.list(&m.backup_id).await.map_err(|e| e.to_string())?;
-    let own = listed
-        .into_iter()
-        .filter(|o| o.key == m.backup_id || o.key.starts_with(&format!("{}.", m.backup_id)))
-        .collect();
+    let own = own_listing(&store, &m.backup_id)
+        .await
+        .map_err(|e| e.to_string())?;
     Ok((store, own))
+}
+
+/// The objects of mysql-k8s backup `id` (`<id>`, `<id>.md5`, `<id>.metadata`, ...) and their
+/// sizes: its prefix listed, keeping only the backup's own names (`<id>0` would be another).
+pub async fn own_objects(store: &Store, id: &str) -> Result<BTreeMap<String, u64>, StoreError> {
+    Ok(own_listing(store, id)
+        .await?
+        .into_iter()
+        .map(|o| (o.key, o.size))
+        .collect())
+}
+
+async fn own_listing(
+    store: &Store,
+    id: &str,
+) -> Result<Vec<crate::storage::ObjectInfo>, StoreError> {
+    let dot = format!("{id}.");
+    Ok(store
+        .list(id)
+        .await?
+        .into_iter()
+        .filter(|o| o.key == id || o.key.starts_with(&dot))
+        .collect())
 }
 
 /// mysql-k8s's `list-backups` on `unit`, parsed.
@@ -367,7 +392,7 @@ pub fn capture(
             })
         })?
         .to_string();
-    let status = finished_status(cli, app, replica, &bag, &id, waits)?;
+    let (status, objects) = finished_status(cli, app, replica, &bag, &id, waits)?;
     if status != "finished" {
         return Err(MysqlError::NotFinished {
             app: app.into(),
@@ -380,12 +405,15 @@ pub fn capture(
         unit: replica.clone(),
         backup_id: id,
         location,
+        objects,
     })
 }
 
 /// A backup's status as mysql-k8s defines it (`list_backups_in_s3_path`): `finished` once its
 /// `<id>.md5` is there, `failed` if only its `<id>.backup.log` is, else `in progress`. Read
 /// from the bucket; through the charm's list-backups when the bucket cannot be read from here.
+/// With the status, the backup's objects and their sizes as the bucket lists them (empty when
+/// only list-backups could be asked), which a restore drill checks later.
 fn finished_status(
     cli: &JujuCli,
     app: &str,
@@ -393,16 +421,17 @@ fn finished_status(
     bag: &std::collections::BTreeMap<String, String>,
     id: &str,
     waits: &Waits,
-) -> Result<String, MysqlError> {
+) -> Result<(String, BTreeMap<String, u64>), MysqlError> {
     // Through the charm's list-backups when the bucket cannot be read from here (keys in a
     // secret, a CA or endpoint only the charm reaches): preflight made sure the path is set.
-    let listed = || -> Result<String, MysqlError> {
+    let listed = || -> Result<(String, BTreeMap<String, u64>), MysqlError> {
         let rows = list_backups(cli, app, unit, &waits.status)?;
-        Ok(rows
+        let status = rows
             .iter()
             .find(|r| r.id == id)
             .map(|r| r.status.clone())
-            .unwrap_or_else(|| "missing".into()))
+            .unwrap_or_else(|| "missing".into());
+        Ok((status, BTreeMap::new()))
     };
     let store = match relation_store(bag, app, &trimmed_path(bag)) {
         Ok(store) => store,
@@ -432,18 +461,22 @@ fn finished_status(
             .await
             .map_err(store_err)?;
         if found.is_some() {
-            return Ok("finished".to_string());
+            let listed =
+                crate::retry::retry(crate::retry::ATTEMPTS, id, || own_objects(&store, id))
+                    .await
+                    .map_err(store_err)?;
+            return Ok(("finished".to_string(), listed));
         }
         let log = format!("{id}.backup.log");
         let found = crate::retry::retry(crate::retry::ATTEMPTS, &log, || store.head(&log))
             .await
             .map_err(store_err)?;
-        Ok(if found.is_some() {
+        let status = if found.is_some() {
             "failed"
         } else {
             "in progress"
-        }
-        .to_string())
+        };
+        Ok((status.to_string(), BTreeMap::new()))
     });
     match read {
         Err(MysqlError::Store { source, .. }) => {

@@ -58,19 +58,8 @@ pub(crate) async fn check(
             let rt = tokio::runtime::Handle::current();
             match rt.block_on(store.get_bytes(&md5_key)) {
                 Ok(marker) if mode.reads_data() => {
-                    let want = String::from_utf8_lossy(&marker)
-                        .split_whitespace()
-                        .next()
-                        .unwrap_or_default()
-                        .to_string();
-                    match rt.block_on(md5_of(&store, &m.backup_id)) {
-                        Ok(got) if got == want => {}
-                        Ok(got) => out.push(problem(
-                            &m.app,
-                            &m.backup_id,
-                            format!("md5 {got} differs from its .md5 marker {want}"),
-                        )),
-                        Err(e) => out.push(problem(&m.app, &m.backup_id, e)),
+                    if let Err(e) = rt.block_on(check_md5(&store, &m.backup_id, &marker)) {
+                        out.push(problem(&m.app, &m.backup_id, e));
                     }
                 }
                 Ok(_) => {}
@@ -89,12 +78,30 @@ pub(crate) async fn check(
     v.problems.extend(found);
 }
 
-async fn md5_of(store: &Store, key: &str) -> Result<String, String> {
-    let mut ctx = md5::Context::new();
-    let mut sink = TapWriter::new(tokio::io::sink(), |b: &[u8]| ctx.consume(b));
-    store
-        .get_stream(key, &mut sink)
+/// Backup `id`'s stream read whole (retried on transient errors) and its md5 compared with
+/// the `.md5` marker's content; the error says which differs, or what could not be read.
+pub(super) async fn check_md5(store: &Store, id: &str, marker: &[u8]) -> Result<(), String> {
+    let want = String::from_utf8_lossy(marker)
+        .split_whitespace()
+        .next()
+        .unwrap_or_default()
+        .to_string();
+    let got = crate::retry::retry(crate::retry::ATTEMPTS, id, || md5_of(store, id))
         .await
         .map_err(|e| format!("reading the backup: {e}"))?;
+    if got != want {
+        return Err(format!(
+            "md5 {got} differs from its .md5 marker {want}: the stream is damaged"
+        ));
+    }
+    Ok(())
+}
+
+async fn md5_of(store: &Store, key: &str) -> Result<String, crate::storage::StoreError> {
+    let mut ctx = md5::Context::new();
+    {
+        let mut sink = TapWriter::new(tokio::io::sink(), |b: &[u8]| ctx.consume(b));
+        store.get_stream(key, &mut sink).await?;
+    }
     Ok(format!("{:x}", ctx.compute()))
 }
