@@ -93,6 +93,7 @@ fn every_action_in_actions_yaml_has_a_closed_schema() {
             "list-backups",
             "prune",
             "restore",
+            "restore-drill",
             "verify-backup"
         ]
     );
@@ -108,10 +109,19 @@ fn config_is_read_with_defaults_and_bad_values_name_the_fix() {
         "backup-agent",
         &obj(json!({
             "model": "kubeflow", "controller-secret": "secret:d0abc", "checkers": 16,
-            "transfers": 4, "bwlimit": "50M", "mlmd-container": "", "kfp-db-app": "pipelines-db"
+            "transfers": 4, "bwlimit": "50M", "mlmd-container": "", "kfp-db-app": "pipelines-db",
+            "drill-schedule": "0 4 * * 0", "drill-sample": "2/10"
         })),
     )
     .unwrap();
+    assert_eq!(
+        s.drill_schedule.as_ref().map(|d| d.text.as_str()),
+        Some("0 4 * * 0")
+    );
+    assert_eq!(
+        s.drill_sample.map(|d| d.to_string()).as_deref(),
+        Some("2/10")
+    );
     assert_eq!(s.names.kfp_db, "pipelines-db");
     assert_eq!(s.names.katib_db, "katib-db");
     assert_eq!(s.bwlimit, Some(50 * 1024 * 1024));
