@@ -121,6 +121,8 @@ fn a_drill_restores_into_scratch_records_its_result_and_names_each_damage() {
         assert!(out.contains(w), "{w:?} in {out}");
     }
     assert!(err.contains("mlpipeline: restoring"), "progress: {err}");
+    // Progress counts objects, not the groups read from one pack.
+    assert!(err.contains(&format!(" in {n} objects")), "progress: {err}");
     assert!(scratch_keys(&sb).is_empty());
     assert!(!lock_held(&sb));
     assert_eq!(drills(&sb, &id), [("passed".to_string(), 0)]);

@@ -125,7 +125,7 @@ pub async fn drill(
                 let bytes: u64 = group.iter().map(|e| e.size).sum();
                 match copier.copy(&group).await {
                     Ok(b) => {
-                        ticker.add(b);
+                        ticker.add_objects(n, b);
                         Ok((n, bytes, n))
                     }
                     Err(e) => {

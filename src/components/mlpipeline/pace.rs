@@ -55,9 +55,14 @@ impl<'a> Ticker<'a> {
     }
 
     pub(super) fn add(&self, bytes: u64) {
+        self.add_objects(1, bytes)
+    }
+
+    /// `objects` done at once (a group read from one pack), `bytes` between them.
+    pub(super) fn add_objects(&self, objects: u64, bytes: u64) {
         let due = {
             let mut d = self.done.lock().expect("ticker");
-            d.0 += 1;
+            d.0 += objects;
             d.1 += bytes;
             let due = d.2.elapsed() >= Self::EVERY;
             if due {

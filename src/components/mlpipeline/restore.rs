@@ -149,7 +149,7 @@ pub async fn restore(
                 let n = group.len() as u64;
                 let bytes = copier.copy(&group).await?;
                 copied_bytes.fetch_add(bytes, Ordering::Relaxed);
-                ticker.add(bytes);
+                ticker.add_objects(n, bytes);
                 Ok::<u64, SyncError>(n)
             }
         })
