@@ -152,6 +152,16 @@ struct Daemon {
     url: String,
 }
 
+/// A soak that stops on an error does not leave its daemon running.
+impl Drop for Daemon {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
 /// A scheduled backup as its statefile last said: phase, and why it failed.
 type Outcome = (String, String);
 
