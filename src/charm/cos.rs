@@ -206,6 +206,11 @@ mod tests {
         Listed::Backup(Box::new(serde_json::from_value(v).unwrap()))
     }
 
+    /// Backup `b1`, completed at `finished`, with `history`.
+    fn completed(finished: i64, history: Vec<serde_json::Value>) -> Listed {
+        statefile("b1", "completed", finished, history)
+    }
+
     fn verify(at_s: i64, outcome: &str) -> serde_json::Value {
         json!({"event": "verify", "at": at(at_s), "mode": "light", "outcome": outcome, "problems": 0})
     }
@@ -239,14 +244,7 @@ mod tests {
     }
 
     fn cases() -> Vec<Case> {
-        let ok = |t| {
-            statefile(
-                "b1",
-                "completed",
-                t,
-                vec![verify(t + 100, "passed"), drill(t + 200, "passed")],
-            )
-        };
+        let ok = |t| completed(t, vec![verify(t + 100, "passed"), drill(t + 200, "passed")]);
         let mut cases = vec![Case {
             name: "healthy",
             text: render(Some(&[ok(10_000)]), None, &live(10_800, Some(3600))),
@@ -278,12 +276,7 @@ mod tests {
         cases.push(Case {
             name: "verify failed",
             text: render(
-                Some(&[statefile(
-                    "b1",
-                    "completed",
-                    10_000,
-                    vec![verify(10_100, "failed")],
-                )]),
+                Some(&[completed(10_000, vec![verify(10_100, "failed")])]),
                 None,
                 &live(10_800, Some(3600)),
             ),
@@ -293,12 +286,7 @@ mod tests {
         cases.push(Case {
             name: "never verified",
             text: render(
-                Some(&[statefile(
-                    "b1",
-                    "completed",
-                    90_000,
-                    vec![drill(90_100, "passed")],
-                )]),
+                Some(&[completed(90_000, vec![drill(90_100, "passed")])]),
                 None,
                 &live(90_000, Some(3600)),
             ),
@@ -308,9 +296,7 @@ mod tests {
         cases.push(Case {
             name: "drill failed",
             text: render(
-                Some(&[statefile(
-                    "b1",
-                    "completed",
+                Some(&[completed(
                     10_000,
                     vec![
                         verify(10_100, "passed"),
@@ -327,12 +313,7 @@ mod tests {
         cases.push(Case {
             name: "never drilled",
             text: render(
-                Some(&[statefile(
-                    "b1",
-                    "completed",
-                    90_000,
-                    vec![verify(90_100, "passed")],
-                )]),
+                Some(&[completed(90_000, vec![verify(90_100, "passed")])]),
                 None,
                 &live(90_000, Some(3600)),
             ),
@@ -349,12 +330,7 @@ mod tests {
         cases.push(Case {
             name: "drilled backup pruned",
             text: render(
-                Some(&[statefile(
-                    "b1",
-                    "completed",
-                    90_000,
-                    vec![verify(90_100, "passed")],
-                )]),
+                Some(&[completed(90_000, vec![verify(90_100, "passed")])]),
                 None,
                 &l,
             ),
@@ -367,9 +343,7 @@ mod tests {
         cases.push(Case {
             name: "drill too old",
             text: render(
-                Some(&[statefile(
-                    "b1",
-                    "completed",
+                Some(&[completed(
                     old - 100,
                     vec![drill(old, "passed"), verify(0, "passed")],
                 )]),
@@ -451,9 +425,7 @@ mod tests {
             ]))
             .unwrap();
         }
-        let mut ok = statefile(
-            "b1",
-            "completed",
+        let mut ok = completed(
             10_000,
             vec![verify(10_100, "passed"), drill(10_150, "passed")],
         );

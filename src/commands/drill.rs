@@ -390,23 +390,20 @@ async fn remove_scratch(
         Some(id) => format!("{root}/{id}/"),
         None => format!("{root}/"),
     };
+    let failed = |e: crate::storage::DeleteFailure| StoreError::Fatal {
+        op: "delete",
+        key: prefix.clone(),
+        detail: e.to_string(),
+    };
     let mut deleter = Deleter::new(dest, streaming.delete_batch);
     let mut listing = dest.list_unordered(&prefix, streaming.page_size);
     while let Some(o) = listing.try_next().await? {
         let folder = o.key[root.len() + 1..].split('/').next().unwrap_or("");
         if repository::is_backup_id(folder) {
-            deleter.push(o.key).await.map_err(|e| StoreError::Fatal {
-                op: "delete",
-                key: prefix.clone(),
-                detail: e.to_string(),
-            })?;
+            deleter.push(o.key).await.map_err(failed)?;
         }
     }
-    deleter.finish().await.map_err(|e| StoreError::Fatal {
-        op: "delete",
-        key: prefix,
-        detail: e.to_string(),
-    })
+    deleter.finish().await.map_err(failed)
 }
 
 /// What the statefile keeps of a drill: enough for list-backups, describe-backup and the

@@ -143,12 +143,17 @@ fn authorize(d: &Daemon, headers: &HeaderMap) -> Result<(), Box<Response>> {
     }
 }
 
-/// A request body: empty, or a JSON object with only `allowed` keys, every value a string.
-async fn json_body(
+/// A mutating request's body, once its token is checked (a caller without one gets nothing
+/// read, however much it sends): empty, or a JSON object with only `allowed` keys, every value
+/// a string.
+async fn authorized_body(
+    d: &Daemon,
+    headers: &HeaderMap,
     body: axum::body::Body,
     allowed: &[&str],
     example: &str,
 ) -> Result<serde_json::Map<String, Value>, Response> {
+    authorize(d, headers).map_err(|r| *r)?;
     let Ok(body) = axum::body::to_bytes(body, MAX_BODY).await else {
         let why = format!("the body is larger than {MAX_BODY} bytes: send {example}");
         return Err(error(StatusCode::PAYLOAD_TOO_LARGE, why));
@@ -157,27 +162,21 @@ async fn json_body(
     if body.trim().is_empty() {
         return Ok(Default::default());
     }
-    match serde_json::from_str::<Value>(&body) {
-        Ok(Value::Object(m)) => {
-            if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("unknown field {k:?}: the body may only hold {example}"),
-                ));
-            }
-            if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_string()) {
-                return Err(error(
-                    StatusCode::BAD_REQUEST,
-                    format!("{k:?} must be a string"),
-                ));
-            }
-            Ok(m)
-        }
-        _ => Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("the body must be a JSON object such as {example}, or empty"),
-        )),
+    let bad = |why: String| error(StatusCode::BAD_REQUEST, why);
+    let Ok(Value::Object(m)) = serde_json::from_str::<Value>(&body) else {
+        return Err(bad(format!(
+            "the body must be a JSON object such as {example}, or empty"
+        )));
+    };
+    if let Some(k) = m.keys().find(|k| !allowed.contains(&k.as_str())) {
+        return Err(bad(format!(
+            "unknown field {k:?}: the body may only hold {example}"
+        )));
     }
+    if let Some((k, _)) = m.iter().find(|(_, v)| !v.is_string()) {
+        return Err(bad(format!("{k:?} must be a string")));
+    }
+    Ok(m)
 }
 
 async fn create(
@@ -185,11 +184,8 @@ async fn create(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    // The token first: a caller without one gets nothing read, however much it sends.
-    if let Err(r) = authorize(&d, &headers) {
-        return *r;
-    }
-    let m = match json_body(body, &["label"], "{\"label\": \"before-upgrade\"}").await {
+    let example = "{\"label\": \"before-upgrade\"}";
+    let m = match authorized_body(&d, &headers, body, &["label"], example).await {
         Ok(m) => m,
         Err(r) => return r,
     };
@@ -213,51 +209,45 @@ async fn create_drill(
     headers: HeaderMap,
     body: axum::body::Body,
 ) -> Response {
-    if let Err(r) = authorize(&d, &headers) {
-        return *r;
-    }
     let example = "{\"backup-id\": \"20261123T080841Z-be2523\", \"sample\": \"5%\", \"max-bytes\": \"1G\"} (each optional)";
-    let m = match json_body(body, &["backup-id", "sample", "max-bytes"], example).await {
+    let allowed = ["backup-id", "sample", "max-bytes"];
+    let m = match authorized_body(&d, &headers, body, &allowed, example).await {
         Ok(m) => m,
         Err(r) => return r,
     };
-    let field = |k: &str| m.get(k).and_then(Value::as_str).map(str::to_string);
-    let bad = |why: String| error(StatusCode::BAD_REQUEST, why);
-    let backup_id = match field("backup-id") {
-        Some(id) => match repository::parse_backup_id(&id) {
-            Ok(id) => Some(id),
-            Err(e) => return bad(e),
-        },
-        None => None,
+    let req = match drill_request(&m, d.settings.drill_sample) {
+        Ok(req) => req,
+        Err(why) => return error(StatusCode::BAD_REQUEST, why),
     };
-    let sample = match field("sample") {
-        Some(s) => match Sample::parse(&s) {
-            Ok(s) => s,
-            Err(e) => return bad(e),
-        },
-        None => d.settings.drill_sample,
-    };
-    let max_bytes = match field("max-bytes") {
-        Some(s) => match crate::units::parse_size(&s) {
-            Ok(n) => Some(n),
-            Err(e) => return bad(format!("max-bytes {s:?}: {e}")),
-        },
-        None => None,
-    };
-    let req = DrillRequest {
-        backup_id: backup_id.clone(),
+    let body = json!({
+        "backup-id": req.backup_id,
+        "sample": req.pick.sample.to_string(),
+        "follow": "GET /healthz (last-run), then GET /v1/backups/{id} (history)",
+    });
+    accepted(&d, Job::Drill(req), body)
+}
+
+/// A drill request from the body's fields; the message names the field that is wrong.
+fn drill_request(
+    m: &serde_json::Map<String, Value>,
+    default_sample: Sample,
+) -> Result<DrillRequest, String> {
+    let field = |k: &str| m.get(k).and_then(Value::as_str);
+    let backup_id = field("backup-id")
+        .map(repository::parse_backup_id)
+        .transpose()?;
+    let sample = field("sample")
+        .map(Sample::parse)
+        .transpose()?
+        .unwrap_or(default_sample);
+    let max_bytes = field("max-bytes")
+        .map(|s| crate::units::parse_size(s).map_err(|e| format!("max-bytes {s:?}: {e}")))
+        .transpose()?;
+    Ok(DrillRequest {
+        backup_id,
         pick: Pick { sample, max_bytes },
         scratch_prefix: None,
-    };
-    accepted(
-        &d,
-        Job::Drill(req),
-        json!({
-            "backup-id": backup_id,
-            "sample": sample.to_string(),
-            "follow": "GET /healthz (last-run), then GET /v1/backups/{id} (history)",
-        }),
-    )
+    })
 }
 
 /// 202 with what was started, or 409 naming the run in the way.

@@ -259,12 +259,7 @@ pub(crate) fn render(rows: Option<&[Listed]>, lease: Option<&LeaseInfo>, live: &
     }
     let last_verify = backups
         .iter()
-        .flat_map(|b| b.history.iter())
-        .filter(|h| h["event"] == "verify")
-        .filter_map(|h| {
-            let at = h["at"].as_str()?.parse::<DateTime<Utc>>().ok()?;
-            Some((at, h["outcome"] == "passed"))
-        })
+        .flat_map(|b| b.checks("verify"))
         .max_by_key(|(at, _)| *at);
     if let Some((at, passed)) = last_verify {
         metric(

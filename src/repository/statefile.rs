@@ -220,15 +220,24 @@ impl Statefile {
                 .map_or(0, |p| p.new_bytes)
     }
 
-    /// Every restore drill of this backup: when it ran, and whether it passed.
-    pub fn drills(&self) -> impl Iterator<Item = (DateTime<Utc>, bool)> + '_ {
+    /// Every check of kind `event` in the history (`verify`, `drill`): when it ran, and
+    /// whether it passed.
+    pub fn checks<'a>(
+        &'a self,
+        event: &'a str,
+    ) -> impl Iterator<Item = (DateTime<Utc>, bool)> + 'a {
         self.history
             .iter()
-            .filter(|h| h["event"] == "drill")
+            .filter(move |h| h["event"] == event)
             .filter_map(|h| {
                 let at = h["at"].as_str()?.parse::<DateTime<Utc>>().ok()?;
                 Some((at, h["outcome"] == "passed"))
             })
+    }
+
+    /// Every restore drill of this backup: when it ran, and whether it passed.
+    pub fn drills(&self) -> impl Iterator<Item = (DateTime<Utc>, bool)> + '_ {
+        self.checks("drill")
     }
 
     /// The newest restore drill of this backup.

@@ -313,6 +313,26 @@ fn destination_slow() {
     );
 }
 
+/// Runs the agent with `args` through the proxy, holds its first request whose path matches
+/// `pattern` (`what` it is, for a timeout's message), sets `fault` on the proxy meanwhile, then
+/// lets everything through: the run's exit code, stdout and stderr.
+fn run_with_fault_at(
+    sb: &Sandbox,
+    proxy: &FaultProxy,
+    pattern: &str,
+    what: &str,
+    args: &[&str],
+    env: &[(&str, &str)],
+    fault: impl FnOnce(&FaultProxy),
+) -> (i32, String, String) {
+    proxy.hold(pattern);
+    let child = spawn_agent(sb, args, env);
+    wait_for(what, MID, || proxy.held() > 0);
+    fault(proxy);
+    proxy.release();
+    finish(child)
+}
+
 #[test]
 fn destination_returns_500s_for_a_while() {
     let sb = sandbox(8, 0);
@@ -322,28 +342,29 @@ fn destination_returns_500s_for_a_while() {
     let parts = ["--components", "mlmd,mlpipeline"];
     let expected = contents(&minio(&sb));
 
-    proxy.hold("/packs/");
     let mut args = vec!["create-backup", "--output", "json"];
     args.extend_from_slice(&parts);
-    let child = spawn_agent(&sb, &args, &env);
-    wait_for("a pack upload", MID, || proxy.held() > 0);
-    proxy.fail_next(6, 500);
-    proxy.release();
-    let (code, out, err) = finish(child);
+    let (code, out, err) =
+        run_with_fault_at(&sb, &proxy, "/packs/", "a pack upload", &args, &env, |p| {
+            p.fail_next(6, 500)
+        });
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(proxy.failures_left(), 0, "every 500 was met");
     assert!(err.contains("HTTP 500"), "{err}");
     let id = completed_ids(&sb).pop().unwrap();
 
     damage_minio(&sb);
-    proxy.hold("/packs/");
     let mut args = vec!["restore", &id, "--no-safety-backup"];
     args.extend_from_slice(&parts);
-    let child = spawn_agent(&sb, &args, &env);
-    wait_for("a pack download", MID, || proxy.held() > 0);
-    proxy.fail_next(6, 503);
-    proxy.release();
-    let (code, out, err) = finish(child);
+    let (code, out, err) = run_with_fault_at(
+        &sb,
+        &proxy,
+        "/packs/",
+        "a pack download",
+        &args,
+        &env,
+        |p| p.fail_next(6, 503),
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(proxy.failures_left(), 0);
     assert!(err.contains("HTTP 503"), "{err}");
@@ -353,15 +374,12 @@ fn destination_returns_500s_for_a_while() {
     rt().block_on(minio(&sb).put_bytes("new/after-restore.txt", b"more", "text/plain"))
         .unwrap();
     let b = before(&sb);
-    proxy.hold("/packs/");
     let mut args = vec!["create-backup"];
     args.extend_from_slice(&parts);
-    let child = spawn_agent(&sb, &args, &env);
-    wait_for("a pack upload", MID, || proxy.held() > 0);
     // One 507 only: had it been retried, the retry would have gone through.
-    proxy.fail_next(1, 507);
-    proxy.release();
-    let run = finish(child);
+    let run = run_with_fault_at(&sb, &proxy, "/packs/", "a pack upload", &args, &env, |p| {
+        p.fail_next(1, 507)
+    });
     failed_cleanly(&sb, &b, &run, &["HTTP 507", "out of space"]);
     assert_eq!(proxy.failures_left(), 0);
     newest_failed(&sb);
@@ -481,7 +499,6 @@ fn back_up_changing_an_object(
     let proxy = FaultProxy::start(&sb.info.minio.endpoint()).unwrap();
     let via = proxy.endpoint();
     let (key, pattern) = first_key(&sb);
-    proxy.hold(&pattern);
     let args = [
         "create-backup",
         "--minio-endpoint",
@@ -489,11 +506,9 @@ fn back_up_changing_an_object(
         "--output",
         "json",
     ];
-    let child = spawn_agent(&sb, &args, &[]);
-    wait_for("the object read", MID, || proxy.held() > 0);
-    change(&minio(&sb), &key);
-    proxy.release();
-    let run = finish(child);
+    let run = run_with_fault_at(&sb, &proxy, &pattern, "the object read", &args, &[], |_| {
+        change(&minio(&sb), &key)
+    });
     (sb, key, run)
 }
 
@@ -944,27 +959,28 @@ fn connections_reset_mid_answer_are_retried() {
     let parts = ["--components", "mlmd,mlpipeline"];
     let expected = contents(&minio(&sb));
 
-    proxy.hold("/packs/");
     let mut args = vec!["create-backup", "--output", "json"];
     args.extend_from_slice(&parts);
-    let child = spawn_agent(&sb, &args, &env);
-    wait_for("a pack upload", MID, || proxy.held() > 0);
-    proxy.reset_next(4);
-    proxy.release();
-    let (code, out, err) = finish(child);
+    let (code, out, err) =
+        run_with_fault_at(&sb, &proxy, "/packs/", "a pack upload", &args, &env, |p| {
+            p.reset_next(4)
+        });
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(proxy.resets_left(), 0, "every reset was met");
     let id = completed_ids(&sb).pop().unwrap();
 
     damage_minio(&sb);
-    proxy.hold("/packs/");
     let mut args = vec!["restore", &id, "--no-safety-backup"];
     args.extend_from_slice(&parts);
-    let child = spawn_agent(&sb, &args, &env);
-    wait_for("a pack download", MID, || proxy.held() > 0);
-    proxy.reset_next(4);
-    proxy.release();
-    let (code, out, err) = finish(child);
+    let (code, out, err) = run_with_fault_at(
+        &sb,
+        &proxy,
+        "/packs/",
+        "a pack download",
+        &args,
+        &env,
+        |p| p.reset_next(4),
+    );
     assert_eq!(code, 0, "{out}\n{err}");
     assert_eq!(proxy.resets_left(), 0);
     assert!(err.contains("reset") || err.contains("retry"), "{err}");
@@ -987,12 +1003,15 @@ fn statefile_reads_answered_500_are_retried() {
         vec!["recover"],
         vec!["drill", "--dry-run"],
     ] {
-        proxy.hold("GET statefile.json");
-        let child = spawn_agent(&sb, &args, &env);
-        wait_for("a statefile read", MID, || proxy.held() > 0);
-        proxy.fail_next(2, 500);
-        proxy.release();
-        let (code, out, err) = finish(child);
+        let (code, out, err) = run_with_fault_at(
+            &sb,
+            &proxy,
+            "GET statefile.json",
+            "a statefile read",
+            &args,
+            &env,
+            |p| p.fail_next(2, 500),
+        );
         assert_eq!(code, 0, "{args:?}: {out}\n{err}");
         assert_eq!(proxy.failures_left(), 0, "{args:?}: every 500 was met");
         if args[0] != "recover" {

@@ -156,7 +156,8 @@ pub async fn drill(
             return out;
         }
     }
-    // Read back: the picked entries merged by key with the scratch copy's listing.
+    // Read back: the picked entries merged by key with the scratch copy's listing. The
+    // manifest is read a second time rather than kept: memory stays flat in its size.
     scratch.settle_order();
     let listing = scratch
         .sorted_listing("", &opts.streaming, &opts.scratch)

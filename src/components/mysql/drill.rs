@@ -56,35 +56,9 @@ pub async fn drill(
             ..MysqlDrill::default()
         };
         let name = |key: &str| format!("{}/{key}", m.location);
-        let (cli, m2) = (juju.clone(), m.clone());
-        let store = match tokio::task::spawn_blocking(move || super::capture_store(&cli, &m2)).await
-        {
-            Ok(Ok(store)) => store,
-            Ok(Err(why)) => {
-                let (cli, m2) = (juju.clone(), m.clone());
-                match tokio::task::spawn_blocking(move || charm_lists(&cli, &m2)).await {
-                    Ok(Ok(())) => {
-                        d.listed_by_charm = true;
-                        warnings.push(format!(
-                            "{}: mysql-k8s backup {} not read from {} ({why}); mysql-k8s's list-backups says it is finished",
-                            m.app, m.backup_id, m.location
-                        ));
-                    }
-                    Ok(Err(e)) => found.push(problem(
-                        &m.app,
-                        &m.location,
-                        format!("cannot be read from here ({why}), and {e}"),
-                    )),
-                    Err(e) => found.push(problem(&m.app, &m.location, e.to_string())),
-                }
-                out.push(d);
-                continue;
-            }
-            Err(e) => {
-                found.push(problem(&m.app, &m.location, e.to_string()));
-                out.push(d);
-                continue;
-            }
+        let Some(store) = reachable(juju, m, &mut d, found, warnings).await else {
+            out.push(d);
+            continue;
         };
         let listed = match retry(crate::retry::ATTEMPTS, &m.backup_id, || {
             super::own_objects(&store, &m.backup_id)
@@ -147,6 +121,43 @@ pub async fn drill(
         out.push(d);
     }
     out
+}
+
+/// The store holding backup `m`, or `None` with why: a problem when nothing vouches for the
+/// backup, a warning when mysql-k8s's own list-backups still says it is finished.
+async fn reachable(
+    juju: &JujuCli,
+    m: &MysqlCapture,
+    d: &mut MysqlDrill,
+    found: &mut Findings,
+    warnings: &mut Vec<String>,
+) -> Option<crate::storage::Store> {
+    let (cli, m2) = (juju.clone(), m.clone());
+    let why = match tokio::task::spawn_blocking(move || super::capture_store(&cli, &m2)).await {
+        Ok(Ok(store)) => return Some(store),
+        Ok(Err(why)) => why,
+        Err(e) => {
+            found.push(problem(&m.app, &m.location, e.to_string()));
+            return None;
+        }
+    };
+    let (cli, m2) = (juju.clone(), m.clone());
+    match tokio::task::spawn_blocking(move || charm_lists(&cli, &m2)).await {
+        Ok(Ok(())) => {
+            d.listed_by_charm = true;
+            warnings.push(format!(
+                "{}: mysql-k8s backup {} not read from {} ({why}); mysql-k8s's list-backups says it is finished",
+                m.app, m.backup_id, m.location
+            ));
+        }
+        Ok(Err(e)) => found.push(problem(
+            &m.app,
+            &m.location,
+            format!("cannot be read from here ({why}), and {e}"),
+        )),
+        Err(e) => found.push(problem(&m.app, &m.location, e.to_string())),
+    }
+    None
 }
 
 /// Whether mysql-k8s itself lists backup `m` as finished (asked of an active unit). Runs
