@@ -782,6 +782,7 @@ pub fn statefile(id: &str, key: &str, sha: &str, objects: u64, bytes: u64) -> St
         quiesce: vec![],
         errors: vec![],
         history: vec![],
+        copied_from: None,
         checksum: None,
     }
 }

@@ -93,6 +93,10 @@ struct UpArgs {
     /// (`group_replication_id.txt`), so kfp-db and katib-db can no longer share one path.
     #[arg(long)]
     mysql_claims: bool,
+    /// Also start an off-site S3 server, named in the env file as the secondary destination
+    /// (BACKUP_AGENT_SECONDARY_S3_*): where `backup-agent copy` puts copies.
+    #[arg(long)]
+    secondary: bool,
     #[command(flatten)]
     sizes: SizeArgs,
 }
@@ -250,6 +254,7 @@ fn run(cli: Cli) -> Result<()> {
             opts.db_units = a.db_units;
             opts.mysql_path = a.mysql_path;
             opts.mysql_claims = a.mysql_claims;
+            opts.secondary = a.secondary;
             opts.bucket = a.sizes.bucket();
             opts.mlmd = a.sizes.mlmd();
             let info = env::up(&layout, &opts)?;

@@ -12,7 +12,7 @@ use crate::charm::hook_tools::{HookTools, Status};
 use crate::commands::backup::{self, BackupError, BackupRequest};
 use crate::commands::list;
 use crate::commands::prune::{self, Selection};
-use crate::commands::restore;
+use crate::commands::{copy, restore};
 use crate::commands::{drill, verify};
 use crate::components::Component;
 use crate::context::Context;
@@ -57,6 +57,9 @@ pub fn run(
             describe_backup(env, tools, &p.backup_id).map_err(plain)
         }
         "restore-drill" => restore_drill(env, tools, params::parse(action, raw).map_err(plain)?),
+        "copy-backup" => {
+            copy_backup(env, tools, params::parse(action, raw).map_err(plain)?).map_err(plain)
+        }
         "prune" => {
             let p: params::Prune = params::parse(action, raw).map_err(plain)?;
             let policy = match &p.retention {
@@ -98,6 +101,63 @@ fn ready(env: &DispatchEnv, tools: &HookTools) -> Result<Ready, String> {
 
 fn destination(ready: &Ready) -> Result<Store, String> {
     status::destination_store(&ready.destination)
+}
+
+/// Points the context at the repository `from` names.
+fn repository_from(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    ctx: &mut Context,
+    from: params::From,
+) -> Result<(), String> {
+    if from == params::From::Secondary {
+        ctx.dest = status::secondary_store(&ready(env, tools)?, &env.app)?;
+    }
+    Ok(())
+}
+
+fn copy_backup(
+    env: &DispatchEnv,
+    tools: &HookTools,
+    p: params::CopyBackup,
+) -> Result<Results, String> {
+    if let Some(id) = &p.backup_id {
+        repository::parse_backup_id(id)?;
+    }
+    let (mut ctx, _client) = context(env, tools)?;
+    ctx.tuning.break_lock = p.break_lock;
+    let to = status::secondary_store(&ready(env, tools)?, &env.app)?;
+    let req = copy::CopyRequest {
+        backup_id: p.backup_id,
+    };
+    if p.dry_run {
+        let plan = block(copy::plan(&ctx, &to, &req))?;
+        return Ok(Results::from([
+            ("dry-run".into(), "true".into()),
+            ("count".into(), plan.backups.len().to_string()),
+            ("plan".into(), copy::render_plan(&plan)),
+        ]));
+    }
+    let report = busy(env, tools, "copying backups off-site", || {
+        block_on_interruptible(&ctx.interrupt, copy::run(&ctx, &to, &req))
+    })
+    .map_err(|e| e.to_string())?
+    .map_err(|e| e.to_string())?;
+    Ok(Results::from([
+        ("copied".into(), report.copied.len().to_string()),
+        (
+            "backup-ids".into(),
+            report
+                .copied
+                .iter()
+                .map(|c| c.backup_id.as_str())
+                .collect::<Vec<_>>()
+                .join(","),
+        ),
+        ("bytes-sent".into(), report.bytes_sent().to_string()),
+        ("already-there".into(), report.already.len().to_string()),
+        ("summary".into(), copy::render_report(&report)),
+    ]))
 }
 
 /// `action-log` lines from progress events; byte counts at most every few seconds.
@@ -348,6 +408,7 @@ fn restore(
     let plain = |e: String| (e, Results::new());
     let (mut ctx, _client) = context(env, tools).map_err(plain)?;
     ctx.tuning.break_lock = p.break_lock;
+    repository_from(env, tools, &mut ctx, p.from).map_err(plain)?;
     let req = restore::RestoreRequest {
         backup_id: p.backup_id.clone(),
         components: components(p.components, &[]),
@@ -485,6 +546,7 @@ fn restore_drill(
     }
     let (mut ctx, _client) = context(env, tools).map_err(plain)?;
     ctx.tuning.break_lock = p.break_lock;
+    repository_from(env, tools, &mut ctx, p.from).map_err(plain)?;
     let req = drill::DrillRequest {
         backup_id: p.backup_id,
         pick: crate::components::mlpipeline::Pick { sample, max_bytes },
@@ -530,7 +592,22 @@ fn restore_drill(
 fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String> {
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
-    let rows = block(repository::list(&store))?;
+    // With an off-site destination, both repositories and where each backup is.
+    let (rows, table) = match &ready.secondary {
+        Some(d) => {
+            let located = block(list::list_both(&store, &status::destination_store(d)?))?;
+            let table = list::render_located(&located);
+            (
+                located.into_iter().map(|(l, _)| l).collect::<Vec<_>>(),
+                table,
+            )
+        }
+        None => {
+            let rows = block(repository::list(&store))?;
+            let table = list::render_table(&rows);
+            (rows, table)
+        }
+    };
     let latest = rows.iter().rev().find_map(|r| match r {
         Listed::Backup(s) if s.phase == Phase::Completed => Some(s.backup_id.clone()),
         _ => None,
@@ -542,7 +619,7 @@ fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String>
             if rows.is_empty() {
                 format!("no backups in {}", store.describe())
             } else {
-                list::render_table(&rows)
+                table
             },
         ),
     ]);

@@ -227,6 +227,7 @@ mod tests {
             period,
             lease_known: true,
             drills: Default::default(),
+            requests: Default::default(),
         }
     }
 

@@ -170,6 +170,28 @@ pub struct Restore {
     pub no_safety_backup: bool,
     #[serde(default)]
     pub force: bool,
+    #[serde(default)]
+    pub from: From,
+}
+
+/// Which repository an action works on.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum From {
+    #[default]
+    Primary,
+    Secondary,
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CopyBackup {
+    #[serde(default)]
+    pub backup_id: Option<String>,
+    #[serde(default)]
+    pub dry_run: bool,
+    #[serde(default)]
+    pub break_lock: bool,
 }
 
 #[derive(Debug, Deserialize)]
@@ -188,6 +210,8 @@ pub struct RestoreDrill {
     pub dry_run: bool,
     #[serde(default)]
     pub break_lock: bool,
+    #[serde(default)]
+    pub from: From,
 }
 
 #[derive(Debug, Deserialize)]

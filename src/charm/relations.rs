@@ -11,6 +11,8 @@ use crate::secret::Secret;
 use crate::storage::{S3Settings, Sse, UriStyle, SSE_HEADER, SSE_KMS_KEY_HEADER};
 
 pub const S3_ENDPOINT: &str = "s3-credentials";
+/// A second s3-integrator: where `copy-backup` (and `copy-after-backup`) put the off-site copy.
+pub const S3_SECONDARY_ENDPOINT: &str = "s3-secondary";
 pub const OBJECT_STORAGE_ENDPOINT: &str = "object-storage";
 
 /// Where the destination stands, for status and for the actions.
@@ -152,7 +154,16 @@ fn sse_from_attributes(attributes: Option<&str>) -> Result<Option<Sse>, String> 
 /// The destination, as the relation has it now; `broken` is a relation on its way out (older
 /// Juju still lists it during relation-broken).
 pub fn s3_state(tools: &HookTools, broken: Option<&str>) -> Result<S3State, HookToolError> {
-    let ids = tools.relation_ids(S3_ENDPOINT)?;
+    s3_state_on(tools, S3_ENDPOINT, broken)
+}
+
+/// [`s3_state`] of the relation on `endpoint` (the destination's, or the secondary's).
+pub fn s3_state_on(
+    tools: &HookTools,
+    endpoint: &str,
+    broken: Option<&str>,
+) -> Result<S3State, HookToolError> {
+    let ids = tools.relation_ids(endpoint)?;
     let Some(id) = ids.into_iter().find(|id| Some(id.as_str()) != broken) else {
         return Ok(S3State::NotRelated);
     };
@@ -206,12 +217,13 @@ pub fn object_storage_request() -> BTreeMap<String, String> {
     BTreeMap::from([("_supported_versions".to_string(), "- v1\n".to_string())])
 }
 
-/// Writes our side of every s3-credentials and object-storage relation (leader only: it is
+/// Writes our side of every s3-credentials, s3-secondary and object-storage relation (leader only: it is
 /// the app bag), except one being removed.
 pub fn write_our_side(tools: &HookTools, broken: Option<&str>) -> Result<(), HookToolError> {
     type Request = fn(&str) -> BTreeMap<String, String>;
-    let ours: [(&str, Request); 2] = [
+    let ours: [(&str, Request); 3] = [
         (S3_ENDPOINT, s3_request),
+        (S3_SECONDARY_ENDPOINT, s3_request),
         (OBJECT_STORAGE_ENDPOINT, |_| object_storage_request()),
     ];
     for (endpoint, request) in ours {

@@ -25,6 +25,13 @@ pub struct Settings {
     /// What a scheduled drill restores of the bucket.
     pub drill_sample: Option<Sample>,
     pub retention: Policy,
+    /// Copy every completed backup to the s3-secondary destination after each backup.
+    pub copy_after_backup: bool,
+    /// The secondary's own retention.
+    pub secondary_retention: Policy,
+    /// Answer requests written under backup-agent/requests/ of the bucket.
+    pub bucket_requests: bool,
+    pub allow_restore_requests: bool,
     /// Where the daemon's API listens in the workload container.
     pub listen: std::net::SocketAddr,
 }
@@ -92,6 +99,19 @@ impl Settings {
         let retention = Policy::parse(&text("retention", "")).map_err(|e| {
             format!("config {e}: juju config {app} retention=keep-daily=7,keep-weekly=4 (or retention= to keep all)")
         })?;
+        let flag = |k: &str| -> Result<bool, String> {
+            match config.get(k) {
+                None | Some(Value::Null) => Ok(false),
+                Some(Value::Bool(b)) => Ok(*b),
+                Some(Value::String(s)) if s == "true" || s == "false" => Ok(s == "true"),
+                Some(v) => Err(format!(
+                    "config {k}={v} is not true or false: juju config {app} {k}=false"
+                )),
+            }
+        };
+        let secondary_retention = Policy::parse(&text("secondary-retention", "")).map_err(|e| {
+            format!("config secondary-{e}: juju config {app} secondary-retention=keep-monthly=12 (or secondary-retention= to keep every copy)")
+        })?;
         let listen_text = text("listen", "0.0.0.0:8940");
         let listen = listen_text.parse().map_err(|_| {
             format!("config listen={listen_text:?} is not an address:port: juju config {app} listen=0.0.0.0:8940")
@@ -117,6 +137,10 @@ impl Settings {
             drill_schedule,
             drill_sample,
             retention,
+            copy_after_backup: flag("copy-after-backup")?,
+            secondary_retention,
+            bucket_requests: flag("bucket-requests")?,
+            allow_restore_requests: flag("allow-restore-requests")?,
             listen,
         })
     }

@@ -34,6 +34,8 @@ impl Assessment {
 pub struct Ready {
     pub settings: Settings,
     pub destination: Box<relations::S3Destination>,
+    /// The off-site copy's destination (the s3-secondary relation), once it is usable.
+    pub secondary: Option<Box<relations::S3Destination>>,
 }
 
 /// Checks config and the destination relation (`broken`: a relation id on its way out).
@@ -54,7 +56,7 @@ pub fn ready(app: &str, tools: &HookTools, broken: Option<&str>) -> Result<Ready
         S3State::NotRelated => {
             return Err(Assessment::new(
                 Status::Blocked,
-                format!("missing relation s3-credentials: juju integrate {app} s3-integrator"),
+                format!("missing relation s3-credentials: juju integrate {app}:s3-credentials s3-integrator"),
             ))
         }
         S3State::Waiting { app: provider, .. } => {
@@ -65,10 +67,46 @@ pub fn ready(app: &str, tools: &HookTools, broken: Option<&str>) -> Result<Ready
         }
         S3State::Invalid { problem, .. } => return Err(Assessment::new(Status::Blocked, problem)),
     };
+    let secondary = secondary(app, tools, broken, &settings)?;
     Ok(Ready {
         settings,
         destination,
+        secondary,
     })
+}
+
+/// The s3-secondary relation: optional, unless config copies after every backup.
+fn secondary(
+    app: &str,
+    tools: &HookTools,
+    broken: Option<&str>,
+    settings: &Settings,
+) -> Result<Option<Box<relations::S3Destination>>, Assessment> {
+    let state =
+        relations::s3_state_on(tools, relations::S3_SECONDARY_ENDPOINT, broken).map_err(|e| {
+            Assessment::new(
+                Status::Blocked,
+                format!("cannot read the s3-secondary relation: {e}"),
+            )
+        })?;
+    match state {
+        S3State::Ready(d) => Ok(Some(d)),
+        S3State::Invalid { problem, .. } => Err(Assessment::new(
+            Status::Blocked,
+            format!("s3-secondary: {problem}"),
+        )),
+        S3State::NotRelated if settings.copy_after_backup => Err(Assessment::new(
+            Status::Blocked,
+            format!("copy-after-backup=true needs an off-site destination: juju integrate {app}:s3-secondary <a second s3-integrator>"),
+        )),
+        S3State::Waiting { app: provider, .. } if settings.copy_after_backup => {
+            Err(Assessment::new(
+                Status::Waiting,
+                format!("waiting for {provider} (s3-secondary) to send the bucket and keys"),
+            ))
+        }
+        S3State::NotRelated | S3State::Waiting { .. } => Ok(None),
+    }
 }
 
 /// The status to set now.
@@ -117,6 +155,14 @@ pub fn assess(app: &str, tools: &HookTools, broken: Option<&str>) -> Assessment 
 /// `last backup 20261123T080841Z-be2523 2h ago (3 backups)`, and a newer failure if any.
 /// The destination's store, with s3-integrator's CA chain trusted first (the hook or action
 /// has started no thread yet).
+/// The secondary's store, or why there is none.
+pub fn secondary_store(ready: &Ready, app: &str) -> Result<Store, String> {
+    let d = ready.secondary.as_ref().ok_or_else(|| {
+        format!("no off-site destination: relate a second s3-integrator with `juju integrate {app}:s3-secondary <its name>` and give it keys (its sync-s3-credentials action)")
+    })?;
+    destination_store(d)
+}
+
 pub fn destination_store(d: &relations::S3Destination) -> Result<Store, String> {
     if !d.tls_ca_chain.is_empty() {
         crate::storage::tls::trust_chain(&d.tls_ca_chain, "s3-integrator's tls-ca-chain")?;

@@ -128,10 +128,22 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
     if !s.retention.is_empty() {
         args.extend(["--retention".into(), s.retention.to_string()]);
     }
-    let uri = match d.uri_style {
-        crate::storage::UriStyle::Host => "host",
-        _ => "path",
-    };
+    // Without the relation, `ready` has already blocked a unit that copies after backups.
+    if s.copy_after_backup && ready.secondary.is_some() {
+        args.push("--copy-after-backup".into());
+        if !s.secondary_retention.is_empty() {
+            args.extend([
+                "--secondary-retention".into(),
+                s.secondary_retention.to_string(),
+            ]);
+        }
+    }
+    if s.bucket_requests {
+        args.push("--requests".into());
+        if s.allow_restore_requests {
+            args.push("--allow-restore-requests".into());
+        }
+    }
     // Everything about the destination in the file: the keys are secret, the rest belongs
     // with them.
     let ca_chain: String = ready
@@ -140,39 +152,18 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         .iter()
         .map(|p| format!("{}\n", p.trim()))
         .collect();
-    let mut optional = vec![];
+    let mut vars = destination_env("BACKUP_AGENT_S3_", d);
     if !ca_chain.is_empty() {
-        optional.push(("BACKUP_AGENT_S3_TLS_CA_CHAIN", format!("{HOME}/ca.pem")));
+        vars.push((
+            "BACKUP_AGENT_S3_TLS_CA_CHAIN".into(),
+            format!("{HOME}/ca.pem"),
+        ));
     }
-    match &d.sse {
-        Some(crate::storage::Sse::S3) => optional.push(("BACKUP_AGENT_S3_SSE", "AES256".into())),
-        Some(crate::storage::Sse::Kms { key_id }) => {
-            optional.push(("BACKUP_AGENT_S3_SSE", "aws:kms".into()));
-            if let Some(k) = key_id {
-                optional.push(("BACKUP_AGENT_S3_SSE_KMS_KEY_ID", k.clone()));
-            }
-        }
-        None => {}
+    // The secondary's CA chain, if any, is not passed (a known gap).
+    if let Some(sec) = &ready.secondary {
+        vars.extend(destination_env("BACKUP_AGENT_SECONDARY_S3_", &sec.settings));
     }
-    let env_file = [
-        ("BACKUP_AGENT_S3_ENDPOINT", d.endpoint.clone()),
-        ("BACKUP_AGENT_S3_BUCKET", d.bucket.clone()),
-        ("BACKUP_AGENT_S3_PATH", d.path.clone()),
-        ("BACKUP_AGENT_S3_REGION", d.region.clone()),
-        ("BACKUP_AGENT_S3_URI_STYLE", uri.to_string()),
-        (
-            "BACKUP_AGENT_S3_ACCESS_KEY",
-            d.access_key.expose().to_string(),
-        ),
-        (
-            "BACKUP_AGENT_S3_SECRET_KEY",
-            d.secret_key.expose().to_string(),
-        ),
-    ]
-    .iter()
-    .chain(&optional)
-    .map(|(k, v)| format!("{k}={v}\n"))
-    .collect();
+    let env_file: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     Plan {
         command: args
             .iter()
@@ -184,6 +175,37 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         token,
         ca_chain,
     }
+}
+
+/// One destination's settings as the daemon's variables (`prefix` + ENDPOINT, ...), keys
+/// included: they go in the 0600 env file, never in the layer.
+fn destination_env(prefix: &str, d: &crate::storage::S3Settings) -> Vec<(String, String)> {
+    let uri = match d.uri_style {
+        crate::storage::UriStyle::Host => "host",
+        _ => "path",
+    };
+    let mut v = vec![
+        ("ENDPOINT", d.endpoint.clone()),
+        ("BUCKET", d.bucket.clone()),
+        ("PATH", d.path.clone()),
+        ("REGION", d.region.clone()),
+        ("URI_STYLE", uri.to_string()),
+        ("ACCESS_KEY", d.access_key.expose().to_string()),
+        ("SECRET_KEY", d.secret_key.expose().to_string()),
+    ];
+    match &d.sse {
+        Some(crate::storage::Sse::S3) => v.push(("SSE", "AES256".into())),
+        Some(crate::storage::Sse::Kms { key_id }) => {
+            v.push(("SSE", "aws:kms".into()));
+            if let Some(k) = key_id {
+                v.push(("SSE_KMS_KEY_ID", k.clone()));
+            }
+        }
+        None => {}
+    }
+    v.into_iter()
+        .map(|(k, val)| (format!("{prefix}{k}"), val))
+        .collect()
 }
 
 /// The layer: no secret in it. `config-hash` changes when the pushed configuration does, so

@@ -14,7 +14,7 @@ use backup_agent::juju::scale::ScaleWait;
 use backup_agent::repository::{self, lock::LeaseTiming, retention::Policy};
 use backup_agent::units::{parse_rate, parse_size};
 
-use super::destination::DestinationArgs;
+use super::destination::{DestinationArgs, RepoArgs};
 use super::output::{context, Output};
 
 #[derive(clap::Args)]
@@ -59,7 +59,7 @@ pub struct RunArgs {
     #[command(flatten)]
     pub apps: AppNameArgs,
     #[command(flatten)]
-    pub dest: DestinationArgs,
+    pub dest: RepoArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[arg(long, value_enum, default_value = "text")]
@@ -68,7 +68,13 @@ pub struct RunArgs {
 
 impl RunArgs {
     pub fn context(self, model: &str) -> Result<(Context, Output), Box<dyn std::error::Error>> {
-        let ctx = context(model, self.apps, &self.dest, &self.tuning, self.output)?;
+        let ctx = context(
+            model,
+            self.apps,
+            self.dest.store()?,
+            &self.tuning,
+            self.output,
+        )?;
         Ok((ctx, self.output))
     }
 }
@@ -117,6 +123,96 @@ pub struct DownloadArgs {
 }
 
 #[derive(clap::Args)]
+pub struct CopyArgs {
+    /// The backup to copy, as list-backups shows it [default: every completed backup the
+    /// secondary lacks].
+    #[arg(value_parser = repository::parse_backup_id)]
+    pub backup_id: Option<String>,
+    /// Print which backups would be copied; copy nothing, take no lock.
+    #[arg(long)]
+    pub dry_run: bool,
+    #[command(flatten)]
+    pub run: RunArgs,
+}
+
+/// What every `request` subcommand shares: where the bucket is, whether to wait, who asks.
+#[derive(clap::Args)]
+pub struct RequestCommon {
+    /// Wait for the daemon's answer, print it, and exit 0 only when it completed (or passed).
+    #[arg(long)]
+    pub wait: bool,
+    /// With --wait, how long to wait before giving up (the request stays; its result will
+    /// still be written).
+    #[arg(long, value_name = "DURATION", default_value = "2h", value_parser = humantime::parse_duration)]
+    pub timeout: Duration,
+    /// With --wait, how often to look for the result, give or take a fifth.
+    #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
+    pub poll: Duration,
+    /// Your id for this request: a request written again with the same id (a retried CI
+    /// step) is answered as a duplicate and not run twice [default: a new random id].
+    #[arg(long, value_name = "ID")]
+    pub client_id: Option<String>,
+    /// Who asks, free text kept with the request and its result.
+    #[arg(long, value_name = "TEXT", default_value = "")]
+    pub requested_by: String,
+    #[command(flatten)]
+    pub dest: DestinationArgs,
+    #[arg(long, value_enum, default_value = "text")]
+    pub output: Output,
+}
+
+#[derive(clap::Subcommand)]
+pub enum RequestCommand {
+    /// Ask for a backup.
+    CreateBackup {
+        /// A note kept with the backup.
+        #[arg(long)]
+        label: Option<String>,
+        /// What to back up, comma-separated [default: everything].
+        #[arg(long, value_delimiter = ',', value_parser = component())]
+        components: Vec<Component>,
+        #[command(flatten)]
+        common: RequestCommon,
+    },
+    /// Ask for a verification of a backup.
+    Verify {
+        #[arg(value_parser = repository::parse_backup_id)]
+        backup_id: String,
+        #[arg(long)]
+        read_data: bool,
+        #[command(flatten)]
+        common: RequestCommon,
+    },
+    /// Ask for a restore drill [default: of the newest completed backup].
+    Drill {
+        #[arg(value_parser = repository::parse_backup_id)]
+        backup_id: Option<String>,
+        #[arg(long, value_name = "SHARE|N/T")]
+        sample: Option<String>,
+        #[command(flatten)]
+        common: RequestCommon,
+    },
+    /// Ask for a copy to the daemon's secondary [default: every backup it lacks].
+    Copy {
+        #[arg(value_parser = repository::parse_backup_id)]
+        backup_id: Option<String>,
+        #[command(flatten)]
+        common: RequestCommon,
+    },
+    /// Ask for a restore (run only by a daemon started with --allow-restore-requests).
+    Restore {
+        #[arg(value_parser = repository::parse_backup_id)]
+        backup_id: String,
+        #[arg(long, value_delimiter = ',', value_parser = component())]
+        components: Vec<Component>,
+        #[arg(long)]
+        no_safety_backup: bool,
+        #[command(flatten)]
+        common: RequestCommon,
+    },
+}
+
+#[derive(clap::Args)]
 pub struct RecoverArgs {
     #[command(flatten)]
     pub run: RunArgs,
@@ -140,6 +236,34 @@ pub struct ServeArgs {
     pub drill_sample: Option<backup_agent::commands::verify::Sample>,
     #[command(flatten)]
     pub policy: PolicyArgs,
+    /// After every completed backup, copy every completed backup the secondary lacks to it
+    /// (see `backup-agent copy --help`; the secondary from --secondary-*), then apply
+    /// --secondary-retention there.
+    #[arg(long, env = "BACKUP_AGENT_COPY_AFTER_BACKUP")]
+    pub copy_after_backup: bool,
+    /// The secondary's own retention, in the format of --retention (e.g. keep-monthly=12),
+    /// applied after each copy [default: keep every copy].
+    #[arg(long, env = "BACKUP_AGENT_SECONDARY_RETENTION", value_name = "POLICY", value_parser = Policy::parse)]
+    pub secondary_retention: Option<Policy>,
+    /// Answer requests written to the repository's bucket under backup-agent/requests/
+    /// (see `backup-agent request --help`): anyone with the bucket's keys can then ask for a
+    /// backup, a verification, a drill or a copy, and read the result there.
+    #[arg(long, env = "BACKUP_AGENT_REQUESTS")]
+    pub requests: bool,
+    /// Also run `restore` requests from the bucket (off by default: a restore replaces the
+    /// live control plane, so whoever can write to the bucket could roll it back).
+    #[arg(
+        long,
+        requires = "requests",
+        env = "BACKUP_AGENT_ALLOW_RESTORE_REQUESTS"
+    )]
+    pub allow_restore_requests: bool,
+    /// How often to look for requests, give or take a fifth.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = humantime::parse_duration)]
+    pub request_poll: Duration,
+    /// Days the archive (backup-agent/requests-archive/) keeps answered requests.
+    #[arg(long, value_name = "DAYS", default_value_t = 30, value_parser = clap::value_parser!(u32).range(1..))]
+    pub request_archive_days: u32,
     /// Address of the HTTP API (loopback unless you mean otherwise).
     #[arg(long, env = "BACKUP_AGENT_LISTEN", default_value = "127.0.0.1:8940")]
     pub listen: std::net::SocketAddr,
@@ -154,7 +278,7 @@ pub struct ServeArgs {
     #[command(flatten)]
     pub apps: AppNameArgs,
     #[command(flatten)]
-    pub dest: DestinationArgs,
+    pub dest: RepoArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
 }
@@ -208,7 +332,7 @@ pub struct RestoreArgs {
     #[command(flatten)]
     pub apps: AppNameArgs,
     #[command(flatten)]
-    pub dest: DestinationArgs,
+    pub dest: RepoArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[arg(long, value_enum, default_value = "text")]
@@ -238,7 +362,7 @@ pub struct DrillArgs {
     #[command(flatten)]
     pub apps: AppNameArgs,
     #[command(flatten)]
-    pub dest: DestinationArgs,
+    pub dest: RepoArgs,
     #[command(flatten)]
     pub tuning: TuningArgs,
     #[arg(long, value_enum, default_value = "text")]

@@ -11,12 +11,12 @@ pub mod terminal;
 use clap::{Parser, Subcommand};
 
 use args::{
-    AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, DrillArgs, PruneArgs, RecoverArgs,
-    RestoreArgs, ServeArgs,
+    AppNameArgs, CopyArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, DrillArgs, PruneArgs,
+    RecoverArgs, RestoreArgs, ServeArgs,
 };
 use backup_agent::commands::verify::Sample;
 use backup_agent::repository;
-use destination::DestinationArgs;
+use destination::RepoArgs;
 pub use output::env_file_arg;
 use output::Output;
 pub use run::run;
@@ -69,10 +69,12 @@ pub enum Command {
         output: Output,
     },
     /// List the backups in the destination, from their statefiles alone (works from any
-    /// machine that can read the bucket).
+    /// machine that can read the bucket). With a secondary destination set (--secondary-*),
+    /// both are listed and a WHERE column says where each backup is: primary, secondary or
+    /// both.
     ListBackups {
         #[command(flatten)]
-        dest: DestinationArgs,
+        dest: RepoArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -95,7 +97,7 @@ pub enum Command {
         #[arg(long, requires = "read_data", value_parser = Sample::parse, value_name = "SHARE|N/T")]
         sample: Option<Sample>,
         #[command(flatten)]
-        dest: DestinationArgs,
+        dest: RepoArgs,
         #[command(flatten)]
         scale: args::ScaleArgs,
         #[arg(long, value_enum, default_value = "text")]
@@ -137,7 +139,7 @@ pub enum Command {
         #[arg(value_parser = repository::parse_backup_id)]
         backup_id: String,
         #[command(flatten)]
-        dest: DestinationArgs,
+        dest: RepoArgs,
         #[arg(long, value_enum, default_value = "text")]
         output: Output,
     },
@@ -164,6 +166,26 @@ pub enum Command {
         after_help = "Examples:\n  backup-agent download 20261123T080841Z-be2523 ./backup-20261123\n  backup-agent download 20261123T080841Z-be2523 ./one-run --include 'v2/artifacts/run-7f3a/**'"
     )]
     Download(Box<DownloadArgs>),
+    /// Copy backups to the secondary destination (an off-site copy: another endpoint, another
+    /// site), with everything needed to restore from it alone: the MLMD dump, the manifest,
+    /// the blobs and packs it references, and the mysql-k8s backup objects (kept under
+    /// backup-agent/mysql/<bucket>/<path>/ of the copy, the bucket and path mysql-k8s wrote to).
+    ///
+    /// Only what the secondary lacks is sent: blobs and packs already there are not sent again.
+    /// Each copy is checked on the secondary before its statefile is written, last, so a copy
+    /// killed half-way is no backup there and the next copy finishes it. Takes both
+    /// repositories' locks. With --from secondary it copies the other way (to rebuild a lost
+    /// primary). list-backups then shows where each backup is; restore, drill, verify-backup
+    /// and prune take --from secondary to work on the copy.
+    #[command(after_help = "Examples:
+  export BACKUP_AGENT_SECONDARY_S3_ENDPOINT=https://s3.eu-west-1.amazonaws.com BACKUP_AGENT_SECONDARY_S3_BUCKET=ckf-offsite
+  export BACKUP_AGENT_SECONDARY_S3_ACCESS_KEY=... BACKUP_AGENT_SECONDARY_S3_SECRET_KEY=...
+  backup-agent copy --dry-run
+  backup-agent copy                              # every completed backup the secondary lacks
+  backup-agent copy 20261123T080841Z-be2523
+  backup-agent prune --from secondary --keep-monthly 12
+  backup-agent restore 20261123T080841Z-be2523 --from secondary")]
+    Copy(Box<CopyArgs>),
     /// Repair what a killed run left: put back the scales its journal records, mark its
     /// backup (or restore) failed, take over its lock. Every mutating command does this
     /// first; this does only that.
@@ -179,6 +201,30 @@ pub enum Command {
         after_help = "Example:\n  backup-agent serve --schedule '0 2 * * *' --retention keep-daily=7,keep-weekly=4 --token-file /etc/backup-agent/token\n  curl -s 127.0.0.1:8940/v1/backups\n  curl -s -X POST -H \"Authorization: Bearer $(cat /etc/backup-agent/token)\" 127.0.0.1:8940/v1/backups"
     )]
     Serve(Box<ServeArgs>),
+    /// Ask the daemon for a run through the backup bucket alone: the request is a small JSON
+    /// object written under backup-agent/requests/ of the repository, which a daemon started
+    /// with `serve --requests` claims, runs and answers next to it (then moves both to
+    /// backup-agent/requests-archive/<day>/). Anyone with the bucket's keys can ask (a
+    /// pipeline step, a CI job); no juju, no kubectl.
+    ///
+    /// Without --wait it prints the request's name and returns. With --wait it polls for the
+    /// result, prints it (the same JSON as the command's own --output json, under `output`),
+    /// and exits 0 only when the run completed (or passed).
+    #[command(after_help = "Examples:
+  backup-agent request create-backup --label before-upgrade --wait
+  backup-agent request create-backup --client-id ci-run-4711 --requested-by 'ci: nightly' --wait --output json
+  backup-agent request verify 20261123T080841Z-be2523 --read-data --wait
+  backup-agent request drill --sample 5% --wait
+
+The same with any S3 client: write backup-agent/requests/<name>.json containing
+  {\"schema-version\": 1, \"kind\": \"create-backup\", \"params\": {\"label\": \"nightly\"},
+   \"requested-by\": \"ci\", \"client-id\": \"ci-run-4711\"}
+and read backup-agent/requests/<name>.result.json (or, once archived,
+backup-agent/requests-archive/<day>/<name>.result.json).")]
+    Request {
+        #[command(subcommand)]
+        what: args::RequestCommand,
+    },
     /// Print a shell completion script, generated from these same definitions.
     #[command(
         after_help = "Install:\n  bash:  backup-agent completion bash > ~/.local/share/bash-completion/completions/backup-agent\n  zsh:   backup-agent completion zsh > \"${fpath[1]}/_backup-agent\"\n  fish:  backup-agent completion fish > ~/.config/fish/completions/backup-agent.fish\n  once:  source <(backup-agent completion bash)"

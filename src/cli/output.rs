@@ -6,7 +6,6 @@ use backup_agent::interrupt::Interrupt;
 use backup_agent::juju::JujuCli;
 
 use super::args::{AppNameArgs, TuningArgs};
-use super::destination::DestinationArgs;
 
 /// How results are printed.
 #[derive(Clone, Copy, clap::ValueEnum)]
@@ -19,14 +18,14 @@ pub enum Output {
 pub fn context(
     model: &str,
     names: AppNameArgs,
-    dest: &DestinationArgs,
+    dest: backup_agent::storage::Store,
     tuning: &TuningArgs,
     output: Output,
 ) -> Result<Context, Box<dyn std::error::Error>> {
     Ok(Context {
         juju: JujuCli::locate(model)?,
         names: names.names(),
-        dest: dest.store()?,
+        dest,
         kubeconfig: None,
         tuning: tuning.tuning(),
         minio: None,

@@ -6,8 +6,8 @@ use backup_agent::commands::backup::{self, BackupError, BackupRequest};
 use backup_agent::commands::list;
 use backup_agent::commands::prune::{self as prune_cmd, Selection};
 use backup_agent::commands::{
-    download as download_cmd, drill as drill_cmd, recover as recover_cmd, restore as restore_cmd,
-    verify,
+    copy as copy_cmd, download as download_cmd, drill as drill_cmd, recover as recover_cmd,
+    restore as restore_cmd, verify,
 };
 use backup_agent::context::Context;
 use backup_agent::daemon;
@@ -17,10 +17,10 @@ use backup_agent::repository::{self, Listed, RequestType};
 use backup_agent::secret::Secret;
 
 use super::args::{
-    AppNameArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, DrillArgs, PruneArgs, RecoverArgs,
-    RestoreArgs, ServeArgs,
+    AppNameArgs, CopyArgs, CreateBackupArgs, DeleteArgs, DownloadArgs, DrillArgs, PruneArgs,
+    RecoverArgs, RequestCommand, RestoreArgs, ServeArgs,
 };
-use super::destination::DestinationArgs;
+use super::destination::{Repo, RepoArgs};
 use super::output::{confirm_delete, context, interruptible, runtime, show, Output};
 use super::{Cli, Command};
 
@@ -51,6 +51,8 @@ pub fn run(cli: Cli) -> Result<(), Box<dyn Error>> {
         Command::DeleteBackup(args) => delete_backup(model, *args),
         Command::Download(args) => download(model, *args),
         Command::Recover(args) => recover(model, *args),
+        Command::Copy(args) => copy(model, *args),
+        Command::Request { what } => request(what),
         Command::Serve(args) => serve(model, *args),
         Command::DescribeBackup {
             backup_id,
@@ -100,7 +102,7 @@ fn create_backup(model: &str, args: CreateBackupArgs) -> Result<(), Box<dyn Erro
         force,
         request: RequestType::Manual,
     };
-    let ctx = context(model, apps, &dest, &tuning, output)?;
+    let ctx = context(model, apps, dest.store()?, &tuning, output)?;
     if dry_run {
         let plan = runtime()?.block_on(backup::plan(&ctx, &req))?;
         return show(output, &plan, backup::render_plan);
@@ -160,30 +162,232 @@ fn discover(model: &str, apps: AppNameArgs, output: Output) -> Result<(), Box<dy
     Ok(())
 }
 
-fn list_backups(dest: DestinationArgs, output: Output) -> Result<(), Box<dyn Error>> {
+fn list_backups(dest: RepoArgs, output: Output) -> Result<(), Box<dyn Error>> {
     let store = dest.store()?;
+    let secondary = match dest.from {
+        Repo::Primary => dest.secondary()?,
+        Repo::Secondary => None,
+    };
+    if let Some(secondary) = secondary {
+        let rows = runtime()?.block_on(list::list_both(&store, &secondary))?;
+        return match output {
+            Output::Json => {
+                let v: Vec<serde_json::Value> = rows
+                    .iter()
+                    .map(|(r, at)| {
+                        let mut v = listed_json(r);
+                        v["where"] = at.as_str().into();
+                        v
+                    })
+                    .collect();
+                println!("{}", serde_json::to_string_pretty(&v)?);
+                Ok(())
+            }
+            Output::Text if rows.is_empty() => {
+                println!(
+                    "no backups in {} nor in {}",
+                    store.describe(),
+                    secondary.describe()
+                );
+                Ok(())
+            }
+            Output::Text => {
+                print!("{}", list::render_located(&rows));
+                warn_unreadable(rows.iter().map(|(r, _)| r));
+                Ok(())
+            }
+        };
+    }
     let rows = runtime()?.block_on(repository::list(&store))?;
     match output {
         Output::Json => {
-            let v: Vec<serde_json::Value> = rows
-                .iter()
-                .map(|r| match r {
-                    Listed::Backup(s) => serde_json::to_value(s).expect("statefile serializes"),
-                    Listed::Unreadable { id, error } => serde_json::json!({"backup-id": id, "phase": "unreadable", "error": error.to_string()}),
-                })
-                .collect();
+            let v: Vec<serde_json::Value> = rows.iter().map(listed_json).collect();
             println!("{}", serde_json::to_string_pretty(&v)?);
         }
         Output::Text if rows.is_empty() => println!("no backups in {}", store.describe()),
         Output::Text => {
             print!("{}", list::render_table(&rows));
-            for r in &rows {
-                if let Listed::Unreadable { id, error } = r {
-                    eprintln!("warning: {id}: {error}");
-                }
+            warn_unreadable(rows.iter());
+        }
+    }
+    Ok(())
+}
+
+fn listed_json(r: &Listed) -> serde_json::Value {
+    match r {
+        Listed::Backup(s) => serde_json::to_value(s).expect("statefile serializes"),
+        Listed::Unreadable { id, error } => {
+            serde_json::json!({"backup-id": id, "phase": "unreadable", "error": error.to_string()})
+        }
+    }
+}
+
+fn warn_unreadable<'a>(rows: impl Iterator<Item = &'a Listed>) {
+    for r in rows {
+        if let Listed::Unreadable { id, error } = r {
+            eprintln!("warning: {id}: {error}");
+        }
+    }
+}
+
+fn request(what: RequestCommand) -> Result<(), Box<dyn Error>> {
+    use backup_agent::commands::requests::{self, Request, REQUEST_SCHEMA};
+    use serde_json::{json, Map, Value};
+    let mut params = Map::new();
+    let mut put = |k: &str, v: Value| {
+        if !v.is_null() {
+            params.insert(k.into(), v);
+        }
+    };
+    let names = |c: &[backup_agent::components::Component]| -> Value {
+        if c.is_empty() {
+            Value::Null
+        } else {
+            c.iter().map(|c| c.as_str()).collect::<Vec<_>>().into()
+        }
+    };
+    let (kind, common) = match what {
+        RequestCommand::CreateBackup {
+            label,
+            components,
+            common,
+        } => {
+            put("label", json!(label));
+            put("components", names(&components));
+            ("create-backup", common)
+        }
+        RequestCommand::Verify {
+            backup_id,
+            read_data,
+            common,
+        } => {
+            put("backup-id", json!(backup_id));
+            put("read-data", json!(read_data));
+            ("verify", common)
+        }
+        RequestCommand::Drill {
+            backup_id,
+            sample,
+            common,
+        } => {
+            put("backup-id", json!(backup_id));
+            put("sample", json!(sample));
+            ("drill", common)
+        }
+        RequestCommand::Copy { backup_id, common } => {
+            put("backup-id", json!(backup_id));
+            ("copy", common)
+        }
+        RequestCommand::Restore {
+            backup_id,
+            components,
+            no_safety_backup,
+            common,
+        } => {
+            put("backup-id", json!(backup_id));
+            put("components", names(&components));
+            put("no-safety-backup", json!(no_safety_backup));
+            ("restore", common)
+        }
+    };
+    let client_id = common
+        .client_id
+        .clone()
+        .unwrap_or_else(|| format!("cli-{:08x}", rand::random::<u32>()));
+    if !requests::name_ok(&client_id) {
+        return Err(format!(
+            "--client-id {client_id:?}: give 1 to 128 letters, digits, '-', '_' or '.'"
+        )
+        .into());
+    }
+    let store = common.dest.store()?;
+    let req = Request {
+        schema_version: REQUEST_SCHEMA,
+        kind: kind.into(),
+        params,
+        requested_by: common.requested_by.clone(),
+        client_id: client_id.clone(),
+    };
+    let rt = runtime()?;
+    let since = chrono::Utc::now();
+    let name = requests::new_name(&client_id, since);
+    if !rt.block_on(requests::submit(&store, &name, &req))? {
+        return Err(
+            format!("a request named {name} is already there: give another --client-id").into(),
+        );
+    }
+    let key = requests::request_key(&name);
+    if !common.wait {
+        match common.output {
+            Output::Json => println!(
+                "{}",
+                serde_json::to_string_pretty(&json!({"request": name, "key": key}))?
+            ),
+            Output::Text => println!(
+                "request {name} written to {key} in {}; its result will be at {}",
+                store.describe(),
+                requests::result_key(&name)
+            ),
+        }
+        return Ok(());
+    }
+    eprintln!("request {name} written; waiting for a daemon (serve --requests) to answer");
+    let got = rt.block_on(requests::wait(
+        &store,
+        &name,
+        since,
+        common.poll,
+        common.timeout,
+        |phase| eprintln!("request {name}: {phase}"),
+    ))?;
+    let Some(r) = got else {
+        return Err(format!("no answer to request {name} within {}: is a daemon running with --requests on this bucket? The request stays; its result will be at {}", humantime::format_duration(common.timeout), requests::result_key(&name)).into());
+    };
+    match common.output {
+        Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
+        Output::Text => {
+            println!(
+                "request {} ({}): {}{}",
+                r.request,
+                r.kind,
+                r.phase,
+                r.backup_id
+                    .as_ref()
+                    .map(|id| format!(", backup {id}"))
+                    .unwrap_or_default()
+            );
+            for e in &r.errors {
+                println!("  {e}");
             }
         }
     }
+    if !r.succeeded() {
+        return Err(format!("request {} {}: {}", r.request, r.phase, r.errors.join("; ")).into());
+    }
+    Ok(())
+}
+
+fn copy(model: &str, args: CopyArgs) -> Result<(), Box<dyn Error>> {
+    let CopyArgs {
+        backup_id,
+        dry_run,
+        run,
+    } = args;
+    // From the repository --from names to the other one.
+    let to = match run.dest.from {
+        Repo::Primary => run.dest.secondary()?.ok_or(
+            "copy: no secondary destination: set --secondary-s3-endpoint and --secondary-s3-bucket (or BACKUP_AGENT_SECONDARY_S3_*, the keys in BACKUP_AGENT_SECONDARY_S3_ACCESS_KEY and BACKUP_AGENT_SECONDARY_S3_SECRET_KEY), or --secondary-dir",
+        )?,
+        Repo::Secondary => run.dest.primary()?,
+    };
+    let req = copy_cmd::CopyRequest { backup_id };
+    let (ctx, output) = run.context(model)?;
+    if dry_run {
+        let plan = runtime()?.block_on(copy_cmd::plan(&ctx, &to, &req))?;
+        return show(output, &plan, copy_cmd::render_plan);
+    }
+    let report = interruptible(&ctx, copy_cmd::run(&ctx, &to, &req))??;
+    show(output, &report, copy_cmd::render_report)?;
     Ok(())
 }
 
@@ -209,7 +413,7 @@ fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
         force,
         pod_timeout: pod_timeout.0,
     };
-    let ctx = context(model, apps, &dest, &tuning, output)?;
+    let ctx = context(model, apps, dest.store()?, &tuning, output)?;
     if dry_run {
         let plan = runtime()?.block_on(restore_cmd::plan(&ctx, &req))?;
         return show(output, &plan, restore_cmd::render_plan);
@@ -239,7 +443,7 @@ fn drill(model: &str, args: DrillArgs) -> Result<(), Box<dyn Error>> {
         },
         scratch_prefix,
     };
-    let ctx = context(model, apps, &dest, &tuning, output)?;
+    let ctx = context(model, apps, dest.store()?, &tuning, output)?;
     if dry_run {
         let plan = runtime()?.block_on(drill_cmd::plan(&ctx, &req))?;
         return show(output, &plan, drill_cmd::render_plan);
@@ -260,7 +464,7 @@ fn verify_backup(
     model: &str,
     backup_id: String,
     mode: verify::Mode,
-    dest: DestinationArgs,
+    dest: RepoArgs,
     streaming: backup_agent::context::Streaming,
     output: Output,
 ) -> Result<(), Box<dyn Error>> {
@@ -409,10 +613,19 @@ fn serve(model: &str, args: ServeArgs) -> Result<(), Box<dyn Error>> {
         policy,
         listen,
         token_file,
+        copy_after_backup,
+        secondary_retention,
+        requests,
+        allow_restore_requests,
+        request_poll,
+        request_archive_days,
         apps,
         dest,
         tuning,
     } = args;
+    if dest.from == Repo::Secondary {
+        return Err("serve works on the primary destination (--from secondary is for reading and pruning the copy); it copies to the secondary with --copy-after-backup".into());
+    }
     let token = match token_file {
         None => None,
         Some(f) => {
@@ -436,7 +649,20 @@ fn serve(model: &str, args: ServeArgs) -> Result<(), Box<dyn Error>> {
         retention: policy.policy(),
         listen,
         token,
+        secondary: dest.secondary()?,
+        copy_after_backup,
+        secondary_retention: secondary_retention.unwrap_or_default(),
+        requests: requests.then(|| daemon::watcher::RequestSettings {
+            poll: request_poll,
+            allow_restore: allow_restore_requests,
+            archive_days: request_archive_days,
+            page_size: tuning.scale.list_page_size.into(),
+            ..Default::default()
+        }),
     };
+    if copy_after_backup && settings.secondary.is_none() {
+        return Err("--copy-after-backup: no secondary destination: set --secondary-s3-endpoint and --secondary-s3-bucket (or BACKUP_AGENT_SECONDARY_S3_*), or --secondary-dir".into());
+    }
     let (store2, tuning, names) = (store.clone(), tuning.tuning(), apps.names());
     let make: daemon::MakeContext = std::sync::Arc::new(move |progress, interrupt| Context {
         juju: juju.clone(),
@@ -458,7 +684,7 @@ fn serve(model: &str, args: ServeArgs) -> Result<(), Box<dyn Error>> {
 
 fn describe_backup(
     backup_id: String,
-    dest: DestinationArgs,
+    dest: RepoArgs,
     output: Output,
 ) -> Result<(), Box<dyn Error>> {
     let store = dest.store()?;

@@ -515,7 +515,7 @@ async fn mysql_objects(
     m: &repository::MysqlCapture,
     dir: &Path,
 ) -> Result<(u64, u64), String> {
-    let (store, objects) = mysql::capture_objects(&ctx.juju, m).await?;
+    let (store, objects) = mysql::capture_objects(&ctx.juju, &ctx.dest, m).await?;
     tokio::fs::create_dir_all(dir)
         .await
         .map_err(|e| format!("{}: {e}", dir.display()))?;

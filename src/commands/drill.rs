@@ -363,6 +363,7 @@ async fn parts(
         let limiter = ctx.tuning.bwlimit.map(|r| Limiter::new(r, Instant::now()));
         let d = mysql::drill(
             &ctx.juju,
+            &ctx.dest,
             &sf.components.mysql,
             limiter.as_ref(),
             &mut report.problems,

@@ -3,11 +3,70 @@
 
 use chrono::SecondsFormat;
 
-use crate::repository::Listed;
+use crate::repository::{self, CatalogError, Listed, Phase};
+use crate::storage::Store;
 use crate::units::{human_bytes, human_duration};
+
+/// Where a backup exists when a secondary (off-site copy) is configured.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub enum Where {
+    Primary,
+    Secondary,
+    Both,
+}
+
+impl Where {
+    pub fn as_str(&self) -> &'static str {
+        match self {
+            Where::Primary => "primary",
+            Where::Secondary => "secondary",
+            Where::Both => "both",
+        }
+    }
+}
+
+/// Every backup of the primary and of the secondary, by id, with where each is: a backup
+/// counts as on the secondary once its copy is completed there (a copy in progress has no
+/// statefile yet). The primary's record is shown where both have one.
+pub async fn list_both(
+    primary: &Store,
+    secondary: &Store,
+) -> Result<Vec<(Listed, Where)>, CatalogError> {
+    use std::collections::BTreeMap;
+    let id_of = |l: &Listed| match l {
+        Listed::Backup(s) => s.backup_id.clone(),
+        Listed::Unreadable { id, .. } => id.clone(),
+    };
+    let mut rows: BTreeMap<String, (Listed, Where)> = BTreeMap::new();
+    for l in repository::list(primary).await? {
+        rows.insert(id_of(&l), (l, Where::Primary));
+    }
+    for l in repository::list(secondary).await? {
+        let copied = matches!(&l, Listed::Backup(s) if s.phase == Phase::Completed);
+        match rows.get_mut(&id_of(&l)) {
+            Some(row) if copied => row.1 = Where::Both,
+            Some(_) => {}
+            None => {
+                rows.insert(id_of(&l), (l, Where::Secondary));
+            }
+        }
+    }
+    Ok(rows.into_values().collect())
+}
 
 /// The `list-backups` table.
 pub fn render_table(rows: &[Listed]) -> String {
+    render(rows, None)
+}
+
+/// The `list-backups` table with where each backup is (primary, secondary, both).
+pub fn render_located(rows: &[(Listed, Where)]) -> String {
+    let (listed, at): (Vec<&Listed>, Vec<Where>) = rows.iter().map(|(l, w)| (l, *w)).unzip();
+    render(&listed, Some(&at))
+}
+
+fn render<L: std::borrow::Borrow<Listed>>(rows: &[L], at: Option<&[Where]>) -> String {
     let mut lines = vec![[
         "ID".to_string(),
         "STARTED".into(),
@@ -20,7 +79,7 @@ pub fn render_table(rows: &[Listed]) -> String {
         "LABEL".into(),
     ]];
     for r in rows {
-        lines.push(match r {
+        lines.push(match r.borrow() {
             Listed::Backup(s) => [
                 s.backup_id.clone(),
                 s.started_at.to_rfc3339_opts(SecondsFormat::Secs, true),
@@ -46,6 +105,13 @@ pub fn render_table(rows: &[Listed]) -> String {
                 "-".into(),
             ],
         });
+    }
+    if let Some(at) = at {
+        // Before LABEL, the one column of free text.
+        lines[0][8] = format!("{:<9}  {}", "WHERE", lines[0][8]);
+        for (l, w) in lines.iter_mut().skip(1).zip(at) {
+            l[8] = format!("{:<9}  {}", w.as_str(), l[8]);
+        }
     }
     let widths: Vec<usize> = (0..9)
         .map(|c| {

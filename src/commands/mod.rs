@@ -3,11 +3,13 @@
 //! own no format and talk to no external system themselves.
 
 pub mod backup;
+pub mod copy;
 pub mod download;
 pub mod drill;
 pub mod list;
 pub mod preflight;
 pub mod prune;
 pub mod recover;
+pub mod requests;
 pub mod restore;
 pub mod verify;

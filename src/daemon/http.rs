@@ -198,6 +198,7 @@ async fn create(
         &d,
         Job::Backup {
             label: label.clone(),
+            components: crate::components::Component::ALL.to_vec(),
         },
         json!({ "label": label, "follow": "GET /v1/backups and GET /healthz" }),
     )

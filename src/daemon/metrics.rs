@@ -27,6 +27,7 @@ pub(super) async fn metrics(State(d): State<Arc<Daemon>>) -> Response {
         period: d.period,
         lease_known: true,
         drills: Default::default(),
+        requests: d.requests.lock().expect("daemon state").clone(),
     };
     let mut live = live;
     match repository::drills::load(&d.dest).await {
@@ -70,6 +71,8 @@ pub(crate) struct Live {
     pub lease_known: bool,
     /// The repository's record of drills: it outlives the drilled backups' histories.
     pub drills: repository::drills::DrillsRecord,
+    /// Bucket requests answered since the daemon started, by (kind, outcome).
+    pub requests: BTreeMap<(String, String), u64>,
 }
 
 /// Backups by outcome, and verifications by outcome, over the whole repository.
@@ -422,6 +425,22 @@ fn live_metrics(
             "gauge",
             "Seconds between two scheduled backups.",
             vec![(String::new(), p.to_string())],
+        );
+    }
+    if !live.requests.is_empty() {
+        metric(
+            "backup_agent_requests_total",
+            "counter",
+            "Requests through the bucket answered since the daemon started, by kind and outcome (rejected: never run).",
+            live.requests
+                .iter()
+                .map(|((kind, outcome), n)| {
+                    (
+                        format!("{{kind=\"{kind}\",outcome=\"{outcome}\"}}"),
+                        n.to_string(),
+                    )
+                })
+                .collect(),
         );
     }
     if live.lease_known {

@@ -7,8 +7,9 @@
 
 mod http;
 pub(crate) mod metrics;
-mod runs;
+pub(crate) mod runs;
 mod schedule;
+pub mod watcher;
 
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
@@ -66,6 +67,13 @@ pub struct ServeSettings {
     pub listen: SocketAddr,
     /// Bearer token of the mutating endpoints; without one they are refused.
     pub token: Option<Secret>,
+    /// The off-site copy's repository, and whether every completed backup is copied there.
+    pub secondary: Option<Store>,
+    pub copy_after_backup: bool,
+    /// The secondary's own retention, applied after each copy.
+    pub secondary_retention: Policy,
+    /// Watch the repository's `requests/` prefix (`None`: requests through the bucket are off).
+    pub requests: Option<watcher::RequestSettings>,
 }
 
 /// A context for one run: the daemon's clients with this run's progress and interrupt.
@@ -85,7 +93,7 @@ pub struct RunInfo {
     interrupt: Interrupt,
 }
 
-#[derive(Debug, Clone, Serialize)]
+#[derive(Debug, Clone, Default, Serialize)]
 #[serde(rename_all = "kebab-case")]
 pub struct RunOutcome {
     pub kind: &'static str,
@@ -99,6 +107,14 @@ pub struct RunOutcome {
     pub error: Option<String>,
     #[serde(skip_serializing_if = "Option::is_none")]
     pub pruned: Option<usize>,
+    /// Backups copied to the secondary after the backup, and forgotten there by its retention.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub copied: Option<usize>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub secondary_pruned: Option<usize>,
+    /// The run's result as the CLI's `--output json` prints it (for bucket requests).
+    #[serde(skip)]
+    pub output: Option<serde_json::Value>,
 }
 
 pub(crate) struct Daemon {
@@ -114,6 +130,8 @@ pub(crate) struct Daemon {
     stopping: std::sync::atomic::AtomicBool,
     /// The schedule's longest gap, in seconds: walked once here, not at every scrape.
     period: Option<i64>,
+    /// Bucket requests answered, by (kind, outcome): the requests metric.
+    requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -152,6 +170,7 @@ pub async fn serve(
         next_drill: Mutex::new(None),
         done: tokio::sync::Notify::new(),
         stopping: std::sync::atomic::AtomicBool::new(false),
+        requests: Default::default(),
         period: settings
             .schedule
             .as_ref()
@@ -170,6 +189,19 @@ pub async fn serve(
     }
     if let Some(s) = settings.drill_schedule.clone() {
         tokio::spawn(daemon.clone().drill_scheduler(s, shutdown.clone()));
+    }
+    if let Some(r) = settings.requests.clone() {
+        tracing::info!(
+            "answering requests under {} every {:?} or so{}",
+            crate::commands::requests::requests_prefix(),
+            r.poll,
+            if r.allow_restore {
+                "; restore requests allowed"
+            } else {
+                ""
+            }
+        );
+        tokio::spawn(daemon.clone().watcher(r, shutdown.clone()));
     }
     let app = http::router(daemon.clone());
     let stop = shutdown.clone();

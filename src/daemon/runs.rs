@@ -7,36 +7,74 @@ use chrono::Utc;
 
 use super::{Daemon, RunInfo, RunOutcome, Schedule};
 use crate::commands::backup::{self, BackupRequest};
+use crate::commands::copy::{self, CopyRequest};
 use crate::commands::drill::{self, DrillRequest};
 use crate::commands::prune::{self, Selection};
+use crate::commands::restore::{self, RestoreRequest};
+use crate::commands::verify;
+use crate::components::check::Mode;
 use crate::components::Component;
+use crate::context::Context;
 use crate::interrupt::Interrupt;
 use crate::progress::{Event, Progress};
 use crate::repository::{self, RequestType};
 
 /// What a run does.
 #[derive(Debug, Clone)]
-pub(super) enum Job {
-    /// A backup with this label, then a prune when a retention policy is set.
+pub(crate) enum Job {
+    /// A backup with this label, then a prune when a retention policy is set, then a copy to
+    /// the secondary (and its prune) when the daemon copies after every backup.
     Backup {
         label: String,
+        components: Vec<Component>,
     },
     Drill(DrillRequest),
+    Copy(CopyRequest),
+    Verify {
+        backup_id: String,
+        mode: Mode,
+    },
+    Restore(RestoreRequest),
 }
 
 impl Job {
-    fn kind(&self) -> &'static str {
+    pub(crate) fn kind(&self) -> &'static str {
         match self {
             Job::Backup { .. } => "backup",
             Job::Drill(_) => "drill",
+            Job::Copy(_) => "copy",
+            Job::Verify { .. } => "verify",
+            Job::Restore(_) => "restore",
         }
     }
+}
+
+/// Runs `work` on a thread of its own, on the daemon's runtime: rustc cannot prove some
+/// commands' futures `Send` (their streams borrow across awaits, a higher-ranked lifetime),
+/// which a spawned task must be.
+async fn off_thread<T: Send + 'static>(
+    work: impl FnOnce(&tokio::runtime::Handle) -> T + Send + 'static,
+) -> Result<T, String> {
+    let handle = tokio::runtime::Handle::current();
+    tokio::task::spawn_blocking(move || work(&handle))
+        .await
+        .map_err(|e| format!("the run panicked: {e}"))
 }
 
 impl Daemon {
     /// Starts a run in the background, unless one is going or the daemon is stopping; the
     /// refusal says which.
     pub(super) fn start(self: &Arc<Self>, trigger: &str, job: Job) -> Result<RunInfo, String> {
+        self.start_watched(trigger, job, None)
+    }
+
+    /// [`Daemon::start`], the run's outcome sent to `watch` when it ends.
+    pub(super) fn start_watched(
+        self: &Arc<Self>,
+        trigger: &str,
+        job: Job,
+        watch: Option<tokio::sync::oneshot::Sender<RunOutcome>>,
+    ) -> Result<RunInfo, String> {
         let mut running = self.running.lock().expect("daemon state");
         if self.stopping.load(std::sync::atomic::Ordering::SeqCst) {
             return Err("the daemon is stopping".into());
@@ -72,8 +110,12 @@ impl Daemon {
             let (me, trigger) = (me.clone(), trigger.clone());
             async move {
                 match job {
-                    Job::Backup { label } => me.run(&trigger, label, request, interrupt).await,
+                    Job::Backup { label, components } => {
+                        me.run(&trigger, label, components, request, interrupt)
+                            .await
+                    }
                     Job::Drill(req) => me.drill(&trigger, req, interrupt).await,
+                    other => me.other(&trigger, other, interrupt).await,
                 }
             }
         };
@@ -86,12 +128,14 @@ impl Daemon {
                 started_at,
                 finished_at: Utc::now(),
                 outcome: "failed".into(),
-                backup_id: None,
                 error: Some(format!("the run panicked: {e}")),
-                pruned: None,
+                ..RunOutcome::default()
             });
             if let Some(e) = &outcome.error {
                 tracing::error!("{} {} run: {e}", outcome.trigger, outcome.kind);
+            }
+            if let Some(w) = watch {
+                let _ = w.send(outcome.clone());
             }
             *me.last.lock().expect("daemon state") = Some(outcome);
             *me.running.lock().expect("daemon state") = None;
@@ -124,13 +168,11 @@ impl Daemon {
     ) -> RunOutcome {
         let ctx = (self.make)(self.progress(), interrupt);
         let started_at = Utc::now();
-        // On a thread of its own: rustc cannot prove the drill's future Send (its streams
-        // borrow across awaits, a higher-ranked lifetime), which a spawned task must be.
-        let handle = tokio::runtime::Handle::current();
         let req2 = req.clone();
-        let ran = tokio::task::spawn_blocking(move || handle.block_on(drill::run(&ctx, &req2)))
+        let ran = off_thread(move |h| h.block_on(drill::run(&ctx, &req2)))
             .await
-            .unwrap_or_else(|e| Err(drill::DrillError::Usage(format!("the drill panicked: {e}"))));
+            .unwrap_or_else(|e| Err(drill::DrillError::Usage(e)));
+        let output = ran.as_ref().ok().map(json);
         let (outcome, backup_id, error) = match ran {
             Ok(r) if r.passed => ("passed", Some(r.backup_id), None),
             Ok(r) => {
@@ -156,14 +198,92 @@ impl Daemon {
             outcome: outcome.into(),
             backup_id,
             error,
-            pruned: None,
+            output,
+            ..RunOutcome::default()
         }
+    }
+
+    /// A copy, a verification or a restore (asked through the bucket, or the API).
+    async fn other(self: &Arc<Self>, trigger: &str, job: Job, interrupt: Interrupt) -> RunOutcome {
+        let ctx = (self.make)(self.progress(), interrupt);
+        let started_at = Utc::now();
+        let kind = job.kind();
+        let secondary = self.settings.secondary.clone();
+        let ran: Result<(String, Option<String>, serde_json::Value, Option<String>), String> =
+            off_thread(move |h| match job {
+                Job::Copy(req) => {
+                    let Some(to) = secondary else {
+                        return Err("no secondary destination is configured (the daemon's --secondary-s3-*, the charm's s3-secondary relation)".to_string());
+                    };
+                    let r = h
+                        .block_on(copy::run(&ctx, &to, &req))
+                        .map_err(|e| e.to_string())?;
+                    let id = r.copied.last().map(|c| c.backup_id.clone());
+                    Ok(("completed".into(), id, json(&r), None))
+                }
+                Job::Verify { backup_id, mode } => {
+                    let spool = ctx.tuning.scratch();
+                    let v = h
+                        .block_on(verify::verify(
+                            &ctx.dest,
+                            Some(&ctx.juju),
+                            &backup_id,
+                            mode,
+                            &spool,
+                            ctx.tuning.streaming,
+                            &ctx.progress,
+                        ))
+                        .map_err(|e| e.to_string())?;
+                    let (outcome, error) = if v.passed {
+                        ("passed", None)
+                    } else {
+                        (
+                            "failed",
+                            Some(format!(
+                                "backup {backup_id} failed verification: {} problem(s)",
+                                v.problems.len()
+                            )),
+                        )
+                    };
+                    Ok((outcome.into(), Some(backup_id), json(&v), error))
+                }
+                Job::Restore(req) => {
+                    let r = h
+                        .block_on(restore::run(&ctx, &req))
+                        .map_err(|e| e.to_string())?;
+                    Ok(("completed".into(), Some(r.backup_id.clone()), json(&r), None))
+                }
+                Job::Backup { .. } | Job::Drill(_) => Err("not run here".into()),
+            })
+            .await
+            .and_then(|r| r);
+        let mut out = RunOutcome {
+            kind,
+            trigger: trigger.into(),
+            started_at,
+            finished_at: Utc::now(),
+            ..RunOutcome::default()
+        };
+        match ran {
+            Ok((outcome, backup_id, output, error)) => {
+                out.outcome = outcome;
+                out.backup_id = backup_id;
+                out.output = Some(output);
+                out.error = error;
+            }
+            Err(e) => {
+                out.outcome = "failed".into();
+                out.error = Some(e);
+            }
+        }
+        out
     }
 
     async fn run(
         self: &Arc<Self>,
         trigger: &str,
         label: String,
+        components: Vec<Component>,
         request: RequestType,
         interrupt: Interrupt,
     ) -> RunOutcome {
@@ -171,7 +291,7 @@ impl Daemon {
         let started_at = Utc::now();
         let req = BackupRequest {
             label,
-            components: Component::ALL.to_vec(),
+            components,
             force: false,
             request,
         };
@@ -182,9 +302,9 @@ impl Daemon {
                 started_at,
                 finished_at: Utc::now(),
                 outcome: "completed".into(),
-                backup_id: Some(r.statefile.backup_id),
-                error: None,
-                pruned: None,
+                backup_id: Some(r.statefile.backup_id.clone()),
+                output: Some(json(&r)),
+                ..RunOutcome::default()
             },
             Err(e) => RunOutcome {
                 kind: "backup",
@@ -197,8 +317,15 @@ impl Daemon {
                     | backup::BackupError::NotRestored { id, .. } => Some(id.clone()),
                     _ => None,
                 },
+                output: Some(match &e {
+                    backup::BackupError::Failed { statefile, .. }
+                    | backup::BackupError::NotRestored { statefile, .. } => {
+                        serde_json::json!({"error": e.to_string(), "statefile": json(statefile)})
+                    }
+                    _ => serde_json::json!({"error": e.to_string(), "statefile": null}),
+                }),
                 error: Some(e.to_string()),
-                pruned: None,
+                ..RunOutcome::default()
             },
         };
         let stopping = self.stopping.load(std::sync::atomic::Ordering::SeqCst);
@@ -212,8 +339,52 @@ impl Daemon {
                 Err(e) => outcome.error = Some(format!("prune after the backup: {e}")),
             }
         }
+        if outcome.outcome == "completed" && !ctx.interrupt.is_triggered() && !stopping {
+            self.copy_after(ctx, &mut outcome).await;
+        }
         outcome.finished_at = Utc::now();
         outcome
+    }
+
+    /// After a completed backup, when the daemon copies after every backup: every completed
+    /// backup the secondary lacks (this one, and any an earlier failed copy missed), then the
+    /// secondary's own retention.
+    async fn copy_after(self: &Arc<Self>, ctx: Context, outcome: &mut RunOutcome) {
+        let (Some(to), true) = (
+            self.settings.secondary.clone(),
+            self.settings.copy_after_backup,
+        ) else {
+            return;
+        };
+        let policy = self.settings.secondary_retention.clone();
+        let done: Result<(usize, Option<usize>), String> = off_thread(move |h| {
+            let r = h
+                .block_on(copy::run(&ctx, &to, &CopyRequest::default()))
+                .map_err(|e| format!("copy to the secondary after the backup: {e}"))?;
+            let mut pruned = None;
+            if !policy.is_empty() && !ctx.interrupt.is_triggered() {
+                let on_secondary = Context { dest: to, ..ctx };
+                let p = h
+                    .block_on(prune::run(&on_secondary, &Selection::Policy(policy)))
+                    .map_err(|e| format!("prune of the secondary after the copy: {e}"))?;
+                pruned = Some(p.forgotten.len());
+            }
+            Ok((r.copied.len(), pruned))
+        })
+        .await
+        .and_then(|r| r);
+        match done {
+            Ok((copied, pruned)) => {
+                outcome.copied = Some(copied);
+                outcome.secondary_pruned = pruned;
+            }
+            Err(e) => {
+                outcome.error = Some(match outcome.error.take() {
+                    Some(before) => format!("{before}; {e}"),
+                    None => e,
+                })
+            }
+        }
     }
 
     pub(super) async fn wait_idle(&self) {
@@ -324,5 +495,11 @@ impl Daemon {
 fn backup_job() -> Job {
     Job::Backup {
         label: "scheduled".into(),
+        components: Component::ALL.to_vec(),
     }
+}
+
+/// What the CLI's `--output json` prints for the same result.
+fn json<T: serde::Serialize>(v: &T) -> serde_json::Value {
+    serde_json::to_value(v).unwrap_or_else(|e| serde_json::json!({"error": e.to_string()}))
 }

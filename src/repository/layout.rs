@@ -102,6 +102,19 @@ pub fn scratch_prefix_ok(prefix: &str) -> bool {
         && (!within(REPO) || within(&format!("{REPO}/drills")))
 }
 
+/// In a copy made by `backup-agent copy`: where the mysql-k8s backup objects written at
+/// `location` (`<bucket>/<path>` of mysql-k8s's s3-integrator) are kept, since mysql-k8s's own
+/// bucket is not the copy's. Databases that shared a location share it here too, so one
+/// s3-integrator pointed at this prefix restores either.
+pub fn copied_mysql_prefix(location: &str) -> String {
+    let l = location.trim_matches('/');
+    if l.is_empty() {
+        format!("{REPO}/mysql/root")
+    } else {
+        format!("{REPO}/mysql/{l}")
+    }
+}
+
 pub fn lock_key() -> String {
     format!("{REPO}/lock.json")
 }

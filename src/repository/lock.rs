@@ -65,6 +65,22 @@ fn process_start(pid: u32) -> Option<u64> {
 }
 
 impl LeaseInfo {
+    /// This process holding `operation` from `now` for `ttl`, with a fresh nonce.
+    pub fn mine(operation: &str, now: DateTime<Utc>, ttl: Duration) -> LeaseInfo {
+        let m = me();
+        LeaseInfo {
+            operation: operation.into(),
+            host: m.host,
+            pid: std::process::id(),
+            started_at: now,
+            expires_at: now + ttl,
+            nonce: format!("{:016x}", rand::random::<u64>()),
+            boot_id: m.boot_id,
+            pid_namespace: m.pid_namespace,
+            pid_start: process_start(std::process::id()),
+        }
+    }
+
     /// Whether the holder is known to be gone: it ran on this machine, since this boot, in
     /// this pid namespace, and its process no longer exists (or is another process now).
     /// A holder elsewhere can only be known gone by its lease expiring.
@@ -210,19 +226,8 @@ pub async fn acquire(
         // A lock file we cannot parse is not ours to delete: the operator decides.
         Err(e) => return Err(e),
     }
-    let nonce = format!("{:016x}", rand::random::<u64>());
-    let m = me();
-    let info = LeaseInfo {
-        operation: operation.into(),
-        host: m.host,
-        pid: std::process::id(),
-        started_at: now,
-        expires_at: now + timing.ttl,
-        nonce: nonce.clone(),
-        boot_id: m.boot_id,
-        pid_namespace: m.pid_namespace,
-        pid_start: process_start(std::process::id()),
-    };
+    let info = LeaseInfo::mine(operation, now, timing.ttl);
+    let nonce = info.nonce.clone();
     if vacant {
         // Two runs that both saw no lock: the store lets one create it, the other backs off.
         let body = serde_json::to_vec_pretty(&info).expect("lease serializes");

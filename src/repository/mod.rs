@@ -25,6 +25,6 @@ pub use layout::{
 };
 pub use manifest::{is_sha256, Entry, ManifestError, ManifestWriter, Stored, Written};
 pub use statefile::{
-    append_history, load, save, Components, ErrorRecord, MlmdCapture, MlpipelineCapture,
-    MysqlCapture, Phase, RequestType, ScaleRecord, Statefile,
+    append_history, load, save, Components, CopyOrigin, ErrorRecord, MlmdCapture,
+    MlpipelineCapture, MysqlCapture, Phase, RequestType, ScaleRecord, Statefile,
 };

@@ -67,6 +67,19 @@ pub struct MysqlCapture {
     /// from here (older backups, or keys only mysql-k8s holds).
     #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
     pub objects: BTreeMap<String, u64>,
+    /// In a copy of the backup (`backup-agent copy`): the prefix of this repository that holds
+    /// those objects, copied from `location`. Whatever reads them here, the copy's own.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_to: Option<String>,
+}
+
+/// Where a copied backup came from: the source repository as messages name it (no key or
+/// secret: `s3://bucket/path at endpoint`), and when the copy finished.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct CopyOrigin {
+    pub from: String,
+    pub at: DateTime<Utc>,
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -142,6 +155,9 @@ pub struct Statefile {
     /// Verifications and restores performed later, appended by those commands.
     #[serde(default)]
     pub history: Vec<serde_json::Value>,
+    /// Set in a copy made by `backup-agent copy`: where it came from and when.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub copied_from: Option<CopyOrigin>,
     /// sha256 of this statefile written without this field: an edit or a corruption of the
     /// record shows (verify-backup checks it).
     #[serde(default, skip_serializing_if = "Option::is_none")]
@@ -332,6 +348,7 @@ pub(crate) mod tests {
                     backup_id: "2026-11-23T06:00:10Z".into(),
                     location: "ckf-backups/mysql".into(),
                     objects: BTreeMap::new(),
+                    copied_to: None,
                 }],
                 mlmd: None,
                 mlpipeline: Some(MlpipelineCapture {
@@ -346,6 +363,7 @@ pub(crate) mod tests {
             quiesce: vec![],
             errors: vec![],
             history: vec![],
+            copied_from: None,
             checksum: None,
         }
     }

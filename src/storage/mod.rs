@@ -13,6 +13,7 @@ pub mod s3;
 mod settings;
 mod tap;
 pub mod tls;
+mod transfer;
 
 use std::collections::BTreeMap;
 use std::future::Future;
@@ -28,6 +29,7 @@ pub use listing::{DeleteFailure, Deleter, ListingOrder};
 pub use s3::{part_size, PARTS_IN_FLIGHT, PART_SIZE};
 pub use settings::{S3Settings, Sse, UriStyle, SSE_HEADER, SSE_KMS_KEY_HEADER};
 pub use tap::TapWriter;
+pub use transfer::{copy_object, Expect};
 
 /// An object as listed or looked up.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize)]
@@ -60,6 +62,12 @@ pub trait ObjectStore: std::fmt::Debug + Send + Sync {
     /// keeps only the bytes).
     fn keeps_metadata(&self) -> bool {
         true
+    }
+
+    /// `<bucket>/<path>` of the store's root on S3, as s3-integrator's `bucket` and `path`
+    /// name it (what another S3 client, mysql-k8s, is pointed at); `None` elsewhere.
+    fn location(&self) -> Option<String> {
+        None
     }
 
     /// Writes a small object from memory.

@@ -63,6 +63,17 @@ impl ObjectStore for Prefixed {
         self.inner.keeps_metadata()
     }
 
+    fn location(&self) -> Option<String> {
+        let p = self.prefix.trim_end_matches('/');
+        self.inner.location().map(|l| {
+            if l.is_empty() {
+                p.to_string()
+            } else {
+                format!("{}/{p}", l.trim_end_matches('/'))
+            }
+        })
+    }
+
     async fn put_bytes(
         &self,
         key: &str,

@@ -242,6 +242,14 @@ impl S3Store {
 
 #[async_trait::async_trait]
 impl ObjectStore for S3Store {
+    fn location(&self) -> Option<String> {
+        Some(
+            join_root(self.bucket.name().as_str(), &self.root)
+                .trim_end_matches('/')
+                .to_string(),
+        )
+    }
+
     fn describe(&self) -> String {
         format!(
             "s3://{}/{} at {}",

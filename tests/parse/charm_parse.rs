@@ -87,6 +87,7 @@ fn every_action_in_actions_yaml_has_a_closed_schema() {
     assert_eq!(
         actions,
         [
+            "copy-backup",
             "create-backup",
             "delete-backup",
             "describe-backup",

@@ -160,7 +160,7 @@ fn charmcraft_analyse_finds_nothing_to_fix() {
 /// The operator's path, end to end: deploy, integrate, controller secret, actions.
 #[test]
 fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
-    let sb = sandbox(12);
+    let sb = crate::common::sandbox_with(12, |o| o.secondary = true);
     let tmp = tempfile::tempdir().unwrap();
     let charm = pack(tmp.path());
     let juju_bin = sb.layout.bin().join("juju");
@@ -187,11 +187,14 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
         unit_status(&sb),
         (
             "blocked".into(),
-            "missing relation s3-credentials: juju integrate backup-agent s3-integrator".into()
+            "missing relation s3-credentials: juju integrate backup-agent:s3-credentials s3-integrator".into()
         )
     );
 
-    juju_ok(&sb, &["integrate", "backup-agent", "s3-integrator"]);
+    juju_ok(
+        &sb,
+        &["integrate", "backup-agent:s3-credentials", "s3-integrator"],
+    );
     let (st, msg) = unit_status(&sb);
     assert_eq!(st, "blocked");
     assert!(
@@ -494,6 +497,80 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
         "{task}"
     );
 
+    // The off-site copy: a second s3-integrator on s3-secondary, keys synced, copy-backup.
+    let (code, task, _) = run_action(&sb, "copy-backup", &[]);
+    assert_eq!(code, 1, "{task}");
+    assert!(
+        task["message"]
+            .as_str()
+            .unwrap()
+            .contains("juju integrate backup-agent:s3-secondary"),
+        "{task}"
+    );
+    juju_ok(
+        &sb,
+        &["integrate", "backup-agent:s3-secondary", "s3-offsite"],
+    );
+    let off = sb.info.secondary.as_ref().unwrap();
+    juju_ok(
+        &sb,
+        &[
+            "run",
+            "s3-offsite/leader",
+            "sync-s3-credentials",
+            &format!("access-key={}", off.access_key),
+            &format!("secret-key={}", off.secret_key),
+        ],
+    );
+    let (code, task, _) = run_action(&sb, "copy-backup", &["dry-run=true"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["count"], "1", "{task}");
+    let (code, task, _) = run_action(&sb, "copy-backup", &[]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["copied"], "1", "{task}");
+    assert_eq!(task["results"]["backup-ids"], id.as_str());
+    let (_, task, _) = run_action(&sb, "list-backups", &[]);
+    let table = task["results"]["backups"].as_str().unwrap();
+    assert!(
+        table.contains("WHERE") && table.contains(" both "),
+        "{table}"
+    );
+    let (code, task, _) = run_action(&sb, "restore-drill", &["from=secondary"]);
+    assert_eq!(code, 0, "{task}");
+    assert_eq!(task["results"]["passed"], "true", "{task}");
+    // Copies after every backup once configured: the daemon is told, the keys stay in files.
+    juju_ok(
+        &sb,
+        &[
+            "config",
+            "backup-agent",
+            "copy-after-backup=true",
+            "secondary-retention=keep-last=3",
+            "bucket-requests=true",
+        ],
+    );
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(60);
+    loop {
+        let plan = pebble("/v1/plan?format=yaml")["result"]
+            .as_str()
+            .unwrap()
+            .to_string();
+        if plan.contains("--copy-after-backup --secondary-retention keep-last=3 --requests") {
+            assert!(!plan.contains(off.secret_key.as_str()), "{plan}");
+            break;
+        }
+        assert!(std::time::Instant::now() < deadline, "{plan}");
+        std::thread::sleep(std::time::Duration::from_millis(200));
+    }
+    let env = std::fs::read_to_string(container.join("root/opt/backup-agent/serve.env")).unwrap();
+    assert!(
+        env.contains(&format!(
+            "BACKUP_AGENT_SECONDARY_S3_SECRET_KEY={}",
+            off.secret_key
+        )),
+        "the secondary's keys reach the daemon through its env file"
+    );
+
     // A plan first, then the restore itself (MLMD and the bucket; no safety backup).
     let (code, task, _) = run_action(
         &sb,
@@ -567,8 +644,14 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
         n.to_string(),
         "{task}"
     );
+    // One backup left on the primary; the one pruned there lives on in the off-site copy.
     let (_, listed, _) = run_action(&sb, "list-backups", &[]);
-    assert_eq!(listed["results"]["count"], "1", "{listed}");
+    assert_eq!(listed["results"]["count"], "2", "{listed}");
+    let table = listed["results"]["backups"].as_str().unwrap();
+    assert!(
+        table.contains("secondary  from-juju-run") && table.contains(" both "),
+        "{table}"
+    );
     let (code, task, _) = run_action(&sb, "prune", &["retention=keep-dayly=1"]);
     assert_eq!(code, 1);
     assert!(
@@ -649,7 +732,7 @@ fn deployed_charm_backs_up_lists_verifies_and_restores_through_juju_run() {
         unit_status(&sb),
         (
             "blocked".into(),
-            "missing relation s3-credentials: juju integrate backup-agent s3-integrator".into()
+            "missing relation s3-credentials: juju integrate backup-agent:s3-credentials s3-integrator".into()
         )
     );
 }
@@ -811,7 +894,7 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
             unit.status(hook),
             (
                 "blocked".into(),
-                "missing relation s3-credentials: juju integrate backup-agent s3-integrator".into()
+                "missing relation s3-credentials: juju integrate backup-agent:s3-credentials s3-integrator".into()
             ),
             "{hook}"
         );
@@ -820,7 +903,7 @@ fn every_hook_and_action_through_dispatch_and_the_hook_tools() {
     let (_, state) = unit.dispatch("hooks/update-status");
     assert!(
         state.juju_log.iter().any(|l| l.level == "INFO"
-            && l.message == "update-status: blocked: missing relation s3-credentials: juju integrate backup-agent s3-integrator"),
+            && l.message == "update-status: blocked: missing relation s3-credentials: juju integrate backup-agent:s3-credentials s3-integrator"),
         "{:?}",
         state.juju_log
     );

@@ -9,6 +9,7 @@ mod common;
 
 mod bad_input;
 mod charm;
+mod copy;
 mod create_backup;
 mod drill;
 mod faults;
@@ -19,6 +20,7 @@ mod mysql_capture;
 mod mysql_flow;
 mod prune;
 mod recovery;
+mod requests;
 mod restore;
 mod scale;
 mod serve;

@@ -29,7 +29,7 @@ fn tables(db: &rusqlite::Connection) -> Vec<String> {
 }
 
 /// Every row of every table, in order: two databases are equal when these are.
-fn rows(path: &Path) -> BTreeMap<String, Vec<String>> {
+pub(crate) fn rows(path: &Path) -> BTreeMap<String, Vec<String>> {
     let db = rusqlite::Connection::open(path).unwrap();
     tables(&db)
         .into_iter()
@@ -54,7 +54,9 @@ fn rows(path: &Path) -> BTreeMap<String, Vec<String>> {
 }
 
 /// Every object: content hash, content type, user metadata.
-fn bucket_state(store: &Store) -> BTreeMap<String, (String, String, BTreeMap<String, String>)> {
+pub(crate) fn bucket_state(
+    store: &Store,
+) -> BTreeMap<String, (String, String, BTreeMap<String, String>)> {
     let rt = rt();
     rt.block_on(async {
         let mut out = BTreeMap::new();
@@ -74,7 +76,7 @@ fn bucket_state(store: &Store) -> BTreeMap<String, (String, String, BTreeMap<Str
     })
 }
 
-fn mysql_file(sb: &Sandbox, app: &str) -> std::path::PathBuf {
+pub(crate) fn mysql_file(sb: &Sandbox, app: &str) -> std::path::PathBuf {
     sb.layout.data().join("mysql").join(app).join("data.db")
 }
 

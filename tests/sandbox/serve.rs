@@ -20,7 +20,7 @@ fn free_port() -> u16 {
 }
 
 /// (HTTP status, body) of a curl call.
-fn curl(args: &[&str]) -> (u16, String) {
+pub(crate) fn curl(args: &[&str]) -> (u16, String) {
     let out = std::process::Command::new("curl")
         .args(["-s", "-w", "\n%{http_code}"])
         .args(args)
@@ -31,7 +31,7 @@ fn curl(args: &[&str]) -> (u16, String) {
     (code.trim().parse().unwrap_or(0), body.to_string())
 }
 
-fn json(body: &str) -> serde_json::Value {
+pub(crate) fn json(body: &str) -> serde_json::Value {
     serde_json::from_str(body).unwrap_or_else(|e| panic!("{e}: {body}"))
 }
 
@@ -43,10 +43,10 @@ fn wait_for(what: &str, limit: Duration, mut ok: impl FnMut() -> bool) {
     }
 }
 
-struct Daemon {
-    child: Child,
-    log: std::path::PathBuf,
-    url: String,
+pub(crate) struct Daemon {
+    pub(crate) child: Child,
+    pub(crate) log: std::path::PathBuf,
+    pub(crate) url: String,
 }
 
 impl Drop for Daemon {
@@ -56,7 +56,7 @@ impl Drop for Daemon {
     }
 }
 
-fn start(sb: &Sandbox, tmp: &std::path::Path, args: &[&str]) -> Daemon {
+pub(crate) fn start(sb: &Sandbox, tmp: &std::path::Path, args: &[&str]) -> Daemon {
     let port = free_port();
     let token = tmp.join("token");
     std::fs::write(&token, format!("{TOKEN}\n")).unwrap();
@@ -83,7 +83,7 @@ fn start(sb: &Sandbox, tmp: &std::path::Path, args: &[&str]) -> Daemon {
     d
 }
 
-fn metric(text: &str, name: &str) -> f64 {
+pub(crate) fn metric(text: &str, name: &str) -> f64 {
     text.lines()
         .find_map(|l| l.strip_prefix(name).and_then(|v| v.strip_prefix(' ')))
         .unwrap_or_else(|| panic!("no {name} in\n{text}"))

@@ -94,6 +94,7 @@ pub(crate) fn statefile(id: &str, cap: &MlpipelineCapture) -> Statefile {
         quiesce: vec![],
         errors: vec![],
         history: vec![],
+        copied_from: None,
         checksum: None,
     }
 }

@@ -31,6 +31,9 @@ pub struct Wiring {
     pub db_units: u32,
     /// mysql-k8s with the newer backups library, which claims its S3 repository.
     pub mysql_claims: bool,
+    /// The off-site S3 server's endpoint and bucket, when there is one: a second
+    /// s3-integrator, `s3-offsite`, points there (related to nothing yet, no keys synced).
+    pub secondary: Option<(String, String)>,
 }
 
 fn opt(kind: &str, description: &str, default: Option<serde_json::Value>) -> ConfigOption {
@@ -49,7 +52,24 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
     add_databases(&mut apps, now, w.mysql_claims);
     apps.insert("minio".into(), minio(w, now));
     add_pipelines(&mut apps, w, now);
-    apps.insert("s3-integrator".into(), s3_integrator(w, now));
+    apps.insert(
+        "s3-integrator".into(),
+        s3_integrator(
+            &w.dest_endpoint,
+            &w.dest_bucket,
+            &w.dest_path,
+            &w.dest_region,
+            now,
+        ),
+    );
+    let mut scales = vec![];
+    if let Some((endpoint, bucket)) = &w.secondary {
+        apps.insert(
+            "s3-offsite".into(),
+            s3_integrator(endpoint, bucket, "kubeflow", &w.dest_region, now),
+        );
+        scales.push(("s3-offsite", 1));
+    }
 
     for (name, scale) in [
         ("kfp-db", w.db_units),
@@ -59,7 +79,10 @@ pub fn kubeflow_model(w: &Wiring, timing: Timing) -> Model {
         ("kfp-metadata-writer", 1),
         ("kfp-ui", 1),
         ("s3-integrator", 1),
-    ] {
+    ]
+    .into_iter()
+    .chain(scales)
+    {
         let a = apps.get_mut(name).unwrap();
         a.scale = scale;
         // The model has been up for a while: units are settled and ready now.
@@ -187,29 +210,29 @@ fn add_pipelines(apps: &mut BTreeMap<String, App>, w: &Wiring, now: u64) {
     apps.insert("kfp-ui".into(), ui);
 }
 
-/// s3-integrator, configured for the destination S3.
-fn s3_integrator(w: &Wiring, now: u64) -> App {
+/// s3-integrator, configured for one S3 bucket.
+fn s3_integrator(endpoint: &str, bucket: &str, path: &str, region: &str, now: u64) -> App {
     let mut s3 = App::new("s3-integrator", 77, "1/stable", "", now);
     for (k, d, v) in [
         (
             "endpoint",
             "The endpoint used to connect to the object storage",
-            json!(w.dest_endpoint),
+            json!(endpoint),
         ),
         (
             "bucket",
             "The bucket/container name delivered by the provider",
-            json!(w.dest_bucket),
+            json!(bucket),
         ),
         (
             "path",
             "The path inside the bucket/container to store objects",
-            json!(w.dest_path),
+            json!(path),
         ),
         (
             "region",
             "The region used to connect to the object storage",
-            json!(w.dest_region),
+            json!(region),
         ),
         (
             "s3-uri-style",

@@ -94,6 +94,9 @@ pub struct Info {
     pub minio: ServerInfo,
     pub dest: ServerInfo,
     pub dest_bucket: String,
+    /// The off-site S3 server (`up --secondary`): where `backup-agent copy` puts copies.
+    #[serde(default)]
+    pub secondary: Option<ServerInfo>,
     /// Where backup-agent keeps its repository inside the destination bucket.
     pub agent_path: String,
     /// Where mysql-k8s puts its backups (the s3-integrator `path`).
@@ -116,7 +119,9 @@ impl Info {
         Ok(serde_json::from_str(&text)?)
     }
     pub fn pids(&self) -> Vec<u32> {
-        vec![self.k8s_pid, self.minio.pid, self.dest.pid]
+        let mut v = vec![self.k8s_pid, self.minio.pid, self.dest.pid];
+        v.extend(self.secondary.as_ref().map(|s| s.pid));
+        v
     }
 
     /// The recorded processes that still run and are still ours (PIDs can be reused).
@@ -125,7 +130,7 @@ impl Info {
         if crate::process::is_ours(self.k8s_pid, "serve-k8s") {
             out.push(self.k8s_pid);
         }
-        for s in [&self.minio, &self.dest] {
+        for s in [&self.minio, &self.dest].into_iter().chain(&self.secondary) {
             if crate::process::is_ours(s.pid, "weed") {
                 out.push(s.pid);
             }
@@ -160,7 +165,13 @@ pub struct UpOptions {
     pub mysql_path: String,
     /// mysql-k8s with the newer backups library, which claims its S3 repository.
     pub mysql_claims: bool,
+    /// Also start an off-site S3 server (bucket [`SECONDARY_BUCKET`], keys of its own) and
+    /// name it in the env file as the secondary destination.
+    pub secondary: bool,
 }
+
+/// The off-site server's bucket.
+pub const SECONDARY_BUCKET: &str = "ckf-offsite";
 
 impl UpOptions {
     pub fn new(exe: impl Into<PathBuf>) -> Self {
@@ -179,6 +190,7 @@ impl UpOptions {
             die_with_parent: false,
             mysql_path: "mysql".into(),
             mysql_claims: false,
+            secondary: false,
         }
     }
 }
@@ -234,6 +246,27 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
     )
     .context("starting the destination S3 server")?;
     started.0.push(dest.clone());
+    let secondary = if opts.secondary {
+        let (access, secret) = ("sandbox-offsite-access-key", "sandbox-offsite-secret-key");
+        let s = crate::s3::start_weed(
+            &layout.dir.join("s3/secondary"),
+            access,
+            secret,
+            &[SECONDARY_BUCKET],
+            opts.die_with_parent,
+        )
+        .context("starting the off-site S3 server")?;
+        started.0.push(s.clone());
+        Some(ServerInfo {
+            pid: s.pid,
+            port: s.s3_port,
+            grpc_ports: s.grpc_ports.clone(),
+            access_key: access.into(),
+            secret_key: secret.into(),
+        })
+    } else {
+        None
+    };
 
     let token = {
         use rand::Rng;
@@ -269,6 +302,9 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         mlmd_container: opts.mlmd_container.clone(),
         db_units: opts.db_units,
         mysql_claims: opts.mysql_claims,
+        secondary: secondary
+            .as_ref()
+            .map(|s| (s.endpoint(), SECONDARY_BUCKET.to_string())),
     };
     let model = kubeflow_model(&wiring, opts.timing.clone());
     layout.model().create(&model)?;
@@ -313,6 +349,7 @@ pub fn up(layout: &Layout, opts: &UpOptions) -> Result<Info> {
         minio: info_minio,
         dest: info_dest,
         dest_bucket: dest_bucket.into(),
+        secondary,
         agent_path: "ckf".into(),
         mysql_path: opts.mysql_path.clone(),
         k8s_pid,
@@ -393,6 +430,20 @@ pub fn env_vars(layout: &Layout, info: &Info) -> Vec<(&'static str, String)> {
         ("BACKUP_AGENT_S3_ACCESS_KEY", info.dest.access_key.clone()),
         ("BACKUP_AGENT_S3_SECRET_KEY", info.dest.secret_key.clone()),
     ]
+    .into_iter()
+    .chain(info.secondary.iter().flat_map(|s| {
+        [
+            ("BACKUP_AGENT_SECONDARY_S3_ENDPOINT", s.endpoint()),
+            (
+                "BACKUP_AGENT_SECONDARY_S3_BUCKET",
+                SECONDARY_BUCKET.to_string(),
+            ),
+            ("BACKUP_AGENT_SECONDARY_S3_PATH", info.agent_path.clone()),
+            ("BACKUP_AGENT_SECONDARY_S3_ACCESS_KEY", s.access_key.clone()),
+            ("BACKUP_AGENT_SECONDARY_S3_SECRET_KEY", s.secret_key.clone()),
+        ]
+    }))
+    .collect()
 }
 
 fn env_file(layout: &Layout, info: &Info) -> String {
@@ -431,7 +482,7 @@ pub fn down(layout: &Layout, purge: bool) -> Result<Vec<u32>> {
     if ours.contains(&info.k8s_pid) {
         crate::process::stop(info.k8s_pid, Duration::from_secs(5));
     }
-    for server in [&info.minio, &info.dest] {
+    for server in [&info.minio, &info.dest].into_iter().chain(&info.secondary) {
         if ours.contains(&server.pid) {
             crate::s3::stop_weed(&server.weed());
         } else {
@@ -479,6 +530,15 @@ pub fn status(layout: &Layout) -> Result<String> {
         state(info.dest.pid),
         info.dest_bucket
     ));
+    if let Some(sec) = &info.secondary {
+        s.push_str(&format!(
+            "  off-site S3     {}  pid {} {}  bucket {SECONDARY_BUCKET}
+",
+            sec.endpoint(),
+            sec.pid,
+            state(sec.pid),
+        ));
+    }
     s.push_str(&format!(
         "  kubernetes API  {}  pid {} {}\n  kubeconfig      {}  (`KUBECONFIG={} kubectl get pods`)\n",
         info.k8s_url(),

@@ -55,10 +55,21 @@ pub fn run(
     opts: &RunOpts,
 ) -> Result<Outcome> {
     let usage = |m: String| Ok(Outcome::usage(m));
-    let units: Vec<&String> = positional
+    // `<app>/leader` names the application's leader unit, as Juju 3 resolves it.
+    let resolved: Vec<String> = positional
         .iter()
         .take_while(|p| p.contains('/') && !p.contains('='))
+        .map(|u| match u.strip_suffix("/leader") {
+            Some(app) => model
+                .apps
+                .get(app)
+                .and_then(|a| a.units.iter().find(|(_, u)| u.leader))
+                .map(|(n, _)| format!("{app}/{n}"))
+                .unwrap_or_else(|| u.clone()),
+            None => u.clone(),
+        })
         .collect();
+    let units: Vec<&String> = resolved.iter().collect();
     if units.is_empty() {
         return usage("no unit specified".into());
     }

@@ -375,6 +375,7 @@ fn new_statefile(
         quiesce: prep.plan.scales.clone(),
         errors: vec![],
         history: vec![],
+        copied_from: None,
         checksum: None,
     }
 }

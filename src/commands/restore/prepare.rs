@@ -113,8 +113,8 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
         let Some(cap) = sf.components.mysql.iter().find(|m| &m.app == app).cloned() else {
             continue;
         };
-        let (juju, st) = (ctx.juju.clone(), status.clone());
-        preflight::blocking(move || mysql::restore_preflight(&juju, &st, &cap))
+        let (juju, st, repo) = (ctx.juju.clone(), status.clone(), ctx.dest.clone());
+        preflight::blocking(move || mysql::restore_preflight(&juju, &st, &repo, &cap))
             .await
             .map_err(pre)?;
     }
@@ -139,7 +139,7 @@ pub(super) async fn prepare(ctx: &Context, req: &RestoreRequest) -> Result<Prepa
             continue;
         };
         // A figure for the plan, not a condition: mysql-k8s itself reads the backup.
-        match mysql::capture_objects(&ctx.juju, cap).await {
+        match mysql::capture_objects(&ctx.juju, &ctx.dest, cap).await {
             Ok((_, objects)) => {
                 if let Some(o) = objects.iter().find(|o| o.key == cap.backup_id) {
                     mysql_bytes.push((app.clone(), o.size));

@@ -32,7 +32,7 @@ use serde::Serialize;
 
 pub use capture::{capture, Captured};
 pub use drill::{drill, drill_plan, BucketDrill, Pick};
-pub use pace::Limiter;
+pub use pace::{Limiter, Ticker};
 pub use plan::{plan, SyncPlan};
 pub use restore::{restore, restore_plan, RestorePlan, RestoreStats};
 

@@ -36,7 +36,7 @@ impl Limiter {
 }
 
 /// Transfer events, at most a few a second however many objects move.
-pub(super) struct Ticker<'a> {
+pub struct Ticker<'a> {
     progress: &'a Progress,
     /// Objects and bytes expected, when they were counted ahead.
     totals: Option<(u64, u64)>,
@@ -46,7 +46,7 @@ pub(super) struct Ticker<'a> {
 impl<'a> Ticker<'a> {
     const EVERY: Duration = Duration::from_millis(500);
 
-    pub(super) fn new(progress: &'a Progress, totals: Option<(u64, u64)>) -> Self {
+    pub fn new(progress: &'a Progress, totals: Option<(u64, u64)>) -> Self {
         Ticker {
             progress,
             totals,
@@ -54,12 +54,12 @@ impl<'a> Ticker<'a> {
         }
     }
 
-    pub(super) fn add(&self, bytes: u64) {
+    pub fn add(&self, bytes: u64) {
         self.add_objects(1, bytes)
     }
 
     /// `objects` done at once (a group read from one pack), `bytes` between them.
-    pub(super) fn add_objects(&self, objects: u64, bytes: u64) {
+    pub fn add_objects(&self, objects: u64, bytes: u64) {
         let due = {
             let mut d = self.done.lock().expect("ticker");
             d.0 += objects;
@@ -85,7 +85,7 @@ impl<'a> Ticker<'a> {
         });
     }
 
-    pub(super) fn finish(&self) {
+    pub fn finish(&self) {
         let (objects, bytes, _) = *self.done.lock().expect("ticker");
         if objects > 0 {
             self.emit(objects, bytes);

@@ -41,6 +41,7 @@ pub struct MysqlDrill {
 /// `warnings`: less is proven, nothing is damaged.
 pub async fn drill(
     juju: &JujuCli,
+    repo: &crate::storage::Store,
     caps: &[MysqlCapture],
     limiter: Option<&Limiter>,
     found: &mut Findings,
@@ -56,7 +57,7 @@ pub async fn drill(
             ..MysqlDrill::default()
         };
         let name = |key: &str| format!("{}/{key}", m.location);
-        let Some(store) = reachable(juju, m, &mut d, found, warnings).await else {
+        let Some(store) = reachable(juju, repo, m, &mut d, found, warnings).await else {
             out.push(d);
             continue;
         };
@@ -127,20 +128,22 @@ pub async fn drill(
 /// backup, a warning when mysql-k8s's own list-backups still says it is finished.
 async fn reachable(
     juju: &JujuCli,
+    repo: &crate::storage::Store,
     m: &MysqlCapture,
     d: &mut MysqlDrill,
     found: &mut Findings,
     warnings: &mut Vec<String>,
 ) -> Option<crate::storage::Store> {
-    let (cli, m2) = (juju.clone(), m.clone());
-    let why = match tokio::task::spawn_blocking(move || super::capture_store(&cli, &m2)).await {
-        Ok(Ok(store)) => return Some(store),
-        Ok(Err(why)) => why,
-        Err(e) => {
-            found.push(problem(&m.app, &m.location, e.to_string()));
-            return None;
-        }
-    };
+    let (cli, repo, m2) = (juju.clone(), repo.clone(), m.clone());
+    let why =
+        match tokio::task::spawn_blocking(move || super::capture_store(&cli, &repo, &m2)).await {
+            Ok(Ok(store)) => return Some(store),
+            Ok(Err(why)) => why,
+            Err(e) => {
+                found.push(problem(&m.app, &m.location, e.to_string()));
+                return None;
+            }
+        };
     let (cli, m2) = (juju.clone(), m.clone());
     match tokio::task::spawn_blocking(move || charm_lists(&cli, &m2)).await {
         Ok(Ok(())) => {

@@ -9,7 +9,7 @@ use crate::retry::retry;
 /// own bucket, found through the app's s3-integrator relation. The `.md5` marker goes first:
 /// without it mysql-k8s no longer calls the backup finished.
 async fn delete_mysql(ctx: &Context, m: &MysqlCapture) -> Result<usize, String> {
-    let (store, objects) = super::capture_objects(&ctx.juju, m).await?;
+    let (store, objects) = super::capture_objects(&ctx.juju, &ctx.dest, m).await?;
     let mut keys: Vec<String> = objects.into_iter().map(|o| o.key).collect();
     // The marker first: without it mysql-k8s no longer calls the backup finished.
     keys.sort_by_key(|k| !k.ends_with(".md5"));

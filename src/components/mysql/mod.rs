@@ -221,9 +221,14 @@ pub fn relation_store(
     })
 }
 
-/// The store holding a captured mysql-k8s backup: asked of the unit that made it, else of any
-/// active unit (the one that made it may be gone since). Runs `juju`: call from blocking code.
-pub fn capture_store(cli: &JujuCli, m: &MysqlCapture) -> Result<Store, String> {
+/// The store holding a captured mysql-k8s backup. In a copy (`copied_to`) that is the
+/// repository `repo` itself; otherwise mysql-k8s's bucket, asked of the unit that made it, else
+/// of any active unit (the one that made it may be gone since). Runs `juju`: call from
+/// blocking code.
+pub fn capture_store(cli: &JujuCli, repo: &Store, m: &MysqlCapture) -> Result<Store, String> {
+    if let Some(prefix) = &m.copied_to {
+        return repo.under(prefix).map_err(|e| e.to_string());
+    }
     let mut units = vec![m.unit.clone()];
     // Any unit carries the relation data, whatever its status (after a restore mysql-k8s is
     // blocked until it gets a new location).
@@ -285,10 +290,11 @@ fn first_unit_relation(
 /// `<id>.metadata`, ...), looked up through juju off the async threads.
 pub async fn capture_objects(
     cli: &JujuCli,
+    repo: &Store,
     m: &MysqlCapture,
 ) -> Result<(Store, Vec<crate::storage::ObjectInfo>), String> {
-    let (cli, m2) = (cli.clone(), m.clone());
-    let store = tokio::task::spawn_blocking(move || capture_store(&cli, &m2))
+    let (cli, repo, m2) = (cli.clone(), repo.clone(), m.clone());
+    let store = tokio::task::spawn_blocking(move || capture_store(&cli, &repo, &m2))
         .await
         .map_err(|e| e.to_string())??;
     let own = own_listing(&store, &m.backup_id)
@@ -406,6 +412,7 @@ pub fn capture(
         backup_id: id,
         location,
         objects,
+        copied_to: None,
     })
 }
 
@@ -578,6 +585,6 @@ impl crate::components::Part for Mysql {
         sf: &crate::repository::Statefile,
         v: &mut crate::components::check::Verification,
     ) {
-        verify::check(cx.juju, sf, cx.mode, v).await
+        verify::check(cx.juju, cx.dest, sf, cx.mode, v).await
     }
 }

@@ -21,15 +21,40 @@ pub struct MysqlRestored {
 /// `backup-id`, and the app still reads its backups where this one was written (mysql-k8s
 /// restores only from its relation's current `path`, and asks for a new path after every
 /// restore, so an older backup is often somewhere else).
+///
+/// A copy's part (`copied_to`) lives in this repository: the app must read its backups from
+/// there, and the error gives the `juju config` that points it there.
 pub fn restore_preflight(
     juju: &JujuCli,
     status: &Status,
+    repo: &crate::storage::Store,
     m: &crate::repository::MysqlCapture,
 ) -> Result<(), String> {
     juju.check_action(&m.app, "restore", &["backup-id"])
         .map_err(|e| e.to_string())?;
     let (now, provider) =
         super::current_location(juju, status, &m.app).map_err(|e| e.to_string())?;
+    if let Some(prefix) = &m.copied_to {
+        let here = repo.under(prefix).map_err(|e| e.to_string())?;
+        let Some(want) = here.location() else {
+            return Err(format!(
+                "{app}'s part of this backup (mysql-k8s backup {id}) was copied to {dest}, which mysql-k8s cannot read (it restores only from S3): copy the repository to an S3 bucket and restore from there",
+                app = m.app,
+                id = m.backup_id,
+                dest = here.describe(),
+            ));
+        };
+        if now != want {
+            let (bucket, path) = want.split_once('/').unwrap_or((&want, ""));
+            return Err(format!(
+                "{app}'s part of this backup (mysql-k8s backup {id}) is in the copy at {want} ({dest}), but {app} reads its backups from {now}, and mysql-k8s restores only from there. Point its s3-integrator at the copy: `juju config {provider} endpoint=<the copy's endpoint> bucket={bucket} path={path}` (and `juju run {provider}/leader sync-s3-credentials` with the copy's keys), run this restore again, then give {app} a new path, as mysql-k8s asks after every restore",
+                app = m.app,
+                id = m.backup_id,
+                dest = here.describe(),
+            ));
+        }
+        return Ok(());
+    }
     let (_, old_path) = m.location.split_once('/').unwrap_or((&m.location, ""));
     if old_path.is_empty() {
         return Err(format!(

@@ -6,17 +6,65 @@
 use crate::components::check::{problem, Mode, Problem, Verification};
 use crate::juju::JujuCli;
 use crate::repository::Statefile;
-use crate::retry::retry_blocking;
+use crate::retry::{retry, retry_blocking};
 use crate::storage::{Store, TapWriter};
 
 pub(crate) async fn check(
     juju: Option<&JujuCli>,
+    repo: &Store,
     sf: &Statefile,
     mode: Mode,
     v: &mut Verification,
 ) {
+    // A copy's mysql-k8s backups are in this repository: no juju needed to reach them.
+    let (copied, live): (Vec<_>, Vec<_>) = sf
+        .components
+        .mysql
+        .iter()
+        .cloned()
+        .partition(|m| m.copied_to.is_some());
+    for m in &copied {
+        v.objects_checked += 1;
+        let at = |key: &str| format!("{}/{key}", m.copied_to.as_deref().unwrap_or_default());
+        let store = match m.copied_to.as_deref().map(|p| repo.under(p)) {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => {
+                v.problems
+                    .push(problem(&m.app, &m.backup_id, e.to_string()));
+                continue;
+            }
+            None => continue,
+        };
+        let marker = format!("{}.md5", m.backup_id);
+        for (key, size) in &m.objects {
+            match retry(crate::retry::ATTEMPTS, key, || store.head(key)).await {
+                Ok(Some(o)) if o.size == *size => {}
+                Ok(Some(o)) => v.problems.push(problem(
+                    &m.app,
+                    &at(key),
+                    format!("{} bytes, the statefile records {size}", o.size),
+                )),
+                Ok(None) => v.problems.push(problem(&m.app, &at(key), "missing")),
+                Err(e) => v.problems.push(problem(&m.app, &at(key), e.to_string())),
+            }
+        }
+        match retry(crate::retry::ATTEMPTS, &marker, || store.get_bytes(&marker)).await {
+            Ok(bytes) if mode.reads_data() => {
+                if let Err(e) = check_md5(&store, &m.backup_id, &bytes).await {
+                    v.problems.push(problem(&m.app, &at(&m.backup_id), e));
+                }
+            }
+            Ok(_) => {}
+            Err(e) => v
+                .problems
+                .push(problem(&m.app, &at(&marker), e.to_string())),
+        }
+    }
+    if live.is_empty() {
+        return;
+    }
     let Some(juju) = juju else {
-        for m in &sf.components.mysql {
+        for m in &live {
             v.problems.push(problem(
                 &m.app,
                 &m.backup_id,
@@ -25,7 +73,7 @@ pub(crate) async fn check(
         }
         return;
     };
-    let (cli, caps) = (juju.clone(), sf.components.mysql.clone());
+    let (cli, repo, caps) = (juju.clone(), repo.clone(), live.clone());
     let found = tokio::task::spawn_blocking(move || -> Vec<Problem> {
         let mut out = vec![];
         let status = match retry_blocking(crate::retry::ATTEMPTS, "juju status", || cli.status()) {
@@ -48,7 +96,7 @@ pub(crate) async fn check(
             }
             // At the place the backup was written, which may no longer be the app's path.
             let md5_key = format!("{}.md5", m.backup_id);
-            let store = match super::capture_store(&cli, m) {
+            let store = match super::capture_store(&cli, &repo, m) {
                 Ok(store) => store,
                 Err(e) => {
                     out.push(problem(&m.app, &m.backup_id, e));
@@ -74,7 +122,7 @@ pub(crate) async fn check(
     })
     .await
     .expect("mysql checks");
-    v.objects_checked += sf.components.mysql.len() as u64;
+    v.objects_checked += live.len() as u64;
     v.problems.extend(found);
 }
 
