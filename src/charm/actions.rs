@@ -143,6 +143,13 @@ fn copy_backup(
     })
     .map_err(|e| e.to_string())?
     .map_err(|e| e.to_string())?;
+    if !report.failed.is_empty() {
+        return Err(format!(
+            "{} backup(s) not copied:\n{}",
+            report.failed.len(),
+            copy::render_report(&report)
+        ));
+    }
     Ok(Results::from([
         ("copied".into(), report.copied.len().to_string()),
         (
@@ -593,19 +600,18 @@ fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String>
     let ready = ready(env, tools)?;
     let store = destination(&ready)?;
     // With an off-site destination, both repositories and where each backup is.
-    let (rows, table) = match &ready.secondary {
+    let (rows, table, warning) = match &ready.secondary {
         Some(d) => {
-            let located = block(list::list_both(&store, &status::destination_store(d)?))?;
+            let (located, warning) =
+                block(list::list_both(&store, &status::destination_store(d)?))?;
             let table = list::render_located(&located);
-            (
-                located.into_iter().map(|(l, _)| l).collect::<Vec<_>>(),
-                table,
-            )
+            let rows = located.into_iter().map(|(l, _)| l).collect::<Vec<_>>();
+            (rows, table, warning)
         }
         None => {
             let rows = block(repository::list(&store))?;
             let table = list::render_table(&rows);
-            (rows, table)
+            (rows, table, None)
         }
     };
     let latest = rows.iter().rev().find_map(|r| match r {
@@ -625,6 +631,9 @@ fn list_backups(env: &DispatchEnv, tools: &HookTools) -> Result<Results, String>
     ]);
     if let Some(id) = latest {
         r.insert("latest-completed".into(), id);
+    }
+    if let Some(w) = warning {
+        r.insert("warning".into(), w);
     }
     Ok(r)
 }

@@ -91,10 +91,15 @@ fn secondary(
         })?;
     match state {
         S3State::Ready(d) => Ok(Some(d)),
-        S3State::Invalid { problem, .. } => Err(Assessment::new(
+        S3State::Invalid { problem, .. } if settings.copy_after_backup => Err(Assessment::new(
             Status::Blocked,
             format!("s3-secondary: {problem}"),
         )),
+        // Only the off-site copy needs it: backups, restores and the rest go on.
+        S3State::Invalid { problem, .. } => {
+            let _ = tools.log("WARNING", &format!("s3-secondary: {problem}"));
+            Ok(None)
+        }
         S3State::NotRelated if settings.copy_after_backup => Err(Assessment::new(
             Status::Blocked,
             format!("copy-after-backup=true needs an off-site destination: juju integrate {app}:s3-secondary <a second s3-integrator>"),

@@ -75,6 +75,8 @@ pub struct Plan {
     pub token: String,
     /// s3-integrator's tls-ca-chain as one PEM file (empty: none).
     pub ca_chain: String,
+    /// The s3-secondary relation's, likewise.
+    pub secondary_ca_chain: String,
 }
 
 pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
@@ -159,9 +161,20 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
             format!("{HOME}/ca.pem"),
         ));
     }
-    // The secondary's CA chain, if any, is not passed (a known gap).
+    let mut secondary_ca_chain = String::new();
     if let Some(sec) = &ready.secondary {
         vars.extend(destination_env("BACKUP_AGENT_SECONDARY_S3_", &sec.settings));
+        secondary_ca_chain = sec
+            .tls_ca_chain
+            .iter()
+            .map(|p| format!("{}\n", p.trim()))
+            .collect();
+        if !secondary_ca_chain.is_empty() {
+            vars.push((
+                "BACKUP_AGENT_SECONDARY_S3_TLS_CA_CHAIN".into(),
+                format!("{HOME}/ca-secondary.pem"),
+            ));
+        }
     }
     let env_file: String = vars.iter().map(|(k, v)| format!("{k}={v}\n")).collect();
     Plan {
@@ -174,6 +187,7 @@ pub fn plan(ready: &Ready, access: &ControllerAccess, token: String) -> Plan {
         juju_data: access.juju_data_files(),
         token,
         ca_chain,
+        secondary_ca_chain,
     }
 }
 
@@ -266,6 +280,7 @@ pub fn configure(
     }
     config.update(plan.token.as_bytes());
     config.update(plan.ca_chain.as_bytes());
+    config.update(plan.secondary_ca_chain.as_bytes());
     let binaries = format!("{}\n{}", stamp(&me), stamp(&juju));
     config.update(binaries.as_bytes());
     let config_hash = hex::encode(config.finalize())[..16].to_string();
@@ -306,6 +321,12 @@ pub fn configure(
         ];
         if !plan.ca_chain.is_empty() {
             files.push((format!("{HOME}/ca.pem"), plan.ca_chain.as_bytes().to_vec()));
+        }
+        if !plan.secondary_ca_chain.is_empty() {
+            files.push((
+                format!("{HOME}/ca-secondary.pem"),
+                plan.secondary_ca_chain.as_bytes().to_vec(),
+            ));
         }
         for (name, body) in &plan.juju_data {
             files.push((format!("{HOME}/juju-data/{name}"), body.as_bytes().to_vec()));

@@ -169,7 +169,10 @@ fn list_backups(dest: RepoArgs, output: Output) -> Result<(), Box<dyn Error>> {
         Repo::Secondary => None,
     };
     if let Some(secondary) = secondary {
-        let rows = runtime()?.block_on(list::list_both(&store, &secondary))?;
+        let (rows, warning) = runtime()?.block_on(list::list_both(&store, &secondary))?;
+        if let Some(w) = warning {
+            eprintln!("warning: {w}");
+        }
         return match output {
             Output::Json => {
                 let v: Vec<serde_json::Value> = rows
@@ -340,9 +343,32 @@ fn request(what: RequestCommand) -> Result<(), Box<dyn Error>> {
         common.timeout,
         |phase| eprintln!("request {name}: {phase}"),
     ))?;
-    let Some(r) = got else {
+    let Some(mut r) = got else {
         return Err(format!("no answer to request {name} within {}: is a daemon running with --requests on this bucket? The request stays; its result will be at {}", humantime::format_duration(common.timeout), requests::result_key(&name)).into());
     };
+    // A retried request (the same client id): the first one's answer is the answer.
+    if let Some(first) = r.duplicate_of.clone() {
+        eprintln!("request {name} repeats client-id {client_id}: the answer is request {first}'s");
+        let since = requests::written_at(&first)
+            .unwrap_or_else(|| chrono::Utc::now() - chrono::Duration::days(31));
+        match rt.block_on(requests::wait(
+            &store,
+            &first,
+            since,
+            common.poll,
+            common.timeout,
+            |phase| eprintln!("request {first}: {phase}"),
+        ))? {
+            Some(f) => r = f,
+            None => {
+                return Err(format!(
+                    "no answer to request {first} (which request {name} repeats) within {}",
+                    humantime::format_duration(common.timeout)
+                )
+                .into())
+            }
+        }
+    }
     match common.output {
         Output::Json => println!("{}", serde_json::to_string_pretty(&r)?),
         Output::Text => {
@@ -388,6 +414,13 @@ fn copy(model: &str, args: CopyArgs) -> Result<(), Box<dyn Error>> {
     }
     let report = interruptible(&ctx, copy_cmd::run(&ctx, &to, &req))??;
     show(output, &report, copy_cmd::render_report)?;
+    if !report.failed.is_empty() {
+        return Err(format!(
+            "{} backup(s) not copied (named above, with why); the others were; run copy again once fixed",
+            report.failed.len()
+        )
+        .into());
+    }
     Ok(())
 }
 

@@ -32,7 +32,8 @@ use crate::units::human_bytes;
 /// Which backups to copy.
 #[derive(Debug, Clone, Default)]
 pub struct CopyRequest {
-    /// `None`: every completed backup of the primary that the secondary lacks.
+    /// `None`: every completed backup of the primary that was never copied to the secondary
+    /// (one copied and since forgotten there by its retention is not sent again).
     pub backup_id: Option<String>,
 }
 
@@ -65,6 +66,9 @@ pub struct CopyPlan {
     pub backups: Vec<PlannedCopy>,
     /// Asked for (or completed on the primary) and already on the secondary.
     pub already: Vec<String>,
+    /// Copied there before and since forgotten by the secondary's retention: not sent again
+    /// unless named.
+    pub forgotten_there: Vec<String>,
 }
 
 #[derive(Debug, Clone, Serialize)]
@@ -88,7 +92,17 @@ pub struct CopyReport {
     pub to: String,
     pub copied: Vec<CopiedBackup>,
     pub already: Vec<String>,
+    pub forgotten_there: Vec<String>,
+    /// Backups whose copy failed (each named with why); the others were still copied.
+    pub failed: Vec<FailedCopy>,
     pub duration_seconds: f64,
+}
+
+#[derive(Debug, Clone, Serialize)]
+#[serde(rename_all = "kebab-case")]
+pub struct FailedCopy {
+    pub backup_id: String,
+    pub error: String,
 }
 
 #[derive(Debug, Clone, Default, Serialize)]
@@ -124,12 +138,24 @@ fn check_stores(from: &Store, to: &Store) -> Result<(), CopyError> {
     Ok(())
 }
 
-/// The completed backups `req` asks for, and those the secondary already holds.
-async fn select(
-    from: &Store,
-    to: &Store,
-    req: &CopyRequest,
-) -> Result<(Vec<Statefile>, Vec<String>), CopyError> {
+/// What `req` selects: the completed backups to copy, those the secondary holds already, and
+/// those copied before and forgotten there since.
+struct Selected {
+    todo: Vec<Statefile>,
+    already: Vec<String>,
+    forgotten_there: Vec<String>,
+}
+
+/// Whether the primary's record of `sf` says it was copied to `to` (the copy event the copy
+/// appends to its history).
+fn copied_before(sf: &Statefile, to: &Store) -> bool {
+    let to = to.describe();
+    sf.history
+        .iter()
+        .any(|h| h["event"] == "copy" && h["outcome"] == "completed" && h["to"] == to.as_str())
+}
+
+async fn select(from: &Store, to: &Store, req: &CopyRequest) -> Result<Selected, CopyError> {
     let there: std::collections::BTreeSet<String> = repository::list(to)
         .await?
         .into_iter()
@@ -138,6 +164,11 @@ async fn select(
             _ => None,
         })
         .collect();
+    let mut out = Selected {
+        todo: vec![],
+        already: vec![],
+        forgotten_there: vec![],
+    };
     let wanted: Vec<Statefile> = match &req.backup_id {
         Some(id) => {
             let sf = repository::load(from, id).await?;
@@ -158,10 +189,16 @@ async fn select(
             })
             .collect(),
     };
-    let (already, todo): (Vec<Statefile>, Vec<Statefile>) = wanted
-        .into_iter()
-        .partition(|sf| there.contains(&sf.backup_id));
-    Ok((todo, already.into_iter().map(|s| s.backup_id).collect()))
+    for sf in wanted {
+        if there.contains(&sf.backup_id) {
+            out.already.push(sf.backup_id);
+        } else if req.backup_id.is_none() && copied_before(&sf, to) {
+            out.forgotten_there.push(sf.backup_id);
+        } else {
+            out.todo.push(sf);
+        }
+    }
+    Ok(out)
 }
 
 fn planned(sf: &Statefile) -> PlannedCopy {
@@ -183,12 +220,13 @@ fn planned(sf: &Statefile) -> PlannedCopy {
 /// The plan: which backups go, which are there already. Reads statefiles only.
 pub async fn plan(ctx: &Context, to: &Store, req: &CopyRequest) -> Result<CopyPlan, CopyError> {
     check_stores(&ctx.dest, to)?;
-    let (todo, already) = select(&ctx.dest, to, req).await?;
+    let sel = select(&ctx.dest, to, req).await?;
     Ok(CopyPlan {
         from: ctx.dest.describe(),
         to: to.describe(),
-        backups: todo.iter().map(planned).collect(),
-        already,
+        backups: sel.todo.iter().map(planned).collect(),
+        already: sel.already,
+        forgotten_there: sel.forgotten_there,
     })
 }
 
@@ -216,7 +254,7 @@ pub async fn run(ctx: &Context, to: &Store, req: &CopyRequest) -> Result<CopyRep
             return Err(CopyError::SecondaryLock(Box::new(e)));
         }
     };
-    let result = locked(ctx, to, req, started).await;
+    let result = locked(ctx, to, &secondary, req, started).await;
     for (which, l) in [("secondary", secondary), ("primary", primary)] {
         if let Err(e) = l.release().await {
             ctx.progress
@@ -229,15 +267,22 @@ pub async fn run(ctx: &Context, to: &Store, req: &CopyRequest) -> Result<CopyRep
 async fn locked(
     ctx: &Context,
     to: &Store,
+    lease: &lock::Lease,
     req: &CopyRequest,
     started: Instant,
 ) -> Result<CopyReport, CopyError> {
-    let (todo, already) = select(&ctx.dest, to, req).await?;
+    let Selected {
+        todo,
+        already,
+        forgotten_there,
+    } = select(&ctx.dest, to, req).await?;
     let mut report = CopyReport {
         from: ctx.dest.describe(),
         to: to.describe(),
         copied: vec![],
         already,
+        forgotten_there,
+        failed: vec![],
         duration_seconds: 0.0,
     };
     if todo.is_empty() {
@@ -257,7 +302,23 @@ async fn locked(
                 to.describe()
             ),
         );
-        let copied = one(ctx, to, sf).await?;
+        // One backup that cannot be copied (its mysql-k8s objects gone, a blob lost) must not
+        // keep every newer one from the secondary: it is named, and the next one goes.
+        let copied = match one(ctx, to, lease, sf).await {
+            Ok(c) => c,
+            Err(e @ (CopyError::Interrupted { .. } | CopyError::SecondaryLock(_))) => {
+                return Err(e)
+            }
+            Err(e) => {
+                ctx.progress
+                    .warn(format!("backup {}: not copied: {e}", sf.backup_id));
+                report.failed.push(FailedCopy {
+                    backup_id: sf.backup_id.clone(),
+                    error: e.to_string(),
+                });
+                continue;
+            }
+        };
         ctx.progress.done(
             "copy",
             format!(
@@ -288,7 +349,12 @@ async fn locked(
 
 /// Copies one backup: stored objects, then its own files, then mysql-k8s's, then a check of
 /// the copy, then its statefile.
-async fn one(ctx: &Context, to: &Store, sf: &Statefile) -> Result<CopiedBackup, CopyError> {
+async fn one(
+    ctx: &Context,
+    to: &Store,
+    lease: &lock::Lease,
+    sf: &Statefile,
+) -> Result<CopiedBackup, CopyError> {
     let started = Instant::now();
     let id = sf.backup_id.clone();
     let failed = |detail: String| CopyError::Failed {
@@ -358,6 +424,11 @@ async fn one(ctx: &Context, to: &Store, sf: &Statefile) -> Result<CopiedBackup, 
     copy.checksum = None;
     interrupted(ctx, &id)?;
     out.verified_objects = check_copy(ctx, to, &copy).await?;
+    // A prune of the secondary after a lost lease could have swept what the check just saw.
+    lease
+        .still_held()
+        .await
+        .map_err(|e| CopyError::SecondaryLock(Box::new(e)))?;
     repository::save(to, &copy)
         .await
         .map_err(|e| failed(format!("writing its statefile: {e}")))?;
@@ -611,6 +682,11 @@ pub fn render_plan(p: &CopyPlan) -> String {
     for id in &p.already {
         o.push_str(&format!("  {id}: already on the secondary\n"));
     }
+    for id in &p.forgotten_there {
+        o.push_str(&format!(
+            "  {id}: copied before and forgotten there by its retention (name it to copy it again)\n"
+        ));
+    }
     o.push_str(
         "(dry run: nothing was copied; blobs and packs the secondary has are not sent again)\n",
     );
@@ -635,6 +711,14 @@ pub fn render_report(r: &CopyReport) -> String {
     }
     for id in &r.already {
         o.push_str(&format!("  {id}: already on the secondary\n"));
+    }
+    for id in &r.forgotten_there {
+        o.push_str(&format!(
+            "  {id}: copied before and forgotten there by its retention\n"
+        ));
+    }
+    for f in &r.failed {
+        o.push_str(&format!("  {}: NOT COPIED: {}\n", f.backup_id, f.error));
     }
     o
 }

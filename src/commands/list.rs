@@ -28,11 +28,12 @@ impl Where {
 
 /// Every backup of the primary and of the secondary, by id, with where each is: a backup
 /// counts as on the secondary once its copy is completed there (a copy in progress has no
-/// statefile yet). The primary's record is shown where both have one.
+/// statefile yet). The primary's record is shown where both have one. A secondary that cannot
+/// be read leaves the primary's list, with a warning saying why.
 pub async fn list_both(
     primary: &Store,
     secondary: &Store,
-) -> Result<Vec<(Listed, Where)>, CatalogError> {
+) -> Result<(Vec<(Listed, Where)>, Option<String>), CatalogError> {
     use std::collections::BTreeMap;
     let id_of = |l: &Listed| match l {
         Listed::Backup(s) => s.backup_id.clone(),
@@ -42,7 +43,17 @@ pub async fn list_both(
     for l in repository::list(primary).await? {
         rows.insert(id_of(&l), (l, Where::Primary));
     }
-    for l in repository::list(secondary).await? {
+    let copies = match repository::list(secondary).await {
+        Ok(c) => c,
+        Err(e) => {
+            let warning = format!(
+                "the secondary {} cannot be listed ({e}): only the primary's backups are shown",
+                secondary.describe()
+            );
+            return Ok((rows.into_values().collect(), Some(warning)));
+        }
+    };
+    for l in copies {
         let copied = matches!(&l, Listed::Backup(s) if s.phase == Phase::Completed);
         match rows.get_mut(&id_of(&l)) {
             Some(row) if copied => row.1 = Where::Both,
@@ -52,7 +63,7 @@ pub async fn list_both(
             }
         }
     }
-    Ok(rows.into_values().collect())
+    Ok((rows.into_values().collect(), None))
 }
 
 /// The `list-backups` table.

@@ -119,11 +119,14 @@ impl Asked {
 /// The kinds a request may ask for.
 pub const KINDS: [&str; 5] = ["create-backup", "verify", "drill", "copy", "restore"];
 
-/// Whether a name (`<name>.json` under `requests/`) is one a request may have.
+/// Whether a name (`<name>.json` under `requests/`) is one a request may have. Names that
+/// would read as another object's (`x.result`, `x.claim`) are not.
 pub fn name_ok(name: &str) -> bool {
     !name.is_empty()
         && name.len() <= NAME_MAX
         && !name.starts_with('.')
+        && !name.ends_with(".result")
+        && !name.ends_with(".claim")
         && name
             .bytes()
             .all(|b| b.is_ascii_alphanumeric() || b"-_.".contains(&b))
@@ -307,6 +310,9 @@ pub struct RequestResult {
     pub requested_by: String,
     #[serde(default)]
     pub client_id: String,
+    /// A duplicate: the request that first used its client id (whose result is the answer).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub duplicate_of: Option<String>,
     /// The daemon that answered: `host pid`.
     #[serde(default)]
     pub answered_by: String,
@@ -326,16 +332,16 @@ impl RequestResult {
     }
 }
 
-/// One request name under `requests/` and which of its objects are there.
+/// One request name under `requests/` and which of its objects are there, with their sizes.
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Pending {
     pub name: String,
-    /// The request object's size, when it is there.
     pub request: Option<u64>,
-    pub claimed: bool,
-    pub answered: bool,
+    pub claim: Option<u64>,
+    pub result: Option<u64>,
     /// A key under `requests/` that is no request, claim or result (a name not allowed, a
-    /// folder): answered as a bad request under `name`.
+    /// folder, no `.json`): answered as a bad request under a name of its own (`invalid~...`),
+    /// which no request's name can take.
     pub stray: Option<String>,
 }
 
@@ -355,7 +361,7 @@ pub async fn pending(store: &Store, page: usize, max: usize) -> Result<Vec<Pendi
         } else {
             (rest, 's')
         };
-        let valid = name_ok(name);
+        let valid = what != 's' && name_ok(name);
         let name = if valid {
             name.to_string()
         } else {
@@ -370,10 +376,9 @@ pub async fn pending(store: &Store, page: usize, max: usize) -> Result<Vec<Pendi
         });
         match what {
             _ if !valid => p.stray = Some(o.key.clone()),
-            'r' => p.answered = true,
-            'c' => p.claimed = true,
-            'q' => p.request = Some(o.size),
-            _ => p.stray = Some(o.key.clone()),
+            'r' => p.result = Some(o.size),
+            'c' => p.claim = Some(o.size),
+            _ => p.request = Some(o.size),
         }
     }
     Ok(by.into_values().collect())
@@ -388,7 +393,8 @@ fn stray_name(key: &str) -> String {
         .take(64)
         .collect();
     let h = hex::encode(&sha2::Sha256::digest(key.as_bytes())[..4]);
-    format!("invalid-{keep}-{h}")
+    // `~` is in no request's name.
+    format!("invalid~{keep}-{h}")
 }
 
 /// Writes a new request under `name`; `false` when that name is taken.
@@ -401,28 +407,76 @@ pub async fn submit(store: &Store, name: &str, r: &Request) -> Result<bool, Stor
     .await
 }
 
-/// Claims request `name` for this process; `false` when another daemon has it.
-pub async fn claim(store: &Store, name: &str) -> Result<bool, StoreError> {
-    let info = LeaseInfo::mine(
-        &format!("request {name}"),
-        Utc::now(),
-        std::time::Duration::ZERO,
-    );
+/// Claims request `name` for this process for `ttl` (renewed with [`renew`] while it runs):
+/// the claim written, or `None` when another daemon has it. A retried write whose first try
+/// had landed is recognised by its nonce.
+pub async fn claim(
+    store: &Store,
+    name: &str,
+    ttl: std::time::Duration,
+) -> Result<Option<LeaseInfo>, StoreError> {
+    let info = LeaseInfo::mine(&format!("request {name}"), Utc::now(), ttl);
     let body = serde_json::to_vec_pretty(&info).expect("claim serializes");
     let key = claim_key(name);
-    retry(ATTEMPTS, &key, || {
+    let created = retry(ATTEMPTS, &key, || {
         store.put_bytes_if_absent(&key, &body, "application/json")
+    })
+    .await?;
+    if created {
+        return Ok(Some(info));
+    }
+    Ok(match claimed_by(store, name).await? {
+        Claim::Held(c) if c.nonce == info.nonce => Some(info),
+        _ => None,
+    })
+}
+
+/// Extends a claim this process holds by its time to live.
+pub async fn renew(
+    store: &Store,
+    name: &str,
+    claim: &LeaseInfo,
+    ttl: std::time::Duration,
+) -> Result<(), StoreError> {
+    let mut c = claim.clone();
+    c.expires_at = Utc::now() + ttl;
+    let body = serde_json::to_vec_pretty(&c).expect("claim serializes");
+    let key = claim_key(name);
+    retry(ATTEMPTS, &key, || {
+        store.put_bytes(&key, &body, "application/json")
     })
     .await
 }
 
-/// Who claimed `name`, when the claim can be read.
-pub async fn claimed_by(store: &Store, name: &str) -> Result<Option<LeaseInfo>, StoreError> {
+/// What a request's claim says.
+#[derive(Debug)]
+pub enum Claim {
+    None,
+    /// There, but no claim a daemon writes (too large, not a lease): nobody holds it.
+    Junk,
+    Held(LeaseInfo),
+}
+
+/// Who claimed `name`.
+pub async fn claimed_by(store: &Store, name: &str) -> Result<Claim, StoreError> {
     let key = claim_key(name);
-    match retry(ATTEMPTS, &key, || store.get_bytes(&key)).await {
-        Ok(b) => Ok(serde_json::from_slice(&b).ok()),
-        Err(StoreError::NotFound { .. }) => Ok(None),
-        Err(e) => Err(e),
+    match read_small(store, &key).await? {
+        None => Ok(Claim::None),
+        Some(b) => Ok(serde_json::from_slice(&b).map_or(Claim::Junk, Claim::Held)),
+    }
+}
+
+/// An object that is a few hundred bytes when we wrote it: read only when it is small (a
+/// client can write anything under `requests/`); `Some(empty)` when it is too large.
+async fn read_small(store: &Store, key: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    match retry(ATTEMPTS, key, || store.head(key)).await? {
+        None => Ok(None),
+        Some(o) if o.size > MAX_REQUEST_BYTES => Ok(Some(vec![])),
+        Some(_) => match retry(ATTEMPTS, key, || store.get_bytes(key)).await {
+            Ok(b) => Ok(Some(b)),
+            Err(StoreError::NotFound { .. }) => Ok(None),
+            Err(e) => Err(e),
+        },
     }
 }
 
@@ -446,9 +500,9 @@ pub async fn take_client_id(
     Ok((first != name).then_some(first))
 }
 
-pub async fn read_request(store: &Store, name: &str) -> Result<Vec<u8>, StoreError> {
-    let key = request_key(name);
-    retry(ATTEMPTS, &key, || store.get_bytes(&key)).await
+/// The request's bytes: `None` when it is gone; empty when it is too large to read.
+pub async fn read_request(store: &Store, name: &str) -> Result<Option<Vec<u8>>, StoreError> {
+    read_small(store, &request_key(name)).await
 }
 
 pub async fn write_result(store: &Store, r: &RequestResult) -> Result<(), StoreError> {
@@ -507,18 +561,12 @@ pub async fn result_of(
     let mut keys = vec![result_key(name)];
     keys.extend(days.iter().map(|d| archived_key(*d, name, true)));
     for key in keys {
-        match retry(ATTEMPTS, &key, || store.get_bytes(&key)).await {
-            Ok(b) => {
-                return serde_json::from_slice(&b)
-                    .map(Some)
-                    .map_err(|e| StoreError::Fatal {
-                        op: "get",
-                        key,
-                        detail: format!("not a request result: {e}"),
-                    })
-            }
-            Err(StoreError::NotFound { .. }) => {}
-            Err(e) => return Err(e),
+        // What does not read as a result (a client's junk under the name) is no answer.
+        if let Some(r) = read_small(store, &key)
+            .await?
+            .and_then(|b| serde_json::from_slice(&b).ok())
+        {
+            return Ok(Some(r));
         }
     }
     Ok(None)
@@ -569,6 +617,14 @@ pub async fn prune_archive(
 /// the order requests came).
 pub fn new_name(client_id: &str, now: DateTime<Utc>) -> String {
     format!("{}-{client_id}", now.format("%Y%m%dT%H%M%SZ"))
+}
+
+/// When a request named by [`new_name`] was written (`None` for other names).
+pub fn written_at(name: &str) -> Option<DateTime<Utc>> {
+    let stamp = name.get(..16)?;
+    chrono::NaiveDateTime::parse_from_str(stamp, "%Y%m%dT%H%M%SZ")
+        .ok()
+        .map(|t| t.and_utc())
 }
 
 /// Polls for the final result of request `name`, written at `since`, every `poll` (give or
@@ -697,9 +753,28 @@ mod tests {
     }
 
     #[test]
+    fn a_new_name_says_when_it_was_written() {
+        let t = chrono::DateTime::parse_from_rfc3339("2026-12-07T10:11:12Z")
+            .unwrap()
+            .with_timezone(&Utc);
+        let n = new_name("ci-1", t);
+        assert_eq!(n, "20261207T101112Z-ci-1");
+        assert_eq!(written_at(&n), Some(t));
+        assert_eq!(written_at("nightly"), None);
+    }
+
+    #[test]
     fn names_are_plain() {
         assert!(name_ok("20261207T101010Z-ci-42"));
-        for bad in ["", ".hidden", "a/b", "a b", &"x".repeat(129)] {
+        for bad in [
+            "",
+            ".hidden",
+            "a/b",
+            "a b",
+            "x.result",
+            "x.claim",
+            &"x".repeat(129),
+        ] {
             assert!(!name_ok(bad), "{bad:?}");
         }
     }

@@ -132,6 +132,9 @@ pub(crate) struct Daemon {
     period: Option<i64>,
     /// Bucket requests answered, by (kind, outcome): the requests metric.
     requests: Mutex<std::collections::BTreeMap<(String, String), u64>>,
+    /// Final answers to requests the store did not take: written at the next poll.
+    unwritten_results:
+        Mutex<std::collections::BTreeMap<String, crate::commands::requests::RequestResult>>,
 }
 
 #[derive(Debug, thiserror::Error)]
@@ -171,6 +174,7 @@ pub async fn serve(
         done: tokio::sync::Notify::new(),
         stopping: std::sync::atomic::AtomicBool::new(false),
         requests: Default::default(),
+        unwritten_results: Default::default(),
         period: settings
             .schedule
             .as_ref()

@@ -219,7 +219,10 @@ impl Daemon {
                         .block_on(copy::run(&ctx, &to, &req))
                         .map_err(|e| e.to_string())?;
                     let id = r.copied.last().map(|c| c.backup_id.clone());
-                    Ok(("completed".into(), id, json(&r), None))
+                    match not_copied(&r) {
+                        None => Ok(("completed".into(), id, json(&r), None)),
+                        Some(e) => Ok(("failed".into(), id, json(&r), Some(e))),
+                    }
                 }
                 Job::Verify { backup_id, mode } => {
                     let spool = ctx.tuning.scratch();
@@ -361,6 +364,9 @@ impl Daemon {
             let r = h
                 .block_on(copy::run(&ctx, &to, &CopyRequest::default()))
                 .map_err(|e| format!("copy to the secondary after the backup: {e}"))?;
+            if let Some(e) = not_copied(&r) {
+                return Err(format!("copy to the secondary after the backup: {e}"));
+            }
             let mut pruned = None;
             if !policy.is_empty() && !ctx.interrupt.is_triggered() {
                 let on_secondary = Context { dest: to, ..ctx };
@@ -497,6 +503,17 @@ fn backup_job() -> Job {
         label: "scheduled".into(),
         components: Component::ALL.to_vec(),
     }
+}
+
+/// The backups a copy could not send, as one error.
+fn not_copied(r: &copy::CopyReport) -> Option<String> {
+    (!r.failed.is_empty()).then(|| {
+        r.failed
+            .iter()
+            .map(|f| format!("backup {} not copied: {}", f.backup_id, f.error))
+            .collect::<Vec<_>>()
+            .join("; ")
+    })
 }
 
 /// What the CLI's `--output json` prints for the same result.

@@ -20,6 +20,7 @@ use crate::commands::restore::{RestoreRequest, POD_TIMEOUT};
 use crate::components::check::Mode;
 use crate::components::mlpipeline::Pick;
 use crate::interrupt::Interrupt;
+use crate::repository::lock::LeaseInfo;
 use crate::storage::StoreError;
 
 /// How the daemon answers requests through the bucket.
@@ -31,8 +32,9 @@ pub struct RequestSettings {
     pub allow_restore: bool,
     /// Days the archive keeps answered requests.
     pub archive_days: u32,
-    /// A claim older than this with no final result is abandoned (its daemon died elsewhere).
-    pub stale_after: Duration,
+    /// How long a claim holds without renewal: a daemon renews it while the request runs, so
+    /// one whose claim expired (or whose process is gone) has died holding it.
+    pub claim_ttl: Duration,
     /// Keys asked for in one listing request.
     pub page_size: usize,
 }
@@ -43,10 +45,18 @@ impl Default for RequestSettings {
             poll: Duration::from_secs(30),
             allow_restore: false,
             archive_days: 30,
-            stale_after: Duration::from_secs(24 * 3600),
+            claim_ttl: Duration::from_secs(10 * 60),
             page_size: 1000,
         }
     }
+}
+
+/// What a claimed request has taken so far, to hand back if it cannot go on.
+#[derive(Default)]
+struct Taken {
+    client_id: Option<String>,
+    /// Its run started: from then on it is answered, never handed back.
+    started: bool,
 }
 
 /// Names handled in one poll; the rest wait for the next.
@@ -106,9 +116,7 @@ impl Daemon {
     async fn answer(self: &Arc<Self>, p: &Pending, rs: &RequestSettings) -> Result<(), StoreError> {
         let store = &self.dest;
         if let Some(stray) = &p.stray {
-            if !requests::claim(store, &p.name).await? {
-                return Ok(());
-            }
+            // Answered without a claim: two daemons answering one stray write the same answer.
             let why = format!(
                 "{stray} is not a request: a request is backup-agent/requests/<name>.json, <name> 1 to 128 letters, digits, '-', '_' or '.'"
             );
@@ -119,16 +127,53 @@ impl Daemon {
             requests::archive(store, &r, None).await?;
             return requests::remove(store, stray).await;
         }
-        if p.answered || p.claimed || p.request.is_none() {
+        let unwritten = self
+            .unwritten_results
+            .lock()
+            .expect("daemon state")
+            .remove(&p.name);
+        if let Some(r) = unwritten {
+            return self.finish(&r, p).await;
+        }
+        if p.result.is_some() || p.claim.is_some() || p.request.is_none() {
             return self.settle(p, rs).await;
         }
         // One run at a time: leave it unclaimed for the next poll, or for another daemon.
         if self.running.lock().expect("daemon state").is_some() {
             return Ok(());
         }
-        if !requests::claim(store, &p.name).await? {
+        let Some(claim) = requests::claim(store, &p.name, rs.claim_ttl).await? else {
             return Ok(());
+        };
+        let mut taken = Taken::default();
+        let outcome = self.claimed(p, rs, &claim, &mut taken).await;
+        if outcome.is_err() && !taken.started {
+            // Nothing ran: hand the request back whole, for the next poll or another daemon.
+            for key in [
+                Some(requests::result_key(&p.name)),
+                taken.client_id.as_deref().map(requests::client_id_key),
+                Some(requests::claim_key(&p.name)),
+            ]
+            .into_iter()
+            .flatten()
+            {
+                if let Err(e) = requests::remove(store, &key).await {
+                    tracing::warn!("requests: {}: handing it back: {key}: {e}", p.name);
+                }
+            }
         }
+        outcome
+    }
+
+    /// A request this daemon has claimed: checked, then run (or rejected), answered, archived.
+    async fn claimed(
+        self: &Arc<Self>,
+        p: &Pending,
+        rs: &RequestSettings,
+        claim: &LeaseInfo,
+        taken: &mut Taken,
+    ) -> Result<(), StoreError> {
+        let store = &self.dest;
         let size = p.request.unwrap_or_default();
         if size > MAX_REQUEST_BYTES {
             let why = format!(
@@ -136,7 +181,10 @@ impl Daemon {
             );
             return self.reject(&p.name, "invalid", "", "", why, None).await;
         }
-        let bytes = requests::read_request(store, &p.name).await?;
+        let Some(bytes) = requests::read_request(store, &p.name).await? else {
+            // Gone since the listing (archived by another daemon): nothing to answer.
+            return requests::remove(store, &requests::claim_key(&p.name)).await;
+        };
         let (req, asked) = match requests::parse(&bytes, rs.allow_restore) {
             Ok(x) => x,
             Err(why) => {
@@ -149,30 +197,25 @@ impl Daemon {
             }
         };
         let kind = asked.kind();
-        let refused = if matches!(asked, Asked::Copy { .. }) && self.settings.secondary.is_none() {
-            Some("copy: this daemon has no secondary destination (serve --secondary-s3-*, or the charm's s3-secondary relation)".to_string())
-        } else {
-            requests::take_client_id(store, &req.client_id, &p.name)
-                .await?
-                .map(|first| {
-                    format!(
-                        "duplicate: client-id {} was first used by request {first}, which is answered in its own result; this one is not run again",
-                        req.client_id
-                    )
-                })
+        let reject = |why: String, duplicate_of: Option<String>| {
+            let mut r = self.rejected(&p.name, kind, &req.requested_by, &req.client_id, why);
+            r.duplicate_of = duplicate_of;
+            r
         };
-        if let Some(why) = refused {
+        if matches!(asked, Asked::Copy { .. }) && self.settings.secondary.is_none() {
+            let r = reject("copy: this daemon has no secondary destination (serve --secondary-s3-*, or the charm's s3-secondary relation)".into(), None);
+            return self.answer_rejected(r, Some(&bytes)).await;
+        }
+        if let Some(first) = requests::take_client_id(store, &req.client_id, &p.name).await? {
+            let why = format!(
+                "duplicate: client-id {} was first used by request {first}, whose result is the answer; this one is not run again",
+                req.client_id
+            );
             return self
-                .reject(
-                    &p.name,
-                    kind,
-                    &req.requested_by,
-                    &req.client_id,
-                    why,
-                    Some(&bytes),
-                )
+                .answer_rejected(reject(why, Some(first)), Some(&bytes))
                 .await;
         }
+        taken.client_id = Some(req.client_id.clone());
         let mut result = RequestResult {
             schema_version: REQUEST_SCHEMA,
             request: p.name.clone(),
@@ -183,34 +226,43 @@ impl Daemon {
             output: None,
             requested_by: req.requested_by.clone(),
             client_id: req.client_id.clone(),
+            duplicate_of: None,
             answered_by: answered_by(),
             received_at: Utc::now(),
             finished_at: None,
         };
         requests::write_result(store, &result).await?;
-        let (tx, rx) = tokio::sync::oneshot::channel();
+        let (tx, mut rx) = tokio::sync::oneshot::channel();
         if let Err(why) = self.start_watched("request", job(asked), Some(tx)) {
-            // Another run took the slot first: hand the request back for the next poll.
-            tracing::info!("requests: {} waits: {why}", p.name);
-            for key in [
-                requests::result_key(&p.name),
-                requests::client_id_key(&req.client_id),
-                requests::claim_key(&p.name),
-            ] {
-                requests::remove(store, &key).await?;
-            }
-            return Ok(());
+            // Another run took the slot first: handed back by the caller.
+            return Err(StoreError::Fatal {
+                op: "request",
+                key: p.name.clone(),
+                detail: format!("waits: {why}"),
+            });
         }
+        taken.started = true;
         tracing::info!(
             "requests: {} ({kind}, asked by {:?}) started",
             p.name,
             req.requested_by
         );
-        let outcome = rx.await.unwrap_or_else(|_| RunOutcome {
-            outcome: "failed".into(),
-            error: Some("the run ended without an outcome".into()),
-            ..RunOutcome::default()
-        });
+        // The claim is renewed while the run goes, so that no daemon takes it for abandoned.
+        let every = rs.claim_ttl / 4;
+        let outcome = loop {
+            tokio::select! {
+                o = &mut rx => break o.unwrap_or_else(|_| RunOutcome {
+                    outcome: "failed".into(),
+                    error: Some("the run ended without an outcome".into()),
+                    ..RunOutcome::default()
+                }),
+                _ = tokio::time::sleep(every) => {
+                    if let Err(e) = requests::renew(store, &p.name, claim, rs.claim_ttl).await {
+                        tracing::warn!("requests: {}: renewing its claim: {e}", p.name);
+                    }
+                }
+            }
+        };
         result.phase = match outcome.outcome.as_str() {
             "completed" | "passed" => outcome.outcome.clone(),
             _ => "failed".into(),
@@ -219,49 +271,80 @@ impl Daemon {
         result.errors = outcome.error.into_iter().collect();
         result.output = outcome.output;
         result.finished_at = Some(Utc::now());
-        requests::write_result(store, &result).await?;
         self.count(kind, &result.phase);
-        requests::archive(store, &result, Some(&bytes)).await
+        self.finish(&result, p).await
+    }
+
+    /// Writes a final result and archives the request; kept in memory to try again at the next
+    /// poll when the store does not take it (the outcome is never lost to a failed write).
+    async fn finish(&self, r: &RequestResult, p: &Pending) -> Result<(), StoreError> {
+        let store = &self.dest;
+        let written = async {
+            requests::write_result(store, r).await?;
+            let request = match p.request {
+                Some(_) => requests::read_request(store, &p.name).await?,
+                None => None,
+            };
+            requests::archive(store, r, request.as_deref()).await
+        }
+        .await;
+        if written.is_err() {
+            self.unwritten_results
+                .lock()
+                .expect("daemon state")
+                .insert(p.name.clone(), r.clone());
+        }
+        written
     }
 
     /// A request already claimed or answered: archive what is finished; answer for a daemon
-    /// that died holding one; tidy what a killed archive left.
-    async fn settle(&self, p: &Pending, rs: &RequestSettings) -> Result<(), StoreError> {
+    /// that died holding one (or whose claim expired); tidy what a killed archive left.
+    async fn settle(&self, p: &Pending, _rs: &RequestSettings) -> Result<(), StoreError> {
         let store = &self.dest;
-        let result = if p.answered {
-            requests::result_of(store, &p.name, &[]).await?
-        } else {
-            None
-        };
+        let today = Utc::now().date_naive();
+        let days = [today.pred_opt().unwrap_or(today), today];
         let request = match p.request {
-            Some(_) => Some(requests::read_request(store, &p.name).await?),
-            None => None,
+            Some(n) if n <= MAX_REQUEST_BYTES => requests::read_request(store, &p.name).await?,
+            _ => None,
         };
+        let result = requests::result_of(store, &p.name, &days).await?;
         if let Some(r) = result.as_ref().filter(|r| r.finished()) {
+            // Finished (perhaps archived already, by a daemon killed before it tidied up).
             return requests::archive(store, r, request.as_deref()).await;
         }
-        let Some(claim) = requests::claimed_by(store, &p.name).await? else {
-            // Answered as running with no claim, or nothing but a leftover: nothing to do
-            // until a claim or a request shows up.
-            return Ok(());
+        let holder = match requests::claimed_by(store, &p.name).await? {
+            requests::Claim::Held(c) => Some(c),
+            requests::Claim::Junk => None,
+            // Running with no claim, or nothing but a leftover: wait for a claim or a request.
+            requests::Claim::None => return Ok(()),
         };
-        let age = (Utc::now() - claim.started_at).to_std().unwrap_or_default();
-        if !claim.holder_gone() && age < rs.stale_after {
-            return Ok(());
+        if let Some(c) = &holder {
+            if !c.holder_gone() && c.expires_at > Utc::now() {
+                return Ok(());
+            }
         }
-        let mut r =
-            result.unwrap_or_else(|| self.rejected(&p.name, "unknown", "", "", String::new()));
+        let mut r = result.unwrap_or_else(|| {
+            let kind = request
+                .as_deref()
+                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
+                .and_then(|v| v["kind"].as_str().map(str::to_string))
+                .filter(|k| requests::KINDS.contains(&k.as_str()))
+                .unwrap_or_else(|| "invalid".into());
+            self.rejected(&p.name, &kind, "", "", String::new())
+        });
         r.phase = "failed".into();
-        r.errors.push(format!(
-            "abandoned: the daemon that claimed it ({} pid {}, at {}) stopped before it finished; write a new request (with a new client-id) to ask again",
-            claim.host,
-            claim.pid,
-            claim.started_at.to_rfc3339()
-        ));
+        r.errors.push(match &holder {
+            Some(c) => format!(
+                "abandoned: the daemon that claimed it ({} pid {}, at {}) stopped before it finished; write a new request (with a new client-id) to ask again",
+                c.host,
+                c.pid,
+                c.started_at.to_rfc3339()
+            ),
+            None => "abandoned: its claim is not one a daemon writes; write a new request (with a new client-id) to ask again".into(),
+        });
         r.finished_at = Some(Utc::now());
-        requests::write_result(store, &r).await?;
         self.count(&r.kind, "failed");
-        requests::archive(store, &r, request.as_deref()).await
+        self.finish(&r, p).await
     }
 
     fn rejected(
@@ -282,6 +365,7 @@ impl Daemon {
             output: None,
             requested_by: requested_by.into(),
             client_id: client_id.into(),
+            duplicate_of: None,
             answered_by: answered_by(),
             received_at: Utc::now(),
             finished_at: Some(Utc::now()),
@@ -298,10 +382,18 @@ impl Daemon {
         why: String,
         request: Option<&[u8]>,
     ) -> Result<(), StoreError> {
-        tracing::warn!("requests: {name} rejected: {why}");
         let r = self.rejected(name, kind, requested_by, client_id, why);
+        self.answer_rejected(r, request).await
+    }
+
+    async fn answer_rejected(
+        &self,
+        r: RequestResult,
+        request: Option<&[u8]>,
+    ) -> Result<(), StoreError> {
+        tracing::warn!("requests: {} rejected: {}", r.request, r.errors.join("; "));
         requests::write_result(&self.dest, &r).await?;
-        self.count(kind, "rejected");
+        self.count(&r.kind, "rejected");
         requests::archive(&self.dest, &r, request).await
     }
 

@@ -107,14 +107,52 @@ pub struct MlpipelineCapture {
 }
 
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
-#[serde(rename_all = "kebab-case")]
+#[serde(from = "ComponentsWire", into = "ComponentsWire")]
 pub struct Components {
-    #[serde(default)]
+    /// Every mysql-k8s backup, live (in mysql-k8s's bucket) or copied (`copied_to`).
     pub mysql: Vec<MysqlCapture>,
-    #[serde(default)]
     pub mlmd: Option<MlmdCapture>,
-    #[serde(default)]
     pub mlpipeline: Option<MlpipelineCapture>,
+}
+
+/// How [`Components`] is written: a copy's mysql-k8s backups under `mysql-copies`, so that an
+/// agent that predates copies, pruning a copy, never takes them for mysql-k8s's own backups
+/// (and deletes those, in mysql-k8s's bucket, which the primary still needs).
+#[derive(Serialize, Deserialize)]
+#[serde(rename_all = "kebab-case")]
+struct ComponentsWire {
+    #[serde(default)]
+    mysql: Vec<MysqlCapture>,
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    mysql_copies: Vec<MysqlCapture>,
+    #[serde(default)]
+    mlmd: Option<MlmdCapture>,
+    #[serde(default)]
+    mlpipeline: Option<MlpipelineCapture>,
+}
+
+impl From<ComponentsWire> for Components {
+    fn from(w: ComponentsWire) -> Self {
+        let mut mysql = w.mysql;
+        mysql.extend(w.mysql_copies.into_iter().filter(|m| m.copied_to.is_some()));
+        Components {
+            mysql,
+            mlmd: w.mlmd,
+            mlpipeline: w.mlpipeline,
+        }
+    }
+}
+
+impl From<Components> for ComponentsWire {
+    fn from(c: Components) -> Self {
+        let (mysql_copies, mysql) = c.mysql.into_iter().partition(|m| m.copied_to.is_some());
+        ComponentsWire {
+            mysql,
+            mysql_copies,
+            mlmd: c.mlmd,
+            mlpipeline: c.mlpipeline,
+        }
+    }
 }
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -366,6 +404,23 @@ pub(crate) mod tests {
             copied_from: None,
             checksum: None,
         }
+    }
+
+    #[test]
+    fn a_copys_mysql_backups_are_written_where_older_agents_do_not_look() {
+        let mut s = sample();
+        s.components.mysql[0].copied_to = Some("backup-agent/mysql/ckf-backups/mysql".into());
+        let bytes = s.to_json();
+        let v: serde_json::Value = serde_json::from_slice(&bytes).unwrap();
+        assert_eq!(v["components"]["mysql"], serde_json::json!([]));
+        assert_eq!(v["components"]["mysql-copies"][0]["app"], "kfp-db");
+        let back = Statefile::parse("k", &bytes).unwrap();
+        assert_eq!(back.components.mysql, s.components.mysql);
+        assert_eq!(back.checksum_ok(), Some(true));
+        // A live capture stays where every agent reads it.
+        let v: serde_json::Value = serde_json::from_slice(&sample().to_json()).unwrap();
+        assert_eq!(v["components"]["mysql"][0]["app"], "kfp-db");
+        assert!(v["components"].get("mysql-copies").is_none());
     }
 
     #[test]

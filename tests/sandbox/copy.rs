@@ -357,6 +357,41 @@ fn each_repository_keeps_backups_by_its_own_policy_and_secrets_stay_out() {
     ] {
         assert!(!seen.contains(secret.as_str()), "{secret} leaked");
     }
+
+    // A backup that cannot be copied (its mysql-k8s objects gone) is named, and the newer one
+    // still goes; the copies the secondary's retention forgot are not sent again.
+    let broken = backup(&sb, "broken");
+    let fine = backup(&sb, "fine");
+    let sf = rt()
+        .block_on(repository::load(&repo(&sb), &broken))
+        .unwrap();
+    let whole = crate::common::dest_bucket(&sb);
+    let gone = &sf.components.mysql[0].backup_id;
+    for o in rt().block_on(whole.list("mysql/")).unwrap() {
+        if o.key.contains(gone.as_str()) {
+            rt().block_on(whole.delete(&o.key)).unwrap();
+        }
+    }
+    let (code, out, err) = agent(&sb, &["copy", "--output", "json"], &[]);
+    assert_eq!(code, 1, "{out}{err}");
+    assert!(err.contains("1 backup(s) not copied"), "{err}");
+    let r = json(&out);
+    assert_eq!(r["failed"][0]["backup-id"], broken.as_str(), "{r}");
+    assert!(
+        r["failed"][0]["error"]
+            .as_str()
+            .unwrap()
+            .contains(gone.as_str()),
+        "{r}"
+    );
+    assert_eq!(r["copied"].as_array().unwrap().len(), 1, "{r}");
+    assert_eq!(r["copied"][0]["backup-id"], fine.as_str());
+    assert_eq!(
+        r["forgotten-there"],
+        serde_json::json!([ids[0], ids[1]]),
+        "{r}"
+    );
+    assert_eq!(places(&sb)[&broken], "primary");
 }
 
 #[test]

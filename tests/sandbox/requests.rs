@@ -117,7 +117,7 @@ fn a_backup_asked_through_the_bucket_is_run_once_and_answered() {
         );
     }
 
-    // The same client id again: a duplicate, answered and not run.
+    // The same client id again (a retried CI step): not run again; the first one's answer.
     let (code, out, err) = agent(
         &sb,
         &[
@@ -128,15 +128,16 @@ fn a_backup_asked_through_the_bucket_is_run_once_and_answered() {
             "--wait",
             "--poll",
             "300ms",
+            "--output",
+            "json",
         ],
         &[],
     );
-    assert_ne!(code, 0, "{out}");
-    assert!(
-        out.contains("rejected") && out.contains("duplicate"),
-        "{out}"
-    );
-    assert!(err.contains("duplicate"), "{err}");
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(err.contains("repeats client-id ci-run-4711"), "{err}");
+    let again: RequestResult = serde_json::from_str(&out).unwrap();
+    assert_eq!(again.request, r.request);
+    assert_eq!(again.backup_id.as_deref(), Some(id.as_str()));
     assert_eq!(statefiles(&sb).len(), 1, "a duplicate is never run");
 
     // A verification through the bucket, and one that fails (its backup is not there).
@@ -289,6 +290,26 @@ fn bad_requests_are_answered_never_run_and_the_watch_goes_on() {
     }
     // Not a request name at all: answered under a name of its own, the object removed.
     put("nested/deeper.json", b"{}");
+    // Claimed by a daemon on this machine that has since died: answered as abandoned.
+    put(
+        "abandoned.json",
+        good("create-backup", serde_json::json!({}), "c8").as_bytes(),
+    );
+    let dead = {
+        let mut c = std::process::Command::new("true").spawn().unwrap();
+        c.wait().unwrap();
+        c.id()
+    };
+    let mut claim = backup_agent::repository::lock::LeaseInfo::mine(
+        "request abandoned",
+        chrono::Utc::now(),
+        Duration::ZERO,
+    );
+    claim.pid = dead;
+    put(
+        "abandoned.claim",
+        serde_json::to_string(&claim).unwrap().as_bytes(),
+    );
 
     let tmp = tempfile::tempdir().unwrap();
     let mut args = vec!["--requests", "--request-archive-days", "7"];
@@ -303,6 +324,9 @@ fn bad_requests_are_answered_never_run_and_the_watch_goes_on() {
             r.errors
         );
     }
+    let r = answer(&sb, "abandoned");
+    assert_eq!(r.phase, "failed", "{r:?}");
+    assert!(r.errors[0].contains("abandoned"), "{r:?}");
     crate::common::wait_for("every request answered", Duration::from_secs(30), || {
         pending_keys(&sb).is_empty()
     });
@@ -313,7 +337,7 @@ fn bad_requests_are_answered_never_run_and_the_watch_goes_on() {
         .map(|o| o.key)
         .collect();
     assert!(
-        archived.iter().any(|k| k.contains("/invalid-nested")),
+        archived.iter().any(|k| k.contains("/invalid~nested")),
         "{archived:?}"
     );
     assert!(
