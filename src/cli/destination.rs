@@ -315,10 +315,11 @@ fn build(f: &Fields, n: &Names) -> Result<Option<Store>, String> {
         (Some(e), Some(b)) => (e, b),
         _ => {
             return Err(format!(
-                "{w}: set both {p}endpoint and {p}bucket (or {e}ENDPOINT and {e}BUCKET)",
+                "no {w}: set {p}endpoint and {p}bucket (or {e}ENDPOINT and {e}BUCKET), or {d} for a local directory",
                 w = n.what,
                 p = n.flag,
-                e = n.env
+                e = n.env,
+                d = n.dir
             ))
         }
     };
