@@ -234,24 +234,52 @@ pub async fn plan(ctx: &Context, to: &Store, req: &CopyRequest) -> Result<CopyPl
 pub async fn run(ctx: &Context, to: &Store, req: &CopyRequest) -> Result<CopyReport, CopyError> {
     check_stores(&ctx.dest, to)?;
     let started = Instant::now();
+    // Nothing to send: no lock taken (the common case after every backup but the first).
+    let sel = select(&ctx.dest, to, req).await?;
+    if sel.todo.is_empty() {
+        ctx.progress.step(
+            "copy",
+            "nothing to copy: the secondary has every backup asked for",
+        );
+        return Ok(CopyReport {
+            from: ctx.dest.describe(),
+            to: to.describe(),
+            copied: vec![],
+            already: sel.already,
+            forgotten_there: sel.forgotten_there,
+            failed: vec![],
+            duration_seconds: started.elapsed().as_secs_f64(),
+        });
+    }
     // The primary's lock keeps a prune from deleting a pack this copy is reading; the
     // secondary's keeps a prune there from sweeping blobs not yet referenced by a statefile.
-    let (primary, _) = recover::lock_and_recover(ctx, "copy")
-        .await
-        .map_err(|e| CopyError::Lock(Box::new(e)))?;
-    let secondary = match lock::acquire(
-        to,
-        "copy",
-        ctx.tuning.lease,
-        ctx.tuning.break_lock,
-        ctx.interrupt.clone(),
-    )
-    .await
-    {
-        Ok(l) => l,
-        Err(e) => {
-            let _ = primary.release().await;
-            return Err(CopyError::SecondaryLock(Box::new(e)));
+    // Both at once: each waits out its settle pause.
+    let (primary, secondary) = tokio::join!(
+        recover::lock_and_recover(ctx, "copy"),
+        lock::acquire(
+            to,
+            "copy",
+            ctx.tuning.lease,
+            ctx.tuning.break_lock,
+            ctx.interrupt.clone(),
+        )
+    );
+    let (primary, secondary) = match (primary, secondary) {
+        (Ok((p, _)), Ok(s)) => (p, s),
+        (p, s) => {
+            let mut first = None;
+            if let Ok(s) = s {
+                let _ = s.release().await;
+            } else if let Err(e) = s {
+                first = Some(CopyError::SecondaryLock(Box::new(e)));
+            }
+            match p {
+                Ok((p, _)) => {
+                    let _ = p.release().await;
+                }
+                Err(e) => first = Some(CopyError::Lock(Box::new(e))),
+            }
+            return Err(first.expect("one lock failed"));
         }
     };
     let result = locked(ctx, to, &secondary, req, started).await;

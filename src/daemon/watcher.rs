@@ -179,7 +179,9 @@ impl Daemon {
             let why = format!(
                 "too large: {size} bytes; a request is a small JSON object, at most {MAX_REQUEST_BYTES} bytes"
             );
-            return self.reject(&p.name, "invalid", "", "", why, None).await;
+            return self
+                .answer_rejected(self.rejected(&p.name, "invalid", "", "", why), None)
+                .await;
         }
         let Some(bytes) = requests::read_request(store, &p.name).await? else {
             // Gone since the listing (archived by another daemon): nothing to answer.
@@ -193,7 +195,9 @@ impl Daemon {
                     .and_then(|v| v["kind"].as_str().map(str::to_string))
                     .filter(|k| requests::KINDS.contains(&k.as_str()))
                     .unwrap_or_else(|| "invalid".into());
-                return self.reject(&p.name, &kind, "", "", why, Some(&bytes)).await;
+                return self
+                    .answer_rejected(self.rejected(&p.name, &kind, "", "", why), Some(&bytes))
+                    .await;
             }
         };
         let kind = asked.kind();
@@ -373,19 +377,6 @@ impl Daemon {
     }
 
     /// Answers a bad request (claimed by us) and archives it; it is never run.
-    async fn reject(
-        &self,
-        name: &str,
-        kind: &str,
-        requested_by: &str,
-        client_id: &str,
-        why: String,
-        request: Option<&[u8]>,
-    ) -> Result<(), StoreError> {
-        let r = self.rejected(name, kind, requested_by, client_id, why);
-        self.answer_rejected(r, request).await
-    }
-
     async fn answer_rejected(
         &self,
         r: RequestResult,

@@ -17,6 +17,14 @@ fn sandbox() -> Sandbox {
 
 const POLL: [&str; 2] = ["--request-poll", "200ms"];
 
+/// A daemon that answers requests, polling often.
+fn watching(sb: &Sandbox, tmp: &std::path::Path, more: &[&str]) -> crate::serve::Daemon {
+    let mut args = vec!["--requests"];
+    args.extend(POLL);
+    args.extend(more);
+    start(sb, tmp, &args)
+}
+
 /// The answer to request `name`, from `requests/` or the archive, once it is final.
 fn answer(sb: &Sandbox, name: &str) -> RequestResult {
     let store = repo(sb);
@@ -49,9 +57,7 @@ fn pending_keys(sb: &Sandbox) -> Vec<String> {
 fn a_backup_asked_through_the_bucket_is_run_once_and_answered() {
     let sb = sandbox();
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["--requests"];
-    args.extend(POLL);
-    let d = start(&sb, tmp.path(), &args);
+    let d = watching(&sb, tmp.path(), &[]);
 
     let (code, out, err) = agent(
         &sb,
@@ -312,9 +318,7 @@ fn bad_requests_are_answered_never_run_and_the_watch_goes_on() {
     );
 
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["--requests", "--request-archive-days", "7"];
-    args.extend(POLL);
-    let d = start(&sb, tmp.path(), &args);
+    let d = watching(&sb, tmp.path(), &["--request-archive-days", "7"]);
     for (name, _, want) in &table {
         let r = answer(&sb, name);
         assert_eq!(r.phase, "rejected", "{name}: {r:?}");
@@ -374,10 +378,8 @@ fn bad_requests_are_answered_never_run_and_the_watch_goes_on() {
 fn two_daemons_never_run_one_request_twice() {
     let sb = sandbox();
     let tmp = tempfile::tempdir().unwrap();
-    let mut args = vec!["--requests"];
-    args.extend(POLL);
-    let a = start(&sb, tmp.path(), &args);
-    let b = start(&sb, tmp.path(), &args);
+    let a = watching(&sb, tmp.path(), &[]);
+    let b = watching(&sb, tmp.path(), &[]);
     let (code, out, err) = agent(
         &sb,
         &[
