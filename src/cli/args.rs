@@ -149,7 +149,8 @@ pub struct RequestCommon {
     #[arg(long, value_name = "DURATION", default_value = "5s", value_parser = humantime::parse_duration)]
     pub poll: Duration,
     /// Your id for this request: a request written again with the same id (a retried CI
-    /// step) is answered as a duplicate and not run twice [default: a new random id].
+    /// step) is not run twice; with --wait it answers with the first request's result
+    /// [default: a new random id].
     #[arg(long, value_name = "ID")]
     pub client_id: Option<String>,
     /// Who asks, free text kept with the request and its result.

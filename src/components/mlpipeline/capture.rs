@@ -32,19 +32,30 @@ use crate::storage::{ObjectMeta, Store, StoreError, TapWriter};
 /// seen again soon (the many empty `_SUCCESS` markers); forgotten all at once when full.
 const RECENT: usize = 16_384;
 
+/// A spool file, removed when dropped: after its upload, on an error, and when the capture is
+/// cancelled mid-way (another part failed, a signal), which no `await` after it would see.
+struct Spooled(PathBuf);
+
+impl Drop for Spooled {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.0);
+    }
+}
+
 /// Streams one large object into a spool file, hashing as it goes.
 async fn spool_object(
     source: &Store,
     key: &str,
     spool: &Path,
     n: u64,
-) -> Result<(PathBuf, u64, String), SyncError> {
+) -> Result<(Spooled, u64, String), SyncError> {
     let path = spool.join(format!("object-{n}.part"));
     let spool_err = |e| SyncError::Spool {
         path: path.clone(),
         source: e,
     };
     let file = tokio::fs::File::create(&path).await.map_err(spool_err)?;
+    let spooled = Spooled(path.clone());
     let mut hasher = Sha256::new();
     let mut w = TapWriter::new(file, |b: &[u8]| hasher.update(b));
     let got = source.get_stream(key, &mut w).await;
@@ -53,18 +64,14 @@ async fn spool_object(
     let len = match (got, flushed) {
         (Ok(len), Ok(())) => len,
         (Err(e), _) => {
-            let _ = tokio::fs::remove_file(&path).await;
             return Err(SyncError::Object {
                 key: key.to_string(),
                 source: e,
-            });
+            })
         }
-        (_, Err(e)) => {
-            let _ = tokio::fs::remove_file(&path).await;
-            return Err(spool_err(e));
-        }
+        (_, Err(e)) => return Err(spool_err(e)),
     };
-    Ok((path, len, hex::encode(hasher.finalize())))
+    Ok((spooled, len, hex::encode(hasher.finalize())))
 }
 
 /// What the transfers of one capture share.
@@ -383,7 +390,7 @@ impl Shared<'_> {
         })
         .await;
         drop(reading);
-        let (path, len, sha) = match read {
+        let (spooled, len, sha) = match read {
             Ok(r) => r,
             Err(SyncError::Object {
                 source: StoreError::NotFound { .. },
@@ -405,7 +412,7 @@ impl Shared<'_> {
                 }
                 retry(self.opts.attempts, &blob, || async {
                     let mut f =
-                        tokio::fs::File::open(&path)
+                        tokio::fs::File::open(&spooled.0)
                             .await
                             .map_err(|e| StoreError::Fatal {
                                 op: "spool",
@@ -424,7 +431,7 @@ impl Shared<'_> {
                 .map(|()| true)
             })
             .await;
-        let _ = tokio::fs::remove_file(&path).await;
+        drop(spooled);
         uploaded?;
         Ok(Some(large_entry(meta, len, sha, None)))
     }
