@@ -1,9 +1,11 @@
 //! `copy`: a second, off-site copy of backups (3-2-1), made and checked by us. Each backup is
 //! copied with everything needed to restore from the copy alone: its MLMD dump, its manifest
 //! and pack index, the blobs and packs the manifest references, and the mysql-k8s backup
-//! objects its statefile names (put under `backup-agent/mysql/<bucket>/<path>/` of the copy, as mysql-k8s wrote them, since the
-//! copy's bucket is not mysql-k8s's). The statefile goes last, after a check of the copy, so
-//! a copy killed half-way is no backup at all on the secondary, and the next copy finishes it.
+//! objects its statefile names (under `backup-agent/mysql/<bucket>/<path>/` of the copy, where
+//! `<bucket>/<path>` is where mysql-k8s wrote them: the copy's bucket is not mysql-k8s's). The
+//! statefile goes last, after a check of the copy, so a copy killed half-way is no backup at
+//! all on the secondary, and the next copy finishes it. Backups that cannot be copied are named
+//! and the others still go.
 //!
 //! Dedup-aware and streamed: the manifest's stored objects are sorted (on disk past the sort
 //! budget) and merged with the secondary's listing of `blobs/` and `packs/`; only what the
