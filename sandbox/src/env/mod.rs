@@ -625,6 +625,11 @@ impl Sandbox {
         paths.extend(std::env::split_paths(&path));
         cmd.env("PATH", std::env::join_paths(paths).expect("PATH joins"));
         cmd.envs(env_vars(&self.layout, &self.info));
+        // Temporary files of what a test starts (and SIGKILLs) stay in the sandbox's directory,
+        // removed with it, instead of in /tmp.
+        let tmp = self.layout.dir.join("tmp");
+        let _ = std::fs::create_dir_all(&tmp);
+        cmd.env("TMPDIR", tmp);
         cmd
     }
 

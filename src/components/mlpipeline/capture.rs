@@ -54,8 +54,11 @@ async fn spool_object(
         path: path.clone(),
         source: e,
     };
-    let file = tokio::fs::File::create(&path).await.map_err(spool_err)?;
+    // Created without an await, and guarded at once: a capture cancelled mid-create would
+    // otherwise leave the file (the blocking create finishes after the future is gone).
+    let file = std::fs::File::create(&path).map_err(spool_err)?;
     let spooled = Spooled(path.clone());
+    let file = tokio::fs::File::from_std(file);
     let mut hasher = Sha256::new();
     let mut w = TapWriter::new(file, |b: &[u8]| hasher.update(b));
     let got = source.get_stream(key, &mut w).await;
