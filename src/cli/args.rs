@@ -331,13 +331,7 @@ pub struct RestoreArgs {
     #[arg(long, default_value_t = Minutes(restore::POD_TIMEOUT))]
     pub pod_timeout: Minutes,
     #[command(flatten)]
-    pub apps: AppNameArgs,
-    #[command(flatten)]
-    pub dest: RepoArgs,
-    #[command(flatten)]
-    pub tuning: TuningArgs,
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    pub run: RunArgs,
 }
 #[derive(clap::Args)]
 pub struct DrillArgs {
@@ -361,13 +355,7 @@ pub struct DrillArgs {
     #[arg(long)]
     pub dry_run: bool,
     #[command(flatten)]
-    pub apps: AppNameArgs,
-    #[command(flatten)]
-    pub dest: RepoArgs,
-    #[command(flatten)]
-    pub tuning: TuningArgs,
-    #[arg(long, value_enum, default_value = "text")]
-    pub output: Output,
+    pub run: RunArgs,
 }
 
 /// A component name as the library spells it; clap lists the possible values in --help and

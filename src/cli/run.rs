@@ -432,10 +432,7 @@ fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
         force,
         dry_run,
         pod_timeout,
-        apps,
-        dest,
-        tuning,
-        output,
+        run,
     } = args;
     components.sort();
     components.dedup();
@@ -446,7 +443,7 @@ fn restore(model: &str, args: RestoreArgs) -> Result<(), Box<dyn Error>> {
         force,
         pod_timeout: pod_timeout.0,
     };
-    let ctx = context(model, apps, dest.store()?, &tuning, output)?;
+    let (ctx, output) = run.context(model)?;
     if dry_run {
         let plan = runtime()?.block_on(restore_cmd::plan(&ctx, &req))?;
         return show(output, &plan, restore_cmd::render_plan);
@@ -463,10 +460,7 @@ fn drill(model: &str, args: DrillArgs) -> Result<(), Box<dyn Error>> {
         max_bytes,
         scratch_prefix,
         dry_run,
-        apps,
-        dest,
-        tuning,
-        output,
+        run,
     } = args;
     let req = drill_cmd::DrillRequest {
         backup_id,
@@ -476,7 +470,7 @@ fn drill(model: &str, args: DrillArgs) -> Result<(), Box<dyn Error>> {
         },
         scratch_prefix,
     };
-    let ctx = context(model, apps, dest.store()?, &tuning, output)?;
+    let (ctx, output) = run.context(model)?;
     if dry_run {
         let plan = runtime()?.block_on(drill_cmd::plan(&ctx, &req))?;
         return show(output, &plan, drill_cmd::render_plan);

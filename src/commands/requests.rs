@@ -119,6 +119,16 @@ impl Asked {
 /// The kinds a request may ask for.
 pub const KINDS: [&str; 5] = ["create-backup", "verify", "drill", "copy", "restore"];
 
+/// The kind a request's bytes name, when it is one of [`KINDS`]; `invalid` otherwise (for a
+/// bad request's answer and its metric).
+pub fn kind_of(bytes: &[u8]) -> String {
+    serde_json::from_slice::<serde_json::Value>(bytes)
+        .ok()
+        .and_then(|v| v["kind"].as_str().map(str::to_string))
+        .filter(|k| KINDS.contains(&k.as_str()))
+        .unwrap_or_else(|| "invalid".into())
+}
+
 /// Whether a name (`<name>.json` under `requests/`) is one a request may have. Names that
 /// would read as another object's (`x.result`, `x.claim`) are not.
 pub fn name_ok(name: &str) -> bool {

@@ -190,11 +190,7 @@ impl Daemon {
         let (req, asked) = match requests::parse(&bytes, rs.allow_restore) {
             Ok(x) => x,
             Err(why) => {
-                let kind = serde_json::from_slice::<serde_json::Value>(&bytes)
-                    .ok()
-                    .and_then(|v| v["kind"].as_str().map(str::to_string))
-                    .filter(|k| requests::KINDS.contains(&k.as_str()))
-                    .unwrap_or_else(|| "invalid".into());
+                let kind = requests::kind_of(&bytes);
                 return self
                     .answer_rejected(self.rejected(&p.name, &kind, "", "", why), Some(&bytes))
                     .await;
@@ -330,10 +326,7 @@ impl Daemon {
         let mut r = result.unwrap_or_else(|| {
             let kind = request
                 .as_deref()
-                .and_then(|b| serde_json::from_slice::<serde_json::Value>(b).ok())
-                .and_then(|v| v["kind"].as_str().map(str::to_string))
-                .filter(|k| requests::KINDS.contains(&k.as_str()))
-                .unwrap_or_else(|| "invalid".into());
+                .map_or_else(|| "invalid".into(), requests::kind_of);
             self.rejected(&p.name, &kind, "", "", String::new())
         });
         r.phase = "failed".into();
